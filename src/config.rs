@@ -1,0 +1,523 @@
+//! `Settings`: built-in defaults, then an optional TOML file, then environment
+//! variables (`HOOKRELAY__<SECTION>__<KEY>`, lists comma-separated).
+//!
+//! The built-in defaults are `config/default.toml`, compiled into the binary, so
+//! the documented defaults and the real ones cannot drift apart. Every problem
+//! is reported as one line that names the key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ip_ranges::IpRanges;
+
+/// The documented defaults, compiled in.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override settings.
+const ENV_PREFIX: &str = "HOOKRELAY";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    pub server: ServerSettings,
+    pub ingress: IngressSettings,
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub queues: Vec<QueueSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The public listener: it serves the webhook path and nothing else.
+    pub listen: SocketAddr,
+    /// The private listener: health, readiness and metrics.
+    pub admin_listen: SocketAddr,
+    pub webhook_path: String,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSettings {
+    #[serde(deserialize_with = "ip_ranges")]
+    pub allowed_ips: IpRanges,
+    #[serde(deserialize_with = "ip_ranges")]
+    pub trusted_proxies: IpRanges,
+    #[serde(deserialize_with = "string_list")]
+    pub client_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub uri: AmqpUri,
+    pub exchange: String,
+    pub confirm_timeout_ms: u64,
+    /// Publishing channels kept open, each in confirm mode.
+    pub channels: usize,
+}
+
+/// A consumer queue the relay declares and binds for its users.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub name: String,
+    pub bindings: Vec<String>,
+    #[serde(rename = "type", default)]
+    pub kind: QueueType,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+/// An AMQP URI whose password never reaches a log line or `check-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUri(String);
+
+/// A setting that stops startup, in one line that names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // Not a `#[source]`: its message already says everything, and a source
+    // would print it twice in `{:#}`.
+    #[error("configuration: {0}")]
+    Load(config::ConfigError),
+    #[error("configuration: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(err: config::ConfigError) -> Self {
+        ConfigError::Load(err)
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(file, std::env::vars().collect())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        // Values stay strings (no `try_parsing`: it would turn the client id
+        // "0012" into the number 12); lists are split by `string_list` below.
+        let environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env.into_iter().collect()));
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.ingress.client_ids.is_empty() {
+            return invalid(
+                "ingress.client_ids",
+                "is empty: set the client app id(s) the sender puts in x-client-id \
+                 (HOOKRELAY__INGRESS__CLIENT_IDS)",
+            );
+        }
+        if self.ingress.allowed_ips.is_empty() {
+            return invalid(
+                "ingress.allowed_ips",
+                "is empty: nobody could send webhooks",
+            );
+        }
+        if !self.server.webhook_path.starts_with('/') {
+            return invalid("server.webhook_path", "must start with `/`");
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be greater than 0");
+        }
+        if self.amqp.confirm_timeout_ms == 0 {
+            return invalid("amqp.confirm_timeout_ms", "must be greater than 0");
+        }
+        if self.amqp.channels == 0 {
+            return invalid("amqp.channels", "must be greater than 0");
+        }
+        // Derived names add up to 12 characters; AMQP names are at most 255 bytes.
+        if self.amqp.exchange.is_empty() || self.amqp.exchange.len() > 200 {
+            return invalid("amqp.exchange", "must be 1 to 200 characters");
+        }
+        for queue in &self.queues {
+            if queue.name.is_empty() || queue.name.len() > 255 || queue.name.starts_with("amq.") {
+                return invalid(
+                    "queues.name",
+                    "must be 1 to 255 characters, not starting with `amq.`",
+                );
+            }
+            if queue.bindings.is_empty() {
+                return invalid(
+                    "queues.bindings",
+                    "must list at least one routing-key pattern",
+                );
+            }
+            if queue.bindings.iter().any(|b| b.is_empty() || b.len() > 255) {
+                return invalid("queues.bindings", "patterns must be 1 to 255 characters");
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+impl ServerSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+impl AmqpSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// The exchange unroutable events fall through to, and its queue.
+    pub fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.exchange)
+    }
+
+    /// The exchange consumer queues dead-letter into.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.exchange)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.exchange)
+    }
+
+    /// Where bodies that fail to parse are kept for a human.
+    pub fn quarantine_queue(&self) -> String {
+        format!("{}.quarantine", self.exchange)
+    }
+
+    /// The name operators see in the management UI, and tests close by.
+    pub fn connection_name(&self) -> String {
+        let host = gethostname::gethostname();
+        format!("hookrelay@{}/{}", host.to_string_lossy(), self.exchange)
+    }
+}
+
+impl AmqpUri {
+    /// The URI itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI with its password replaced by `****`.
+    pub fn masked(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                let password = if userinfo.contains(':') { ":****" } else { "" };
+                format!(
+                    "{scheme}://{user}{password}@{host}{}",
+                    &rest[authority_end..]
+                )
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl FromStr for AmqpUri {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        lapin::uri::AMQPUri::from_str(s)
+            .map(|_| AmqpUri(s.to_owned()))
+            .map_err(|e| format!("not an AMQP URI ({e})"))
+    }
+}
+
+impl fmt::Debug for AmqpUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUri({})", self.masked())
+    }
+}
+
+impl fmt::Display for AmqpUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl<'de> Deserialize<'de> for AmqpUri {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for AmqpUri {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.masked())
+    }
+}
+
+/// A list given as a TOML array or as one comma-separated string (as
+/// environment variables give it). Entries are trimmed and blank ones dropped,
+/// so `HOOKRELAY__INGRESS__CLIENT_IDS=` means "none".
+fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of strings or a comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            Ok(value.split(',').map(str::to_owned).collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = seq.next_element::<String>()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+
+    Ok(deserializer
+        .deserialize_any(ListVisitor)?
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+fn ip_ranges<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpRanges, D::Error> {
+    string_list(deserializer)?
+        .join(",")
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(None, env(pairs))
+    }
+
+    const WITH_ID: (&str, &str) = ("HOOKRELAY__INGRESS__CLIENT_IDS", "app-1");
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load(&[WITH_ID]).unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(s.server.webhook_path, "/webhooks");
+        assert_eq!(s.server.max_body_bytes, 64 * 1024);
+        assert_eq!(s.amqp.exchange, "webhooks");
+        assert_eq!(s.amqp.uri.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.log_format, LogFormat::Text);
+        for sender in [
+            "52.60.234.183",
+            "52.60.240.87",
+            "52.60.241.79",
+            "52.60.242.161",
+        ] {
+            assert!(
+                s.ingress.allowed_ips.contains(sender.parse().unwrap()),
+                "{sender}"
+            );
+        }
+        assert!(!s.ingress.allowed_ips.contains("127.0.0.1".parse().unwrap()));
+        assert!(s.ingress.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_with_comma_separated_lists() {
+        let s = load(&[
+            ("HOOKRELAY__INGRESS__CLIENT_IDS", "0012, app-2"),
+            ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1,10.0.0.0/8"),
+            ("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "192.168.0.0/16"),
+            ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
+            ("HOOKRELAY__SERVER__MAX_BODY_BYTES", "1024"),
+            ("HOOKRELAY__AMQP__EXCHANGE", "events"),
+            ("HOOKRELAY__AMQP__CONFIRM_TIMEOUT_MS", "250"),
+            ("HOOKRELAY__LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(s.ingress.client_ids, ["0012", "app-2"]);
+        assert!(s.ingress.allowed_ips.contains("10.2.3.4".parse().unwrap()));
+        assert!(
+            s.ingress
+                .trusted_proxies
+                .contains("192.168.1.1".parse().unwrap())
+        );
+        assert_eq!(s.server.listen.port(), 0);
+        assert_eq!(s.server.max_body_bytes, 1024);
+        assert_eq!(s.amqp.exchange, "events");
+        assert_eq!(s.amqp.confirm_timeout(), Duration::from_millis(250));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_file_is_layered_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("hookrelay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            r#"
+[amqp]
+exchange = "from-file"
+[ingress]
+client_ids = ["file-id"]
+[[queues]]
+name = "reprompt"
+bindings = ["sync.error.LoginFailedError", "sync.error.SecurityQuestionError"]
+type = "quorum"
+"#,
+        )
+        .unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[("HOOKRELAY__AMQP__EXCHANGE", "from-env")]),
+        )
+        .unwrap();
+        assert_eq!(s.amqp.exchange, "from-env");
+        assert_eq!(s.ingress.client_ids, ["file-id"]);
+        assert_eq!(s.queues.len(), 1);
+        assert_eq!(s.queues[0].kind, QueueType::Quorum);
+        assert_eq!(s.queues[0].bindings.len(), 2);
+        assert_eq!(s.server.webhook_path, "/webhooks", "defaults still apply");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "ingress.client_ids"),
+            (
+                &[("HOOKRELAY__INGRESS__CLIENT_IDS", " , ")],
+                "ingress.client_ids",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__INGRESS__ALLOWED_IPS", "10.0.0.0/33")],
+                "ingress.allowed_ips",
+            ),
+            (
+                &[
+                    WITH_ID,
+                    ("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "proxy.local"),
+                ],
+                "ingress.trusted_proxies",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__AMQP__URI", "http://nope")],
+                "amqp.uri",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__LISTEN", "localhost")],
+                "server.listen",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__MAX_BODY_BYTES", "lots")],
+                "server.max_body_bytes",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__WEBHOOK_PATH", "webhooks")],
+                "server.webhook_path",
+            ),
+            (&[WITH_ID, ("HOOKRELAY__LOG_FORMAT", "xml")], "log_format"),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__LISTN", "0.0.0.0:1")],
+                "listn",
+            ),
+            (&[WITH_ID, ("HOOKRELAY__NOPE", "1")], "nope"),
+        ];
+        for (pairs, key) in cases {
+            let err = load(pairs).expect_err(key).to_string();
+            assert!(err.contains(key), "{pairs:?}: `{err}` should name {key}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_masked_wherever_the_uri_is_shown() {
+        let s = load(&[
+            WITH_ID,
+            (
+                "HOOKRELAY__AMQP__URI",
+                "amqps://relay:s3cret@mq.example:5671/prod",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.amqp.uri.masked(),
+            "amqps://relay:****@mq.example:5671/prod"
+        );
+        for shown in [s.to_masked_toml(), format!("{s:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("mq.example"), "{shown}");
+        }
+        assert_eq!(
+            s.amqp.uri.expose(),
+            "amqps://relay:s3cret@mq.example:5671/prod"
+        );
+    }
+}

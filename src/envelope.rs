@@ -1,0 +1,191 @@
+//! What the relay publishes for a webhook: the body exactly as received, with
+//! AMQP properties and headers built from the parsed event and the request.
+//!
+//! `user.loginName` is personal data and never becomes a header.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use uuid::Uuid;
+
+use crate::broker::Outgoing;
+use crate::event::{Event, ParseError};
+
+/// `delivery_mode` 2: RabbitMQ writes the message to disk in durable queues.
+const PERSISTENT: u8 = 2;
+const APP_ID: &str = "hookrelay";
+const CONTENT_TYPE: &str = "application/json";
+
+/// The facts about one accepted request that travel with its message.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// A UUIDv7: unique, and sorts by time, so consumers can de-duplicate and order.
+    pub message_id: Uuid,
+    /// The configured client id the request matched.
+    pub client_id: String,
+    pub source_ip: IpAddr,
+    pub received_at: SystemTime,
+}
+
+impl Receipt {
+    pub fn new(client_id: &str, source_ip: IpAddr, received_at: SystemTime) -> Receipt {
+        Receipt {
+            message_id: Uuid::now_v7(),
+            client_id: client_id.to_owned(),
+            source_ip,
+            received_at,
+        }
+    }
+}
+
+/// The message for a valid event, routed by what happened.
+pub fn event_message(event: &Event, receipt: &Receipt, exchange: &str, body: Bytes) -> Outgoing {
+    let mut headers = receipt_headers(receipt);
+    insert(&mut headers, "hook", event.hook());
+    if let Some(code) = event.error_code() {
+        insert(&mut headers, "error", code.as_str());
+        headers.insert("x-error-known".into(), AMQPValue::Boolean(code.is_known()));
+    }
+    insert(&mut headers, "account-id", event.account_id());
+    insert(&mut headers, "user-id", event.user_id());
+    Outgoing {
+        exchange: exchange.to_owned(),
+        routing_key: event.routing_key().as_str().to_owned(),
+        body,
+        properties: properties(receipt, headers),
+    }
+}
+
+/// The message for a body that is not a valid event, sent straight to the
+/// quarantine queue through the default exchange.
+pub fn quarantine_message(
+    reason: &ParseError,
+    receipt: &Receipt,
+    queue: &str,
+    body: Bytes,
+) -> Outgoing {
+    let mut headers = receipt_headers(receipt);
+    insert(&mut headers, "x-quarantine-reason", reason.reason());
+    Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        body,
+        properties: properties(receipt, headers),
+    }
+}
+
+fn receipt_headers(receipt: &Receipt) -> FieldTable {
+    let mut headers = FieldTable::default();
+    insert(&mut headers, "x-client-id", &receipt.client_id);
+    insert(&mut headers, "x-source-ip", &receipt.source_ip.to_string());
+    insert(
+        &mut headers,
+        "x-received-at",
+        &humantime::format_rfc3339_millis(receipt.received_at).to_string(),
+    );
+    headers
+}
+
+fn properties(receipt: &Receipt, headers: FieldTable) -> BasicProperties {
+    let timestamp = receipt
+        .received_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(ShortString::from(CONTENT_TYPE))
+        .with_message_id(ShortString::from(receipt.message_id.to_string()))
+        .with_timestamp(timestamp)
+        .with_app_id(ShortString::from(APP_ID))
+        .with_headers(headers)
+}
+
+fn insert(headers: &mut FieldTable, key: &str, value: &str) {
+    headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"{"hook":"SyncError","user":{"id":"u1","loginName":"alice@example.com"},"account":{"id":"a1","provider":"bank"},"error":"NewCode"}"#;
+
+    fn receipt() -> Receipt {
+        Receipt::new("app-1", "52.60.234.183".parse().unwrap(), UNIX_EPOCH)
+    }
+
+    fn header<'a>(message: &'a Outgoing, key: &str) -> Option<&'a AMQPValue> {
+        message
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(key))
+    }
+
+    fn text(value: Option<&AMQPValue>) -> String {
+        match value {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("not a string header: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_keeps_its_body_and_gets_routing_headers() {
+        let event = Event::parse(BODY.as_bytes()).unwrap();
+        let message = event_message(&event, &receipt(), "webhooks", Bytes::from(BODY));
+
+        assert_eq!(message.exchange, "webhooks");
+        assert_eq!(message.routing_key, "sync.error.NewCode");
+        assert_eq!(message.body, BODY.as_bytes());
+        assert_eq!(message.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            message.properties.app_id().as_ref().unwrap().as_str(),
+            "hookrelay"
+        );
+        assert_eq!(message.properties.timestamp(), &Some(0));
+        assert_eq!(text(header(&message, "hook")), "SyncError");
+        assert_eq!(text(header(&message, "error")), "NewCode");
+        assert_eq!(
+            header(&message, "x-error-known"),
+            Some(&AMQPValue::Boolean(false))
+        );
+        assert_eq!(text(header(&message, "user-id")), "u1");
+        assert_eq!(text(header(&message, "account-id")), "a1");
+        assert_eq!(text(header(&message, "x-client-id")), "app-1");
+        assert_eq!(text(header(&message, "x-source-ip")), "52.60.234.183");
+        assert_eq!(
+            text(header(&message, "x-received-at")),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn the_login_name_never_becomes_a_header() {
+        let event = Event::parse(BODY.as_bytes()).unwrap();
+        let message = event_message(&event, &receipt(), "webhooks", Bytes::from(BODY));
+        let headers = format!("{:?}", message.properties.headers());
+        assert!(!headers.contains("alice"), "{headers}");
+        assert!(!headers.to_lowercase().contains("login"), "{headers}");
+    }
+
+    #[test]
+    fn a_quarantined_body_goes_to_its_queue_with_the_reason() {
+        let reason = Event::parse(b"{}").unwrap_err();
+        let message = quarantine_message(
+            &reason,
+            &receipt(),
+            "webhooks.quarantine",
+            Bytes::from("{}"),
+        );
+        assert_eq!(message.exchange, "");
+        assert_eq!(message.routing_key, "webhooks.quarantine");
+        assert_eq!(
+            text(header(&message, "x-quarantine-reason")),
+            reason.reason()
+        );
+        assert_eq!(message.properties.delivery_mode(), &Some(2));
+    }
+}

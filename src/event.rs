@@ -1,0 +1,389 @@
+//! The domain: a sync webhook, parsed once at the edge into a typed [`Event`].
+//!
+//! An `Event` that exists is valid: its ids are non-empty and its [`RoutingKey`] is
+//! safe to hand to a topic exchange (no `.`, `*` or `#` can come from the payload).
+//! Parsing never echoes payload values in its error messages, because those
+//! messages travel into logs and message headers and the payload carries
+//! personal data (`user.loginName`).
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// The error codes the sender documents. Others are still routed (the sender's own
+/// lists disagree and it adds codes over time), but flagged as unknown.
+pub const KNOWN_ERROR_CODES: [&str; 5] = [
+    "LoginFailedError",
+    "SecurityQuestionError",
+    "TemporaryFailureError",
+    "UnhandledConnectorError",
+    "UnknownConnectorError",
+];
+
+/// The longest error code accepted: 1 letter + 63 word characters.
+const MAX_CODE_LEN: usize = 64;
+
+/// A webhook the sender documents, with the fields consumers route and react on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    kind: EventKind,
+    user_id: String,
+    account_id: String,
+}
+
+/// Which hook fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// An account synced successfully.
+    SyncAccount,
+    /// An account failed to sync, and why.
+    SyncError(ErrorCode),
+}
+
+/// The `error` of a `SyncError`: a word that is safe inside a routing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorCode(String);
+
+/// A topic-exchange routing key built from an [`Event`]; never from raw input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKey(String);
+
+/// Why a body is not a valid event. The text names the field, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl Event {
+    /// Parses a webhook body. Unknown extra fields are allowed.
+    pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
+        let value: Value = serde_json::from_slice(body).map_err(syntax_error)?;
+        let root = value
+            .as_object()
+            .ok_or_else(|| ParseError::new("the body must be a JSON object"))?;
+
+        let hook = required_str(root, "hook", "hook")?;
+        let user = required_object(root, "user")?;
+        let account = required_object(root, "account")?;
+        let user_id = required_non_empty(user, "id", "user.id")?;
+        // Required by the spec but never kept: it is personal data.
+        required_str(user, "loginName", "user.loginName")?;
+        let account_id = required_non_empty(account, "id", "account.id")?;
+        required_str(account, "provider", "account.provider")?;
+
+        let kind = match hook {
+            "SyncAccount" => EventKind::SyncAccount,
+            "SyncError" => {
+                EventKind::SyncError(ErrorCode::parse(required_str(root, "error", "error")?)?)
+            }
+            other if is_word(other) => {
+                return Err(ParseError(format!(
+                    "unknown hook `{other}`: expected SyncAccount or SyncError"
+                )));
+            }
+            _ => {
+                return Err(ParseError::new(
+                    "unknown hook: expected SyncAccount or SyncError",
+                ));
+            }
+        };
+        Ok(Event {
+            kind,
+            user_id: user_id.to_owned(),
+            account_id: account_id.to_owned(),
+        })
+    }
+
+    pub fn kind(&self) -> &EventKind {
+        &self.kind
+    }
+
+    /// The hook's name as the sender spells it.
+    pub fn hook(&self) -> &'static str {
+        match self.kind {
+            EventKind::SyncAccount => "SyncAccount",
+            EventKind::SyncError(_) => "SyncError",
+        }
+    }
+
+    pub fn error_code(&self) -> Option<&ErrorCode> {
+        match &self.kind {
+            EventKind::SyncAccount => None,
+            EventKind::SyncError(code) => Some(code),
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// `sync.account` or `sync.error.<code>`.
+    pub fn routing_key(&self) -> RoutingKey {
+        match &self.kind {
+            EventKind::SyncAccount => RoutingKey("sync.account".to_owned()),
+            EventKind::SyncError(code) => RoutingKey(format!("sync.error.{}", code.0)),
+        }
+    }
+}
+
+impl ErrorCode {
+    /// Accepts `^[A-Za-z][A-Za-z0-9_]{0,63}$`: one routing-key word, no wildcards.
+    pub fn parse(code: &str) -> Result<ErrorCode, ParseError> {
+        if is_word(code) {
+            Ok(ErrorCode(code.to_owned()))
+        } else {
+            Err(ParseError::new(
+                "`error` must match ^[A-Za-z][A-Za-z0-9_]{0,63}$",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the sender documents this code.
+    pub fn is_known(&self) -> bool {
+        KNOWN_ERROR_CODES.contains(&self.0.as_str())
+    }
+}
+
+impl RoutingKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoutingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ParseError {
+    fn new(reason: &str) -> ParseError {
+        ParseError(reason.to_owned())
+    }
+
+    /// The reason, fit for a log line, a message header and an HTTP answer.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_word(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= MAX_CODE_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// serde_json's syntax messages carry a position but no payload values; its data
+/// messages can quote values, which is why fields are checked by hand below.
+fn syntax_error(err: serde_json::Error) -> ParseError {
+    ParseError(format!(
+        "the body is not valid JSON ({:?} error at line {} column {})",
+        err.classify(),
+        err.line(),
+        err.column()
+    ))
+}
+
+fn required<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a Value, ParseError> {
+    obj.get(key)
+        .ok_or_else(|| ParseError(format!("`{path}` is missing")))
+}
+
+fn required_object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a Map<String, Value>, ParseError> {
+    required(obj, key, key)?
+        .as_object()
+        .ok_or_else(|| ParseError(format!("`{key}` must be an object")))
+}
+
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, ParseError> {
+    required(obj, key, path)?
+        .as_str()
+        .ok_or_else(|| ParseError(format!("`{path}` must be a string")))
+}
+
+fn required_non_empty<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, ParseError> {
+    match required_str(obj, key, path)? {
+        "" => Err(ParseError(format!("`{path}` must not be empty"))),
+        s => Ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(extra: &str) -> String {
+        format!(
+            r#"{{"hook":"SyncAccount","user":{{"id":"u1","loginName":"alice"}},"account":{{"id":"a1","provider":"bank"}}{extra}}}"#
+        )
+    }
+
+    fn error(code: &str) -> String {
+        format!(
+            r#"{{"hook":"SyncError","user":{{"id":"u1","loginName":"alice"}},"account":{{"id":"a1","provider":"bank"}},"error":{code}}}"#
+        )
+    }
+
+    #[test]
+    fn valid_payloads_parse_into_their_routing_key() {
+        let cases = [
+            (account(""), "sync.account"),
+            (account(r#","extra":{"nested":[1,2]}"#), "sync.account"),
+            (
+                error(r#""LoginFailedError""#),
+                "sync.error.LoginFailedError",
+            ),
+            (
+                error(r#""SecurityQuestionError""#),
+                "sync.error.SecurityQuestionError",
+            ),
+            (
+                error(r#""TemporaryFailureError""#),
+                "sync.error.TemporaryFailureError",
+            ),
+            (
+                error(r#""UnhandledConnectorError""#),
+                "sync.error.UnhandledConnectorError",
+            ),
+            (
+                error(r#""UnknownConnectorError""#),
+                "sync.error.UnknownConnectorError",
+            ),
+            (error(r#""BrandNewError""#), "sync.error.BrandNewError"),
+            (error(r#""a""#), "sync.error.a"),
+        ];
+        for (body, key) in cases {
+            let event = Event::parse(body.as_bytes())
+                .unwrap_or_else(|e| panic!("{body} should parse, got {e}"));
+            assert_eq!(event.routing_key().as_str(), key, "for {body}");
+            assert_eq!(event.user_id(), "u1");
+            assert_eq!(event.account_id(), "a1");
+        }
+    }
+
+    #[test]
+    fn the_longest_allowed_code_is_routed_whole() {
+        let code = format!("A{}", "_".repeat(63));
+        let event = Event::parse(error(&format!("\"{code}\"")).as_bytes()).unwrap();
+        assert_eq!(event.routing_key().as_str(), format!("sync.error.{code}"));
+    }
+
+    #[test]
+    fn documented_codes_are_known_and_others_are_not() {
+        for code in KNOWN_ERROR_CODES {
+            assert!(ErrorCode::parse(code).unwrap().is_known(), "{code}");
+        }
+        assert!(!ErrorCode::parse("NewCode").unwrap().is_known());
+    }
+
+    #[test]
+    fn invalid_payloads_are_refused_with_a_reason() {
+        let cases = [
+            ("not json".to_owned(), "not valid JSON"),
+            ("".to_owned(), "not valid JSON"),
+            ("[1]".to_owned(), "must be a JSON object"),
+            (
+                r#"{"user":{},"account":{}}"#.to_owned(),
+                "`hook` is missing",
+            ),
+            (
+                account("").replace("SyncAccount", "SyncThing"),
+                "unknown hook `SyncThing`",
+            ),
+            (
+                account("").replace("SyncAccount", "sync.#"),
+                "unknown hook:",
+            ),
+            (
+                account("").replace(r#""id":"u1""#, r#""id":"""#),
+                "`user.id` must not be empty",
+            ),
+            (
+                account("").replace(r#""id":"u1""#, r#""id":7"#),
+                "`user.id` must be a string",
+            ),
+            (
+                account("").replace(r#""id":"a1""#, r#""id":"""#),
+                "`account.id` must not be empty",
+            ),
+            (
+                account("").replace(r#","loginName":"alice""#, ""),
+                "`user.loginName` is missing",
+            ),
+            (
+                account("").replace(r#","provider":"bank""#, ""),
+                "`account.provider` is missing",
+            ),
+            (
+                account("").replace(
+                    r#""user":{"id":"u1","loginName":"alice"}"#,
+                    r#""user":"alice""#,
+                ),
+                "`user` must be an object",
+            ),
+            (error("null"), "`error` must be a string"),
+            (
+                account("").replace("SyncAccount", "SyncError"),
+                "`error` is missing",
+            ),
+            (error(r#""""#), "`error` must match"),
+            (error(r#""Login.Failed""#), "`error` must match"),
+            (error(r#""Login*""#), "`error` must match"),
+            (error(r##""#""##), "`error` must match"),
+            (error(r#""1Error""#), "`error` must match"),
+            (error(r#""Lögin""#), "`error` must match"),
+            (
+                error(&format!(r#""A{}""#, "b".repeat(64))),
+                "`error` must match",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Event::parse(body.as_bytes()).expect_err(&body);
+            assert!(
+                err.reason().contains(expected),
+                "for {body}: expected a reason containing {expected:?}, got {:?}",
+                err.reason()
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_never_quote_payload_values() {
+        let bodies = [
+            r#"{"hook":"SyncAccount","user":{"id":"u1","loginName":12345},"account":{"id":"a1","provider":"p"}}"#,
+            r#"{"hook":"SyncAccount","user":"alice@example.com","account":{"id":"a1","provider":"p"}}"#,
+            r#"{"hook":"SyncError","user":{"id":"u1","loginName":"alice@example.com"},"account":{"id":"a1","provider":"p"},"error":"alice@example.com"}"#,
+        ];
+        for body in bodies {
+            let reason = Event::parse(body.as_bytes())
+                .unwrap_err()
+                .reason()
+                .to_owned();
+            assert!(!reason.contains("alice"), "{reason}");
+            assert!(!reason.contains("12345"), "{reason}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Who is calling: the TCP peer, or, behind trusted proxies, the address they saw.
+//!
+//! `X-Forwarded-For` is written by every hop, so only the entries appended by
+//! proxies we trust are believable. We read it right to left, skipping trusted
+//! proxies, and stop at the first address we do not trust: that hop is the
+//! client. Everything to its left was written by the client itself and may be
+//! forged. The `Forwarded`, `X-Real-IP` headers and actix's
+//! `realip_remote_addr` are never consulted.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::ip_ranges::IpRanges;
+
+/// Resolves the client address of a request that reached us from `peer`.
+///
+/// `forwarded_for` yields the values of every `X-Forwarded-For` header in the
+/// order received (several headers are one list, RFC 9110 §5.3). The result is
+/// always `peer` or an address that appears in those values, in canonical form.
+pub fn resolve<'a>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
+    trusted_proxies: &IpRanges,
+) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !trusted_proxies.contains(client) {
+        return client;
+    }
+    let entries: Vec<&str> = forwarded_for
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .collect();
+    for entry in entries.into_iter().rev() {
+        match parse_entry(entry) {
+            // A hop we cannot read was not written by a trusted proxy, so the
+            // nearest trusted hop is as far as we can see; it is rarely allowed.
+            None => return client,
+            Some(addr) => {
+                client = addr;
+                if !trusted_proxies.contains(addr) {
+                    return addr;
+                }
+            }
+        }
+    }
+    client
+}
+
+/// Reads one `X-Forwarded-For` entry: an address, optionally with a port.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .or_else(|_| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .ok_or(())
+                .and_then(|e| e.parse::<IpAddr>().map_err(|_| ()))
+        })
+        .ok()
+        .map(|addr| addr.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENDER: &str = "52.60.234.183";
+
+    fn resolve_str(peer: &str, xff: &[&str], trusted: &str) -> String {
+        let trusted: IpRanges = trusted.parse().unwrap();
+        resolve(peer.parse().unwrap(), xff.iter().copied(), &trusted).to_string()
+    }
+
+    #[test]
+    fn client_ip_resolution() {
+        // (what it shows, peer, X-Forwarded-For headers, trusted proxies, client)
+        let cases: &[(&str, &str, &[&str], &str, &str)] = &[
+            ("a direct peer is the client", SENDER, &[], "", SENDER),
+            (
+                "an untrusted peer cannot forge XFF",
+                "203.0.113.9",
+                &[SENDER],
+                "",
+                "203.0.113.9",
+            ),
+            (
+                "an untrusted peer is not a proxy even in the trusted list's neighbourhood",
+                "10.0.0.5",
+                &[SENDER],
+                "10.0.1.0/24",
+                "10.0.0.5",
+            ),
+            (
+                "a trusted proxy's rightmost entry is the client",
+                "10.0.0.1",
+                &[SENDER],
+                "10.0.0.0/8",
+                SENDER,
+            ),
+            (
+                "the forged leftmost entry is ignored",
+                "10.0.0.1",
+                &["52.60.240.87, 198.51.100.7"],
+                "10.0.0.0/8",
+                "198.51.100.7",
+            ),
+            (
+                "a chain of trusted proxies is skipped right to left",
+                "10.0.0.1",
+                &["198.51.100.7, 52.60.234.183, 10.0.0.3, 10.0.0.2"],
+                "10.0.0.0/8",
+                SENDER,
+            ),
+            (
+                "several XFF headers are one list",
+                "10.0.0.1",
+                &["52.60.240.87", "198.51.100.7, 10.0.0.2"],
+                "10.0.0.0/8",
+                "198.51.100.7",
+            ),
+            (
+                "without XFF a trusted proxy is itself the client",
+                "10.0.0.1",
+                &[],
+                "10.0.0.0/8",
+                "10.0.0.1",
+            ),
+            (
+                "an all-trusted chain ends at its leftmost hop",
+                "10.0.0.1",
+                &["10.0.0.3, 10.0.0.2"],
+                "10.0.0.0/8",
+                "10.0.0.3",
+            ),
+            (
+                "garbage stops the walk at the nearest trusted hop",
+                "10.0.0.1",
+                &["52.60.234.183, not-an-ip"],
+                "10.0.0.0/8",
+                "10.0.0.1",
+            ),
+            (
+                "garbage behind a trusted hop leaves that hop",
+                "10.0.0.1",
+                &["52.60.234.183, unknown, 10.0.0.2"],
+                "10.0.0.0/8",
+                "10.0.0.2",
+            ),
+            (
+                "an empty entry is garbage",
+                "10.0.0.1",
+                &["52.60.234.183, "],
+                "10.0.0.0/8",
+                "10.0.0.1",
+            ),
+            (
+                "ports are dropped",
+                "10.0.0.1",
+                &["52.60.234.183:4711"],
+                "10.0.0.0/8",
+                SENDER,
+            ),
+            (
+                "IPv6 entries",
+                "fd00::1",
+                &["2001:db8::7, fd00::2"],
+                "fd00::/8",
+                "2001:db8::7",
+            ),
+            (
+                "bracketed IPv6 with a port",
+                "fd00::1",
+                &["[2001:db8::7]:443"],
+                "fd00::/8",
+                "2001:db8::7",
+            ),
+            (
+                "bracketed IPv6 without a port",
+                "fd00::1",
+                &["[2001:db8::7]"],
+                "fd00::/8",
+                "2001:db8::7",
+            ),
+            (
+                "a mapped peer is IPv4",
+                "::ffff:52.60.234.183",
+                &[],
+                "",
+                SENDER,
+            ),
+            (
+                "a mapped trusted peer matches an IPv4 proxy list",
+                "::ffff:10.0.0.1",
+                &[SENDER],
+                "10.0.0.0/8",
+                SENDER,
+            ),
+            (
+                "mapped XFF entries are IPv4",
+                "10.0.0.1",
+                &["::ffff:52.60.234.183"],
+                "10.0.0.0/8",
+                SENDER,
+            ),
+        ];
+        for (what, peer, xff, trusted, expected) in cases {
+            assert_eq!(&resolve_str(peer, xff, trusted), expected, "{what}");
+        }
+    }
+}

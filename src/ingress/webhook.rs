@@ -1,0 +1,142 @@
+//! `POST <webhook_path>`: the checks in the order the promise needs them, then
+//! the confirmed publish.
+//!
+//! Source address (403), client id (401), content type (415) and size (413) are
+//! all decided before the body is read, so a refused request costs no body
+//! read and no broker round trip. Only after RabbitMQ confirms do we answer 200.
+
+use std::time::SystemTime;
+
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use serde::Serialize;
+use tracing::{Instrument, Span, field, info, info_span, warn};
+use uuid::Uuid;
+
+use super::Ingress;
+use super::error::IngressError;
+use crate::envelope::{Receipt, event_message, quarantine_message};
+use crate::event::Event;
+use crate::metrics::Outcome;
+
+#[derive(Serialize)]
+struct Accepted {
+    status: &'static str,
+    id: Uuid,
+}
+
+/// Handles one webhook inside its own span, then records and logs its outcome.
+pub async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    ingress: web::Data<Ingress>,
+) -> Result<HttpResponse, IngressError> {
+    let span = info_span!(
+        "webhook",
+        source_ip = field::Empty,
+        message_id = field::Empty,
+        outcome = field::Empty
+    );
+    let result = accept(&req, payload, &ingress)
+        .instrument(span.clone())
+        .await;
+    let outcome = result
+        .as_ref()
+        .map_or_else(IngressError::outcome, |_| Outcome::Accepted);
+    ingress.metrics.request(outcome);
+    span.record("outcome", outcome.as_str());
+    span.in_scope(|| match &result {
+        Ok(_) => info!("webhook accepted"),
+        Err(IngressError::BrokerUnavailable(err)) => {
+            warn!(error = %err, "webhook refused: RabbitMQ did not confirm")
+        }
+        Err(IngressError::Quarantined { reason, .. }) => warn!(%reason, "webhook quarantined"),
+        Err(err) => info!(reason = %err, "webhook refused"),
+    });
+    result
+}
+
+async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    ingress: &Ingress,
+) -> Result<HttpResponse, IngressError> {
+    let received_at = SystemTime::now();
+    let source_ip = ingress.client_ip(req).ok_or(IngressError::Forbidden)?;
+    Span::current().record("source_ip", field::display(source_ip));
+    if !ingress.allowed_ips.contains(source_ip) {
+        return Err(IngressError::Forbidden);
+    }
+    let client_id = ingress.authenticate(req)?;
+    if !is_json(req) {
+        return Err(IngressError::UnsupportedMediaType);
+    }
+    let body = read_body(req, payload, ingress.max_body_bytes).await?;
+
+    let receipt = Receipt::new(client_id, source_ip, received_at);
+    Span::current().record("message_id", field::display(receipt.message_id));
+    match Event::parse(&body) {
+        Ok(event) => {
+            if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
+                warn!(
+                    code = code.as_str(),
+                    "undocumented error code; routed anyway"
+                );
+            }
+            let message = event_message(&event, &receipt, &ingress.exchange, body);
+            ingress
+                .publisher
+                .publish(message)
+                .await
+                .map_err(IngressError::BrokerUnavailable)?;
+            Ok(HttpResponse::Ok().json(Accepted {
+                status: "accepted",
+                id: receipt.message_id,
+            }))
+        }
+        Err(reason) => {
+            let message = quarantine_message(&reason, &receipt, &ingress.quarantine_queue, body);
+            ingress
+                .publisher
+                .publish(message)
+                .await
+                .map_err(IngressError::BrokerUnavailable)?;
+            Err(IngressError::Quarantined {
+                id: receipt.message_id,
+                reason: reason.reason().to_owned(),
+            })
+        }
+    }
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Reads at most `limit` bytes; a declared Content-Length over the limit is
+/// refused before a single body byte is read.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngressError::PayloadTooLarge { limit });
+    }
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(IngressError::BodyUnreadable),
+        Err(_) => Err(IngressError::PayloadTooLarge { limit }),
+    }
+}

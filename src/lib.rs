@@ -1,0 +1,31 @@
+//! hookrelay turns sync webhooks into durable, confirmed RabbitMQ messages.
+//!
+//! The path of one webhook, and where each step lives:
+//!
+//! ```text
+//! TCP peer ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (ip_ranges)
+//!          ─► x-client-id ─► content type, size ─► event::Event::parse
+//!          ─► envelope (body as received + headers) ─► broker::Publisher (persistent, mandatory, confirmed)
+//!          ─► 200 {"status":"accepted","id"} | 4xx/5xx JSON (ingress::error)
+//! ```
+//!
+//! * [`config`]: settings from defaults, a TOML file and the environment.
+//! * [`event`]: the domain types, built only by parsing.
+//! * [`ip_ranges`]: allowlists and trusted-proxy lists.
+//! * [`ingress`]: the public HTTP app; [`admin`]: health, readiness, metrics.
+//! * [`envelope`]: what is published for a webhook.
+//! * [`broker`]: the supervised connection, the topology, one confirmed publish.
+//! * [`metrics`], [`telemetry`]: what operators see.
+//! * [`startup`]: wires it all into an [`startup::Application`]; [`cli`]: the commands.
+
+pub mod admin;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod event;
+pub mod ingress;
+pub mod ip_ranges;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;

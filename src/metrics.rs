@@ -1,0 +1,177 @@
+//! Prometheus metrics, recorded where an outcome is decided and served by the
+//! admin listener. Label values come from fixed enums, never from request data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Parsed and confirmed by RabbitMQ: 200.
+    Accepted,
+    /// Not a valid event, kept in the quarantine queue: 422.
+    Quarantined,
+    /// The source address is not allowed: 403.
+    Forbidden,
+    /// Missing or wrong `x-client-id`: 401.
+    Unauthorized,
+    /// Not JSON: 415.
+    UnsupportedMediaType,
+    /// Over `max_body_bytes`: 413.
+    PayloadTooLarge,
+    /// The body could not be read: 400.
+    BadRequest,
+    /// RabbitMQ did not confirm: 503.
+    BrokerUnavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
+            Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::BadRequest => "bad_request",
+            Outcome::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: Outcome,
+}
+
+/// A cheap, cloneable handle on the process's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<OutcomeLabel, Counter>,
+    publish_seconds: Histogram,
+    broker_connected: Gauge,
+    broker_connects: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hookrelay");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by outcome",
+            requests.clone(),
+        );
+        // 0.25 ms to about 4 s: a confirmed persistent publish is usually a few ms.
+        let publish_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        registry.register(
+            "publish_duration_seconds",
+            "Time from publish to RabbitMQ's confirm (or failure)",
+            publish_seconds.clone(),
+        );
+        let broker_connected = Gauge::default();
+        registry.register(
+            "broker_connected",
+            "1 while the RabbitMQ connection and topology are up",
+            broker_connected.clone(),
+        );
+        let broker_connects = Counter::default();
+        registry.register(
+            "broker_connects",
+            "Successful connections to RabbitMQ, the first one included",
+            broker_connects.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                publish_seconds,
+                broker_connected,
+                broker_connects,
+            }),
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome) {
+        self.inner
+            .requests
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn observe_publish(&self, elapsed: Duration) {
+        self.inner.publish_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn broker_connected(&self, connected: bool) {
+        self.inner.broker_connected.set(i64::from(connected));
+        if connected {
+            self.inner.broker_connects.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_appear_in_the_exposition() {
+        let metrics = Metrics::new();
+        metrics.request(Outcome::Accepted);
+        metrics.request(Outcome::Accepted);
+        metrics.request(Outcome::Forbidden);
+        metrics.observe_publish(Duration::from_millis(3));
+        metrics.broker_connected(true);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"hookrelay_webhook_requests_total{outcome="accepted"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hookrelay_webhook_requests_total{outcome="forbidden"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookrelay_publish_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.contains("hookrelay_broker_connected 1"), "{text}");
+        assert!(text.contains("hookrelay_broker_connects_total 1"), "{text}");
+    }
+}

@@ -1,0 +1,143 @@
+//! `Application::build(settings)`: binds both listeners, starts the broker
+//! supervisor, and hands back the real ports and a future that runs until a
+//! shutdown signal, then drains in order (HTTP first, RabbitMQ last).
+
+use std::future::Future;
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use tracing::info;
+
+use crate::admin::{self, Admin};
+use crate::broker::{Broker, Publisher};
+use crate::config::Settings;
+use crate::ingress::{self, Ingress};
+use crate::metrics::Metrics;
+
+pub struct Application {
+    port: u16,
+    admin_port: u16,
+    public: Server,
+    admin: Server,
+    broker: Broker,
+}
+
+impl Application {
+    /// Binds the listeners (port 0 picks a free port) and starts connecting to
+    /// RabbitMQ in the background. Must run inside the process's main tokio
+    /// runtime: the broker connection lives there.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let metrics = Metrics::new();
+        let broker = Broker::start(
+            settings.amqp.clone(),
+            settings.queues.clone(),
+            metrics.clone(),
+        );
+
+        let listener = TcpListener::bind(settings.server.listen)
+            .with_context(|| format!("cannot bind server.listen {}", settings.server.listen))?;
+        let admin_listener =
+            TcpListener::bind(settings.server.admin_listen).with_context(|| {
+                format!(
+                    "cannot bind server.admin_listen {}",
+                    settings.server.admin_listen
+                )
+            })?;
+        let port = listener.local_addr()?.port();
+        let admin_port = admin_listener.local_addr()?.port();
+
+        let ingress = web::Data::new(Ingress::new(
+            &settings,
+            Publisher::new(broker.clone()),
+            metrics.clone(),
+        ));
+        let path = settings.server.webhook_path.clone();
+        let mut public = HttpServer::new(move || {
+            App::new()
+                .app_data(ingress.clone())
+                .configure(ingress::routes(path.clone()))
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .disable_signals();
+        if settings.server.workers > 0 {
+            public = public.workers(settings.server.workers);
+        }
+        let public = public.listen(listener)?.run();
+
+        let admin_state = web::Data::new(Admin {
+            broker: broker.clone(),
+            metrics,
+        });
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .configure(admin::routes)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(admin_listener)?
+        .run();
+
+        Ok(Application {
+            port,
+            admin_port,
+            public,
+            admin,
+            broker,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// webhooks finish (their confirms included), and closes RabbitMQ cleanly.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let public_handle = self.public.handle();
+        let admin_handle = self.admin.handle();
+        let mut public = tokio::spawn(self.public);
+        let mut admin = tokio::spawn(self.admin);
+
+        let early_exit = tokio::select! {
+            _ = shutdown => None,
+            result = &mut public => Some(result),
+            result = &mut admin => Some(result),
+        };
+        info!("shutting down: finishing in-flight webhooks");
+        public_handle.stop(true).await;
+        admin_handle.stop(true).await;
+        self.broker.shutdown().await;
+        info!("stopped");
+        match early_exit {
+            Some(result) => Ok(result.context("an HTTP server panicked")??),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
