@@ -1,0 +1,306 @@
+//! The `hookrelay` binary as an operator runs it: its commands, its logs, and
+//! SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{AMQP_URL, CLIENT_ID, amqp, delete_topology, sync_account, test_settings};
+
+fn hookrelay(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    hookrelay(args, env).output().expect("the binary runs")
+}
+
+#[test]
+fn check_config_prints_the_settings_with_the_password_masked() {
+    let output = run(
+        &["check-config"],
+        &[
+            ("HOOKRELAY__INGRESS__CLIENT_IDS", "app-1"),
+            ("HOOKRELAY__AMQP__URI", "amqp://relay:hunter2@mq:5672/%2f"),
+        ],
+    );
+
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("amqp://relay:****@mq:5672/%2f"), "{stdout}");
+    assert!(!stdout.contains("hunter2"));
+    assert!(stdout.contains("app-1"));
+}
+
+#[test]
+fn a_bad_setting_stops_startup_with_one_line_naming_the_key() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[], "ingress.client_ids"),
+        (
+            &[
+                ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
+                ("HOOKRELAY__INGRESS__ALLOWED_IPS", "300.1.1.1"),
+            ],
+            "ingress.allowed_ips",
+        ),
+        (
+            &[
+                ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
+                ("HOOKRELAY__SERVER__PORT", "1"),
+            ],
+            "port",
+        ),
+    ];
+    for (env, key) in cases {
+        let output = run(&["serve"], env);
+
+        assert!(!output.status.success(), "{key}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}
+
+#[test]
+fn a_config_file_can_be_given_by_flag_or_environment() {
+    let dir = std::env::temp_dir().join(format!("hookrelay-bin-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "[ingress]\nclient_ids = [\"from-file\"]\n").unwrap();
+    let path = file.to_str().unwrap();
+
+    for output in [
+        run(&["check-config", "--config", path], &[]),
+        run(&["check-config"], &[("HOOKRELAY_CONFIG", path)]),
+    ] {
+        assert!(output.status.success(), "{output:?}");
+        assert!(
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .contains("from-file")
+        );
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["declare", "--help"],
+        &["check-config", "--help"],
+    ] {
+        let output = run(args, &[]);
+        assert!(output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8(output.stdout).unwrap().contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn declare_creates_the_topology_and_exits() {
+    let settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    let env = [
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", "a".to_owned()),
+        ("HOOKRELAY__AMQP__URI", AMQP_URL.clone()),
+        ("HOOKRELAY__AMQP__EXCHANGE", exchange.clone()),
+    ];
+
+    let output = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&["declare"], &env)
+    })
+    .await
+    .unwrap();
+
+    assert!(output.status.success(), "{output:?}");
+    let (connection, channel) = amqp().await;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .expect("the exchange exists");
+    let amqp_names = &settings.amqp;
+    for queue in [
+        amqp_names.unrouted(),
+        amqp_names.dead_letter_queue(),
+        amqp_names.quarantine_queue(),
+    ] {
+        let declared = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), declared, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{queue} exists: {e}"));
+    }
+    delete_topology(&channel, &settings).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[test]
+fn declare_fails_clearly_when_rabbitmq_is_unreachable() {
+    let output = run(
+        &["declare"],
+        &[
+            ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
+            (
+                "HOOKRELAY__AMQP__URI",
+                "amqp://guest:secret@127.0.0.1:1/%2f",
+            ),
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot connect to RabbitMQ at amqp://guest:****@127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"));
+}
+
+/// A running `hookrelay serve`, its stderr lines arriving on a channel.
+struct Relay {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Relay {
+    fn start(env: &[(&str, &str)]) -> Relay {
+        let mut child = hookrelay(&["serve"], env)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the relay starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Relay {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first log line for which `pick` returns something, within 10 s.
+    fn wait_for<T>(&mut self, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "log line not seen within 10 s; saw:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            if let Some(found) = pick(&line) {
+                return found;
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_json_and_drains_on_sigterm() {
+    let settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    let mut relay = Relay::start(&[
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
+        ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1"),
+        ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
+        ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
+        ("HOOKRELAY__LOG_FORMAT", "json"),
+    ]);
+    let json = |line: &str| serde_json::from_str::<Value>(line).ok();
+    let port = relay.wait_for(|line| json(line)?.get("port")?.as_u64());
+    relay.wait_for(|line| {
+        json(line)?["message"]
+            .as_str()?
+            .contains("connected to RabbitMQ")
+            .then_some(())
+    });
+
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks"))
+        .header("content-type", "application/json")
+        .header("x-client-id", CLIENT_ID)
+        .body(sync_account())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // One line per request, in its span: message id, outcome and source address.
+    let logged = relay.wait_for(|line| {
+        let entry = json(line)?;
+        (entry["message"] == "webhook accepted").then_some(entry)
+    });
+    assert_eq!(logged["span"]["message_id"], id.as_str());
+    assert_eq!(logged["span"]["outcome"], "accepted");
+    assert_eq!(logged["span"]["source_ip"], "127.0.0.1");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    relay.wait_for(|line| (json(line)?["message"] == "stopped").then_some(()));
+    let exit = relay.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    for line in &relay.seen {
+        assert!(json(line).is_some(), "not JSON: {line}");
+        assert!(
+            !line.contains("alice"),
+            "personal data in a log line: {line}"
+        );
+    }
+
+    let (connection, channel) = amqp().await;
+    delete_topology(&channel, &settings).await;
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -1,0 +1,332 @@
+//! The relay and its broker over time: topology, a connection closed by
+//! RabbitMQ, a broker that is down at startup, and a graceful shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use hookrelay::config::{QueueSettings, QueueType};
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::helpers::{
+    TestApp, spawn_app, spawn_app_unready, sync_account, sync_error, test_settings,
+};
+
+fn consumer_queue(name: String, binding: &str, kind: QueueType) -> QueueSettings {
+    QueueSettings {
+        name,
+        bindings: vec![binding.to_owned()],
+        kind,
+    }
+}
+
+#[tokio::test]
+async fn configured_queues_receive_their_events_and_dead_letter_rejects() {
+    // Arrange: a classic and a quorum consumer queue, as an operator would configure.
+    let mut settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    settings.queues = vec![
+        consumer_queue(
+            format!("{exchange}.reprompt"),
+            "sync.error.LoginFailedError",
+            QueueType::Classic,
+        ),
+        consumer_queue(
+            format!("{exchange}.balances"),
+            "sync.account",
+            QueueType::Quorum,
+        ),
+    ];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let reprompt = format!("{exchange}.reprompt");
+    let balances = format!("{exchange}.balances");
+
+    // Act
+    assert_eq!(
+        app.post_webhook(sync_error("LoginFailedError"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+
+    // Assert: each queue got its own event...
+    assert_eq!(app.depth(&balances).await, 1);
+    let delivery = app
+        .channel
+        .basic_get(reprompt.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the login failure reached its queue");
+    assert_eq!(
+        delivery.delivery.routing_key.as_str(),
+        "sync.error.LoginFailedError"
+    );
+    // ...and a consumer's reject dead-letters into <exchange>.dead-letter.
+    delivery
+        .delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dead = app
+        .next_message(&app.settings.amqp.dead_letter_queue())
+        .await
+        .expect("dead-lettered");
+    assert_eq!(
+        dead.delivery.data,
+        sync_error("LoginFailedError").as_bytes()
+    );
+    assert_eq!(queue_type(&balances), "quorum");
+    assert_eq!(queue_type(&reprompt), "classic");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn declaring_the_topology_again_is_harmless() {
+    let mut settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    settings.queues = vec![consumer_queue(
+        format!("{exchange}.q"),
+        "sync.#",
+        QueueType::Quorum,
+    )];
+    let first = spawn_app_unready(settings.clone()).await;
+    first.wait_until_ready().await;
+
+    // A second relay (a replica, or a restart) declares the same names.
+    let second = spawn_app_unready(settings).await;
+    second.wait_until_ready().await;
+
+    assert_eq!(second.post_webhook(sync_account()).await.status(), 200);
+    assert_eq!(first.depth(&format!("{exchange}.q")).await, 1);
+    let mut second = second;
+    second.shutdown_relay().await.unwrap();
+    first.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_relay_reconnects_after_rabbitmq_closes_its_connection() {
+    let app = spawn_app(&[]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+
+    close_connection_named(&app.settings.amqp.connection_name()).await;
+
+    // No restart: within a few seconds it is ready again and accepts webhooks.
+    let accepted = eventually_accepted(&app).await;
+    assert!(
+        accepted,
+        "the relay did not accept a webhook within 15 s of losing its connection"
+    );
+    assert_eq!(app.depth(&queue).await, 2);
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("hookrelay_broker_connects_total 2"),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_relay_starts_without_rabbitmq_and_connects_when_it_appears() {
+    // A port where "RabbitMQ" is down: nothing listens there yet.
+    let gate = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = gate.local_addr().unwrap().port();
+    drop(gate);
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let app = spawn_app_unready(test_settings(&[("HOOKRELAY__AMQP__URI", &uri)])).await;
+
+    // While it is down: not ready, and webhooks get 503 with Retry-After.
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["broker"],
+        "disconnected"
+    );
+    assert_eq!(
+        app.get_admin("/healthz").await.status(),
+        200,
+        "alive all the same"
+    );
+    let refused = app.post_webhook(sync_account()).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"], "broker_unavailable");
+    assert!(
+        !answer["message"]
+            .as_str()
+            .unwrap()
+            .contains(&port.to_string()),
+        "no internals"
+    );
+
+    // RabbitMQ "comes back": the port now forwards to the real broker.
+    tokio::spawn(forward(port, crate::helpers::AMQP_URL.clone()));
+
+    app.wait_until_ready().await;
+    let queue = app.bind_queue(&["#"]).await;
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    assert_eq!(app.depth(&queue).await, 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
+    let mut app = spawn_app(&[]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    let (first_done, mut first) = tokio::sync::mpsc::channel::<()>(200);
+    let mut requests = JoinSet::new();
+    for _ in 0..100 {
+        let http = app.http.clone();
+        let url = format!("{}/webhooks", app.address);
+        let first_done = first_done.clone();
+        requests.spawn(async move {
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-client-id", crate::helpers::CLIENT_ID)
+                .body(sync_account())
+                .send()
+                .await;
+            let _ = first_done.try_send(());
+            match response {
+                Ok(r) => Some((r.status().as_u16(), r.json::<Value>().await.ok())),
+                Err(_) => None, // not accepted before the listener closed: allowed
+            }
+        });
+    }
+
+    // Stop while requests are still arriving.
+    first.recv().await;
+    app.shutdown_relay().await.expect("a clean shutdown");
+
+    let mut accepted = Vec::new();
+    while let Some(result) = requests.join_next().await {
+        if let Some((status, body)) = result.unwrap() {
+            assert_eq!(status, 200, "an in-flight webhook was cut short: {body:?}");
+            accepted.push(body.unwrap()["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(!accepted.is_empty());
+    let mut delivered = Vec::new();
+    while let Some(message) = app.next_message(&queue).await {
+        delivered.push(
+            message
+                .delivery
+                .properties
+                .message_id()
+                .clone()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &accepted {
+        assert!(
+            delivered.contains(id),
+            "200 for {id}, but it never reached RabbitMQ"
+        );
+    }
+    println!("{} accepted before shutdown, all delivered", accepted.len());
+    let connections = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "client_properties",
+    ])
+    .await;
+    assert!(
+        !connections.contains(&app.settings.amqp.connection_name()),
+        "the relay's connection is closed"
+    );
+    app.stop().await.unwrap();
+}
+
+async fn eventually_accepted(app: &TestApp) -> bool {
+    for _ in 0..150 {
+        if app.post_webhook(sync_account()).await.status() == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new("rabbitmqctl")
+            .args(&args)
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {:?}",
+            output
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+/// Closes, from the broker side, only the connection with this name: other
+/// tests share the broker.
+async fn close_connection_named(name: &str) {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .await;
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&needle))
+        .and_then(|line| line.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {name} in {listing}"))
+        .to_owned();
+    rabbitmqctl(&["close_connection", &pid, "test: closed by the broker"]).await;
+}
+
+fn queue_type(name: &str) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let (queue, kind) = line.split_once('\t')?;
+            (queue == name).then(|| kind.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("queue {name} not listed"))
+}
+
+/// Listens on `port` and forwards every connection to the real broker.
+async fn forward(port: u16, amqp_url: String) {
+    let target = broker_address(&amqp_url);
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind the gate port");
+    loop {
+        let (mut inbound, _) = listener.accept().await.unwrap();
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+fn broker_address(amqp_url: &str) -> String {
+    let uri: lapin::uri::AMQPUri = amqp_url.parse().unwrap();
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}

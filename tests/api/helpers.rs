@@ -1,0 +1,345 @@
+//! Shared test harness: a relay started in-process on port 0 against the real
+//! RabbitMQ at `AMQP_URL`, with its own exchange so tests run in parallel, and
+//! a test-side AMQP channel to inspect what the relay published.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use hookrelay::config::Settings;
+use hookrelay::startup::Application;
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const CLIENT_ID: &str = "test-client";
+pub const SENDER_IP: &str = "52.60.234.183";
+
+pub static AMQP_URL: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+});
+
+/// Logs only when `TEST_LOG` is set, as zero-to-production does.
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        hookrelay::telemetry::init(hookrelay::config::LogFormat::Text);
+    }
+});
+
+pub fn sync_account() -> String {
+    r#"{"hook":"SyncAccount","user":{"id":"user-1","loginName":"alice@example.com"},"account":{"id":"acct-1","provider":"First Bank"}}"#.to_owned()
+}
+
+pub fn sync_error(code: &str) -> String {
+    format!(
+        r#"{{"hook":"SyncError","user":{{"id":"user-1","loginName":"alice@example.com"}},"account":{{"id":"acct-1","provider":"First Bank"}},"error":"{code}"}}"#
+    )
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub port: u16,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub channel: Channel,
+    connection: Connection,
+    shutdown: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings for a test relay: localhost allowed, port 0, a unique exchange.
+pub fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
+    let exchange = format!("test-{}", Uuid::now_v7());
+    let mut env: HashMap<String, String> = [
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
+        ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1"),
+        ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__SERVER__WORKERS", "2"),
+        ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
+        ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
+        ("HOOKRELAY__AMQP__CHANNELS", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Settings::load_with_env(None, env).expect("test settings")
+}
+
+/// Starts a relay with `extra_env` applied and waits until it is connected.
+pub async fn spawn_app(extra_env: &[(&str, &str)]) -> TestApp {
+    let app = spawn_app_unready(test_settings(extra_env)).await;
+    app.wait_until_ready().await;
+    app
+}
+
+/// Starts a relay without waiting for RabbitMQ.
+pub async fn spawn_app_unready(settings: Settings) -> TestApp {
+    LazyLock::force(&TRACING);
+    let (connection, channel) = amqp().await;
+    let application = Application::build(settings.clone())
+        .await
+        .expect("the relay builds");
+    let port = application.port();
+    let admin_port = application.admin_port();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        admin_address: format!("http://127.0.0.1:{admin_port}"),
+        port,
+        settings,
+        http: reqwest::Client::new(),
+        channel,
+        connection,
+        shutdown: Some(shutdown),
+        running: Some(running),
+    }
+}
+
+/// A test-side connection to RabbitMQ, or one clear line saying it is absent.
+pub async fn amqp() -> (Connection, Channel) {
+    let connect = Connection::connect(&AMQP_URL, ConnectionProperties::default());
+    let connection = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(err)) => panic!(
+            "RabbitMQ is not reachable at {} ({err}); start it with `rabbitmq-server -detached`",
+            *AMQP_URL
+        ),
+        Err(_) => panic!("RabbitMQ at {} did not answer within 5 s", *AMQP_URL),
+    };
+    let channel = connection.create_channel().await.expect("a test channel");
+    (connection, channel)
+}
+
+impl TestApp {
+    pub fn exchange(&self) -> &str {
+        &self.settings.amqp.exchange
+    }
+
+    pub async fn wait_until_ready(&self) {
+        let ready = self.get_admin("/readyz").await;
+        if ready.status() == 200 {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.get_admin("/readyz").await.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the relay did not become ready within 10 s (is RabbitMQ up?)");
+    }
+
+    /// POSTs `body` as JSON with the right client id.
+    pub async fn post_webhook(&self, body: impl Into<String>) -> reqwest::Response {
+        self.post(
+            body,
+            &[
+                ("content-type", "application/json"),
+                ("x-client-id", CLIENT_ID),
+            ],
+        )
+        .await
+    }
+
+    /// POSTs `body` to the webhook path with exactly these headers.
+    pub async fn post(
+        &self,
+        body: impl Into<String>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}{}",
+                self.address, self.settings.server.webhook_path
+            ))
+            .body(body.into());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("the relay answers")
+    }
+
+    pub async fn get_admin(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.admin_address))
+            .send()
+            .await
+            .expect("the admin listener answers")
+    }
+
+    /// Declares an exclusive queue bound to the relay's exchange with `patterns`;
+    /// it disappears with the test's connection.
+    pub async fn bind_queue(&self, patterns: &[&str]) -> String {
+        let name = format!("{}.probe-{}", self.exchange(), Uuid::now_v7());
+        self.channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a probe queue");
+        for pattern in patterns {
+            self.channel
+                .queue_bind(
+                    name.as_str().into(),
+                    self.exchange().into(),
+                    (*pattern).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the probe queue");
+        }
+        name
+    }
+
+    /// The next message in `queue`, waiting up to a second for one to arrive.
+    pub async fn next_message(&self, queue: &str) -> Option<BasicGetMessage> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let message = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            if message.is_some() || Instant::now() > deadline {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many messages `queue` holds now.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue exists")
+            .message_count()
+    }
+
+    /// Stops the relay gracefully and removes everything it declared.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let result = self.shutdown_relay().await;
+        delete_topology(&self.channel, &self.settings).await;
+        let _ = self.connection.close(200, "test done".into()).await;
+        result
+    }
+
+    /// Signals shutdown and waits for `run_until_stopped` to return.
+    pub async fn shutdown_relay(&mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.running.take() {
+            Some(running) => running.await.expect("the relay task does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn public_socket(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// Deletes the exchanges and queues a relay with `settings` declares.
+pub async fn delete_topology(channel: &Channel, settings: &Settings) {
+    let amqp = &settings.amqp;
+    let queues = [
+        amqp.unrouted(),
+        amqp.dead_letter_queue(),
+        amqp.quarantine_queue(),
+    ];
+    for queue in queues
+        .into_iter()
+        .chain(settings.queues.iter().map(|q| q.name.clone()))
+    {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        amqp.exchange.clone(),
+        amqp.unrouted(),
+        amqp.dead_letter_exchange(),
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Sends raw bytes to the relay and returns its status code, for requests a
+/// well-behaved client cannot make (a lying Content-Length, say).
+pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the relay answers within 5 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&response);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+/// A header of a delivered message as text.
+pub fn header(message: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
+    message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key).cloned())
+}
+
+pub fn text_header(message: &BasicGetMessage, key: &str) -> String {
+    match header(message, key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("header {key} is not a string: {other:?}"),
+    }
+}

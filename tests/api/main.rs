@@ -1,0 +1,9 @@
+//! Integration tests against the real RabbitMQ at `AMQP_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Each test starts its own
+//! relay on port 0 with its own exchange, so they run in parallel.
+
+mod admin;
+mod binary;
+mod broker;
+mod helpers;
+mod webhook;
