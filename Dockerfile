@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# Two stages: build with the Rust toolchain, run on a slim Debian with only
+# CA certificates (for amqps://) and an unprivileged user.
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin hookrelay \
+    && cp target/release/hookrelay /usr/local/bin/hookrelay
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home hookrelay
+COPY --from=build /usr/local/bin/hookrelay /usr/local/bin/hookrelay
+USER hookrelay
+EXPOSE 8080 9090
+ENTRYPOINT ["hookrelay"]
+CMD ["serve"]
