@@ -234,10 +234,16 @@ impl AmqpSettings {
         format!("{}.quarantine", self.exchange)
     }
 
-    /// The name operators see in the management UI, and tests close by.
+    /// The relay's connection name, as operators see it in the management UI
+    /// (and tests close it by): `hookrelay@<host>/<exchange>`.
     pub fn connection_name(&self) -> String {
+        self.tool_connection_name("hookrelay")
+    }
+
+    /// The connection name of a command other than `serve`, e.g. `hookrelay-replay`.
+    pub fn tool_connection_name(&self, tool: &str) -> String {
         let host = gethostname::gethostname();
-        format!("hookrelay@{}/{}", host.to_string_lossy(), self.exchange)
+        format!("{tool}@{}/{}", host.to_string_lossy(), self.exchange)
     }
 }
 

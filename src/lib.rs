@@ -17,15 +17,21 @@
 //! * [`broker`]: the supervised connection, the topology, one confirmed publish.
 //! * [`metrics`], [`telemetry`]: what operators see.
 //! * [`startup`]: wires it all into an [`startup::Application`]; [`cli`]: the commands.
+//! * [`replay`], [`tail`]: the operator's tools, with [`dead_letter`] (reading
+//!   `x-death`) and [`topic`] (topic-pattern matching).
 
 pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod envelope;
 pub mod event;
 pub mod ingress;
 pub mod ip_ranges;
 pub mod metrics;
+pub mod replay;
 pub mod startup;
+pub mod tail;
 pub mod telemetry;
+pub mod topic;

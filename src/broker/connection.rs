@@ -189,12 +189,11 @@ impl Session {
     }
 }
 
-/// Opens a connection named after this relay and its exchange, so operators
-/// (and tests) can find it in `rabbitmqctl list_connections`.
-pub async fn connect(amqp: &AmqpSettings) -> Result<Connection, ConnectError> {
+/// Opens a connection under `name`, which operators (and tests) see in
+/// `rabbitmqctl list_connections`.
+pub async fn connect(amqp: &AmqpSettings, name: String) -> Result<Connection, ConnectError> {
     let uri = amqp.uri.masked();
-    let properties =
-        ConnectionProperties::default().with_connection_name(amqp.connection_name().into());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
         Connection::connect(amqp.uri.expose(), properties),
@@ -250,7 +249,7 @@ async fn open_session(
     amqp: &AmqpSettings,
     queues: &[QueueSettings],
 ) -> Result<(Arc<Session>, BoxStream<'static, Event>), ConnectError> {
-    let connection = connect(amqp).await?;
+    let connection = connect(amqp, amqp.connection_name()).await?;
     let events = connection.events_listener().boxed();
     match open_channels(&connection, amqp, queues).await {
         Ok(channels) => {

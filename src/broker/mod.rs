@@ -5,4 +5,4 @@ mod publisher;
 pub mod topology;
 
 pub use connection::{Broker, BrokerState, ConnectError, connect};
-pub use publisher::{Outgoing, PublishError, Publisher};
+pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::connection::Broker;
 
@@ -72,40 +72,52 @@ impl Publisher {
         if session.is_blocked() {
             return Err(PublishError::Blocked);
         }
-        let channel = session.channel();
         let started = Instant::now();
-        let confirmation = tokio::time::timeout(self.confirm_timeout, async {
-            channel
-                .basic_publish(
-                    ShortString::from(message.exchange),
-                    ShortString::from(message.routing_key),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &message.body,
-                    message.properties,
-                )
-                .await?
-                .await
-        })
-        .await;
+        let result = publish_confirmed(session.channel(), message, self.confirm_timeout).await;
         self.broker.metrics().observe_publish(started.elapsed());
-
-        match confirmation {
-            Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
-            Ok(Err(err)) => {
-                self.broker.report_trouble();
-                Err(PublishError::Channel(err))
-            }
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
-                code: returned.reply_code,
-                text: returned.reply_text.to_string(),
-            }),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
-            // Cannot happen: every session channel is in confirm mode before it is shared.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+        if matches!(
+            result,
+            Err(PublishError::Channel(_) | PublishError::NotConfirmed)
+        ) {
+            self.broker.report_trouble();
         }
+        result
+    }
+}
+
+/// Publishes `message` on `channel` (which must be in confirm mode) as
+/// `mandatory`, and waits up to `timeout` for RabbitMQ's confirm. Only an `Ack`
+/// without a returned message is success.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    message: Outgoing,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let confirmation = tokio::time::timeout(timeout, async {
+        channel
+            .basic_publish(
+                ShortString::from(message.exchange),
+                ShortString::from(message.routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &message.body,
+                message.properties,
+            )
+            .await?
+            .await
+    })
+    .await;
+    match confirmation {
+        Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
+        Ok(Err(err)) => Err(PublishError::Channel(err)),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
+            code: returned.reply_code,
+            text: returned.reply_text.to_string(),
+        }),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
     }
 }

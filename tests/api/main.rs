@@ -6,4 +6,5 @@ mod admin;
 mod binary;
 mod broker;
 mod helpers;
+mod replay;
 mod webhook;
