@@ -126,7 +126,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The business logic. It reads the relay's headers, never the body's
+/// The business logic. It dispatches on the relay's `hook` and `error`
+/// headers, not on the routing key: a message replayed into this queue arrives
+/// with the queue's name as its routing key. It never reads the body's
 /// `loginName`, so no personal data is printed.
 fn handle(delivery: &Delivery, broken: bool) -> Result<(), String> {
     if broken {
@@ -143,22 +145,24 @@ fn handle(delivery: &Delivery, broken: bool) -> Result<(), String> {
         Some(AMQPValue::LongLongInt(n)) => format!(" (replay {n})"),
         _ => String::new(),
     };
-    match delivery.routing_key.as_str() {
-        "sync.error.LoginFailedError" => {
+    let hook = header(delivery, "hook").unwrap_or_default();
+    let error = header(delivery, "error").unwrap_or_default();
+    match (hook.as_str(), error.as_str()) {
+        ("SyncError", "LoginFailedError") => {
             println!(
                 "{}: asking user {user} to re-enter credentials for account {account}{replays}",
                 message_id(delivery)
             );
             Ok(())
         }
-        "sync.error.SecurityQuestionError" => {
+        ("SyncError", "SecurityQuestionError") => {
             println!(
                 "{}: asking user {user} to answer the security question for account {account}{replays}",
                 message_id(delivery)
             );
             Ok(())
         }
-        other => Err(format!("no handler for {other}")),
+        _ => Err(format!("no handler for {hook} {error}")),
     }
 }
 

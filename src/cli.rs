@@ -103,6 +103,9 @@ pub struct TailArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Show bodies as they are; by default `user.loginName` (personal data) is redacted.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// Runs the chosen command.
@@ -236,6 +239,7 @@ async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<()> {
         &settings.amqp,
         &args.patterns,
         args.count,
+        args.raw,
         || {
             eprintln!(
                 "tailing exchange {exchange} for {} (Ctrl-C to stop)",

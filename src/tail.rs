@@ -14,22 +14,28 @@ use crate::broker;
 use crate::config::AmqpSettings;
 use crate::topic::TopicPattern;
 
+/// Stands in for `user.loginName` unless `--raw` is given.
+const REDACTED: &str = "[redacted]";
+
 /// One message as `tail` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tailed {
     pub routing_key: String,
     pub message_id: Option<String>,
     pub headers: Value,
-    /// The body as JSON when it is JSON, else as text.
+    /// The body as JSON when it is JSON (key order kept), else as text.
     pub body: Value,
 }
 
 /// Tails until `count` messages were seen (or forever). `on_ready` runs once
-/// the queue is bound, before the first message can arrive.
+/// the queue is bound, before the first message can arrive. Unless `raw`,
+/// `user.loginName` is redacted: tail output tends to end up in terminals,
+/// tickets and logs, and the login name is personal data.
 pub async fn tail(
     amqp: &AmqpSettings,
     patterns: &[TopicPattern],
     count: Option<usize>,
+    raw: bool,
     on_ready: impl FnOnce(),
     mut on_message: impl FnMut(Tailed),
 ) -> anyhow::Result<()> {
@@ -94,14 +100,22 @@ pub async fn tail(
                 .headers()
                 .as_ref()
                 .map_or(Value::Null, table_to_json),
-            body: serde_json::from_slice(&delivery.data).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&delivery.data).into_owned())
-            }),
+            body: body(&delivery.data, raw),
         });
         seen += 1;
     }
     let _ = connection.close(200, "tail done".into()).await;
     Ok(())
+}
+
+fn body(data: &[u8], raw: bool) -> Value {
+    let Ok(mut body) = serde_json::from_slice::<Value>(data) else {
+        return Value::String(String::from_utf8_lossy(data).into_owned());
+    };
+    if !raw && let Some(login) = body.pointer_mut("/user/loginName") {
+        *login = Value::String(REDACTED.to_owned());
+    }
+    body
 }
 
 /// AMQP header values as plain JSON (lapin's own serde form is tagged by type).
@@ -135,5 +149,31 @@ fn value_to_json(value: &AMQPValue) -> Value {
         AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned().into(),
         AMQPValue::DecimalValue(d) => format!("{d:?}").into(),
         AMQPValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"hook":"SyncAccount","user":{"id":"u1","loginName":"alice"},"account":{"id":"a1","provider":"p"}}"#;
+
+    #[test]
+    fn the_login_name_is_redacted_unless_raw() {
+        let shown = body(BODY, false).to_string();
+        assert_eq!(
+            shown,
+            r#"{"hook":"SyncAccount","user":{"id":"u1","loginName":"[redacted]"},"account":{"id":"a1","provider":"p"}}"#,
+            "redacted, key order kept"
+        );
+        assert_eq!(body(BODY, true).to_string().as_bytes(), BODY);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_shown_as_text() {
+        assert_eq!(
+            body(b"{not json", false),
+            Value::String("{not json".to_owned())
+        );
     }
 }

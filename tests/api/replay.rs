@@ -531,6 +531,7 @@ async fn tail_prints_exactly_what_was_sent() {
     assert_eq!(lines[0]["message_id"], first.as_str());
     assert_eq!(lines[0]["routing_key"], "sync.account");
     assert_eq!(lines[0]["body"]["hook"], "SyncAccount");
+    assert_eq!(lines[0]["body"]["user"]["loginName"], "[redacted]", "personal data");
     assert_eq!(lines[1]["message_id"], second.as_str());
     assert_eq!(lines[1]["routing_key"], "sync.error.SecurityQuestionError");
     assert_eq!(lines[1]["headers"]["error"], "SecurityQuestionError");
