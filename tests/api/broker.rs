@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    TestApp, spawn_app, spawn_app_unready, sync_account, sync_error, test_settings,
+    TestApp, message_id, spawn_app, spawn_app_unready, sync_account, sync_error, test_settings,
 };
 
 fn consumer_queue(name: String, binding: &str, kind: QueueType) -> QueueSettings {
@@ -215,15 +215,7 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
     assert!(!accepted.is_empty());
     let mut delivered = Vec::new();
     while let Some(message) = app.next_message(&queue).await {
-        delivered.push(
-            message
-                .delivery
-                .properties
-                .message_id()
-                .clone()
-                .unwrap()
-                .to_string(),
-        );
+        delivered.push(message_id(&message));
     }
     for id in &accepted {
         assert!(

@@ -327,7 +327,18 @@ pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {head:?}"))
 }
 
-/// A header of a delivered message as text.
+/// The message id of a delivered message.
+pub fn message_id(message: &BasicGetMessage) -> String {
+    message
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .expect("a message id")
+        .to_string()
+}
+
+/// A header of a delivered message.
 pub fn header(message: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
     message
         .delivery

@@ -14,7 +14,7 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 
 use crate::helpers::{
-    AMQP_URL, CLIENT_ID, TestApp, header, spawn_app_unready, sync_account, sync_error,
+    AMQP_URL, CLIENT_ID, TestApp, header, message_id, spawn_app_unready, sync_account, sync_error,
     test_settings,
 };
 
@@ -71,13 +71,7 @@ impl TestApp {
             .reject(BasicRejectOptions { requeue: false })
             .await
             .unwrap();
-        message
-            .delivery
-            .properties
-            .message_id()
-            .clone()
-            .unwrap()
-            .to_string()
+        message_id(&message)
     }
 
     /// Empties `queue`, returning the message ids in order.
@@ -95,15 +89,7 @@ impl TestApp {
                 .ack(BasicAckOptions::default())
                 .await
                 .unwrap();
-            ids.push(
-                message
-                    .delivery
-                    .properties
-                    .message_id()
-                    .clone()
-                    .unwrap()
-                    .to_string(),
-            );
+            ids.push(message_id(&message));
         }
         ids
     }
@@ -171,16 +157,7 @@ async fn a_replay_returns_the_message_to_the_queue_it_died_in_only() {
     );
     let again = app.next_message(&reprompt).await.expect("back in reprompt");
     assert_eq!(again.delivery.data, body.as_bytes());
-    assert_eq!(
-        again
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .as_str(),
-        id
-    );
+    assert_eq!(message_id(&again), id);
     assert_eq!(again.delivery.properties.delivery_mode(), &Some(2));
     assert_eq!(
         header(&again, "x-replay-count"),
@@ -214,16 +191,7 @@ async fn a_second_round_trip_counts_two_replays() {
         "original key survives"
     );
     let message = app.next_message(&reprompt).await.unwrap();
-    assert_eq!(
-        message
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .as_str(),
-        id
-    );
+    assert_eq!(message_id(&message), id);
     assert_eq!(
         header(&message, "x-replay-count"),
         Some(AMQPValue::LongLongInt(2))
@@ -531,7 +499,10 @@ async fn tail_prints_exactly_what_was_sent() {
     assert_eq!(lines[0]["message_id"], first.as_str());
     assert_eq!(lines[0]["routing_key"], "sync.account");
     assert_eq!(lines[0]["body"]["hook"], "SyncAccount");
-    assert_eq!(lines[0]["body"]["user"]["loginName"], "[redacted]", "personal data");
+    assert_eq!(
+        lines[0]["body"]["user"]["loginName"], "[redacted]",
+        "personal data"
+    );
     assert_eq!(lines[1]["message_id"], second.as_str());
     assert_eq!(lines[1]["routing_key"], "sync.error.SecurityQuestionError");
     assert_eq!(lines[1]["headers"]["error"], "SecurityQuestionError");

@@ -5,7 +5,8 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 
 use crate::helpers::{
-    CLIENT_ID, SENDER_IP, header, raw_status, spawn_app, sync_account, sync_error, text_header,
+    CLIENT_ID, SENDER_IP, header, message_id, raw_status, spawn_app, sync_account, sync_error,
+    text_header,
 };
 
 #[tokio::test]
@@ -164,16 +165,7 @@ async fn invalid_events_are_quarantined_and_answered_422() {
         let message = app.next_message(&quarantine).await.expect("quarantined");
         assert_eq!(message.delivery.data, body.as_bytes());
         assert!(text_header(&message, "x-quarantine-reason").contains(reason));
-        assert_eq!(
-            message
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .unwrap()
-                .as_str(),
-            answer["id"].as_str().unwrap()
-        );
+        assert_eq!(message_id(&message), answer["id"].as_str().unwrap());
         assert!(!format!("{:?}", message.delivery.properties.headers()).contains("alice"));
     }
     assert_eq!(app.depth(&everything).await, 0, "nothing was routed");
