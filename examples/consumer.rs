@@ -27,7 +27,6 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 
 /// How many unacknowledged messages RabbitMQ may push to us at once.
 const PREFETCH: u16 = 10;
@@ -61,11 +60,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("no such consumer queue: add a [[queues]] entry to the configuration");
     };
 
-    let properties =
-        ConnectionProperties::default().with_connection_name("hookrelay-example-consumer".into());
-    let connection = Connection::connect(settings.amqp.uri.expose(), properties)
-        .await
-        .context("cannot connect to RabbitMQ")?;
+    let name = settings
+        .amqp
+        .tool_connection_name("hookrelay-example-consumer");
+    let connection = hookrelay::broker::connect(&settings.amqp, name).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())

@@ -132,7 +132,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_port = app.admin_port(),
         path = %settings.server.webhook_path,
         exchange = %settings.amqp.exchange,
-        broker = %settings.amqp.uri,
+        broker = %settings.amqp.uri.iter().map(|u| u.masked()).collect::<Vec<_>>().join(","),
         "hookrelay listening"
     );
     app.run_until_stopped(shutdown_signal()).await

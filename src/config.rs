@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub ingress: IngressSettings,
     pub amqp: AmqpSettings,
+    pub spool: SpoolSettings,
     #[serde(default)]
     pub queues: Vec<QueueSettings>,
 }
@@ -70,11 +71,22 @@ pub struct IngressSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    pub uri: AmqpUri,
+    /// One URI, or the nodes of a cluster: the first that answers is used.
+    #[serde(deserialize_with = "amqp_uris")]
+    pub uri: Vec<AmqpUri>,
     pub exchange: String,
     pub confirm_timeout_ms: u64,
     /// Publishing channels kept open, each in confirm mode.
     pub channels: usize,
+}
+
+/// The local spool that keeps accepted webhooks while RabbitMQ cannot.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub max_bytes: u64,
 }
 
 /// A consumer queue the relay declares and binds for its users.
@@ -167,6 +179,15 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");
+        }
+        if self.amqp.uri.is_empty() {
+            return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
+        }
+        if self.spool.enabled && self.spool.max_bytes == 0 {
+            return invalid("spool.max_bytes", "must be greater than 0");
+        }
+        if self.spool.enabled && self.spool.path.as_os_str().is_empty() {
+            return invalid("spool.path", "must name a file");
         }
         if self.amqp.confirm_timeout_ms == 0 {
             return invalid("amqp.confirm_timeout_ms", "must be greater than 0");
@@ -346,6 +367,13 @@ fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
         .collect())
 }
 
+fn amqp_uris<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<AmqpUri>, D::Error> {
+    string_list(deserializer)?
+        .iter()
+        .map(|uri| uri.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn ip_ranges<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpRanges, D::Error> {
     string_list(deserializer)?
         .join(",")
@@ -378,7 +406,13 @@ mod tests {
         assert_eq!(s.server.webhook_path, "/webhooks");
         assert_eq!(s.server.max_body_bytes, 64 * 1024);
         assert_eq!(s.amqp.exchange, "webhooks");
-        assert_eq!(s.amqp.uri.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.uri.len(), 1);
+        assert_eq!(
+            s.amqp.uri[0].expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert!(s.spool.enabled);
+        assert_eq!(s.spool.max_bytes, 1024 * 1024 * 1024);
         assert_eq!(s.log_format, LogFormat::Text);
         for sender in [
             "52.60.234.183",
@@ -406,8 +440,16 @@ mod tests {
             ("HOOKRELAY__AMQP__EXCHANGE", "events"),
             ("HOOKRELAY__AMQP__CONFIRM_TIMEOUT_MS", "250"),
             ("HOOKRELAY__LOG_FORMAT", "json"),
+            ("HOOKRELAY__SPOOL__ENABLED", "false"),
+            (
+                "HOOKRELAY__AMQP__URI",
+                "amqp://a:1@n1/%2f, amqp://a:1@n2/%2f",
+            ),
         ])
         .unwrap();
+        assert!(!s.spool.enabled);
+        assert_eq!(s.amqp.uri.len(), 2);
+        assert_eq!(s.amqp.uri[1].masked(), "amqp://a:****@n2/%2f");
         assert_eq!(s.ingress.client_ids, ["0012", "app-2"]);
         assert!(s.ingress.allowed_ips.contains("10.2.3.4".parse().unwrap()));
         assert!(
@@ -514,7 +556,7 @@ type = "quorum"
         ])
         .unwrap();
         assert_eq!(
-            s.amqp.uri.masked(),
+            s.amqp.uri[0].masked(),
             "amqps://relay:****@mq.example:5671/prod"
         );
         for shown in [s.to_masked_toml(), format!("{s:?}")] {
@@ -522,7 +564,7 @@ type = "quorum"
             assert!(shown.contains("mq.example"), "{shown}");
         }
         assert_eq!(
-            s.amqp.uri.expose(),
+            s.amqp.uri[0].expose(),
             "amqps://relay:s3cret@mq.example:5671/prod"
         );
     }

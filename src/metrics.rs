@@ -30,8 +30,12 @@ pub enum Outcome {
     PayloadTooLarge,
     /// The body could not be read: 400.
     BadRequest,
-    /// RabbitMQ did not confirm: 503.
+    /// RabbitMQ could not confirm, so it was written to the local spool: 200.
+    Spooled,
+    /// RabbitMQ could not confirm and the spool is full (or disabled): 503.
     BrokerUnavailable,
+    /// RabbitMQ could not confirm and the spool is full: 503.
+    SpoolFull,
 }
 
 impl Outcome {
@@ -44,7 +48,9 @@ impl Outcome {
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::PayloadTooLarge => "payload_too_large",
             Outcome::BadRequest => "bad_request",
+            Outcome::Spooled => "spooled",
             Outcome::BrokerUnavailable => "broker_unavailable",
+            Outcome::SpoolFull => "spool_full",
         }
     }
 }
@@ -72,6 +78,11 @@ struct Inner {
     publish_seconds: Histogram,
     broker_connected: Gauge,
     broker_connects: Counter,
+    spool_depth: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    spool_drained: Counter,
+    spool_write_seconds: Histogram,
 }
 
 impl Metrics {
@@ -102,6 +113,37 @@ impl Metrics {
             "Successful connections to RabbitMQ, the first one included",
             broker_connects.clone(),
         );
+        let spool_depth = Gauge::default();
+        registry.register(
+            "spool_depth",
+            "Webhooks waiting in the local spool",
+            spool_depth.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "spool_bytes",
+            "Bytes held by the local spool",
+            spool_bytes.clone(),
+        );
+        let spool_oldest_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "spool_oldest_age_seconds",
+            "How long the oldest spooled webhook has waited (0 when empty)",
+            spool_oldest_age.clone(),
+        );
+        let spool_drained = Counter::default();
+        registry.register(
+            "spool_drained",
+            "Spooled webhooks published to RabbitMQ and removed from the spool",
+            spool_drained.clone(),
+        );
+        // 0.1 ms to about 1.6 s: an fsync'd SQLite commit.
+        let spool_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
+        registry.register(
+            "spool_write_duration_seconds",
+            "Time to append one webhook to the spool, fsync included",
+            spool_write_seconds.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -109,6 +151,11 @@ impl Metrics {
                 publish_seconds,
                 broker_connected,
                 broker_connects,
+                spool_depth,
+                spool_bytes,
+                spool_oldest_age,
+                spool_drained,
+                spool_write_seconds,
             }),
         }
     }
@@ -129,6 +176,27 @@ impl Metrics {
         if connected {
             self.inner.broker_connects.inc();
         }
+    }
+
+    pub fn spool_state(&self, depth: u64, bytes: u64) {
+        self.inner.spool_depth.set(depth as i64);
+        self.inner.spool_bytes.set(bytes as i64);
+    }
+
+    pub fn spool_oldest_age(&self, age: Option<Duration>) {
+        self.inner
+            .spool_oldest_age
+            .set(age.map_or(0.0, |a| a.as_secs_f64()));
+    }
+
+    pub fn spool_drained(&self, count: u64) {
+        self.inner.spool_drained.inc_by(count);
+    }
+
+    pub fn observe_spool_write(&self, elapsed: Duration) {
+        self.inner
+            .spool_write_seconds
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

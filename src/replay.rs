@@ -193,7 +193,7 @@ async fn replay_on(
             "to exchange `{}` key `{}`",
             outgoing.exchange, outgoing.routing_key
         ));
-        match publish_confirmed(&publisher, outgoing, amqp.confirm_timeout()).await {
+        match publish_confirmed(&publisher, &outgoing, amqp.confirm_timeout()).await {
             Ok(()) => {
                 delivery
                     .acker

@@ -8,13 +8,17 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::admin::{self, Admin};
 use crate::broker::{Broker, Publisher};
 use crate::config::Settings;
+use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress};
 use crate::metrics::Metrics;
+use crate::spool::{Spool, drain};
 
 pub struct Application {
     port: u16,
@@ -22,6 +26,9 @@ pub struct Application {
     public: Server,
     admin: Server,
     broker: Broker,
+    spool: Option<Spool>,
+    drainer: Option<JoinHandle<()>>,
+    stop_draining: watch::Sender<bool>,
 }
 
 impl Application {
@@ -48,11 +55,24 @@ impl Application {
         let port = listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
 
-        let ingress = web::Data::new(Ingress::new(
-            &settings,
-            Publisher::new(broker.clone()),
-            metrics.clone(),
-        ));
+        let publisher = Publisher::new(broker.clone());
+        let spool = match &settings.spool {
+            spool if spool.enabled => {
+                Some(Spool::open(&spool.path, spool.max_bytes, metrics.clone())?)
+            }
+            _ => None,
+        };
+        let stop_draining = watch::Sender::new(false);
+        let drainer = spool.clone().map(|spool| {
+            drain::start(
+                spool,
+                publisher.clone(),
+                broker.clone(),
+                stop_draining.subscribe(),
+            )
+        });
+        let delivery = Delivery::new(publisher, spool.clone());
+        let ingress = web::Data::new(Ingress::new(&settings, delivery, metrics.clone()));
         let path = settings.server.webhook_path.clone();
         let mut public = HttpServer::new(move || {
             App::new()
@@ -69,6 +89,7 @@ impl Application {
         let admin_state = web::Data::new(Admin {
             broker: broker.clone(),
             metrics,
+            spool: spool.clone(),
         });
         let admin = HttpServer::new(move || {
             App::new()
@@ -86,6 +107,9 @@ impl Application {
             public,
             admin,
             broker,
+            spool,
+            drainer,
+            stop_draining,
         })
     }
 
@@ -101,8 +125,14 @@ impl Application {
         &self.broker
     }
 
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// webhooks finish (their confirms included), and closes RabbitMQ cleanly.
+    /// webhooks finish (their confirms or spool writes included), stops the
+    /// drainer (what is still spooled stays on disk for the next start), and
+    /// closes RabbitMQ cleanly.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let public_handle = self.public.handle();
         let admin_handle = self.admin.handle();
@@ -117,6 +147,18 @@ impl Application {
         info!("shutting down: finishing in-flight webhooks");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
+        self.stop_draining.send_replace(true);
+        if let Some(drainer) = self.drainer {
+            let _ = drainer.await;
+        }
+        if let Some(spool) = &self.spool
+            && !spool.is_empty()
+        {
+            info!(
+                depth = spool.depth(),
+                "webhooks left in the spool for the next start"
+            );
+        }
         self.broker.shutdown().await;
         info!("stopped");
         match early_exit {

@@ -85,6 +85,8 @@ pub enum ConnectError {
     Topology(lapin::Error),
     #[error("cannot open a publishing channel: {0}")]
     Channel(lapin::Error),
+    #[error("no RabbitMQ node is configured (amqp.uri)")]
+    NoNodes,
 }
 
 enum Ended {
@@ -152,7 +154,7 @@ impl Broker {
         self.inner.trouble.notify_one();
     }
 
-    pub(crate) fn amqp(&self) -> &AmqpSettings {
+    pub fn amqp(&self) -> &AmqpSettings {
         &self.inner.amqp
     }
 
@@ -189,32 +191,58 @@ impl Session {
     }
 }
 
-/// Opens a connection under `name`, which operators (and tests) see in
-/// `rabbitmqctl list_connections`.
+/// Opens a connection under `name` (operators, and tests, see it in
+/// `rabbitmqctl list_connections`) to the first node of `amqp.uri` that answers.
 pub async fn connect(amqp: &AmqpSettings, name: String) -> Result<Connection, ConnectError> {
-    let uri = amqp.uri.masked();
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(amqp.uri.expose(), properties),
-    )
-    .await
-    {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(ConnectError::Connect { uri, source }),
-        Err(_) => Err(ConnectError::Timeout { uri }),
+    connect_from(amqp, name, 0)
+        .await
+        .map(|(connection, _)| connection)
+}
+
+/// Tries the nodes in order starting at `first`, wrapping around; returns the
+/// connection and the index of the node that answered.
+async fn connect_from(
+    amqp: &AmqpSettings,
+    name: String,
+    first: usize,
+) -> Result<(Connection, usize), ConnectError> {
+    let nodes = amqp.uri.len();
+    let mut last_error = None;
+    for offset in 0..nodes {
+        let index = (first + offset) % nodes;
+        let uri = &amqp.uri[index];
+        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let error = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(uri.expose(), properties),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => return Ok((connection, index)),
+            Ok(Err(source)) => ConnectError::Connect {
+                uri: uri.masked(),
+                source,
+            },
+            Err(_) => ConnectError::Timeout { uri: uri.masked() },
+        };
+        if nodes > 1 {
+            warn!(error = %error, "RabbitMQ node unavailable; trying the next");
+        }
+        last_error = Some(error);
     }
+    Err(last_error.unwrap_or(ConnectError::NoNodes))
 }
 
 async fn supervise(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut backoff = Backoff::default();
+    let mut next_node = 0;
     while !*shutdown.borrow_and_update() {
         let opened = tokio::select! {
-            opened = open_session(&inner.amqp, &inner.queues) => opened,
+            opened = open_session(&inner.amqp, &inner.queues, next_node) => opened,
             _ = shutdown.changed() => break,
         };
-        let (session, events) = match opened {
+        let (session, events, node) = match opened {
             Ok(opened) => opened,
             Err(err) => {
                 let delay = backoff.next_delay();
@@ -226,7 +254,13 @@ async fn supervise(inner: Arc<Inner>) {
             }
         };
         backoff.reset();
-        info!(connection = %inner.amqp.connection_name(), "connected to RabbitMQ; topology declared");
+        // When this node fails, try the next one first.
+        next_node = (node + 1) % inner.amqp.uri.len();
+        info!(
+            connection = %inner.amqp.connection_name(),
+            node = %inner.amqp.uri[node],
+            "connected to RabbitMQ; topology declared"
+        );
         inner.session.send_replace(Some(session.clone()));
         inner.metrics.broker_connected(true);
 
@@ -248,8 +282,9 @@ async fn supervise(inner: Arc<Inner>) {
 async fn open_session(
     amqp: &AmqpSettings,
     queues: &[QueueSettings],
-) -> Result<(Arc<Session>, BoxStream<'static, Event>), ConnectError> {
-    let connection = connect(amqp, amqp.connection_name()).await?;
+    first_node: usize,
+) -> Result<(Arc<Session>, BoxStream<'static, Event>, usize), ConnectError> {
+    let (connection, node) = connect_from(amqp, amqp.connection_name(), first_node).await?;
     let events = connection.events_listener().boxed();
     match open_channels(&connection, amqp, queues).await {
         Ok(channels) => {
@@ -259,7 +294,7 @@ async fn open_session(
                 channels,
                 next_channel: AtomicUsize::new(0),
             };
-            Ok((Arc::new(session), events))
+            Ok((Arc::new(session), events, node))
         }
         Err(err) => {
             let _ = tokio::time::timeout(

@@ -7,8 +7,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::broker::PublishError;
+use crate::delivery::DeliveryError;
 use crate::metrics::Outcome;
+use crate::spool::SpoolError;
 
 /// Seconds a sender should wait before retrying while RabbitMQ is unavailable.
 const RETRY_AFTER_SECS: &str = "5";
@@ -28,9 +29,9 @@ pub enum IngressError {
     /// Not a valid event; kept in the quarantine queue under `id`.
     #[error("{reason}")]
     Quarantined { id: Uuid, reason: String },
-    /// RabbitMQ did not confirm; the sender should retry.
+    /// Neither RabbitMQ nor the spool took it; the sender should retry.
     #[error("temporarily unable to store the event; retry later")]
-    BrokerUnavailable(#[source] PublishError),
+    NotStored(#[source] DeliveryError),
 }
 
 #[derive(Serialize)]
@@ -50,7 +51,11 @@ impl IngressError {
             IngressError::PayloadTooLarge { .. } => Outcome::PayloadTooLarge,
             IngressError::BodyUnreadable => Outcome::BadRequest,
             IngressError::Quarantined { .. } => Outcome::Quarantined,
-            IngressError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
+            IngressError::NotStored(DeliveryError::NotSpooled {
+                spool: SpoolError::Full { .. },
+                ..
+            }) => Outcome::SpoolFull,
+            IngressError::NotStored(_) => Outcome::BrokerUnavailable,
         }
     }
 }
@@ -64,7 +69,7 @@ impl ResponseError for IngressError {
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BodyUnreadable => StatusCode::BAD_REQUEST,
             IngressError::Quarantined { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            IngressError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,7 +79,7 @@ impl ResponseError for IngressError {
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, IngressError::BrokerUnavailable(_)) {
+        if matches!(self, IngressError::NotStored(_)) {
             response.insert_header((RETRY_AFTER, RETRY_AFTER_SECS));
         }
         response.json(ErrorBody {

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use actix_web::{HttpRequest, web};
 use subtle::ConstantTimeEq;
 
-use crate::broker::Publisher;
 use crate::config::Settings;
+use crate::delivery::Delivery;
 use crate::ip_ranges::IpRanges;
 use crate::metrics::Metrics;
 use error::IngressError;
@@ -26,12 +26,12 @@ pub struct Ingress {
     max_body_bytes: usize,
     exchange: String,
     quarantine_queue: String,
-    publisher: Publisher,
+    delivery: Delivery,
     metrics: Metrics,
 }
 
 impl Ingress {
-    pub fn new(settings: &Settings, publisher: Publisher, metrics: Metrics) -> Ingress {
+    pub fn new(settings: &Settings, delivery: Delivery, metrics: Metrics) -> Ingress {
         Ingress {
             allowed_ips: settings.ingress.allowed_ips.clone(),
             trusted_proxies: settings.ingress.trusted_proxies.clone(),
@@ -39,7 +39,7 @@ impl Ingress {
             max_body_bytes: settings.server.max_body_bytes,
             exchange: settings.amqp.exchange.clone(),
             quarantine_queue: settings.amqp.quarantine_queue(),
-            publisher,
+            delivery,
             metrics,
         }
     }

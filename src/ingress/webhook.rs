@@ -3,7 +3,8 @@
 //!
 //! Source address (403), client id (401), content type (415) and size (413) are
 //! all decided before the body is read, so a refused request costs no body
-//! read and no broker round trip. Only after RabbitMQ confirms do we answer 200.
+//! read and no broker round trip. Only once the event is durable (confirmed by
+//! RabbitMQ, or fsync'd to the spool) do we answer 200.
 
 use std::time::SystemTime;
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use super::Ingress;
 use super::error::IngressError;
+use crate::delivery::Delivered;
 use crate::envelope::{Receipt, event_message, quarantine_message};
 use crate::event::Event;
 use crate::metrics::Outcome;
@@ -43,25 +45,26 @@ pub async fn receive(
         .await;
     let outcome = result
         .as_ref()
-        .map_or_else(IngressError::outcome, |_| Outcome::Accepted);
+        .map_or_else(IngressError::outcome, |(_, outcome)| *outcome);
     ingress.metrics.request(outcome);
     span.record("outcome", outcome.as_str());
     span.in_scope(|| match &result {
+        Ok((_, Outcome::Spooled)) => info!("webhook accepted into the spool"),
         Ok(_) => info!("webhook accepted"),
-        Err(IngressError::BrokerUnavailable(err)) => {
-            warn!(error = %err, "webhook refused: RabbitMQ did not confirm")
+        Err(IngressError::NotStored(err)) => {
+            warn!(error = %err, "webhook refused: it could not be stored")
         }
         Err(IngressError::Quarantined { reason, .. }) => warn!(%reason, "webhook quarantined"),
         Err(err) => info!(reason = %err, "webhook refused"),
     });
-    result
+    result.map(|(response, _)| response)
 }
 
 async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     ingress: &Ingress,
-) -> Result<HttpResponse, IngressError> {
+) -> Result<(HttpResponse, Outcome), IngressError> {
     let received_at = SystemTime::now();
     let source_ip = ingress.client_ip(req).ok_or(IngressError::Forbidden)?;
     Span::current().record("source_ip", field::display(source_ip));
@@ -85,23 +88,29 @@ async fn accept(
                 );
             }
             let message = event_message(&event, &receipt, &ingress.exchange, body);
-            ingress
-                .publisher
-                .publish(message)
-                .await
-                .map_err(IngressError::BrokerUnavailable)?;
-            Ok(HttpResponse::Ok().json(Accepted {
+            let outcome = match ingress.delivery.deliver(message).await {
+                Ok(Delivered::Published) => Outcome::Accepted,
+                Ok(Delivered::Spooled(why)) => {
+                    if let Some(why) = why {
+                        warn!(error = %why, "RabbitMQ did not confirm; spooled");
+                    }
+                    Outcome::Spooled
+                }
+                Err(err) => return Err(IngressError::NotStored(err)),
+            };
+            let accepted = Accepted {
                 status: "accepted",
                 id: receipt.message_id,
-            }))
+            };
+            Ok((HttpResponse::Ok().json(accepted), outcome))
         }
         Err(reason) => {
             let message = quarantine_message(&reason, &receipt, &ingress.quarantine_queue, body);
             ingress
-                .publisher
-                .publish(message)
+                .delivery
+                .deliver(message)
                 .await
-                .map_err(IngressError::BrokerUnavailable)?;
+                .map_err(IngressError::NotStored)?;
             Err(IngressError::Quarantined {
                 id: receipt.message_id,
                 reason: reason.reason().to_owned(),

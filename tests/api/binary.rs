@@ -250,6 +250,10 @@ async fn serve_logs_json_and_drains_on_sigterm() {
         ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
         ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
         ("HOOKRELAY__LOG_FORMAT", "json"),
+        (
+            "HOOKRELAY__SPOOL__PATH",
+            settings.spool.path.to_str().unwrap(),
+        ),
     ]);
     let json = |line: &str| serde_json::from_str::<Value>(line).ok();
     let port = relay.wait_for(|line| json(line)?.get("port")?.as_u64());

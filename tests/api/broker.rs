@@ -116,31 +116,112 @@ async fn the_relay_reconnects_after_rabbitmq_closes_its_connection() {
 
     close_connection_named(&app.settings.amqp.connection_name()).await;
 
-    // No restart: within a few seconds it is ready again and accepts webhooks.
-    let accepted = eventually_accepted(&app).await;
+    // No restart: within a few seconds it has a new connection.
     assert!(
-        accepted,
-        "the relay did not accept a webhook within 15 s of losing its connection"
+        reconnected(&app).await,
+        "the relay did not reconnect within 15 s of losing its connection"
     );
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
     assert_eq!(app.depth(&queue).await, 2);
+    app.stop().await.unwrap();
+}
+
+/// A port where "RabbitMQ" is down: nothing listens there until `forward` runs.
+async fn closed_port() -> u16 {
+    let gate = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = gate.local_addr().unwrap().port();
+    drop(gate);
+    port
+}
+
+#[tokio::test]
+async fn without_rabbitmq_webhooks_are_spooled_and_published_when_it_appears() {
+    let port = closed_port().await;
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let app = spawn_app_unready(test_settings(&[("HOOKRELAY__AMQP__URI", &uri)])).await;
+
+    // While it is down: still ready (the spool takes writes), and webhooks are accepted.
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["broker"], "disconnected");
+    let mut accepted = Vec::new();
+    for body in [
+        sync_account(),
+        sync_error("LoginFailedError"),
+        sync_account(),
+    ] {
+        let response = app.post_webhook(body).await;
+        assert_eq!(response.status(), 200, "durable on disk, so accepted");
+        accepted.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
     let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("hookrelay_spool_depth 3"), "{metrics}");
     assert!(
-        metrics.contains("hookrelay_broker_connects_total 2"),
+        metrics.contains(r#"hookrelay_webhook_requests_total{outcome="spooled"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hookrelay_broker_connected 0"),
+        "{metrics}"
+    );
+
+    // RabbitMQ "comes back": the port now forwards to the real broker.
+    tokio::spawn(forward(port, crate::helpers::AMQP_URL.clone()));
+    let queue = wait_for_queue_bound_after_connect(&app).await;
+
+    // The backlog arrives in arrival order, with the ids the sender was given.
+    let mut delivered = Vec::new();
+    while delivered.len() < accepted.len() {
+        let id = app
+            .next_message(&app.settings.amqp.unrouted())
+            .await
+            .map(|m| message_id(&m))
+            .expect("the spooled webhooks reach RabbitMQ");
+        delivered.push(id);
+    }
+    assert_eq!(delivered, accepted);
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    assert_eq!(
+        app.depth(&queue).await,
+        1,
+        "new webhooks flow directly again"
+    );
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("hookrelay_spool_depth 0"), "{metrics}");
+    assert!(
+        metrics.contains("hookrelay_spool_drained_total 3"),
         "{metrics}"
     );
     app.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_relay_starts_without_rabbitmq_and_connects_when_it_appears() {
-    // A port where "RabbitMQ" is down: nothing listens there yet.
-    let gate = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = gate.local_addr().unwrap().port();
-    drop(gate);
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let app = spawn_app_unready(test_settings(&[("HOOKRELAY__AMQP__URI", &uri)])).await;
+/// Waits for the relay to connect and bind a probe queue to everything.
+async fn wait_for_queue_bound_after_connect(app: &TestApp) -> String {
+    assert!(app.broker_ready().await, "the relay connected within 10 s");
+    // The spool drains in arrival order into <exchange>.unrouted (no queue was
+    // bound while RabbitMQ was away); bind a probe for what comes next.
+    while app.depth_of_spool().await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.bind_queue(&["#"]).await
+}
 
-    // While it is down: not ready, and webhooks get 503 with Retry-After.
+#[tokio::test]
+async fn with_the_spool_disabled_an_absent_rabbitmq_means_503() {
+    let port = closed_port().await;
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let settings = test_settings(&[
+        ("HOOKRELAY__AMQP__URI", &uri),
+        ("HOOKRELAY__SPOOL__ENABLED", "false"),
+    ]);
+    let app = spawn_app_unready(settings).await;
+
     let ready = app.get_admin("/readyz").await;
     assert_eq!(ready.status(), 503);
     assert_eq!(
@@ -165,13 +246,45 @@ async fn the_relay_starts_without_rabbitmq_and_connects_when_it_appears() {
         "no internals"
     );
 
-    // RabbitMQ "comes back": the port now forwards to the real broker.
     tokio::spawn(forward(port, crate::helpers::AMQP_URL.clone()));
-
     app.wait_until_ready().await;
     let queue = app.bind_queue(&["#"]).await;
     assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
     assert_eq!(app.depth(&queue).await, 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_and_says_so() {
+    let port = closed_port().await;
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    // Room for one webhook and its metadata, not two.
+    let settings = test_settings(&[
+        ("HOOKRELAY__AMQP__URI", &uri),
+        ("HOOKRELAY__SPOOL__MAX_BYTES", "700"),
+    ]);
+    let app = spawn_app_unready(settings).await;
+
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    let refused = app.post_webhook(sync_account()).await;
+
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "spool_full"
+    );
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"hookrelay_webhook_requests_total{outcome="spool_full"} 1"#),
+        "{metrics}"
+    );
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(
+        ready.status(),
+        503,
+        "neither RabbitMQ nor the spool can take a webhook"
+    );
     app.stop().await.unwrap();
 }
 
@@ -238,9 +351,11 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
     app.stop().await.unwrap();
 }
 
-async fn eventually_accepted(app: &TestApp) -> bool {
+/// Waits for the relay's second successful connection.
+async fn reconnected(app: &TestApp) -> bool {
     for _ in 0..150 {
-        if app.post_webhook(sync_account()).await.status() == 200 {
+        let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+        if metrics.contains("hookrelay_broker_connects_total 2") && app.broker_ready().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

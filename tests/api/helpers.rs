@@ -61,6 +61,8 @@ pub struct TestApp {
 /// Settings for a test relay: localhost allowed, port 0, a unique exchange.
 pub fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
     let exchange = format!("test-{}", Uuid::now_v7());
+    let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
+    let spool = spool.to_str().expect("a UTF-8 temp dir").to_owned();
     let mut env: HashMap<String, String> = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
         ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1"),
@@ -70,6 +72,7 @@ pub fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
         ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
         ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
         ("HOOKRELAY__AMQP__CHANNELS", "2"),
+        ("HOOKRELAY__SPOOL__PATH", spool.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -135,19 +138,31 @@ impl TestApp {
         &self.settings.amqp.exchange
     }
 
+    /// Waits until the relay is connected to RabbitMQ.
     pub async fn wait_until_ready(&self) {
-        let ready = self.get_admin("/readyz").await;
-        if ready.status() == 200 {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.get_admin("/readyz").await.status() == 200 {
-                return;
+        assert!(
+            self.broker_ready().await,
+            "the relay did not connect to RabbitMQ within 10 s (is RabbitMQ up?)"
+        );
+    }
+
+    /// Waits up to 10 s for the relay's broker connection (not just readiness,
+    /// which the spool can give on its own).
+    pub async fn broker_ready(&self) -> bool {
+        for _ in 0..500 {
+            let ready: serde_json::Value = self.get_admin("/readyz").await.json().await.unwrap();
+            if ready["broker"] == "connected" {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("the relay did not become ready within 10 s (is RabbitMQ up?)");
+        false
+    }
+
+    /// How many webhooks wait in the relay's spool.
+    pub async fn depth_of_spool(&self) -> u64 {
+        let ready: serde_json::Value = self.get_admin("/readyz").await.json().await.unwrap();
+        ready["spool"]["depth"].as_u64().expect("a spool")
     }
 
     /// POSTs `body` as JSON with the right client id.
@@ -257,6 +272,9 @@ impl TestApp {
         let result = self.shutdown_relay().await;
         delete_topology(&self.channel, &self.settings).await;
         let _ = self.connection.close(200, "test done".into()).await;
+        if let Some(folder) = self.settings.spool.path.parent() {
+            let _ = std::fs::remove_dir_all(folder);
+        }
         result
     }
 
