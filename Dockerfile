@@ -16,7 +16,11 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home hookrelay
+    && useradd --system --uid 10001 --no-create-home hookrelay \
+    && mkdir -p /var/lib/hookrelay && chown hookrelay /var/lib/hookrelay
+# The spool lives here; mount a volume on it so it outlives the container.
+ENV HOOKRELAY__SPOOL__PATH=/var/lib/hookrelay/spool.sqlite
+VOLUME /var/lib/hookrelay
 COPY --from=build /usr/local/bin/hookrelay /usr/local/bin/hookrelay
 USER hookrelay
 EXPOSE 8080 9090

@@ -32,6 +32,7 @@ const SCHEMA: &str = "
         routing_key TEXT    NOT NULL,
         properties  BLOB    NOT NULL,
         body        BLOB    NOT NULL,
+        size        INTEGER NOT NULL, -- bytes counted against spool.max_bytes
         spooled_at  INTEGER NOT NULL  -- milliseconds since the epoch
     );";
 
@@ -43,6 +44,8 @@ pub struct Spool {
 
 struct Inner {
     db: Mutex<Connection>,
+    /// Rows in the table; changed only while holding `db`, in the same step as
+    /// the row, so it never runs behind the drainer.
     entries: AtomicU64,
     bytes: AtomicU64,
     max_bytes: u64,
@@ -90,7 +93,7 @@ impl Spool {
         db.execute_batch(SCHEMA)
             .with_context(|| format!("cannot initialise the spool {}", path.display()))?;
         let (entries, bytes): (i64, i64) = db.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(exchange) + LENGTH(routing_key) + LENGTH(properties) + LENGTH(body)), 0) FROM spool",
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
@@ -131,6 +134,7 @@ impl Spool {
             + message.routing_key.len()
             + properties.len()
             + message.body.len()) as u64;
+        // Reserve the room first, so concurrent appends cannot overshoot the bound.
         let reserved = self.inner.bytes.fetch_add(size, Ordering::SeqCst) + size;
         if reserved > self.inner.max_bytes {
             self.inner.bytes.fetch_sub(size, Ordering::SeqCst);
@@ -146,34 +150,27 @@ impl Spool {
         );
         let started = Instant::now();
         let result = self
-            .blocking(move |db| {
+            .blocking(move |db, inner| {
                 db.execute(
-                    "INSERT INTO spool (exchange, routing_key, properties, body, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![exchange, routing_key, properties, &body[..], now_millis()],
+                    "INSERT INTO spool (exchange, routing_key, properties, body, size, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![exchange, routing_key, properties, &body[..], size as i64, now_millis()],
                 )?;
+                inner.entries.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             })
             .await;
         self.inner.metrics.observe_spool_write(started.elapsed());
-        match result {
-            Ok(()) => {
-                let entries = self.inner.entries.fetch_add(1, Ordering::SeqCst) + 1;
-                self.inner
-                    .metrics
-                    .spool_state(entries, self.inner.bytes.load(Ordering::SeqCst));
-                self.inner.appended.notify_one();
-                Ok(())
-            }
-            Err(err) => {
-                self.inner.bytes.fetch_sub(size, Ordering::SeqCst);
-                Err(err)
-            }
+        if result.is_err() {
+            self.inner.bytes.fetch_sub(size, Ordering::SeqCst);
         }
+        self.publish_state();
+        self.inner.appended.notify_one();
+        result
     }
 
     /// The oldest `limit` messages, oldest first.
     pub async fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
-        self.blocking(move |db| {
+        self.blocking(move |db, _| {
             let mut statement = db.prepare_cached(
                 "SELECT seq, exchange, routing_key, properties, body FROM spool ORDER BY seq LIMIT ?1",
             )?;
@@ -209,34 +206,37 @@ impl Spool {
         if seqs.is_empty() {
             return Ok(());
         }
-        let removed = seqs.len() as u64;
-        let freed = self
-            .blocking(move |db| {
+        let removed = self
+            .blocking(move |db, inner| {
                 let tx = db.transaction()?;
-                let mut freed = 0u64;
+                let (mut rows, mut freed) = (0u64, 0u64);
                 {
-                    let mut delete = tx.prepare_cached(
-                        "DELETE FROM spool WHERE seq = ?1 RETURNING LENGTH(exchange) + LENGTH(routing_key) + LENGTH(properties) + LENGTH(body)",
-                    )?;
+                    let mut delete =
+                        tx.prepare_cached("DELETE FROM spool WHERE seq = ?1 RETURNING size")?;
                     for seq in seqs {
-                        let mut rows = delete.query([seq])?;
-                        if let Some(row) = rows.next()? {
+                        if let Some(row) = delete.query([seq])?.next()? {
+                            rows += 1;
                             freed += row.get::<_, i64>(0)?.max(0) as u64;
                         }
                     }
                 }
                 tx.commit()?;
-                Ok(freed)
+                inner.entries.fetch_sub(rows, Ordering::SeqCst);
+                inner.bytes.fetch_sub(freed, Ordering::SeqCst);
+                Ok(rows)
             })
             .await?;
-        self.inner.bytes.fetch_sub(freed, Ordering::SeqCst);
         self.inner.full.store(false, Ordering::SeqCst);
-        let entries = self.inner.entries.fetch_sub(removed, Ordering::SeqCst) - removed;
-        self.inner
-            .metrics
-            .spool_state(entries, self.inner.bytes.load(Ordering::SeqCst));
         self.inner.metrics.spool_drained(removed);
+        self.publish_state();
         Ok(())
+    }
+
+    fn publish_state(&self) {
+        self.inner.metrics.spool_state(
+            self.inner.entries.load(Ordering::SeqCst),
+            self.inner.bytes.load(Ordering::SeqCst),
+        );
     }
 
     /// How long the oldest message has waited.
@@ -245,7 +245,7 @@ impl Spool {
             return Ok(None);
         }
         let spooled_at: Option<i64> = self
-            .blocking(|db| {
+            .blocking(|db, _| {
                 Ok(db
                     .query_row(
                         "SELECT spooled_at FROM spool ORDER BY seq LIMIT 1",
@@ -270,10 +270,10 @@ impl Spool {
     /// Runs `work` on the blocking pool: SQLite calls block, fsync above all.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, SpoolError> + Send + 'static,
+        work: impl FnOnce(&mut Connection, &Inner) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, SpoolError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || work(&mut lock(&inner.db)))
+        tokio::task::spawn_blocking(move || work(&mut lock(&inner.db), &inner))
             .await
             .map_err(|_| SpoolError::Task)?
     }
@@ -425,6 +425,43 @@ mod tests {
         spool.remove(vec![oldest]).await.unwrap();
         assert!(spool.has_room());
         spool.append(&message(2)).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn counts_stay_true_while_appends_and_drains_race() {
+        // A drain can delete a row before its append has returned.
+        let spool = Spool::open(&temp_path(), 1 << 24, Metrics::new()).unwrap();
+        let appends: Vec<_> = (0..300)
+            .map(|n| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(&message(n)).await.unwrap() })
+            })
+            .collect();
+        let drainer = {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                let mut drained = 0;
+                while drained < 300 {
+                    let seqs: Vec<i64> = spool
+                        .oldest(16)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.seq)
+                        .collect();
+                    drained += seqs.len();
+                    spool.remove(seqs).await.unwrap();
+                }
+                drained
+            })
+        };
+        for append in appends {
+            append.await.unwrap();
+        }
+
+        assert_eq!(drainer.await.unwrap(), 300);
+        assert_eq!(spool.depth(), 0);
+        assert_eq!(spool.inner.bytes.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -213,6 +213,25 @@ async fn wait_for_queue_bound_after_connect(app: &TestApp) -> String {
 }
 
 #[tokio::test]
+async fn a_dead_first_node_fails_over_to_the_next() {
+    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port().await);
+    let nodes = format!("{dead},{}", *crate::helpers::AMQP_URL);
+    let app = spawn_app_unready(test_settings(&[("HOOKRELAY__AMQP__URI", &nodes)])).await;
+
+    app.wait_until_ready().await;
+
+    let queue = app.bind_queue(&["#"]).await;
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    assert_eq!(app.depth(&queue).await, 1);
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("hookrelay_spool_drained_total 0"),
+        "published directly: {metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn with_the_spool_disabled_an_absent_rabbitmq_means_503() {
     let port = closed_port().await;
     let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");

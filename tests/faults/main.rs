@@ -1,0 +1,179 @@
+//! Fault tests: a few thousand webhooks from several connections while the
+//! broker or the relay fails, then every 2xx'd id must be found in a queue
+//! bound to `#` (duplicates allowed, and counted).
+//!
+//! These stop RabbitMQ, so they must never run beside other broker tests:
+//!
+//! ```sh
+//! cargo test --features fault-tests --test faults -- --test-threads=1 --nocapture
+//! ```
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{BrokerGuard, Load, Setup, delivered, rabbitmqctl, reckon};
+
+const TOTAL: usize = 3000;
+const CONNECTIONS: usize = 8;
+const READY_WITHIN: Duration = Duration::from_secs(30);
+const DRAINED_WITHIN: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_stopped_and_started_mid_load() {
+    let (setup, broker) = (Setup::new(), BrokerGuard);
+    let relay = setup.start_relay();
+    relay.wait_connected(READY_WITHIN).await;
+    let load = Load::new();
+
+    let fault = async {
+        load.reached(TOTAL / 4).await;
+        broker.stop_app().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.start_app().await;
+        relay.wait_connected(READY_WITHIN).await
+    };
+    let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
+
+    relay.wait_drained(DRAINED_WITHIN).await;
+    println!(
+        "spooled and drained: {}",
+        relay.metric("hookrelay_spool_drained_total ").await
+    );
+    reckon(
+        "broker stop_app/start_app",
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_connections_force_closed_mid_load() {
+    let setup = Setup::new();
+    let relay = setup.start_relay();
+    relay.wait_connected(READY_WITHIN).await;
+    let load = Load::new();
+
+    let fault = async {
+        load.reached(TOTAL / 3).await;
+        rabbitmqctl(&["close_all_connections", "fault test: forced close"]).await;
+        let closed_at = Instant::now();
+        // The relay may not have noticed yet; give it its health-check interval.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        relay.wait_connected(READY_WITHIN).await;
+        closed_at.elapsed()
+    };
+    let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
+
+    relay.wait_drained(DRAINED_WITHIN).await;
+    println!(
+        "spooled and drained: {}",
+        relay.metric("hookrelay_spool_drained_total ").await
+    );
+    reckon(
+        "connections force-closed",
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_killed_mid_load_and_restarted_on_its_spool() {
+    let setup = Setup::new();
+    let mut relay = setup.start_relay();
+    relay.wait_connected(READY_WITHIN).await;
+    let load = Load::new();
+
+    let fault = async {
+        load.reached(TOTAL / 3).await;
+        relay.kill();
+        let restarted = setup.start_relay();
+        let ready_again = restarted.wait_connected(READY_WITHIN).await;
+        (restarted, ready_again)
+    };
+    let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
+
+    relay.wait_drained(DRAINED_WITHIN).await;
+    println!(
+        "spooled and drained: {}",
+        relay.metric("hookrelay_spool_drained_total ").await
+    );
+    reckon(
+        "relay SIGKILL + restart",
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_terminated_mid_load_drains_gracefully() {
+    let setup = Setup::new();
+    let relay = setup.start_relay();
+    relay.wait_connected(READY_WITHIN).await;
+    let load = Load::new();
+
+    let fault = async {
+        load.reached(TOTAL / 3).await;
+        let status = relay.terminate().await;
+        assert!(status.success(), "a graceful exit: {status:?}");
+        let restarted = setup.start_relay();
+        let ready_again = restarted.wait_connected(READY_WITHIN).await;
+        (restarted, ready_again)
+    };
+    let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
+
+    relay.wait_drained(DRAINED_WITHIN).await;
+    println!(
+        "spooled and drained: {}",
+        relay.metric("hookrelay_spool_drained_total ").await
+    );
+    reckon(
+        "relay SIGTERM + restart",
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_started_while_the_broker_is_down() {
+    let (setup, broker) = (Setup::new(), BrokerGuard);
+    // Its topology (the queue bound to `#` included) is declared on connecting,
+    // before the spool drains.
+    broker.stop_app().await;
+    let relay = setup.start_relay();
+    relay.wait_ready(READY_WITHIN, false).await;
+    let load = Load::new();
+
+    let fault = async {
+        load.reached(TOTAL / 2).await;
+        broker.start_app().await;
+        relay.wait_connected(READY_WITHIN).await
+    };
+    let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
+
+    relay.wait_drained(DRAINED_WITHIN).await;
+    println!(
+        "spooled and drained: {}",
+        relay.metric("hookrelay_spool_drained_total ").await
+    );
+    reckon(
+        "relay started with the broker down",
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
