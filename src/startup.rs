@@ -36,6 +36,9 @@ impl Application {
     /// RabbitMQ in the background. Must run inside the process's main tokio
     /// runtime: the broker connection lives there.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if cfg!(feature = "bench-http-only") {
+            tracing::warn!("built with bench-http-only: webhooks are answered 200 and DISCARDED");
+        }
         let metrics = Metrics::new();
         let broker = Broker::start(
             settings.amqp.clone(),

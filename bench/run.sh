@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The relay next to RabbitMQ's own ceiling, measured side by side on this machine.
+#
+#   bench/run.sh            the full run (a few minutes); results in bench/last-run.md
+#   bench/run.sh --smoke    seconds, to keep the script from rotting; no targets
+#
+# Needs RabbitMQ on AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
+# rabbitmqctl, python3; installs oha (crates.io) if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${MESSAGES:-20000}       # per saturation run
+CONNECTIONS=${CONNECTIONS:-32}    # HTTP connections = baseline messages in flight
+BURST=${BURST:-100000}            # the memory burst
+OVERLOAD_SECS=${OVERLOAD_SECS:-30}
+FIXED_SECS=${FIXED_SECS:-10}
+if [ "${1:-}" = "--smoke" ]; then
+  MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1
+fi
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+PORT=${PORT:-18080} ADMIN_PORT=${ADMIN_PORT:-19090}
+
+work=$(mktemp -d)
+relay_pid=""
+exchange="bench-$(date +%s)"
+cleanup() {
+  [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
+  for q in all unrouted dead-letter quarantine; do rabbitmqctl -q delete_queue "$exchange.$q" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v oha >/dev/null || cargo install --locked oha
+echo "== building (release)"
+cargo build --release -j2 --quiet --features bench-http-only --bin hookrelay
+cp target/release/hookrelay "$work/hookrelay-http-only"
+cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher
+baseline=target/release/examples/baseline_publisher
+
+cat > "$work/relay.toml" <<TOML
+[ingress]
+allowed_ips = ["127.0.0.1"]
+client_ids = ["bench-client"]
+[server]
+listen = "127.0.0.1:$PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+[amqp]
+exchange = "$exchange"
+[spool]
+path = "$work/spool.sqlite"
+[[queues]]
+name = "$exchange.all"
+bindings = ["#"]
+TOML
+
+start_relay() {
+  HOOKRELAY__AMQP__URI="$AMQP_URL" "$1" serve --config "$work/relay.toml" 2>"$work/relay.log" &
+  relay_pid=$!
+  for _ in $(seq 1 100); do
+    if curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then return; fi
+    sleep 0.1
+  done
+  echo "relay not ready; log:" >&2; cat "$work/relay.log" >&2; exit 1
+}
+stop_relay() { kill "$relay_pid"; wait "$relay_pid" || true; relay_pid=""; }
+kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$relay_pid/status"; }
+purge() { rabbitmqctl -q purge_queue "$exchange.all" >/dev/null; }
+body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
+load() { # oha with the webhook; extra flags in "$@"
+  oha --no-tui --output-format json -m POST -H 'content-type: application/json' \
+    -H 'x-client-id: bench-client' -d "$body" "$@" "http://127.0.0.1:$PORT/webhooks"
+}
+
+echo "== relay + RabbitMQ"
+start_relay target/release/hookrelay
+sleep 2
+idle_kib=$(kib VmRSS)
+
+echo "== saturation: baseline publisher, then relay ($MESSAGES messages, $CONNECTIONS in flight)"
+purge; "$baseline" --exchange "$exchange" --messages "$MESSAGES" --in-flight "$CONNECTIONS" > "$work/base-sat.json"
+purge; load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/relay-sat.json"
+
+rate=$(python3 -c "import json;print(max(1,int(json.load(open('$work/base-sat.json'))['rate']/2)))")
+echo "== fixed rate: $rate/s (half the baseline ceiling) for ${FIXED_SECS}s each"
+purge; "$baseline" --exchange "$exchange" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
+purge; load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/relay-fixed.json"
+
+echo "== burst: $BURST webhooks"
+purge; load -n "$BURST" -c "$CONNECTIONS" > "$work/relay-burst.json"
+burst_hwm_kib=$(kib VmHWM)
+
+overload=$((rate * 4))
+echo "== overload: ${overload}/s offered (2x the ceiling) for ${OVERLOAD_SECS}s over 256 connections"
+purge; load -z "${OVERLOAD_SECS}s" -c 256 -q "$overload" > "$work/relay-overload.json"
+overload_hwm_kib=$(kib VmHWM)
+sleep 5
+purge; load -n 500 -c 4 > "$work/relay-after.json"
+purge; load -n 500 -c 4 > /dev/null  # (warm) a second probe is the one compared
+purge; load -n 500 -c 4 > "$work/relay-after2.json"
+"$baseline" --exchange "$exchange" --messages 500 --in-flight 4 > "$work/base-probe.json"
+stop_relay
+
+echo "== HTTP side alone (bench-http-only build: publishes nothing)"
+start_relay "$work/hookrelay-http-only"
+load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
+stop_relay
+
+python3 - "$work" "$idle_kib" "$burst_hwm_kib" "$overload_hwm_kib" <<'PY' | tee bench/last-run.md
+import json, os, subprocess, sys
+work, idle, burst_hwm, overload_hwm = sys.argv[1], *map(int, sys.argv[2:])
+def j(name): return json.load(open(os.path.join(work, name)))
+def oha(name):
+    d = j(name); p = d["latencyPercentiles"]; s = d["summary"]
+    codes = d.get("statusCodeDistribution", {}); errors = sum(d.get("errorDistribution", {}).values())
+    return {"rate": s["requestsPerSec"], "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3,
+            "p999": p["p99.9"] * 1e3, "codes": codes, "errors": errors}
+def base(name):
+    d = j(name)
+    return {"rate": d["rate"], "p50": d["p50_ms"], "p99": d["p99_ms"], "p999": d["p999_ms"], "errors": d["errors"]}
+bs, rs, bf, rf = base("base-sat.json"), oha("relay-sat.json"), base("base-fixed.json"), oha("relay-fixed.json")
+burst, over, http = oha("relay-burst.json"), oha("relay-overload.json"), oha("http-sat.json")
+after, probe = oha("relay-after2.json"), base("base-probe.json")
+mib = lambda kib: kib / 1024
+cores = os.cpu_count()
+rabbit = subprocess.run(["rabbitmqctl", "-q", "version"], capture_output=True, text=True).stdout.strip()
+print(f"machine: {cores} cores, RabbitMQ {rabbit}; relay, broker and load generator share them\n")
+print("| run | throughput /s | p50 ms | p99 ms | p99.9 ms | non-200 | errors |")
+print("|---|---:|---:|---:|---:|---|---:|")
+def row(name, r, codes=True):
+    non200 = {k: v for k, v in r.get("codes", {}).items() if k != "200"} if codes else "-"
+    print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {non200 or 'none'} | {r['errors']} |")
+row("baseline publisher, saturation", bs, codes=False)
+row("relay, saturation", rs)
+row("baseline publisher, fixed rate", bf, codes=False)
+row("relay, fixed rate", rf)
+row(f"relay, burst", burst)
+row("relay, overload (2x ceiling offered)", over)
+row("relay, probe 5 s after overload", after)
+row("baseline publisher, same probe", probe, codes=False)
+row("HTTP side alone (no publish)", http)
+print()
+ratio = rs["rate"] / bs["rate"]
+print(f"- relay / baseline throughput: **{ratio:.2f}** (target >= 0.85)")
+print(f"- fixed rate p99: relay {rf['p99']:.2f} ms vs baseline {bf['p99']:.2f} ms + 2 ms (target: relay <= baseline + 2)")
+print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
+print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
+PY
