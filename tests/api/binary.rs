@@ -250,6 +250,7 @@ async fn serve_logs_json_and_drains_on_sigterm() {
         ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
         ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
         ("HOOKRELAY__LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,hookrelay=debug"),
         (
             "HOOKRELAY__SPOOL__PATH",
             settings.spool.path.to_str().unwrap(),
