@@ -51,6 +51,9 @@ pub struct ServerSettings {
     pub admin_listen: SocketAddr,
     pub webhook_path: String,
     pub max_body_bytes: usize,
+    /// How long a body may take to arrive once the headers are in; a slower
+    /// one gets 408 (actix's own timeout covers only the headers).
+    pub body_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests.
@@ -180,6 +183,9 @@ impl Settings {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");
         }
+        if self.server.body_timeout_ms == 0 {
+            return invalid("server.body_timeout_ms", "must be greater than 0");
+        }
         if self.amqp.uri.is_empty() {
             return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
         }
@@ -226,6 +232,10 @@ impl Settings {
 }
 
 impl ServerSettings {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

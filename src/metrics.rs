@@ -30,6 +30,8 @@ pub enum Outcome {
     PayloadTooLarge,
     /// The body could not be read: 400.
     BadRequest,
+    /// The body did not arrive within `server.body_timeout_ms`: 408.
+    BodyTimeout,
     /// RabbitMQ could not confirm, so it was written to the local spool: 200.
     Spooled,
     /// RabbitMQ could not confirm and the spool is full (or disabled): 503.
@@ -48,6 +50,7 @@ impl Outcome {
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::PayloadTooLarge => "payload_too_large",
             Outcome::BadRequest => "bad_request",
+            Outcome::BodyTimeout => "body_timeout",
             Outcome::Spooled => "spooled",
             Outcome::BrokerUnavailable => "broker_unavailable",
             Outcome::SpoolFull => "spool_full",

@@ -26,6 +26,8 @@ pub enum IngressError {
     PayloadTooLarge { limit: usize },
     #[error("the body could not be read")]
     BodyUnreadable,
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// Not a valid event; kept in the quarantine queue under `id`.
     #[error("{reason}")]
     Quarantined { id: Uuid, reason: String },
@@ -50,6 +52,7 @@ impl IngressError {
             IngressError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             IngressError::PayloadTooLarge { .. } => Outcome::PayloadTooLarge,
             IngressError::BodyUnreadable => Outcome::BadRequest,
+            IngressError::BodyTimeout(_) => Outcome::BodyTimeout,
             IngressError::Quarantined { .. } => Outcome::Quarantined,
             IngressError::NotStored(DeliveryError::NotSpooled {
                 spool: SpoolError::Full { .. },
@@ -68,6 +71,7 @@ impl ResponseError for IngressError {
             IngressError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BodyUnreadable => StatusCode::BAD_REQUEST,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Quarantined { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

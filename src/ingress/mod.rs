@@ -8,6 +8,7 @@ pub mod error;
 pub mod webhook;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use actix_web::{HttpRequest, web};
 use subtle::ConstantTimeEq;
@@ -24,6 +25,7 @@ pub struct Ingress {
     trusted_proxies: IpRanges,
     client_ids: Vec<String>,
     max_body_bytes: usize,
+    body_timeout: Duration,
     exchange: String,
     quarantine_queue: String,
     delivery: Delivery,
@@ -37,6 +39,7 @@ impl Ingress {
             trusted_proxies: settings.ingress.trusted_proxies.clone(),
             client_ids: settings.ingress.client_ids.clone(),
             max_body_bytes: settings.server.max_body_bytes,
+            body_timeout: settings.server.body_timeout(),
             exchange: settings.amqp.exchange.clone(),
             quarantine_queue: settings.amqp.quarantine_queue(),
             delivery,

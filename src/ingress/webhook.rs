@@ -78,7 +78,12 @@ async fn accept(
     if !is_json(req) {
         return Err(IngressError::UnsupportedMediaType);
     }
-    let body = read_body(req, payload, ingress.max_body_bytes).await?;
+    let body = tokio::time::timeout(
+        ingress.body_timeout,
+        read_body(req, payload, ingress.max_body_bytes),
+    )
+    .await
+    .map_err(|_| IngressError::BodyTimeout(ingress.body_timeout))??;
 
     let receipt = Receipt::new(client_id, source_ip, received_at);
     Span::current().record("message_id", field::display(receipt.message_id));

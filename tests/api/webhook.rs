@@ -436,3 +436,29 @@ async fn the_source_check_comes_before_the_client_id_check() {
     assert_eq!(response.status(), 403);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    let app = spawn_app(&[("HOOKRELAY__SERVER__BODY_TIMEOUT_MS", "300")]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    // Declares 100 bytes, sends 10, then nothing: a slow POST.
+    let request = format!(
+        "POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-client-id: {CLIENT_ID}\r\nContent-Length: 100\r\n\r\n{{\"hook\":\"S"
+    );
+
+    let started = std::time::Instant::now();
+    let status = raw_status(app.public_socket(), request.as_bytes()).await;
+
+    assert_eq!(status, 408);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "cut off promptly"
+    );
+    assert_eq!(app.depth(&queue).await, 0);
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"outcome="body_timeout"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
