@@ -59,39 +59,27 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         channels.push(channel);
     }
-    let channels = Arc::new(channels);
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.messages)));
-    let (next, errors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let message = Arc::new(message(&args));
+    let run = Arc::new(Run {
+        channels,
+        message: message(&args),
+        latencies: Mutex::new(Vec::with_capacity(args.messages)),
+        errors: AtomicUsize::new(0),
+    });
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
 
     let mut tasks = Vec::new();
     match args.rate {
         None => {
             for _ in 0..args.in_flight {
-                let (channels, latencies, next, errors, message) = (
-                    channels.clone(),
-                    latencies.clone(),
-                    next.clone(),
-                    errors.clone(),
-                    message.clone(),
-                );
-                let total = args.messages;
+                let (run, next, total) = (run.clone(), next.clone(), args.messages);
                 tasks.push(tokio::spawn(async move {
                     loop {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         if n >= total {
                             break;
                         }
-                        let began = Instant::now();
-                        let channel = &channels[n % channels.len()];
-                        if publish_confirmed(channel, &message, Duration::from_secs(30))
-                            .await
-                            .is_err()
-                        {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        latencies.lock().await.push(began.elapsed());
+                        run.publish(n).await;
                     }
                 }));
             }
@@ -100,23 +88,8 @@ async fn main() -> anyhow::Result<()> {
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             for n in 0..args.messages {
                 ticker.tick().await;
-                let (channels, latencies, errors, message) = (
-                    channels.clone(),
-                    latencies.clone(),
-                    errors.clone(),
-                    message.clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    let began = Instant::now();
-                    let channel = &channels[n % channels.len()];
-                    if publish_confirmed(channel, &message, Duration::from_secs(30))
-                        .await
-                        .is_err()
-                    {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    latencies.lock().await.push(began.elapsed());
-                }));
+                let run = run.clone();
+                tasks.push(tokio::spawn(async move { run.publish(n).await }));
             }
         }
     }
@@ -124,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         task.await?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut latencies = latencies.lock().await.clone();
+    let mut latencies = run.latencies.lock().await.clone();
     latencies.sort();
     let percentile = |p: f64| {
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -134,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "messages": latencies.len(),
-            "errors": errors.load(Ordering::Relaxed),
+            "errors": run.errors.load(Ordering::Relaxed),
             "seconds": seconds,
             "rate": latencies.len() as f64 / seconds,
             "p50_ms": percentile(0.50),
@@ -144,6 +117,29 @@ async fn main() -> anyhow::Result<()> {
     );
     connection.close(200, "done".into()).await?;
     Ok(())
+}
+
+/// What every publishing task shares.
+struct Run {
+    channels: Vec<lapin::Channel>,
+    message: Outgoing,
+    latencies: Mutex<Vec<Duration>>,
+    errors: AtomicUsize,
+}
+
+impl Run {
+    /// One confirmed publish, timed from send to confirm.
+    async fn publish(&self, n: usize) {
+        let began = Instant::now();
+        let channel = &self.channels[n % self.channels.len()];
+        if publish_confirmed(channel, &self.message, Duration::from_secs(30))
+            .await
+            .is_err()
+        {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latencies.lock().await.push(began.elapsed());
+    }
 }
 
 /// A message shaped like the relay's: same body, same kind of headers.

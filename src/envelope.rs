@@ -1,7 +1,8 @@
 //! What the relay publishes for a webhook: the body exactly as received, with
 //! AMQP properties and headers built from the parsed event and the request.
 //!
-//! `user.loginName` is personal data and never becomes a header.
+//! The user's login name is personal data: it stays in the body, never in the
+//! properties.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -34,7 +34,7 @@ pub enum Outcome {
     BodyTimeout,
     /// RabbitMQ could not confirm, so it was written to the local spool: 200.
     Spooled,
-    /// RabbitMQ could not confirm and the spool is full (or disabled): 503.
+    /// RabbitMQ could not confirm and there is no spool (or it failed to write): 503.
     BrokerUnavailable,
     /// RabbitMQ could not confirm and the spool is full: 503.
     SpoolFull,

@@ -4,8 +4,8 @@
 //! proxies we trust are believable. We read it right to left, skipping trusted
 //! proxies, and stop at the first address we do not trust: that hop is the
 //! client. Everything to its left was written by the client itself and may be
-//! forged. The `Forwarded`, `X-Real-IP` headers and actix's
-//! `realip_remote_addr` are never consulted.
+//! forged. The `Forwarded` and `X-Real-IP` headers, and actix's connection-info
+//! "real IP" (which believes them), are never consulted.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -19,6 +19,27 @@ const CONNECTIONS: usize = 8;
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const DRAINED_WITHIN: Duration = Duration::from_secs(60);
 
+/// After the load: waits for the spool to drain, counts, and cleans up.
+async fn settle(
+    name: &str,
+    setup: &Setup,
+    relay: harness::Relay,
+    load: &Load,
+    ready_again: Duration,
+) {
+    relay.wait_drained(DRAINED_WITHIN).await;
+    let drained = relay.metric("hookrelay_spool_drained_total ").await;
+    println!("{name}: {drained} webhooks went through the spool");
+    reckon(
+        name,
+        &load.results(),
+        &delivered(&setup.all_queue()).await,
+        ready_again,
+    );
+    drop(relay);
+    setup.clean_up().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_stopped_and_started_mid_load() {
     let (setup, broker) = (Setup::new(), BrokerGuard);
@@ -35,19 +56,14 @@ async fn broker_stopped_and_started_mid_load() {
     };
     let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
-    relay.wait_drained(DRAINED_WITHIN).await;
-    println!(
-        "spooled and drained: {}",
-        relay.metric("hookrelay_spool_drained_total ").await
-    );
-    reckon(
+    settle(
         "broker stop_app/start_app",
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
+        &setup,
+        relay,
+        &load,
         ready_again,
-    );
-    drop(relay);
-    setup.clean_up().await;
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -68,19 +84,14 @@ async fn broker_connections_force_closed_mid_load() {
     };
     let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
-    relay.wait_drained(DRAINED_WITHIN).await;
-    println!(
-        "spooled and drained: {}",
-        relay.metric("hookrelay_spool_drained_total ").await
-    );
-    reckon(
+    settle(
         "connections force-closed",
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
+        &setup,
+        relay,
+        &load,
         ready_again,
-    );
-    drop(relay);
-    setup.clean_up().await;
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,19 +110,7 @@ async fn relay_killed_mid_load_and_restarted_on_its_spool() {
     };
     let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
-    relay.wait_drained(DRAINED_WITHIN).await;
-    println!(
-        "spooled and drained: {}",
-        relay.metric("hookrelay_spool_drained_total ").await
-    );
-    reckon(
-        "relay SIGKILL + restart",
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
-        ready_again,
-    );
-    drop(relay);
-    setup.clean_up().await;
+    settle("relay SIGKILL + restart", &setup, relay, &load, ready_again).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,19 +130,7 @@ async fn relay_terminated_mid_load_drains_gracefully() {
     };
     let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
-    relay.wait_drained(DRAINED_WITHIN).await;
-    println!(
-        "spooled and drained: {}",
-        relay.metric("hookrelay_spool_drained_total ").await
-    );
-    reckon(
-        "relay SIGTERM + restart",
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
-        ready_again,
-    );
-    drop(relay);
-    setup.clean_up().await;
+    settle("relay SIGTERM + restart", &setup, relay, &load, ready_again).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,17 +150,12 @@ async fn relay_started_while_the_broker_is_down() {
     };
     let ((), ready_again) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
-    relay.wait_drained(DRAINED_WITHIN).await;
-    println!(
-        "spooled and drained: {}",
-        relay.metric("hookrelay_spool_drained_total ").await
-    );
-    reckon(
+    settle(
         "relay started with the broker down",
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
+        &setup,
+        relay,
+        &load,
         ready_again,
-    );
-    drop(relay);
-    setup.clean_up().await;
+    )
+    .await;
 }
