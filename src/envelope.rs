@@ -164,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn the_login_name_never_becomes_a_header() {
+    fn personal_data_never_becomes_a_header() {
         let event = Event::parse(BODY.as_bytes()).unwrap();
         let message = event_message(&event, &receipt(), "webhooks", Bytes::from(BODY));
         let headers = format!("{:?}", message.properties.headers());

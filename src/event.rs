@@ -6,8 +6,6 @@
 //! messages travel into logs and message headers and the payload carries
 //! personal data (`user.loginName`).
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 
 /// The error codes the sender documents. Others are still routed (the sender's own
@@ -93,10 +91,6 @@ impl Event {
         })
     }
 
-    pub fn kind(&self) -> &EventKind {
-        &self.kind
-    }
-
     /// The hook's name as the sender spells it.
     pub fn hook(&self) -> &'static str {
         match self.kind {
@@ -154,12 +148,6 @@ impl ErrorCode {
 impl RoutingKey {
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Display for RoutingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -5,7 +5,6 @@
 //! `52.60.234.183`, and an entry written in the mapped form matches the plain
 //! IPv4 client.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -68,13 +67,6 @@ impl FromStr for IpRanges {
 impl Serialize for IpRanges {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(|net| net.to_string()))
-    }
-}
-
-impl fmt::Display for IpRanges {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let entries: Vec<String> = self.0.iter().map(|n| n.to_string()).collect();
-        f.write_str(&entries.join(","))
     }
 }
 

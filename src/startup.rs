@@ -128,10 +128,6 @@ impl Application {
         &self.broker
     }
 
-    pub fn spool(&self) -> Option<&Spool> {
-        self.spool.as_ref()
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// webhooks finish (their confirms or spool writes included), stops the
     /// drainer (what is still spooled stays on disk for the next start), and

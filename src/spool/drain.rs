@@ -76,16 +76,22 @@ async fn drain_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    let messages: Vec<_> = batch
-        .iter()
-        .map(|spooled| retarget(spooled.message.clone(), amqp))
-        .collect();
+    let quarantine = amqp.quarantine_queue();
+    let (seqs, messages): (Vec<i64>, Vec<Outgoing>) = batch
+        .into_iter()
+        .map(|spooled| {
+            (
+                spooled.seq,
+                retarget(spooled.message, &amqp.exchange, &quarantine),
+            )
+        })
+        .unzip();
     let results = publisher.publish_batch(&messages).await?;
     let mut first_error = None;
-    let mut confirmed = Vec::with_capacity(batch.len());
-    for (spooled, result) in batch.iter().zip(results) {
+    let mut confirmed = Vec::with_capacity(seqs.len());
+    for (seq, result) in seqs.into_iter().zip(results) {
         match result {
-            Ok(()) => confirmed.push(spooled.seq),
+            Ok(()) => confirmed.push(seq),
             Err(err) => {
                 first_error.get_or_insert(err);
             }
@@ -103,11 +109,11 @@ async fn drain_batch(
 /// through the default exchange); if the exchange was renamed between runs, the
 /// old names no longer exist and a message addressed to them would block the
 /// spool forever, while the current ones are declared on every connection.
-fn retarget(mut message: Outgoing, amqp: &AmqpSettings) -> Outgoing {
+fn retarget(mut message: Outgoing, exchange: &str, quarantine_queue: &str) -> Outgoing {
     if message.exchange.is_empty() {
-        message.routing_key = amqp.quarantine_queue();
+        quarantine_queue.clone_into(&mut message.routing_key);
     } else {
-        message.exchange.clone_from(&amqp.exchange);
+        exchange.clone_into(&mut message.exchange);
     }
     message
 }
@@ -138,8 +144,9 @@ mod tests {
         ]);
         let amqp = Settings::load_with_env(None, env).unwrap().amqp;
 
-        let event = retarget(outgoing("old", "sync.account"), &amqp);
-        let quarantined = retarget(outgoing("", "old.quarantine"), &amqp);
+        let (exchange, quarantine) = (&amqp.exchange, amqp.quarantine_queue());
+        let event = retarget(outgoing("old", "sync.account"), exchange, &quarantine);
+        let quarantined = retarget(outgoing("", "old.quarantine"), exchange, &quarantine);
 
         assert_eq!(
             (event.exchange.as_str(), event.routing_key.as_str()),

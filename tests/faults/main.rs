@@ -19,6 +19,14 @@ const CONNECTIONS: usize = 8;
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const DRAINED_WITHIN: Duration = Duration::from_secs(60);
 
+/// A fresh setup with its relay connected, and a load not yet started.
+async fn connected() -> (Setup, harness::Relay, Load) {
+    let setup = Setup::new();
+    let relay = setup.start_relay();
+    relay.wait_connected(READY_WITHIN).await;
+    (setup, relay, Load::new())
+}
+
 /// After the load: waits for the spool to drain, counts, and cleans up.
 async fn settle(
     name: &str,
@@ -42,10 +50,8 @@ async fn settle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_stopped_and_started_mid_load() {
-    let (setup, broker) = (Setup::new(), BrokerGuard);
-    let relay = setup.start_relay();
-    relay.wait_connected(READY_WITHIN).await;
-    let load = Load::new();
+    let (setup, relay, load) = connected().await;
+    let broker = BrokerGuard;
 
     let fault = async {
         load.reached(TOTAL / 4).await;
@@ -68,10 +74,7 @@ async fn broker_stopped_and_started_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_connections_force_closed_mid_load() {
-    let setup = Setup::new();
-    let relay = setup.start_relay();
-    relay.wait_connected(READY_WITHIN).await;
-    let load = Load::new();
+    let (setup, relay, load) = connected().await;
 
     let fault = async {
         load.reached(TOTAL / 3).await;
@@ -96,10 +99,7 @@ async fn broker_connections_force_closed_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_killed_mid_load_and_restarted_on_its_spool() {
-    let setup = Setup::new();
-    let mut relay = setup.start_relay();
-    relay.wait_connected(READY_WITHIN).await;
-    let load = Load::new();
+    let (setup, mut relay, load) = connected().await;
 
     let fault = async {
         load.reached(TOTAL / 3).await;
@@ -115,10 +115,7 @@ async fn relay_killed_mid_load_and_restarted_on_its_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_terminated_mid_load_drains_gracefully() {
-    let setup = Setup::new();
-    let relay = setup.start_relay();
-    relay.wait_connected(READY_WITHIN).await;
-    let load = Load::new();
+    let (setup, relay, load) = connected().await;
 
     let fault = async {
         load.reached(TOTAL / 3).await;
