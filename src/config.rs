@@ -23,6 +23,9 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 /// Prefix of the environment variables that override settings.
 const ENV_PREFIX: &str = "HOOKRELAY";
 
+/// A shorter path token could be guessed by a patient scanner.
+const MIN_PATH_TOKEN_LEN: usize = 16;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -54,10 +57,33 @@ pub struct ServerSettings {
     /// How long a body may take to arrive once the headers are in; a slower
     /// one gets 408 (actix's own timeout covers only the headers).
     pub body_timeout_ms: u64,
+    /// How long a new connection may take to send its request head.
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive_secs: u64,
+    /// Open connections on the public listener, all workers together.
+    pub max_connections: usize,
+    /// The most request headers, and header bytes, a webhook may carry.
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// When set, the webhook path is `<webhook_path>/<token>`.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub path_token: Option<Secret>,
+    /// When set, the public listener speaks TLS only.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
+}
+
+/// The public listener's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -113,6 +139,10 @@ pub enum QueueType {
 /// An AMQP URI whose password never reaches a log line or `check-config`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpUri(String);
+
+/// A secret setting (the path token): shown as `****` everywhere it is printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
 
 /// A setting that stops startup, in one line that names its key.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +216,32 @@ impl Settings {
         if self.server.body_timeout_ms == 0 {
             return invalid("server.body_timeout_ms", "must be greater than 0");
         }
+        if self.server.header_timeout_ms == 0 {
+            return invalid("server.header_timeout_ms", "must be greater than 0");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be greater than 0");
+        }
+        if self.server.max_headers == 0 || self.server.max_header_bytes == 0 {
+            return invalid(
+                "server.max_headers",
+                "max_headers and max_header_bytes must be greater than 0",
+            );
+        }
+        if let Some(token) = &self.server.path_token {
+            let token = token.expose();
+            if token.len() < MIN_PATH_TOKEN_LEN
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return invalid(
+                    "server.path_token",
+                    "must be at least 16 characters of A-Z, a-z, 0-9, `-` and `_` \
+                     (e.g. `openssl rand -hex 16`)",
+                );
+            }
+        }
         if self.amqp.uri.is_empty() {
             return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
         }
@@ -234,6 +290,23 @@ impl Settings {
 impl ServerSettings {
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// Worker threads the public listener will run.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// actix counts `max_connections` per worker; ours is for all of them.
+    pub fn max_connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.worker_count())
     }
 }
 
@@ -328,6 +401,37 @@ impl<'de> Deserialize<'de> for AmqpUri {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself: only for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("****")
+    }
+}
+
+/// An optional secret; an empty value (as `HOOKRELAY__SERVER__PATH_TOKEN=`
+/// gives it) means "not set".
+fn optional_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?
+        .filter(|s| !s.is_empty())
+        .map(Secret))
 }
 
 impl Serialize for AmqpUri {
@@ -433,6 +537,32 @@ mod tests {
         }
         assert!(!s.ingress.allowed_ips.contains("127.0.0.1".parse().unwrap()));
         assert!(s.ingress.trusted_proxies.is_empty());
+        assert!(s.server.path_token.is_none());
+        assert!(s.server.tls.is_none());
+    }
+
+    #[test]
+    fn an_empty_path_token_means_none_and_a_set_one_is_masked() {
+        let unset = load(&[WITH_ID, ("HOOKRELAY__SERVER__PATH_TOKEN", "")]).unwrap();
+        assert!(unset.server.path_token.is_none());
+
+        let token = "0123456789abcdef-_XYZ";
+        let s = load(&[WITH_ID, ("HOOKRELAY__SERVER__PATH_TOKEN", token)]).unwrap();
+        assert_eq!(s.server.path_token.as_ref().unwrap().expose(), token);
+        for shown in [s.to_masked_toml(), format!("{s:?}")] {
+            assert!(!shown.contains(token), "{shown}");
+        }
+    }
+
+    #[test]
+    fn max_connections_is_shared_by_the_workers() {
+        let s = load(&[
+            WITH_ID,
+            ("HOOKRELAY__SERVER__WORKERS", "3"),
+            ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "100"),
+        ])
+        .unwrap();
+        assert_eq!(s.server.max_connections_per_worker(), 34);
     }
 
     #[test]
@@ -532,6 +662,21 @@ type = "quorum"
             (
                 &[WITH_ID, ("HOOKRELAY__SERVER__MAX_BODY_BYTES", "lots")],
                 "server.max_body_bytes",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__PATH_TOKEN", "short")],
+                "server.path_token",
+            ),
+            (
+                &[
+                    WITH_ID,
+                    ("HOOKRELAY__SERVER__PATH_TOKEN", "sixteen-chars/../x"),
+                ],
+                "server.path_token",
+            ),
+            (
+                &[WITH_ID, ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "0")],
+                "server.max_connections",
             ),
             (
                 &[WITH_ID, ("HOOKRELAY__SERVER__WEBHOOK_PATH", "webhooks")],

@@ -374,4 +374,77 @@ mod tests {
             assert!(!reason.contains("12345"), "{reason}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use regex::Regex;
+        use serde_json::json;
+
+        use super::super::*;
+
+        /// The issue's invariant, written as the regex itself rather than as
+        /// code that could share a mistake with `is_word`.
+        fn is_safe_routing_key(key: &str) -> bool {
+            Regex::new(r"^sync\.(account|error\.[A-Za-z][A-Za-z0-9_]{0,63})$")
+                .unwrap()
+                .is_match(key)
+        }
+
+        /// A hook name: the two real ones, near misses, or anything.
+        fn hook() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("SyncAccount".to_owned()),
+                Just("SyncError".to_owned()),
+                "Sync[A-Za-z]{0,8}",
+                any::<String>(),
+            ]
+        }
+
+        /// An error code: plausible words, routing-key metacharacters, or anything.
+        fn code() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z][A-Za-z0-9_]{0,70}",
+                // Around the 64-character limit.
+                "[A-Za-z][A-Za-z0-9_]{61,65}",
+                "[A-Za-z.*#_ -]{0,10}",
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_parse_or_fail_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(event) = Event::parse(&body) {
+                    prop_assert!(is_safe_routing_key(event.routing_key().as_str()));
+                }
+            }
+
+            #[test]
+            fn a_parsed_event_always_has_a_safe_routing_key(
+                hook in hook(),
+                code in code(),
+                user_id in any::<String>(),
+                login in "[a-z]{10}@example\\.org",
+            ) {
+                let body = json!({
+                    "hook": hook,
+                    "user": {"id": user_id, "loginName": login},
+                    "account": {"id": "a-1", "provider": "Bank"},
+                    "error": code,
+                })
+                .to_string();
+                match Event::parse(body.as_bytes()) {
+                    Ok(event) => {
+                        let key = event.routing_key();
+                        prop_assert!(is_safe_routing_key(key.as_str()), "{}", key.as_str());
+                        if let Some(parsed) = event.error_code() {
+                            prop_assert_eq!(parsed.as_str(), code.as_str());
+                        }
+                    }
+                    // The reason travels into headers and logs: never the login.
+                    Err(err) => prop_assert!(!err.reason().contains(&login)),
+                }
+            }
+        }
+    }
 }

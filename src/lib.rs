@@ -36,4 +36,5 @@ pub mod spool;
 pub mod startup;
 pub mod tail;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;

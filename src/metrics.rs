@@ -28,6 +28,10 @@ pub enum Outcome {
     UnsupportedMediaType,
     /// Over `max_body_bytes`: 413.
     PayloadTooLarge,
+    /// Over `max_headers` or `max_header_bytes`: 431.
+    HeadersTooLarge,
+    /// Any other path (a wrong path token included): 404.
+    NotFound,
     /// The body could not be read: 400.
     BadRequest,
     /// The body did not arrive within `server.body_timeout_ms`: 408.
@@ -49,6 +53,8 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::HeadersTooLarge => "headers_too_large",
+            Outcome::NotFound => "not_found",
             Outcome::BadRequest => "bad_request",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::Spooled => "spooled",

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
@@ -16,9 +17,10 @@ use crate::admin::{self, Admin};
 use crate::broker::{Broker, Publisher};
 use crate::config::Settings;
 use crate::delivery::Delivery;
-use crate::ingress::{self, Ingress};
+use crate::ingress::{self, Ingress, WebhookPath};
 use crate::metrics::Metrics;
 use crate::spool::{Spool, drain};
+use crate::tls;
 
 pub struct Application {
     port: u16,
@@ -39,6 +41,13 @@ impl Application {
         if cfg!(feature = "bench-http-only") {
             tracing::warn!("built with bench-http-only: webhooks are answered 200 and DISCARDED");
         }
+        // Read before anything starts, so a bad file stops startup cleanly.
+        let tls_config = settings
+            .server
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()?;
         let metrics = Metrics::new();
         let broker = Broker::start(
             settings.amqp.clone(),
@@ -76,18 +85,24 @@ impl Application {
         });
         let delivery = Delivery::new(publisher, spool.clone());
         let ingress = web::Data::new(Ingress::new(&settings, delivery, metrics.clone()));
-        let path = settings.server.webhook_path.clone();
-        let mut public = HttpServer::new(move || {
+        let server = &settings.server;
+        let webhook_path = WebhookPath::new(&server.webhook_path, server.path_token.clone());
+        let public = HttpServer::new(move || {
             App::new()
                 .app_data(ingress.clone())
-                .configure(ingress::routes(path.clone()))
+                .configure(ingress::routes(webhook_path.clone()))
         })
-        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .workers(server.worker_count())
+        .max_connections(server.max_connections_per_worker())
+        .client_request_timeout(server.header_timeout())
+        .keep_alive(Duration::from_secs(server.keep_alive_secs))
+        .shutdown_timeout(server.shutdown_timeout_secs)
         .disable_signals();
-        if settings.server.workers > 0 {
-            public = public.workers(settings.server.workers);
+        let public = match tls_config {
+            Some(tls_config) => public.listen_rustls_0_23(listener, tls_config)?,
+            None => public.listen(listener)?,
         }
-        let public = public.listen(listener)?.run();
+        .run();
 
         let admin_state = web::Data::new(Admin {
             broker: broker.clone(),

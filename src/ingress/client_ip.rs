@@ -209,4 +209,65 @@ mod tests {
             assert_eq!(&resolve_str(peer, xff, trusted), expected, "{what}");
         }
     }
+
+    mod properties {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Addresses drawn so that trusted proxies, the sender and strangers
+        /// all turn up, in both families and IPv4-mapped form.
+        fn address() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                (0u8..4).prop_map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i))),
+                (0u16..4).prop_map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))),
+                Just(IpAddr::V4(Ipv4Addr::new(52, 60, 234, 183))),
+                Just("::ffff:10.0.0.1".parse().unwrap()),
+                any::<IpAddr>(),
+            ]
+        }
+
+        /// One X-Forwarded-For entry: an address as proxies write it, or garbage.
+        fn entry() -> impl Strategy<Value = (String, Option<IpAddr>)> {
+            prop_oneof![
+                address().prop_map(|a| (a.to_string(), Some(a))),
+                (address(), any::<u16>())
+                    .prop_map(|(a, port)| { (SocketAddr::new(a, port).to_string(), Some(a)) }),
+                address().prop_map(|a| (format!(" [{a}] "), Some(a))),
+                "[^,]{0,12}".prop_map(|garbage| (garbage, None)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_client_is_the_peer_or_an_address_from_the_header(
+                peer in address(),
+                headers in proptest::collection::vec(proptest::collection::vec(entry(), 0..4), 0..3),
+                trusted in proptest::collection::vec(proptest::sample::select(vec!["10.0.0.0/8", "fd00::/8", "52.60.234.183/32"]), 0..3),
+            ) {
+                let trusted: IpRanges = trusted.join(",").parse().unwrap();
+                let values: Vec<String> = headers
+                    .iter()
+                    .map(|entries| entries.iter().map(|(text, _)| text.as_str()).collect::<Vec<_>>().join(","))
+                    .collect();
+                let written: Vec<IpAddr> = headers
+                    .iter()
+                    .flatten()
+                    .filter_map(|(_, addr)| addr.map(|a| a.to_canonical()))
+                    .collect();
+
+                let client = resolve(peer, values.iter().map(String::as_str), &trusted);
+
+                prop_assert!(
+                    client == peer.to_canonical() || written.contains(&client),
+                    "{client} is neither the peer {peer} nor in {values:?}"
+                );
+                if !trusted.contains(peer.to_canonical()) {
+                    prop_assert_eq!(client, peer.to_canonical(), "an untrusted peer is the client");
+                }
+            }
+        }
+    }
 }

@@ -3,10 +3,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{ALLOW, RETRY_AFTER};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::Ingress;
 use crate::delivery::DeliveryError;
 use crate::metrics::Outcome;
 use crate::spool::SpoolError;
@@ -24,6 +25,11 @@ pub enum IngressError {
     UnsupportedMediaType,
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("more than {max_headers} headers or {max_bytes} bytes of headers")]
+    HeadersTooLarge {
+        max_headers: usize,
+        max_bytes: usize,
+    },
     #[error("the body could not be read")]
     BodyUnreadable,
     #[error("the body did not arrive within {0:?}")]
@@ -51,6 +57,7 @@ impl IngressError {
             IngressError::Unauthorized => Outcome::Unauthorized,
             IngressError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             IngressError::PayloadTooLarge { .. } => Outcome::PayloadTooLarge,
+            IngressError::HeadersTooLarge { .. } => Outcome::HeadersTooLarge,
             IngressError::BodyUnreadable => Outcome::BadRequest,
             IngressError::BodyTimeout(_) => Outcome::BodyTimeout,
             IngressError::Quarantined { .. } => Outcome::Quarantined,
@@ -70,6 +77,7 @@ impl ResponseError for IngressError {
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             IngressError::BodyUnreadable => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Quarantined { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -83,8 +91,16 @@ impl ResponseError for IngressError {
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, IngressError::NotStored(_)) {
-            response.insert_header((RETRY_AFTER, RETRY_AFTER_SECS));
+        match self {
+            IngressError::NotStored(_) => {
+                response.insert_header((RETRY_AFTER, RETRY_AFTER_SECS));
+            }
+            // A stranger gets one answer per connection, not a kept-alive
+            // connection to probe with.
+            IngressError::Forbidden => {
+                response.force_close();
+            }
+            _ => {}
         }
         response.json(ErrorBody {
             error: self.outcome().as_str(),
@@ -106,9 +122,12 @@ pub async fn method_not_allowed() -> HttpResponse {
 }
 
 /// 404 for every other path: the public listener serves the webhook path only.
-pub async fn not_found() -> HttpResponse {
+/// Counted, so a scan (or a sender with a stale path token) shows in metrics;
+/// never logged, since the path may hold a guess at the token.
+pub async fn not_found(ingress: web::Data<Ingress>) -> HttpResponse {
+    ingress.metrics.request(Outcome::NotFound);
     HttpResponse::NotFound().json(ErrorBody {
-        error: "not_found",
+        error: Outcome::NotFound.as_str(),
         message: "no such path".to_owned(),
         id: None,
     })

@@ -1,35 +1,44 @@
 //! The public HTTP app: the webhook path and nothing else.
 //!
 //! `client_ip` decides who is calling, `webhook` runs the checks and the
-//! publish, `error` turns every refusal into a status code and a JSON reason.
+//! publish, `error` turns every refusal into a status code and a JSON reason,
+//! `log_budget` keeps a flood of refusals out of the log.
 
 pub mod client_ip;
 pub mod error;
+pub mod log_budget;
 pub mod webhook;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, web};
+use actix_web::{HttpRequest, guard, web};
 use subtle::ConstantTimeEq;
 
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::delivery::Delivery;
 use crate::ip_ranges::IpRanges;
 use crate::metrics::Metrics;
 use error::IngressError;
+use log_budget::LogBudget;
+
+/// Lines per second about refused or failed webhooks (the metrics count all).
+const LOG_LINES_PER_SECOND: u32 = 20;
 
 /// What the webhook handler needs, shared by every HTTP worker.
 pub struct Ingress {
     allowed_ips: IpRanges,
     trusted_proxies: IpRanges,
     client_ids: Vec<String>,
+    max_headers: usize,
+    max_header_bytes: usize,
     max_body_bytes: usize,
     body_timeout: Duration,
     exchange: String,
     quarantine_queue: String,
     delivery: Delivery,
     metrics: Metrics,
+    log_budget: LogBudget,
 }
 
 impl Ingress {
@@ -38,12 +47,15 @@ impl Ingress {
             allowed_ips: settings.ingress.allowed_ips.clone(),
             trusted_proxies: settings.ingress.trusted_proxies.clone(),
             client_ids: settings.ingress.client_ids.clone(),
+            max_headers: settings.server.max_headers,
+            max_header_bytes: settings.server.max_header_bytes,
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: settings.server.body_timeout(),
             exchange: settings.amqp.exchange.clone(),
             quarantine_queue: settings.amqp.quarantine_queue(),
             delivery,
             metrics,
+            log_budget: LogBudget::per_second(LOG_LINES_PER_SECOND),
         }
     }
 
@@ -78,17 +90,100 @@ impl Ingress {
         }
         matched.ok_or(IngressError::Unauthorized)
     }
+
+    /// Refuses more headers, or more header bytes, than configured. Every
+    /// value of a repeated header counts.
+    fn check_header_limits(&self, req: &HttpRequest) -> Result<(), IngressError> {
+        let headers = req.headers();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if headers.len() > self.max_headers || bytes > self.max_header_bytes {
+            return Err(IngressError::HeadersTooLarge {
+                max_headers: self.max_headers,
+                max_bytes: self.max_header_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where webhooks are accepted: `server.webhook_path`, or with a
+/// `server.path_token` the secret path `<webhook_path>/<token>`.
+#[derive(Clone)]
+pub struct WebhookPath {
+    base: String,
+    token: Option<Secret>,
+}
+
+impl WebhookPath {
+    pub fn new(base: &str, token: Option<Secret>) -> WebhookPath {
+        WebhookPath {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    /// Whether `path` is `<base>/<token>`, comparing the token in constant
+    /// time (only its length can show through timing).
+    fn is_secret_path(&self, path: &str) -> bool {
+        let (Some(token), Some(presented)) = (
+            &self.token,
+            path.strip_prefix(self.base.as_str())
+                .and_then(|rest| rest.strip_prefix('/')),
+        ) else {
+            return false;
+        };
+        token.expose().as_bytes().ct_eq(presented.as_bytes()).into()
+    }
 }
 
 /// Routes: `POST <path>` to the handler, other methods there to 405, and any
-/// other path to 404.
-pub fn routes(path: String) -> impl FnOnce(&mut web::ServiceConfig) {
+/// other path to 404. With a path token, a wrong token is just another path:
+/// 404 whatever the method, so a scanner learns nothing.
+pub fn routes(path: WebhookPath) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        let resource = match &path.token {
+            None => web::resource(path.base.clone()),
+            Some(_) => {
+                let pattern = format!("{}/{{token}}", path.base);
+                web::resource(pattern).guard(guard::fn_guard(move |ctx| {
+                    path.is_secret_path(ctx.head().uri.path())
+                }))
+            }
+        };
         cfg.service(
-            web::resource(path)
+            resource
                 .route(web::post().to(webhook::receive))
                 .default_service(web::to(error::method_not_allowed)),
         )
         .default_service(web::to(error::not_found));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_path(token: &str) -> WebhookPath {
+        WebhookPath::new("/webhooks/", Some(Secret::new(token)))
+    }
+
+    #[test]
+    fn only_the_exact_token_opens_the_secret_path() {
+        let path = secret_path("0123456789abcdef");
+        assert!(path.is_secret_path("/webhooks/0123456789abcdef"));
+        for other in [
+            "/webhooks",
+            "/webhooks/",
+            "/webhooks/0123456789abcdeF",
+            "/webhooks/0123456789abcde",
+            "/webhooks/0123456789abcdef0",
+            "/webhooks/0123456789abcdef/",
+            "/other/0123456789abcdef",
+        ] {
+            assert!(!path.is_secret_path(other), "{other}");
+        }
     }
 }

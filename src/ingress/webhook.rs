@@ -48,19 +48,34 @@ pub async fn receive(
         .map_or_else(IngressError::outcome, |(_, outcome)| *outcome);
     ingress.metrics.request(outcome);
     span.record("outcome", outcome.as_str());
-    span.in_scope(|| match &result {
-        Ok((_, Outcome::Spooled)) => info!("webhook accepted into the spool"),
+    if outcome == Outcome::Accepted {
         // At debug: one info line per accepted webhook cost 30% of the relay's
         // CPU in the benchmark (BENCHMARKS.md); the metrics count them, and
         // `RUST_LOG=info,hookrelay=debug` brings the lines back.
-        Ok(_) => debug!("webhook accepted"),
+        span.in_scope(|| debug!("webhook accepted"));
+    } else if let Some(dropped) = ingress.log_budget.admit() {
+        // Everything else can come in floods (a scanner, an outage): logged
+        // within a budget, counted in full by the metrics.
+        span.in_scope(|| log_outcome(&result, dropped));
+    }
+    result.map(|(response, _)| response)
+}
+
+fn log_outcome(result: &Result<(HttpResponse, Outcome), IngressError>, dropped: u64) {
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "lines about refused or spooled webhooks were left out (over the log budget)"
+        );
+    }
+    match result {
+        Ok(_) => info!("webhook accepted into the spool"),
         Err(IngressError::NotStored(err)) => {
             warn!(error = %err, "webhook refused: it could not be stored")
         }
         Err(IngressError::Quarantined { reason, .. }) => warn!(%reason, "webhook quarantined"),
         Err(err) => info!(reason = %err, "webhook refused"),
-    });
-    result.map(|(response, _)| response)
+    }
 }
 
 async fn accept(
@@ -74,6 +89,7 @@ async fn accept(
     if !ingress.allowed_ips.contains(source_ip) {
         return Err(IngressError::Forbidden);
     }
+    ingress.check_header_limits(req)?;
     let client_id = ingress.authenticate(req)?;
     if !is_json(req) {
         return Err(IngressError::UnsupportedMediaType);

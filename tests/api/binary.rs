@@ -11,6 +11,8 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 use uuid::Uuid;
 
+use hookrelay::config::Settings;
+
 use crate::helpers::{AMQP_URL, CLIENT_ID, amqp, delete_topology, sync_account, test_settings};
 
 fn hookrelay(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -36,13 +38,16 @@ fn check_config_prints_the_settings_with_the_password_masked() {
         &[
             ("HOOKRELAY__INGRESS__CLIENT_IDS", "app-1"),
             ("HOOKRELAY__AMQP__URI", "amqp://relay:hunter2@mq:5672/%2f"),
+            ("HOOKRELAY__SERVER__PATH_TOKEN", "tokentokentoken-secret"),
         ],
     );
 
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains("amqp://relay:****@mq:5672/%2f"), "{stdout}");
+    assert!(stdout.contains(r#"path_token = "****""#), "{stdout}");
     assert!(!stdout.contains("hunter2"));
+    assert!(!stdout.contains("secret"));
     assert!(stdout.contains("app-1"));
 }
 
@@ -238,25 +243,27 @@ impl Drop for Relay {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn serve_logs_json_and_drains_on_sigterm() {
-    let settings = test_settings(&[]);
-    let exchange = settings.amqp.exchange.clone();
-    let mut relay = Relay::start(&[
+fn json(line: &str) -> Option<Value> {
+    serde_json::from_str(line).ok()
+}
+
+/// `hookrelay serve` with JSON logs, against the test exchange of `settings`,
+/// once it has logged its port and connected to RabbitMQ.
+fn serve(settings: &Settings, env: &[(&str, &str)]) -> (Relay, u64) {
+    let base = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
         ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1"),
         ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
         ("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
         ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
-        ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
+        ("HOOKRELAY__AMQP__EXCHANGE", settings.amqp.exchange.as_str()),
         ("HOOKRELAY__LOG_FORMAT", "json"),
-        ("RUST_LOG", "info,hookrelay=debug"),
         (
             "HOOKRELAY__SPOOL__PATH",
             settings.spool.path.to_str().unwrap(),
         ),
-    ]);
-    let json = |line: &str| serde_json::from_str::<Value>(line).ok();
+    ];
+    let mut relay = Relay::start(&[&base, env].concat());
     let port = relay.wait_for(|line| json(line)?.get("port")?.as_u64());
     relay.wait_for(|line| {
         json(line)?["message"]
@@ -264,6 +271,13 @@ async fn serve_logs_json_and_drains_on_sigterm() {
             .contains("connected to RabbitMQ")
             .then_some(())
     });
+    (relay, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_json_and_drains_on_sigterm() {
+    let settings = test_settings(&[]);
+    let (mut relay, port) = serve(&settings, &[("RUST_LOG", "info,hookrelay=debug")]);
 
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhooks"))
@@ -302,6 +316,66 @@ async fn serve_logs_json_and_drains_on_sigterm() {
         assert!(
             !line.contains("alice"),
             "personal data in a log line: {line}"
+        );
+    }
+
+    let (connection, channel) = amqp().await;
+    delete_topology(&channel, &settings).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
+    const TOKEN: &str = "0f9e8d7c6b5a49382716a5b4c3d2e1f0";
+    let settings = test_settings(&[]);
+    // Everything at debug, actix's own lines included: none may show the token.
+    let (mut relay, port) = serve(
+        &settings,
+        &[
+            ("RUST_LOG", "debug"),
+            ("HOOKRELAY__SERVER__PATH_TOKEN", TOKEN),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let post = |path: String, client_id: &'static str| {
+        http.post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/json")
+            .header("x-client-id", client_id)
+            .body(sync_account())
+            .send()
+    };
+
+    let secret = format!("/webhooks/{TOKEN}");
+    assert_eq!(post(secret.clone(), CLIENT_ID).await.unwrap().status(), 200);
+    let near_miss = format!("/webhooks/{}", &TOKEN[..31]);
+    assert_eq!(post(near_miss, CLIENT_ID).await.unwrap().status(), 404);
+    for _ in 0..300 {
+        assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
+    }
+    // Past the one-second window, the next refusal reports what was left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post(secret, "wrong").await.unwrap().status(), 401);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &relay.child.id().to_string()])
+        .status();
+    relay.wait_for(|line| (json(line)?["message"] == "stopped").then_some(()));
+    let refused = relay
+        .seen
+        .iter()
+        .filter(|line| line.contains("webhook refused"))
+        .count() as u64;
+    let dropped: u64 = relay
+        .seen
+        .iter()
+        .filter_map(|line| json(line)?["dropped"].as_u64())
+        .sum();
+    assert!(refused < 100, "{refused} lines for 301 refusals");
+    assert_eq!(refused + dropped, 301, "every refusal is logged or counted");
+    for line in &relay.seen {
+        assert!(
+            !line.contains(&TOKEN[..16]),
+            "the token in a log line: {line}"
         );
     }
 

@@ -16,7 +16,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -183,12 +183,20 @@ impl TestApp {
         body: impl Into<String>,
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
+        self.post_to(&self.settings.server.webhook_path, body, headers)
+            .await
+    }
+
+    /// POSTs `body` to `path` on the public listener with exactly these headers.
+    pub async fn post_to(
+        &self,
+        path: &str,
+        body: impl Into<String>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut request = self
             .http
-            .post(format!(
-                "{}{}",
-                self.address, self.settings.server.webhook_path
-            ))
+            .post(format!("{}{path}", self.address))
             .body(body.into());
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -324,7 +332,12 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
 /// Sends raw bytes to the relay and returns its status code, for requests a
 /// well-behaved client cannot make (a lying Content-Length, say).
 pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    status_over(stream, request).await
+}
+
+/// Sends raw bytes over an open stream (plain or TLS) and returns the status code.
+pub async fn status_over(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> u16 {
     stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
@@ -343,6 +356,15 @@ pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+/// A complete raw webhook request: POST `path` with the client id and `body`.
+pub fn raw_webhook(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
+         x-client-id: {CLIENT_ID}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// The message id of a delivered message.

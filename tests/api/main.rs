@@ -6,5 +6,6 @@ mod admin;
 mod binary;
 mod broker;
 mod helpers;
+mod hostile;
 mod replay;
 mod webhook;

@@ -1,0 +1,304 @@
+//! The public listener under hostile input: forged headers, slow and greedy
+//! clients, a secret path, TLS. Nothing gets in and nothing knocks it over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, RootCertStore};
+
+use crate::helpers::{
+    CLIENT_ID, SENDER_IP, TestApp, raw_status, raw_webhook, spawn_app, status_over, sync_account,
+};
+
+#[tokio::test]
+async fn an_unlisted_peer_cannot_get_in_with_forged_headers() {
+    let app = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP)]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    let json = ("content-type", "application/json");
+    let id = ("x-client-id", CLIENT_ID);
+    let forgeries: [&[(&str, &str)]; 4] = [
+        &[("x-forwarded-for", SENDER_IP)],
+        &[("x-real-ip", SENDER_IP)],
+        &[("forwarded", "for=52.60.234.183")],
+        &[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", SENDER_IP),
+        ],
+    ];
+
+    for forged in forgeries {
+        let mut headers = vec![json, id];
+        headers.extend_from_slice(forged);
+        let response = app.post(sync_account(), &headers).await;
+        assert_eq!(response.status(), 403, "{forged:?}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "forbidden");
+    }
+    assert_eq!(app.depth(&queue).await, 0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_source_check_comes_before_the_client_id_check() {
+    let app = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP)]).await;
+    // No client id, no content type: still 403, because the address is checked first.
+    let response = app.post("garbage", &[]).await;
+    assert_eq!(response.status(), 403);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    let app = spawn_app(&[("HOOKRELAY__SERVER__BODY_TIMEOUT_MS", "300")]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    // Declares 100 bytes, sends 10, then nothing: a slow POST.
+    let request = format!(
+        "POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-client-id: {CLIENT_ID}\r\nContent-Length: 100\r\n\r\n{{\"hook\":\"S"
+    );
+
+    let started = std::time::Instant::now();
+    let status = raw_status(app.public_socket(), request.as_bytes()).await;
+
+    assert_eq!(status, 408);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "cut off promptly"
+    );
+    assert_eq!(app.depth(&queue).await, 0);
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"outcome="body_timeout"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_and_disconnected() {
+    let app = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP)]).await;
+    let mut stream = TcpStream::connect(app.public_socket()).await.unwrap();
+    // No body and keep-alive: nothing would stop the connection being reused.
+    let request = raw_webhook("/webhooks", "").replace("Connection: close", "X: y");
+
+    let status = status_over(&mut stream, request.as_bytes()).await;
+
+    assert_eq!(status, 403);
+    // The stranger cannot keep the connection for another try.
+    let mut rest = Vec::new();
+    // (Sooner than keep_alive_secs, after which any idle connection is closed.)
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the relay closed the connection");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn too_many_headers_or_header_bytes_get_431() {
+    let app = spawn_app(&[
+        ("HOOKRELAY__SERVER__MAX_HEADERS", "20"),
+        ("HOOKRELAY__SERVER__MAX_HEADER_BYTES", "2048"),
+    ])
+    .await;
+    let queue = app.bind_queue(&["#"]).await;
+    let json = ("content-type", "application/json");
+    let id = ("x-client-id", CLIENT_ID);
+    let names: Vec<String> = (0..30).map(|i| format!("x-filler-{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "1")).collect();
+    let long = "a".repeat(4096);
+
+    let too_many = [vec![json, id], many].concat();
+    let too_long = vec![json, id, ("x-filler", long.as_str())];
+    for headers in [too_many, too_long] {
+        let response = app.post(sync_account(), &headers).await;
+        assert_eq!(response.status(), 431);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "headers_too_large");
+    }
+
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    assert_eq!(app.depth(&queue).await, 1, "only the ordinary request");
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"outcome="headers_too_large"} 2"#),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+/// Opens `count` connections that never send a byte.
+async fn idle_connections(app: &TestApp, count: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(count);
+    for _ in 0..count {
+        idle.push(TcpStream::connect(app.public_socket()).await.unwrap());
+    }
+    idle
+}
+
+#[tokio::test]
+async fn hundreds_of_idle_connections_do_not_keep_the_sender_out() {
+    let app = spawn_app(&[]).await;
+    let _idle = idle_connections(&app, 500).await;
+
+    let response = tokio::time::timeout(Duration::from_secs(10), app.post_webhook(sync_account()))
+        .await
+        .expect("the sender is served while 500 idle connections are open");
+
+    assert_eq!(response.status(), 200);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_connections_holds_back_connections_beyond_it() {
+    let app = spawn_app(&[
+        ("HOOKRELAY__SERVER__WORKERS", "1"),
+        ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "5"),
+        ("HOOKRELAY__SERVER__HEADER_TIMEOUT_MS", "30000"),
+    ])
+    .await;
+    let idle = idle_connections(&app, 5).await;
+    // Let the relay accept all five before the sixth arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let held_back = tokio::time::timeout(
+        Duration::from_millis(1500),
+        raw_status(
+            app.public_socket(),
+            raw_webhook("/webhooks", &sync_account()).as_bytes(),
+        ),
+    )
+    .await;
+    assert!(held_back.is_err(), "a sixth connection is not served");
+
+    drop(idle);
+    assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_shed_after_the_header_timeout() {
+    let app = spawn_app(&[
+        ("HOOKRELAY__SERVER__WORKERS", "1"),
+        ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "20"),
+        ("HOOKRELAY__SERVER__HEADER_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    // Every connection the relay allows is taken by someone who says nothing.
+    let mut idle = idle_connections(&app, 20).await;
+
+    // (Well before actix's own default header timeout of 5 s.)
+    let response = tokio::time::timeout(Duration::from_secs(3), app.post_webhook(sync_account()))
+        .await
+        .expect("the sender is served once the idle connections are shed");
+    assert_eq!(response.status(), 200);
+
+    for stream in &mut idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        assert!(closed.await.is_ok(), "an idle connection was closed");
+    }
+    app.stop().await.unwrap();
+}
+
+const TOKEN: &str = "3f1c9a0e7b2d4c58a6e1f0b9d2c7e4a1";
+
+#[tokio::test]
+async fn with_a_path_token_only_the_secret_path_accepts_webhooks() {
+    let app = spawn_app(&[("HOOKRELAY__SERVER__PATH_TOKEN", TOKEN)]).await;
+    let queue = app.bind_queue(&["#"]).await;
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-client-id", CLIENT_ID),
+    ];
+    let secret = format!("/webhooks/{TOKEN}");
+    let wrong = format!("/webhooks/{}", TOKEN.replace('3', "4"));
+    let short = format!("/webhooks/{}", &TOKEN[..31]);
+
+    for path in ["/webhooks", "/webhooks/", wrong.as_str(), short.as_str()] {
+        let response = app.post_to(path, sync_account(), &headers).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "not_found");
+        // Any method: a wrong token must look exactly like a missing path.
+        let get = app.http.get(format!("{}{path}", app.address)).send().await;
+        assert_eq!(get.unwrap().status(), 404, "GET {path}");
+    }
+    let get = app
+        .http
+        .get(format!("{}{secret}", app.address))
+        .send()
+        .await;
+    assert_eq!(get.unwrap().status(), 405);
+    let response = app.post_to(&secret, sync_account(), &headers).await;
+    assert_eq!(response.status(), 200);
+
+    assert_eq!(app.depth(&queue).await, 1);
+    let metrics = app.get_admin("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"outcome="not_found"} 8"#), "{metrics}");
+    assert!(!metrics.contains(TOKEN));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_tls_the_webhook_arrives_over_https_only() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("hookrelay-tls-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let app = spawn_app(&[
+        ("HOOKRELAY__SERVER__TLS__CERT", cert.to_str().unwrap()),
+        ("HOOKRELAY__SERVER__TLS__KEY", key.to_str().unwrap()),
+    ])
+    .await;
+    let queue = app.bind_queue(&["#"]).await;
+    let request = raw_webhook("/webhooks", &sync_account());
+
+    let mut roots = RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(app.public_socket()).await.unwrap();
+    let server_name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(client))
+        .connect(server_name, tcp)
+        .await
+        .expect("a TLS handshake with the relay's certificate");
+    assert_eq!(status_over(tls, request.as_bytes()).await, 200);
+    assert_eq!(app.depth(&queue).await, 1);
+
+    // Plain HTTP on the TLS port gets no HTTP answer, and publishes nothing.
+    let mut plain = TcpStream::connect(app.public_socket()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(app.depth(&queue).await, 1);
+
+    app.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_unreadable_tls_file_stops_startup_naming_the_setting() {
+    let mut settings = crate::helpers::test_settings(&[
+        ("HOOKRELAY__SERVER__TLS__CERT", "/nonexistent/cert.pem"),
+        ("HOOKRELAY__SERVER__TLS__KEY", "/nonexistent/key.pem"),
+    ]);
+    settings.spool.enabled = false;
+    let err = hookrelay::startup::Application::build(settings)
+        .await
+        .err()
+        .expect("startup fails");
+    assert!(format!("{err:#}").contains("server.tls.cert"), "{err:#}");
+}
