@@ -3,8 +3,9 @@
 //! The path of one webhook, and where each step lives:
 //!
 //! ```text
-//! TCP peer ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (ip_ranges)
-//!          ─► x-client-id ─► content type, size ─► event::Event::parse
+//! TCP peer ─► path (ingress::WebhookPath: optional secret token)
+//!          ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (ip_ranges)
+//!          ─► header limits ─► x-client-id ─► content type, size ─► event::Event::parse
 //!          ─► envelope (body as received + headers) ─► broker::Publisher (persistent, mandatory, confirmed)
 //!          ─► 200 {"status":"accepted","id"} | 4xx/5xx JSON (ingress::error)
 //! ```
@@ -16,7 +17,8 @@
 //! * [`envelope`]: what is published for a webhook.
 //! * [`broker`]: the supervised connection, the topology, one confirmed publish.
 //! * [`metrics`], [`telemetry`]: what operators see.
-//! * [`startup`]: wires it all into an [`startup::Application`]; [`cli`]: the commands.
+//! * [`startup`]: wires it all into an [`startup::Application`] ([`tls`] for an
+//!   HTTPS listener); [`cli`]: the commands.
 //! * [`replay`], [`tail`]: the operator's tools, with [`dead_letter`] (reading
 //!   `x-death`) and [`topic`] (topic-pattern matching).
 

@@ -46,7 +46,7 @@ pub fn resolve<'a>(
 }
 
 /// Reads one `X-Forwarded-For` entry: an address, optionally with a port.
-fn parse_entry(entry: &str) -> Option<IpAddr> {
+pub fn parse_entry(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();
     entry
         .parse::<IpAddr>()
