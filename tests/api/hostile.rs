@@ -79,6 +79,32 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
 }
 
 #[tokio::test]
+async fn ipv4_mapped_addresses_match_ipv4_entries_both_ways() {
+    // On a dual-stack listener ([::]), an IPv4 sender's peer address arrives
+    // as ::ffff:127.0.0.1; the allowlist says 127.0.0.1.
+    let dual_stack = spawn_app(&[("HOOKRELAY__SERVER__LISTEN", "[::]:0")]).await;
+    assert_eq!(dual_stack.post_webhook(sync_account()).await.status(), 200);
+    dual_stack.stop().await.unwrap();
+
+    // And an allowlist written in mapped form admits the plain IPv4 peer.
+    let mapped_entry = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", "::ffff:127.0.0.1")]).await;
+    assert_eq!(
+        mapped_entry.post_webhook(sync_account()).await.status(),
+        200
+    );
+    mapped_entry.stop().await.unwrap();
+
+    // A mapped stranger is still a stranger.
+    let stranger = spawn_app(&[
+        ("HOOKRELAY__SERVER__LISTEN", "[::]:0"),
+        ("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP),
+    ])
+    .await;
+    assert_eq!(stranger.post_webhook(sync_account()).await.status(), 403);
+    stranger.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stranger_is_refused_and_disconnected() {
     let app = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP)]).await;
     let mut stream = TcpStream::connect(app.public_socket()).await.unwrap();
