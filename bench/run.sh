@@ -72,12 +72,19 @@ purge() { rabbitmqctl -q purge_queue "$exchange.all" >/dev/null; }
 # generator) from fields 16-17 of its own.
 ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 child_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# Time a process's threads spent ready to run but waiting for a core (ns, the
+# second field of /proc/<pid>/task/*/schedstat): the cost of hand-offs between
+# more runnable threads than there are cores.
+runq_ns() { [ -n "$1" ] && cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}' || echo 0; }
 broker_pid=$(pgrep -o beam.smp || true)  # empty when RabbitMQ runs elsewhere
-with_cpu() { # NAME COMMAND...: runs it, writes relay/broker/client ticks to NAME.cpu
+with_cpu() { # NAME COMMAND...: runs it; writes relay/broker/client ticks and relay/broker run-queue ns to NAME.cpu
   local name=$1; shift
-  local r0 b0 c0; r0=$(ticks "$relay_pid"); b0=$(ticks "$broker_pid"); c0=$(child_ticks)
+  local r0 b0 c0 rq0 bq0
+  r0=$(ticks "$relay_pid"); b0=$(ticks "$broker_pid"); c0=$(child_ticks)
+  rq0=$(runq_ns "$relay_pid"); bq0=$(runq_ns "$broker_pid")
   "$@"
-  echo "$(($(ticks "$relay_pid") - r0)) $(($(ticks "$broker_pid") - b0)) $(($(child_ticks) - c0))" > "$work/$name.cpu"
+  echo "$(($(ticks "$relay_pid") - r0)) $(($(ticks "$broker_pid") - b0)) $(($(child_ticks) - c0))" \
+    "$(($(runq_ns "$relay_pid") - rq0)) $(($(runq_ns "$broker_pid") - bq0))" > "$work/$name.cpu"
 }
 body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
 load() { # oha with the webhook; extra flags in "$@"
@@ -172,12 +179,15 @@ print(f"- fixed rate p99: relay {rf['p99']:.2f} ms vs baseline {bf['p99']:.2f} m
 print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
 print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
 print()
-print(f"CPU per message in the saturation runs of round {median_round} (µs; utime + stime over the run / messages):\n")
-print("| run | RabbitMQ | relay | load generator | all | cores busy |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
+print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
+print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, label, rate in [(f"base-sat-{median_round}", "baseline publisher", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha)", rs["rate"]), ("http-sat", "HTTP side alone (oha)", http["rate"])]:
-    relay, broker, client = (int(t) * 1e6 / hz / messages for t in open(os.path.join(work, name + ".cpu")).read().split())
+    fields = [int(t) for t in open(os.path.join(work, name + ".cpu")).read().split()]
+    relay, broker, client = (t * 1e6 / hz / messages for t in fields[:3])
+    relay_wait, broker_wait = (t / 1e3 / messages for t in fields[3:])
     total = relay + broker + client
-    b = f"{broker:.0f}" if broker_seen else "n/a"
-    print(f"| {label} | {b} | {relay:.0f} | {client:.0f} | {total:.0f} | {total * rate / 1e6:.2f} |")
+    b, bw = (f"{broker:.0f}", f"{broker_wait:.0f}") if broker_seen else ("n/a", "n/a")
+    print(f"| {label} | {b} | {relay:.0f} | {client:.0f} | {total:.0f} | {total * rate / 1e6:.2f} | {bw} | {relay_wait:.0f} |")
 PY
