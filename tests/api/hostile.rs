@@ -164,6 +164,26 @@ async fn idle_connections(app: &TestApp, count: usize) -> Vec<TcpStream> {
     idle
 }
 
+/// A relay with one HTTP worker and room for `max` connections, every one of
+/// them taken by someone who says nothing.
+async fn full_of_idle_connections(
+    max: usize,
+    header_timeout_ms: &str,
+) -> (TestApp, Vec<TcpStream>) {
+    let max_connections = max.to_string();
+    let app = spawn_app(&[
+        ("HOOKRELAY__SERVER__WORKERS", "1"),
+        (
+            "HOOKRELAY__SERVER__MAX_CONNECTIONS",
+            max_connections.as_str(),
+        ),
+        ("HOOKRELAY__SERVER__HEADER_TIMEOUT_MS", header_timeout_ms),
+    ])
+    .await;
+    let idle = idle_connections(&app, max).await;
+    (app, idle)
+}
+
 #[tokio::test]
 async fn hundreds_of_idle_connections_do_not_keep_the_sender_out() {
     let app = spawn_app(&[]).await;
@@ -179,13 +199,7 @@ async fn hundreds_of_idle_connections_do_not_keep_the_sender_out() {
 
 #[tokio::test]
 async fn max_connections_holds_back_connections_beyond_it() {
-    let app = spawn_app(&[
-        ("HOOKRELAY__SERVER__WORKERS", "1"),
-        ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "5"),
-        ("HOOKRELAY__SERVER__HEADER_TIMEOUT_MS", "30000"),
-    ])
-    .await;
-    let idle = idle_connections(&app, 5).await;
+    let (app, idle) = full_of_idle_connections(5, "30000").await;
     // Let the relay accept all five before the sixth arrives.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -206,14 +220,7 @@ async fn max_connections_holds_back_connections_beyond_it() {
 
 #[tokio::test]
 async fn idle_connections_are_shed_after_the_header_timeout() {
-    let app = spawn_app(&[
-        ("HOOKRELAY__SERVER__WORKERS", "1"),
-        ("HOOKRELAY__SERVER__MAX_CONNECTIONS", "20"),
-        ("HOOKRELAY__SERVER__HEADER_TIMEOUT_MS", "500"),
-    ])
-    .await;
-    // Every connection the relay allows is taken by someone who says nothing.
-    let mut idle = idle_connections(&app, 20).await;
+    let (app, mut idle) = full_of_idle_connections(20, "500").await;
 
     // (Well before actix's own default header timeout of 5 s.)
     let response = tokio::time::timeout(Duration::from_secs(3), app.post_webhook(sync_account()))
