@@ -52,6 +52,14 @@ impl Setup {
         format!("{}.all", self.exchange)
     }
 
+    /// Starts a new relay (after the last one died or exited) and waits for
+    /// its RabbitMQ connection; returns it and how long that took.
+    pub async fn restart_relay(&self, within: Duration) -> (Relay, Duration) {
+        let relay = self.start_relay();
+        let ready_again = relay.wait_connected(within).await;
+        (relay, ready_again)
+    }
+
     /// Starts the relay binary; its log goes to `<dir>/relay-<n>.log`.
     pub fn start_relay(&self) -> Relay {
         let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);

@@ -104,9 +104,7 @@ async fn relay_killed_mid_load_and_restarted_on_its_spool() {
     let fault = async {
         load.reached(TOTAL / 3).await;
         relay.kill();
-        let restarted = setup.start_relay();
-        let ready_again = restarted.wait_connected(READY_WITHIN).await;
-        (restarted, ready_again)
+        setup.restart_relay(READY_WITHIN).await
     };
     let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
@@ -121,9 +119,7 @@ async fn relay_terminated_mid_load_drains_gracefully() {
         load.reached(TOTAL / 3).await;
         let status = relay.terminate().await;
         assert!(status.success(), "a graceful exit: {status:?}");
-        let restarted = setup.start_relay();
-        let ready_again = restarted.wait_connected(READY_WITHIN).await;
-        (restarted, ready_again)
+        setup.restart_relay(READY_WITHIN).await
     };
     let ((), (relay, ready_again)) = tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), fault);
 
