@@ -10,7 +10,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(event_parse client_ip)
 
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+cargo --list | grep -qE "^\s+fuzz\b" || cargo install --locked cargo-fuzz@0.13.2
 
 for target in "${targets[@]}"; do
   corpus=(fuzz/corpus/"$target")
