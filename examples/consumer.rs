@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures_util::StreamExt;
-use hookrelay::broker::topology::consumer_queue_arguments;
+use hookrelay::broker::consumer_queue_arguments;
 use hookrelay::config::Settings;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
 
-    let arguments = consumer_queue_arguments(queue, &settings.amqp.dead_letter_exchange());
+    let arguments = consumer_queue_arguments(queue, settings.topology().dead_letter_exchange());
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()

@@ -2,9 +2,11 @@
 //!
 //! `/healthz` answers while the process runs. `/readyz` answers 200 while a
 //! webhook would be accepted right now: RabbitMQ connected (topology declared,
-//! not blocked by a resource alarm), or else the spool taking writes. Its body
-//! says which, so a load balancer can route around us and an operator can see
-//! that we are running on the spool.
+//! not blocked by a resource alarm), or else the spool taking writes; 503
+//! otherwise, so a load balancer can route around us. Its body tells the whole
+//! truth: `ready` only when nothing needs a human, `degraded` (still 200) while
+//! webhooks are accepted but something does (running on the spool, a consumer
+//! queue RabbitMQ refuses, parked webhooks), with RabbitMQ's own reasons.
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
@@ -32,24 +34,46 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
-    let broker = admin.broker.state();
+    let broker = admin.broker.status();
     let spool_takes_writes = admin.spool.as_ref().is_some_and(Spool::has_room);
-    let ready = broker == BrokerState::Connected || spool_takes_writes;
+    let parked = admin.spool.as_ref().map_or(0, Spool::parked);
+    let connected = broker.state == BrokerState::Connected;
+    let status = if !connected && !spool_takes_writes {
+        "not_ready"
+    } else if !connected || !broker.queue_conflicts.is_empty() || parked > 0 {
+        "degraded"
+    } else {
+        "ready"
+    };
+    let conflicts: Vec<_> = broker
+        .queue_conflicts
+        .iter()
+        .map(|c| json!({ "queue": c.queue, "object": c.object, "reason": c.reason }))
+        .collect();
     let mut body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "broker": match broker {
+        "status": status,
+        "broker": match broker.state {
             BrokerState::Connected => "connected",
             BrokerState::Blocked => "blocked",
+            BrokerState::Misconfigured => "misconfigured",
             BrokerState::Disconnected => "disconnected",
         },
+        "queue_conflicts": conflicts,
     });
-    if let Some(spool) = &admin.spool {
-        body["spool"] = json!({ "depth": spool.depth(), "accepting": spool_takes_writes });
+    if let Some(reason) = &broker.reason {
+        body["reason"] = json!(reason);
     }
-    let mut response = if ready {
-        HttpResponse::Ok()
-    } else {
+    if let Some(spool) = &admin.spool {
+        body["spool"] = json!({
+            "depth": spool.depth(),
+            "parked": parked,
+            "accepting": spool_takes_writes,
+        });
+    }
+    let mut response = if status == "not_ready" {
         HttpResponse::ServiceUnavailable()
+    } else {
+        HttpResponse::Ok()
     };
     response.json(body)
 }

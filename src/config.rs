@@ -15,6 +15,7 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::broker::Topology;
 use crate::ip_ranges::IpRanges;
 
 /// The documented defaults, compiled in.
@@ -107,6 +108,9 @@ pub struct AmqpSettings {
     pub confirm_timeout_ms: u64,
     /// Publishing channels kept open, each in confirm mode.
     pub channels: usize,
+    /// How often the relay declares its topology again while connected, so
+    /// that a queue or exchange deleted at runtime comes back.
+    pub topology_check_secs: u64,
 }
 
 /// The local spool that keeps accepted webhooks while RabbitMQ cannot.
@@ -116,6 +120,9 @@ pub struct SpoolSettings {
     pub enabled: bool,
     pub path: PathBuf,
     pub max_bytes: u64,
+    /// How many times RabbitMQ may refuse one spooled message (nack, return,
+    /// channel error) before it is parked, so that it stops holding up the rest.
+    pub max_refusals: u32,
 }
 
 /// A consumer queue the relay declares and binds for its users.
@@ -257,6 +264,12 @@ impl Settings {
         if self.amqp.channels == 0 {
             return invalid("amqp.channels", "must be greater than 0");
         }
+        if self.amqp.topology_check_secs == 0 {
+            return invalid("amqp.topology_check_secs", "must be greater than 0");
+        }
+        if self.spool.enabled && self.spool.max_refusals == 0 {
+            return invalid("spool.max_refusals", "must be greater than 0");
+        }
         // Derived names add up to 12 characters; AMQP names are at most 255 bytes.
         if self.amqp.exchange.is_empty() || self.amqp.exchange.len() > 200 {
             return invalid("amqp.exchange", "must be 1 to 200 characters");
@@ -279,6 +292,11 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Every RabbitMQ name the relay uses, and its consumer queues.
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.amqp.exchange, &self.queues)
     }
 
     /// The settings as TOML, with secrets masked.
@@ -315,23 +333,8 @@ impl AmqpSettings {
         Duration::from_millis(self.confirm_timeout_ms)
     }
 
-    /// The exchange unroutable events fall through to, and its queue.
-    pub fn unrouted(&self) -> String {
-        format!("{}.unrouted", self.exchange)
-    }
-
-    /// The exchange consumer queues dead-letter into.
-    pub fn dead_letter_exchange(&self) -> String {
-        format!("{}.dlx", self.exchange)
-    }
-
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead-letter", self.exchange)
-    }
-
-    /// Where bodies that fail to parse are kept for a human.
-    pub fn quarantine_queue(&self) -> String {
-        format!("{}.quarantine", self.exchange)
+    pub fn topology_check_interval(&self) -> Duration {
+        Duration::from_secs(self.topology_check_secs)
     }
 
     /// The relay's connection name, as operators see it in the management UI
@@ -373,13 +376,19 @@ impl AmqpUri {
     }
 }
 
+/// A string that is not an AMQP URI, and why (the URI itself is not repeated:
+/// it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an AMQP URI ({0})")]
+pub struct InvalidAmqpUri(String);
+
 impl FromStr for AmqpUri {
-    type Err = String;
+    type Err = InvalidAmqpUri;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         lapin::uri::AMQPUri::from_str(s)
             .map(|_| AmqpUri(s.to_owned()))
-            .map_err(|e| format!("not an AMQP URI ({e})"))
+            .map_err(InvalidAmqpUri)
     }
 }
 

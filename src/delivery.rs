@@ -5,7 +5,10 @@
 //! While the spool holds anything, new messages queue behind it instead of
 //! overtaking it, so RabbitMQ receives them in arrival order.
 
-use crate::broker::{Outgoing, PublishError, Publisher};
+use std::fmt;
+
+use crate::broker::{PublishError, Publisher};
+use crate::envelope::Message;
 use crate::spool::{Spool, SpoolError};
 
 /// Publishes through the broker, falling back to the spool when there is one.
@@ -31,13 +34,26 @@ pub enum DeliveryError {
     /// No spool, and RabbitMQ did not confirm.
     #[error(transparent)]
     Unconfirmed(PublishError),
-    /// RabbitMQ did not confirm and the spool could not take it.
-    #[error("RabbitMQ did not confirm ({publish}) and {spool}")]
+    /// The spool could not take it, after RabbitMQ did not confirm it (or
+    /// without asking RabbitMQ, when older messages were still spooled).
+    #[error("{} and {spool}", NotPublished(publish))]
     NotSpooled {
-        publish: String,
+        publish: Option<PublishError>,
         #[source]
         spool: SpoolError,
     },
+}
+
+/// Why a message that then failed to spool was not published.
+struct NotPublished<'a>(&'a Option<PublishError>);
+
+impl fmt::Display for NotPublished<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(err) => write!(f, "RabbitMQ did not confirm ({err})"),
+            None => f.write_str("older webhooks are still spooled"),
+        }
+    }
 }
 
 impl Delivery {
@@ -46,7 +62,7 @@ impl Delivery {
     }
 
     /// Makes `message` durable: confirmed by RabbitMQ, or fsync'd to the spool.
-    pub async fn deliver(&self, message: Outgoing) -> Result<Delivered, DeliveryError> {
+    pub async fn deliver(&self, message: Message) -> Result<Delivered, DeliveryError> {
         // Only `bench/run.sh` builds this feature: it measures what HTTP and the
         // checks cost on their own. Such a binary stores nothing.
         if cfg!(feature = "bench-http-only") {
@@ -69,10 +85,7 @@ impl Delivery {
         match spool.append(&message).await {
             Ok(()) => Ok(Delivered::Spooled(publish_error)),
             Err(spool) => Err(DeliveryError::NotSpooled {
-                publish: publish_error.map_or_else(
-                    || "older webhooks are still spooled".to_owned(),
-                    |e| e.to_string(),
-                ),
+                publish: publish_error,
                 spool,
             }),
         }

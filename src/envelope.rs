@@ -1,5 +1,8 @@
-//! What the relay publishes for a webhook: the body exactly as received, with
-//! AMQP properties and headers built from the parsed event and the request.
+//! What the relay publishes for a webhook: a [`Message`] that says what it is
+//! (an event with its routing key, or a quarantined body), the body exactly as
+//! received, and AMQP properties and headers built from the parsed event and
+//! the request. Which exchange or queue it goes to is not decided here: the
+//! broker's [`Topology`](crate::broker::Topology) decides that at publish time.
 //!
 //! The user's login name is personal data: it stays in the body, never in the
 //! properties.
@@ -12,13 +15,14 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use uuid::Uuid;
 
-use crate::broker::Outgoing;
-use crate::event::{Event, ParseError};
+use crate::event::{Event, ParseError, RoutingKey};
 
 /// `delivery_mode` 2: RabbitMQ writes the message to disk in durable queues.
 const PERSISTENT: u8 = 2;
 const APP_ID: &str = "hookrelay";
 const CONTENT_TYPE: &str = "application/json";
+/// The header that says why a body was quarantined.
+pub const QUARANTINE_REASON: &str = "x-quarantine-reason";
 
 /// The facts about one accepted request that travel with its message.
 #[derive(Debug, Clone)]
@@ -42,8 +46,26 @@ impl Receipt {
     }
 }
 
+/// A message the relay publishes, and keeps in its spool until RabbitMQ confirms it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: Kind,
+    /// The body as received: never re-serialised.
+    pub body: Bytes,
+    pub properties: BasicProperties,
+}
+
+/// What a message is, which decides where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A valid event, for the consumers bound to its routing key.
+    Event(RoutingKey),
+    /// A body that is not a valid event, for a human.
+    Quarantine,
+}
+
 /// The message for a valid event, routed by what happened.
-pub fn event_message(event: &Event, receipt: &Receipt, exchange: &str, body: Bytes) -> Outgoing {
+pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
     let mut headers = receipt_headers(receipt);
     insert(&mut headers, "hook", event.hook());
     if let Some(code) = event.error_code() {
@@ -52,27 +74,19 @@ pub fn event_message(event: &Event, receipt: &Receipt, exchange: &str, body: Byt
     }
     insert(&mut headers, "account-id", event.account_id());
     insert(&mut headers, "user-id", event.user_id());
-    Outgoing {
-        exchange: exchange.to_owned(),
-        routing_key: event.routing_key().as_str().to_owned(),
+    Message {
+        kind: Kind::Event(event.routing_key()),
         body,
         properties: properties(receipt, headers),
     }
 }
 
-/// The message for a body that is not a valid event, sent straight to the
-/// quarantine queue through the default exchange.
-pub fn quarantine_message(
-    reason: &ParseError,
-    receipt: &Receipt,
-    queue: &str,
-    body: Bytes,
-) -> Outgoing {
+/// The message for a body that is not a valid event, with the reason.
+pub fn quarantine_message(reason: &ParseError, receipt: &Receipt, body: Bytes) -> Message {
     let mut headers = receipt_headers(receipt);
-    insert(&mut headers, "x-quarantine-reason", reason.reason());
-    Outgoing {
-        exchange: String::new(),
-        routing_key: queue.to_owned(),
+    insert(&mut headers, QUARANTINE_REASON, &reason.reason());
+    Message {
+        kind: Kind::Quarantine,
         body,
         properties: properties(receipt, headers),
     }
@@ -118,7 +132,7 @@ mod tests {
         Receipt::new("app-1", "52.60.234.183".parse().unwrap(), UNIX_EPOCH)
     }
 
-    fn header<'a>(message: &'a Outgoing, key: &str) -> Option<&'a AMQPValue> {
+    fn header<'a>(message: &'a Message, key: &str) -> Option<&'a AMQPValue> {
         message
             .properties
             .headers()
@@ -136,10 +150,12 @@ mod tests {
     #[test]
     fn an_event_keeps_its_body_and_gets_routing_headers() {
         let event = Event::parse(BODY.as_bytes()).unwrap();
-        let message = event_message(&event, &receipt(), "webhooks", Bytes::from(BODY));
+        let message = event_message(&event, &receipt(), Bytes::from(BODY));
 
-        assert_eq!(message.exchange, "webhooks");
-        assert_eq!(message.routing_key, "sync.error.NewCode");
+        assert_eq!(
+            message.kind,
+            Kind::Event("sync.error.NewCode".parse().unwrap())
+        );
         assert_eq!(message.body, BODY.as_bytes());
         assert_eq!(message.properties.delivery_mode(), &Some(2));
         assert_eq!(
@@ -166,23 +182,17 @@ mod tests {
     #[test]
     fn personal_data_never_becomes_a_header() {
         let event = Event::parse(BODY.as_bytes()).unwrap();
-        let message = event_message(&event, &receipt(), "webhooks", Bytes::from(BODY));
+        let message = event_message(&event, &receipt(), Bytes::from(BODY));
         let headers = format!("{:?}", message.properties.headers());
         assert!(!headers.contains("alice"), "{headers}");
         assert!(!headers.to_lowercase().contains("login"), "{headers}");
     }
 
     #[test]
-    fn a_quarantined_body_goes_to_its_queue_with_the_reason() {
+    fn a_quarantined_body_is_marked_with_the_reason() {
         let reason = Event::parse(b"{}").unwrap_err();
-        let message = quarantine_message(
-            &reason,
-            &receipt(),
-            "webhooks.quarantine",
-            Bytes::from("{}"),
-        );
-        assert_eq!(message.exchange, "");
-        assert_eq!(message.routing_key, "webhooks.quarantine");
+        let message = quarantine_message(&reason, &receipt(), Bytes::from("{}"));
+        assert_eq!(message.kind, Kind::Quarantine);
         assert_eq!(
             text(header(&message, "x-quarantine-reason")),
             reason.reason()

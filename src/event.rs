@@ -42,22 +42,50 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorCode(String);
 
-/// A topic-exchange routing key built from an [`Event`]; never from raw input.
+/// A topic-exchange routing key built from an [`Event`] (or read back from the
+/// spool, where [`RoutingKey::from_str`] checks it again); never from raw input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingKey(String);
 
-/// Why a body is not a valid event. The text names the field, never its value.
+/// Why a body is not a valid event. The text names the field, never its value
+/// (only a hook name that is a plain word is quoted: it is not personal data).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ParseError(String);
+pub enum ParseError {
+    #[error("the body is not valid JSON ({category} error at line {line} column {column})")]
+    Syntax {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("`{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("unknown hook `{0}`: expected SyncAccount or SyncError")]
+    UnknownHook(String),
+    #[error("unknown hook: expected SyncAccount or SyncError")]
+    UnreadableHook,
+    #[error("`error` must match ^[A-Za-z][A-Za-z0-9_]{{0,63}}$")]
+    InvalidErrorCode,
+}
+
+/// A stored routing key that is not one an [`Event`] can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an event routing key")]
+pub struct InvalidRoutingKey;
 
 impl Event {
     /// Parses a webhook body. Unknown extra fields are allowed.
     pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
         let value: Value = serde_json::from_slice(body).map_err(syntax_error)?;
-        let root = value
-            .as_object()
-            .ok_or_else(|| ParseError::new("the body must be a JSON object"))?;
+        let root = value.as_object().ok_or(ParseError::NotAnObject)?;
 
         let hook = required_str(root, "hook", "hook")?;
         let user = required_object(root, "user")?;
@@ -73,16 +101,8 @@ impl Event {
             "SyncError" => {
                 EventKind::SyncError(ErrorCode::parse(required_str(root, "error", "error")?)?)
             }
-            other if is_word(other) => {
-                return Err(ParseError(format!(
-                    "unknown hook `{other}`: expected SyncAccount or SyncError"
-                )));
-            }
-            _ => {
-                return Err(ParseError::new(
-                    "unknown hook: expected SyncAccount or SyncError",
-                ));
-            }
+            other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
+            _ => return Err(ParseError::UnreadableHook),
         };
         Ok(Event {
             kind,
@@ -129,9 +149,7 @@ impl ErrorCode {
         if is_word(code) {
             Ok(ErrorCode(code.to_owned()))
         } else {
-            Err(ParseError::new(
-                "`error` must match ^[A-Za-z][A-Za-z0-9_]{0,63}$",
-            ))
+            Err(ParseError::InvalidErrorCode)
         }
     }
 
@@ -151,14 +169,24 @@ impl RoutingKey {
     }
 }
 
-impl ParseError {
-    fn new(reason: &str) -> ParseError {
-        ParseError(reason.to_owned())
-    }
+impl std::str::FromStr for RoutingKey {
+    type Err = InvalidRoutingKey;
 
+    /// Accepts exactly the keys an [`Event`] produces.
+    fn from_str(key: &str) -> Result<RoutingKey, InvalidRoutingKey> {
+        let valid = key == "sync.account" || key.strip_prefix("sync.error.").is_some_and(is_word);
+        if valid {
+            Ok(RoutingKey(key.to_owned()))
+        } else {
+            Err(InvalidRoutingKey)
+        }
+    }
+}
+
+impl ParseError {
     /// The reason, fit for a log line, a message header and an HTTP answer.
-    pub fn reason(&self) -> &str {
-        &self.0
+    pub fn reason(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -172,49 +200,59 @@ fn is_word(s: &str) -> bool {
 /// serde_json's syntax messages carry a position but no payload values; its data
 /// messages can quote values, which is why fields are checked by hand below.
 fn syntax_error(err: serde_json::Error) -> ParseError {
-    ParseError(format!(
-        "the body is not valid JSON ({:?} error at line {} column {})",
-        err.classify(),
-        err.line(),
-        err.column()
-    ))
+    use serde_json::error::Category;
+    ParseError::Syntax {
+        category: match err.classify() {
+            Category::Io => "Io",
+            Category::Syntax => "Syntax",
+            Category::Data => "Data",
+            Category::Eof => "Eof",
+        },
+        line: err.line(),
+        column: err.column(),
+    }
 }
 
 fn required<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
-    path: &str,
+    path: &'static str,
 ) -> Result<&'a Value, ParseError> {
-    obj.get(key)
-        .ok_or_else(|| ParseError(format!("`{path}` is missing")))
+    obj.get(key).ok_or(ParseError::Missing(path))
 }
 
 fn required_object<'a>(
     obj: &'a Map<String, Value>,
-    key: &str,
+    key: &'static str,
 ) -> Result<&'a Map<String, Value>, ParseError> {
     required(obj, key, key)?
         .as_object()
-        .ok_or_else(|| ParseError(format!("`{key}` must be an object")))
+        .ok_or(ParseError::WrongType {
+            field: key,
+            expected: "an object",
+        })
 }
 
 fn required_str<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
-    path: &str,
+    path: &'static str,
 ) -> Result<&'a str, ParseError> {
     required(obj, key, path)?
         .as_str()
-        .ok_or_else(|| ParseError(format!("`{path}` must be a string")))
+        .ok_or(ParseError::WrongType {
+            field: path,
+            expected: "a string",
+        })
 }
 
 fn required_non_empty<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
-    path: &str,
+    path: &'static str,
 ) -> Result<&'a str, ParseError> {
     match required_str(obj, key, path)? {
-        "" => Err(ParseError(format!("`{path}` must not be empty"))),
+        "" => Err(ParseError::Empty(path)),
         s => Ok(s),
     }
 }
@@ -277,6 +315,27 @@ mod tests {
         let code = format!("A{}", "_".repeat(63));
         let event = Event::parse(error(&format!("\"{code}\"")).as_bytes()).unwrap();
         assert_eq!(event.routing_key().as_str(), format!("sync.error.{code}"));
+    }
+
+    #[test]
+    fn only_event_routing_keys_read_back() {
+        for key in [
+            "sync.account",
+            "sync.error.LoginFailedError",
+            "sync.error.a",
+        ] {
+            assert_eq!(key.parse::<RoutingKey>().unwrap().as_str(), key);
+        }
+        for key in [
+            "",
+            "sync",
+            "sync.error.",
+            "sync.error.#",
+            "sync.error.a.b",
+            "x.account",
+        ] {
+            assert!(key.parse::<RoutingKey>().is_err(), "{key}");
+        }
     }
 
     #[test]

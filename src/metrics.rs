@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::broker::BrokerState;
+
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -30,6 +32,8 @@ pub enum Outcome {
     PayloadTooLarge,
     /// Over `max_headers` or `max_header_bytes`: 431.
     HeadersTooLarge,
+    /// Another method than POST on the webhook path, from an allowed source: 405.
+    MethodNotAllowed,
     /// Any other path (a wrong path token included): 404.
     NotFound,
     /// The body could not be read: 400.
@@ -54,6 +58,7 @@ impl Outcome {
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::PayloadTooLarge => "payload_too_large",
             Outcome::HeadersTooLarge => "headers_too_large",
+            Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::NotFound => "not_found",
             Outcome::BadRequest => "bad_request",
             Outcome::BodyTimeout => "body_timeout",
@@ -75,6 +80,25 @@ struct OutcomeLabel {
     outcome: Outcome,
 }
 
+/// The broker states, as labels of `hookrelay_broker_state`.
+const BROKER_STATES: [(BrokerState, &str); 4] = [
+    (BrokerState::Connected, "connected"),
+    (BrokerState::Blocked, "blocked"),
+    (BrokerState::Misconfigured, "misconfigured"),
+    (BrokerState::Disconnected, "disconnected"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// A consumer queue's name: from the configuration, never from a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
 /// A cheap, cloneable handle on the process's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -87,7 +111,11 @@ struct Inner {
     publish_seconds: Histogram,
     broker_connected: Gauge,
     broker_connects: Counter,
+    broker_state: Family<StateLabel, Gauge>,
+    queue_conflict: Family<QueueLabel, Gauge>,
+    topology_redeclared: Counter,
     spool_depth: Gauge,
+    spool_parked: Gauge,
     spool_bytes: Gauge,
     spool_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     spool_drained: Counter,
@@ -122,11 +150,37 @@ impl Metrics {
             "Successful connections to RabbitMQ, the first one included",
             broker_connects.clone(),
         );
+        let broker_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "broker_state",
+            "1 for the broker state the relay is in: connected, blocked, misconfigured (RabbitMQ \
+             refuses the relay's own topology) or disconnected",
+            broker_state.clone(),
+        );
+        let queue_conflict = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "queue_conflict",
+            "1 while RabbitMQ refuses to declare or bind this configured consumer queue",
+            queue_conflict.clone(),
+        );
+        let topology_redeclared = Counter::default();
+        registry.register(
+            "topology_redeclared",
+            "Exchanges and queues of the relay found missing while it ran, and declared again",
+            topology_redeclared.clone(),
+        );
         let spool_depth = Gauge::default();
         registry.register(
             "spool_depth",
             "Webhooks waiting in the local spool",
             spool_depth.clone(),
+        );
+        let spool_parked = Gauge::default();
+        registry.register(
+            "spool_parked",
+            "Spooled webhooks RabbitMQ refused spool.max_refusals times, set aside on disk \
+             (hookrelay spool list)",
+            spool_parked.clone(),
         );
         let spool_bytes = Gauge::default();
         registry.register(
@@ -160,7 +214,11 @@ impl Metrics {
                 publish_seconds,
                 broker_connected,
                 broker_connects,
+                broker_state,
+                queue_conflict,
+                topology_redeclared,
                 spool_depth,
+                spool_parked,
                 spool_bytes,
                 spool_oldest_age,
                 spool_drained,
@@ -187,8 +245,32 @@ impl Metrics {
         }
     }
 
-    pub fn spool_state(&self, depth: u64, bytes: u64) {
+    /// Sets `hookrelay_broker_state`: 1 for `state`, 0 for the others.
+    pub fn broker_state(&self, state: BrokerState) {
+        for (each, label) in BROKER_STATES {
+            self.inner
+                .broker_state
+                .get_or_create(&StateLabel { state: label })
+                .set(i64::from(each == state));
+        }
+    }
+
+    pub fn queue_conflict(&self, queue: &str, conflict: bool) {
+        self.inner
+            .queue_conflict
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .set(i64::from(conflict));
+    }
+
+    pub fn topology_redeclared(&self, objects: u64) {
+        self.inner.topology_redeclared.inc_by(objects);
+    }
+
+    pub fn spool_state(&self, depth: u64, parked: u64, bytes: u64) {
         self.inner.spool_depth.set(depth as i64);
+        self.inner.spool_parked.set(parked as i64);
         self.inner.spool_bytes.set(bytes as i64);
     }
 
@@ -235,6 +317,8 @@ mod tests {
         metrics.request(Outcome::Forbidden);
         metrics.observe_publish(Duration::from_millis(3));
         metrics.broker_connected(true);
+        metrics.broker_state(BrokerState::Misconfigured);
+        metrics.queue_conflict("reprompt", true);
         let text = metrics.encode();
         assert!(
             text.contains(r#"hookrelay_webhook_requests_total{outcome="accepted"} 2"#),
@@ -250,5 +334,17 @@ mod tests {
         );
         assert!(text.contains("hookrelay_broker_connected 1"), "{text}");
         assert!(text.contains("hookrelay_broker_connects_total 1"), "{text}");
+        assert!(
+            text.contains(r#"hookrelay_broker_state{state="misconfigured"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hookrelay_broker_state{state="connected"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hookrelay_queue_conflict{queue="reprompt"} 1"#),
+            "{text}"
+        );
     }
 }

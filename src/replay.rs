@@ -26,7 +26,7 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 
 use crate::broker::{self, Outgoing, PublishError, publish_confirmed};
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, Settings};
 use crate::dead_letter::{Death, replay_headers};
 use crate::topic::TopicPattern;
 
@@ -85,13 +85,18 @@ pub struct Summary {
 /// Runs one replay; `report` sees each entry as it happens. A message that
 /// cannot be replayed is counted in `failed`, not returned as an error.
 pub async fn replay(
-    amqp: &AmqpSettings,
+    settings: &Settings,
     options: &ReplayOptions,
     mut report: impl FnMut(&Entry),
 ) -> anyhow::Result<Summary> {
+    let amqp = &settings.amqp;
     let name = amqp.tool_connection_name("hookrelay-replay");
     let connection = broker::connect(amqp, name).await?;
-    let result = replay_on(&connection, amqp, options, &mut report).await;
+    let queue = options
+        .queue
+        .clone()
+        .unwrap_or_else(|| settings.topology().dead_letter_queue().to_owned());
+    let result = replay_on(&connection, amqp, &queue, options, &mut report).await;
     let _ = connection.close(200, "replay done".into()).await;
     result
 }
@@ -99,13 +104,10 @@ pub async fn replay(
 async fn replay_on(
     connection: &Connection,
     amqp: &AmqpSettings,
+    queue: &str,
     options: &ReplayOptions,
     report: &mut impl FnMut(&Entry),
 ) -> anyhow::Result<Summary> {
-    let queue = options
-        .queue
-        .clone()
-        .unwrap_or_else(|| amqp.dead_letter_queue());
     let reader = connection
         .create_channel()
         .await
@@ -118,7 +120,7 @@ async fn replay_on(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("cannot enable publisher confirms")?;
-    let at_start = depth(&reader, &queue).await?;
+    let at_start = depth(&reader, queue).await?;
 
     let mut summary = Summary::default();
     let mut last_held = None;
@@ -130,7 +132,7 @@ async fn replay_on(
             break;
         }
         let Some(message) = reader
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
             .with_context(|| format!("cannot read from {queue}"))?
         else {
@@ -151,7 +153,7 @@ async fn replay_on(
                 action: Action::NoDeathRecord,
                 message_id,
                 routing_key: delivery.routing_key.to_string(),
-                queue: queue.clone(),
+                queue: queue.to_owned(),
                 reason: String::new(),
                 deaths: 0,
                 died_at: None,
@@ -233,7 +235,7 @@ async fn replay_on(
             .context("cannot return the held messages to the queue")?;
     }
     let _ = reader.close(200, "replay done".into()).await;
-    summary.left = depth(&publisher, &queue).await?;
+    summary.left = depth(&publisher, queue).await?;
     Ok(summary)
 }
 

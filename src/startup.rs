@@ -1,17 +1,29 @@
-//! `Application::build(settings)`: binds both listeners, starts the broker
-//! supervisor, and hands back the real ports and a future that runs until a
-//! shutdown signal, then drains in order (HTTP first, RabbitMQ last).
+//! `Application::build(settings)`: reads the TLS files, binds both listeners
+//! and opens the spool, so a failed step leaves nothing running, and hands
+//! back the real ports. `run_until_stopped` starts the background tasks (the
+//! broker supervisor and the spool drainer), serves until a shutdown signal,
+//! then drains in order (HTTP first, RabbitMQ last).
+//!
+//! The background tasks must run as long as the relay: one that ends on its
+//! own (a panic, a bug) would leave a relay that answers 200 into a spool that
+//! nobody drains. So `run_until_stopped` watches them, and when one ends it
+//! says so in the log, stops the relay gracefully and returns an error: the
+//! process exits non-zero, the orchestrator restarts it, and the spool (on
+//! disk) is drained by the next run.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::info;
+use futures_util::future::{BoxFuture, select_all};
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinError, JoinHandle};
+use tracing::{error, info};
 
 use crate::admin::{self, Admin};
 use crate::broker::{Broker, Publisher};
@@ -22,6 +34,11 @@ use crate::metrics::Metrics;
 use crate::spool::{Spool, drain};
 use crate::tls;
 
+/// The background task that keeps the RabbitMQ connection and topology up.
+pub const BROKER_TASK: &str = "broker supervisor";
+/// The background task that publishes the spool.
+pub const DRAIN_TASK: &str = "spool drainer";
+
 pub struct Application {
     port: u16,
     admin_port: u16,
@@ -29,32 +46,25 @@ pub struct Application {
     admin: Server,
     broker: Broker,
     spool: Option<Spool>,
-    drainer: Option<JoinHandle<()>>,
+    tasks: Tasks,
     stop_draining: watch::Sender<bool>,
 }
 
 impl Application {
-    /// Binds the listeners (port 0 picks a free port) and starts connecting to
-    /// RabbitMQ in the background. Must run inside the process's main tokio
-    /// runtime: the broker connection lives there.
+    /// Binds the listeners (port 0 picks a free port) and opens the spool.
+    /// Webhooks are taken from here on (into the spool until RabbitMQ is
+    /// connected by `run_until_stopped`).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         if cfg!(feature = "bench-http-only") {
             tracing::warn!("built with bench-http-only: webhooks are answered 200 and DISCARDED");
         }
-        // Read before anything starts, so a bad file stops startup cleanly.
+        // Every fallible step first: a failure here leaves no task behind.
         let tls_config = settings
             .server
             .tls
             .as_ref()
             .map(tls::server_config)
             .transpose()?;
-        let metrics = Metrics::new();
-        let broker = Broker::start(
-            settings.amqp.clone(),
-            settings.queues.clone(),
-            metrics.clone(),
-        );
-
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot bind server.listen {}", settings.server.listen))?;
         let admin_listener =
@@ -66,24 +76,17 @@ impl Application {
             })?;
         let port = listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
-
-        let publisher = Publisher::new(broker.clone());
+        let metrics = Metrics::new();
         let spool = match &settings.spool {
             spool if spool.enabled => {
                 Some(Spool::open(&spool.path, spool.max_bytes, metrics.clone())?)
             }
             _ => None,
         };
-        let stop_draining = watch::Sender::new(false);
-        let drainer = spool.clone().map(|spool| {
-            drain::start(
-                spool,
-                publisher.clone(),
-                broker.clone(),
-                stop_draining.subscribe(),
-            )
-        });
-        let delivery = Delivery::new(publisher, spool.clone());
+
+        let broker = Broker::new(settings.amqp.clone(), settings.topology(), metrics.clone());
+        let publisher = Publisher::new(broker.clone());
+        let delivery = Delivery::new(publisher.clone(), spool.clone());
         let ingress = web::Data::new(Ingress::new(&settings, delivery, metrics.clone()));
         let server = &settings.server;
         let webhook_path = WebhookPath::new(&server.webhook_path, server.path_token.clone());
@@ -101,9 +104,7 @@ impl Application {
         let public = match tls_config {
             Some(tls_config) => public.listen_rustls_0_23(listener, tls_config)?,
             None => public.listen(listener)?,
-        }
-        .run();
-
+        };
         let admin_state = web::Data::new(Admin {
             broker: broker.clone(),
             metrics,
@@ -116,9 +117,26 @@ impl Application {
         })
         .workers(1)
         .disable_signals()
-        .listen(admin_listener)?
-        .run();
+        .listen(admin_listener)?;
 
+        // Nothing can fail from here on. The background tasks start with
+        // `run_until_stopped`, which watches them.
+        let (public, admin) = (public.run(), admin.run());
+        let mut tasks = Tasks::default();
+        tasks.add(BROKER_TASK, broker.supervise());
+        let stop_draining = watch::Sender::new(false);
+        if let Some(spool) = &spool {
+            tasks.add(
+                DRAIN_TASK,
+                drain::run(
+                    spool.clone(),
+                    publisher,
+                    broker.clone(),
+                    settings.spool.max_refusals,
+                    stop_draining.subscribe(),
+                ),
+            );
+        }
         Ok(Application {
             port,
             admin_port,
@@ -126,7 +144,7 @@ impl Application {
             admin,
             broker,
             spool,
-            drainer,
+            tasks,
             stop_draining,
         })
     }
@@ -139,33 +157,59 @@ impl Application {
         self.admin_port
     }
 
-    pub fn broker(&self) -> &Broker {
-        &self.broker
+    /// Makes a background task panic, as a bug would: only for tests that
+    /// check the relay does not go on without it.
+    #[doc(hidden)]
+    pub fn crash_task_for_test(&self, task: &str) {
+        self.tasks.crash(task);
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// Connects to RabbitMQ and drains the spool in the background, and serves
+    /// until `shutdown` resolves. Must run inside the process's main tokio
+    /// runtime: the broker connection lives there. Then stops accepting, lets in-flight
     /// webhooks finish (their confirms or spool writes included), stops the
     /// drainer (what is still spooled stays on disk for the next start), and
-    /// closes RabbitMQ cleanly.
+    /// closes RabbitMQ cleanly. `Err` when a server or a background task ended
+    /// on its own: the relay stopped because it could not keep its promise.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let public_handle = self.public.handle();
-        let admin_handle = self.admin.handle();
-        let mut public = tokio::spawn(self.public);
-        let mut admin = tokio::spawn(self.admin);
+        let Application {
+            public,
+            admin,
+            broker,
+            spool,
+            mut tasks,
+            stop_draining,
+            ..
+        } = self;
+        let public_handle = public.handle();
+        let admin_handle = admin.handle();
+        let mut public = tokio::spawn(public);
+        let mut admin = tokio::spawn(admin);
+        tasks.start();
 
-        let early_exit = tokio::select! {
+        let failure = tokio::select! {
             _ = shutdown => None,
-            result = &mut public => Some(result),
-            result = &mut admin => Some(result),
+            result = &mut public => Some(server_failure("the public HTTP server", result)),
+            result = &mut admin => Some(server_failure("the admin HTTP server", result)),
+            (task, result) = tasks.first_ended() => {
+                let how = match result {
+                    Err(err) if err.is_panic() => "panicked",
+                    _ => "returned",
+                };
+                error!(
+                    task, how,
+                    "a background task of the relay ended unexpectedly: stopping so that the \
+                     relay is restarted (spooled webhooks stay on disk and are sent by the next run)"
+                );
+                Some(anyhow::anyhow!("the {task} task {how} unexpectedly"))
+            }
         };
         info!("shutting down: finishing in-flight webhooks");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
-        self.stop_draining.send_replace(true);
-        if let Some(drainer) = self.drainer {
-            let _ = drainer.await;
-        }
-        if let Some(spool) = &self.spool
+        stop_draining.send_replace(true);
+        tasks.finish(DRAIN_TASK).await;
+        if let Some(spool) = &spool
             && !spool.is_empty()
         {
             info!(
@@ -173,11 +217,77 @@ impl Application {
                 "webhooks left in the spool for the next start"
             );
         }
-        self.broker.shutdown().await;
+        broker.shutdown();
+        tasks.finish(BROKER_TASK).await;
         info!("stopped");
-        match early_exit {
-            Some(result) => Ok(result.context("an HTTP server panicked")??),
+        match failure {
+            Some(failure) => Err(failure),
             None => Ok(()),
+        }
+    }
+}
+
+fn server_failure(which: &str, result: Result<std::io::Result<()>, JoinError>) -> anyhow::Error {
+    let why = match result {
+        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    error!(server = which, %why, "an HTTP server ended unexpectedly: stopping");
+    anyhow::anyhow!("{which} ended unexpectedly: {why}")
+}
+
+/// The relay's background tasks, by name, each of which must run until shutdown.
+#[derive(Default)]
+struct Tasks {
+    /// Added, not started yet.
+    pending: Vec<(&'static str, BoxFuture<'static, ()>)>,
+    running: Vec<(&'static str, JoinHandle<()>)>,
+    /// Test hooks: notifying one makes its task panic.
+    crashes: HashMap<&'static str, Arc<Notify>>,
+}
+
+impl Tasks {
+    fn add(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let crash = Arc::new(Notify::new());
+        self.crashes.insert(name, crash.clone());
+        let task = async move {
+            tokio::select! {
+                () = task => {}
+                () = crash.notified() => panic!("{name}: failure injected by a test"),
+            }
+        };
+        self.pending.push((name, Box::pin(task)));
+    }
+
+    /// Spawns the added tasks on the current runtime.
+    fn start(&mut self) {
+        for (name, task) in self.pending.drain(..) {
+            self.running.push((name, tokio::spawn(task)));
+        }
+    }
+
+    fn crash(&self, name: &str) {
+        if let Some(crash) = self.crashes.get(name) {
+            crash.notify_one();
+        }
+    }
+
+    /// Resolves when a task ends, with its name; never, while there is none.
+    async fn first_ended(&mut self) -> (&'static str, Result<(), JoinError>) {
+        if self.running.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, _) = select_all(self.running.iter_mut().map(|(_, h)| h)).await;
+        let (name, _) = self.running.remove(index);
+        (name, result)
+    }
+
+    /// Waits for the task `name` to end, if it still runs.
+    async fn finish(&mut self, name: &str) {
+        if let Some(index) = self.running.iter().position(|(n, _)| *n == name) {
+            let (_, handle) = self.running.remove(index);
+            let _ = handle.await;
         }
     }
 }

@@ -8,8 +8,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// What is logged when `RUST_LOG` is unset: our own events, and only lapin's
-/// warnings (it logs every connection step at info).
-const DEFAULT_FILTER: &str = "info,lapin=warn,amq_protocol=warn";
+/// warnings (it logs every connection step at info). Not lapin's channel
+/// errors: every one also comes back to the operation that caused it, which
+/// logs it once with what it means (a refused declare, a deleted queue), and
+/// lapin's own line would repeat it as an unexplained ERROR.
+const DEFAULT_FILTER: &str = "info,lapin=warn,lapin::channel=off,amq_protocol=warn";
 
 /// Installs the global subscriber; a second call (as in tests) is a no-op.
 pub fn init(format: LogFormat) {

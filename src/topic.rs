@@ -28,12 +28,17 @@ fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
     }
 }
 
+/// A string that cannot be a topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a topic pattern is 1 to 255 characters")]
+pub struct InvalidPattern;
+
 impl FromStr for TopicPattern {
-    type Err = String;
+    type Err = InvalidPattern;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() || s.len() > 255 {
-            Err("a topic pattern is 1 to 255 characters".to_owned())
+            Err(InvalidPattern)
         } else {
             Ok(TopicPattern(s.to_owned()))
         }

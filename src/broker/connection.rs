@@ -1,31 +1,43 @@
-//! The process's one RabbitMQ connection, kept up by a supervisor task.
+//! The process's one RabbitMQ connection, kept up by a supervisor task, and
+//! the state it is in, which `/readyz`, the metrics and the log report.
 //!
 //! The supervisor connects, declares the topology, opens a small pool of
 //! channels in confirm mode and publishes that [`Session`] to everyone holding
-//! a [`Broker`]. When the connection fails (an error event, a closed channel
-//! reported by a publisher, or a status check), the session is withdrawn at
-//! once, so requests fail fast with 503 instead of waiting on a dead socket, and
-//! the supervisor reconnects with jittered exponential backoff. The relay starts
-//! and serves while RabbitMQ is down; nobody has to restart it.
+//! a [`Broker`]. While connected, it declares the topology again every
+//! `amqp.topology_check_secs`, and at once when RabbitMQ returns a publish of
+//! ours as unroutable, so a queue or exchange deleted by an operator is back
+//! within seconds and the spooled messages follow it. When the connection
+//! fails (an error event, a closed channel reported by a publisher, or a status
+//! check), the session is withdrawn at once, so webhooks go to the spool
+//! instead of waiting on a dead socket, and the supervisor reconnects with
+//! jittered exponential backoff. The relay starts and serves while RabbitMQ is
+//! down; nobody has to restart it.
 //!
-//! Everything here is spawned on the runtime that calls [`Broker::start`]: the
+//! The states: `connected` (or `blocked` while a resource alarm lasts);
+//! `misconfigured` when RabbitMQ refuses the relay's own exchanges or queues,
+//! so nothing can be published and everything is spooled until an operator
+//! fixes it; `disconnected`. A consumer queue that RabbitMQ refuses is not a
+//! state: it is reported (by name, with RabbitMQ's reason) and publishing goes
+//! on. Each change is logged once, with what to do, not once per retry.
+//!
+//! The supervisor runs on the runtime that spawns [`Broker::supervise`]: the
 //! process's main runtime, which outlives the HTTP workers' own runtimes.
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::topology;
-use crate::config::{AmqpSettings, QueueSettings};
+use super::topology::{Conflict, Declared, Topology};
+use crate::config::AmqpSettings;
 use crate::metrics::Metrics;
 
 /// How long one connection attempt may take (TCP, TLS, AMQP handshake).
@@ -37,6 +49,9 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The first reconnection delay, doubled after each failure up to the maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a consumer queue that RabbitMQ refused is declared again. Every
+/// refusal is an error line in RabbitMQ's own log, so not at every check.
+const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
 /// A cheap, cloneable handle on the supervised connection.
 #[derive(Clone)]
@@ -46,14 +61,18 @@ pub struct Broker {
 
 struct Inner {
     amqp: AmqpSettings,
-    queues: Vec<QueueSettings>,
+    topology: Topology,
     metrics: Metrics,
-    /// The live session, or `None` while (re)connecting.
+    /// The live session, or `None` while (re)connecting or misconfigured.
     session: watch::Sender<Option<Arc<Session>>>,
-    /// Poked by publishers that saw an operation fail, so the supervisor looks now.
+    status: watch::Sender<Status>,
+    /// Poked by publishers that saw a channel fail, so the supervisor looks now.
     trouble: Notify,
+    /// What the last such failure said, for the log line.
+    last_trouble: Mutex<Option<String>>,
+    /// Poked when RabbitMQ returned a message of ours: check the topology now.
+    repair: Notify,
     shutdown: watch::Sender<bool>,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// One connection with its topology declared and its publishing channels open.
@@ -65,13 +84,26 @@ pub(crate) struct Session {
     blocked: AtomicBool,
 }
 
-/// What `/readyz` reports.
+/// The broker's state as `/readyz` and the metrics report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerState {
     Connected,
     /// Connected, but RabbitMQ refuses publishes until an alarm clears.
     Blocked,
+    /// RabbitMQ refuses the relay's own exchanges or queues: nothing can be
+    /// published until an operator fixes them; webhooks are spooled.
+    Misconfigured,
     Disconnected,
+}
+
+/// The broker's state, why, and the consumer queues RabbitMQ refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: BrokerState,
+    /// Why the state is not `connected`, in RabbitMQ's or the OS's words.
+    pub reason: Option<String>,
+    /// Consumer queues (or bindings) RabbitMQ refused; publishing goes on.
+    pub queue_conflicts: Vec<Conflict>,
 }
 
 /// Why a connection could not be opened.
@@ -81,45 +113,71 @@ pub enum ConnectError {
     Connect { uri: String, source: lapin::Error },
     #[error("no answer from RabbitMQ at {uri} within {CONNECT_TIMEOUT:?}")]
     Timeout { uri: String },
-    #[error("cannot declare the topology: {0}")]
-    Topology(lapin::Error),
-    #[error("cannot open a publishing channel: {0}")]
-    Channel(lapin::Error),
     #[error("no RabbitMQ node is configured (amqp.uri)")]
     NoNodes,
 }
 
+/// Why there is no session.
+#[derive(Debug)]
+enum Down {
+    /// No node answered, or the connection broke.
+    Lost(String),
+    /// RabbitMQ refuses the relay's own topology.
+    Misconfigured(Vec<Conflict>),
+}
+
 enum Ended {
     Shutdown,
-    Lost(String),
+    Down(Down),
 }
 
 impl Broker {
-    /// Starts the supervisor on the current tokio runtime; it returns at once,
-    /// connected or not.
-    pub fn start(amqp: AmqpSettings, queues: Vec<QueueSettings>, metrics: Metrics) -> Broker {
-        let broker = Broker {
+    /// A broker that is not connected yet; [`Broker::supervise`] connects it.
+    pub fn new(amqp: AmqpSettings, topology: Topology, metrics: Metrics) -> Broker {
+        for queue in topology.consumer_queues() {
+            metrics.queue_conflict(&queue.name, false);
+        }
+        metrics.broker_state(BrokerState::Disconnected);
+        Broker {
             inner: Arc::new(Inner {
                 amqp,
-                queues,
+                topology,
                 metrics,
                 session: watch::Sender::new(None),
+                status: watch::Sender::new(Status {
+                    state: BrokerState::Disconnected,
+                    reason: Some("not connected yet".to_owned()),
+                    queue_conflicts: Vec::new(),
+                }),
                 trouble: Notify::new(),
+                last_trouble: Mutex::new(None),
+                repair: Notify::new(),
                 shutdown: watch::Sender::new(false),
-                supervisor: Mutex::new(None),
             }),
-        };
-        let handle = tokio::spawn(supervise(broker.inner.clone()));
-        *broker.inner.supervisor.lock().expect("supervisor lock") = Some(handle);
-        broker
+        }
+    }
+
+    /// The supervisor: connects, keeps the connection and the topology up,
+    /// and returns only after [`Broker::shutdown`]. Spawn it on the process's
+    /// main runtime.
+    pub fn supervise(&self) -> impl Future<Output = ()> + Send + 'static {
+        supervise(self.inner.clone())
     }
 
     pub fn state(&self) -> BrokerState {
-        match &*self.inner.session.borrow() {
-            None => BrokerState::Disconnected,
-            Some(session) if session.blocked.load(Ordering::Relaxed) => BrokerState::Blocked,
-            Some(_) => BrokerState::Connected,
+        self.status().state
+    }
+
+    /// The state, its reason and the refused consumer queues.
+    pub fn status(&self) -> Status {
+        let mut status = self.inner.status.borrow().clone();
+        if status.state == BrokerState::Connected
+            && self.session().is_some_and(|session| session.is_blocked())
+        {
+            status.state = BrokerState::Blocked;
+            status.reason = Some("RabbitMQ blocks publishing (a memory or disk alarm)".to_owned());
         }
+        status
     }
 
     /// Waits until a session is up; false if `timeout` passes first.
@@ -130,19 +188,11 @@ impl Broker {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Stops reconnecting and closes the connection cleanly. Call it after the
+    /// Tells the supervisor to stop reconnecting and close the connection
+    /// cleanly; [`Broker::supervise`] returns once it has. Call it after the
     /// HTTP server has finished its in-flight requests.
-    pub async fn shutdown(&self) {
+    pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let handle = self
-            .inner
-            .supervisor
-            .lock()
-            .expect("supervisor lock")
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.await;
-        }
     }
 
     pub(crate) fn session(&self) -> Option<Arc<Session>> {
@@ -150,12 +200,23 @@ impl Broker {
     }
 
     /// Tells the supervisor that an operation failed, so it checks the session now.
-    pub(crate) fn report_trouble(&self) {
+    pub(crate) fn report_trouble(&self, what: String) {
+        *self.inner.last_trouble.lock().expect("trouble lock") = Some(what);
         self.inner.trouble.notify_one();
+    }
+
+    /// Tells the supervisor that RabbitMQ returned a message of ours as
+    /// unroutable: something of the topology is gone, declare it again now.
+    pub(crate) fn request_repair(&self) {
+        self.inner.repair.notify_one();
     }
 
     pub fn amqp(&self) -> &AmqpSettings {
         &self.inner.amqp
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -182,12 +243,76 @@ impl Session {
         self.channels
             .iter()
             .find(|c| !c.status().connected())
-            .map(|c| format!("channel {} is no longer open", c.id()))
+            .map(|c| format!("publishing channel {} was closed", c.id()))
     }
 
     async fn close(&self) {
         let closing = self.connection.close(200, "hookrelay closing".into());
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+}
+
+impl Inner {
+    /// Records a state; logs it and updates the metrics only when it changed.
+    fn set_state(&self, state: BrokerState, reason: Option<String>) {
+        let changed = self.status.send_if_modified(|status| {
+            let changed = status.state != state || status.reason != reason;
+            status.state = state;
+            status.reason.clone_from(&reason);
+            changed
+        });
+        self.metrics.broker_state(state);
+        if !changed {
+            debug!(?state, ?reason, "RabbitMQ state unchanged");
+            return;
+        }
+        let reason = reason.unwrap_or_default();
+        match state {
+            BrokerState::Connected | BrokerState::Blocked => {}
+            BrokerState::Disconnected => warn!(
+                %reason,
+                "RabbitMQ unavailable: webhooks are spooled and published when it is back; \
+                 retrying with backoff (check that RabbitMQ runs and amqp.uri is right)"
+            ),
+            BrokerState::Misconfigured => error!(
+                %reason,
+                "RabbitMQ refuses the relay's own exchanges or queues: NOTHING is published \
+                 and every webhook is spooled until this is fixed. Delete or correct the object \
+                 named (rabbitmqctl delete_queue / delete_exchange), or set another \
+                 amqp.exchange; the relay retries by itself"
+            ),
+        }
+    }
+
+    /// Records the consumer queues RabbitMQ refused; logs each that appears or goes.
+    fn set_queue_conflicts(&self, conflicts: Vec<Conflict>) {
+        let previous = self.status.borrow().queue_conflicts.clone();
+        for conflict in conflicts.iter().filter(|c| !previous.contains(c)) {
+            warn!(
+                queue = conflict.queue.as_deref().unwrap_or_default(),
+                object = %conflict.object,
+                reason = %conflict.reason,
+                "RabbitMQ refuses a consumer queue as configured; publishing goes on (its \
+                 events reach the existing queue if it is bound, else {}). Make its \
+                 [[queues]] entry match the queue, or delete the queue so the relay declares \
+                 it; retried every {}s",
+                self.topology.unrouted(),
+                CONFLICT_RETRY.as_secs()
+            );
+        }
+        for queue in self.topology.consumer_queues() {
+            let refused = |c: &Conflict| c.queue.as_deref() == Some(queue.name.as_str());
+            let now = conflicts.iter().any(refused);
+            if !now && previous.iter().any(refused) {
+                info!(queue = %queue.name, "consumer queue declared as configured");
+            }
+            self.metrics.queue_conflict(&queue.name, now);
+        }
+        self.status.send_if_modified(|status| {
+            let changed = status.queue_conflicts != conflicts;
+            status.queue_conflicts = conflicts;
+            changed
+        });
     }
 }
 
@@ -226,7 +351,7 @@ async fn connect_from(
             Err(_) => ConnectError::Timeout { uri: uri.masked() },
         };
         if nodes > 1 {
-            warn!(error = %error, "RabbitMQ node unavailable; trying the next");
+            debug!(error = %error, "RabbitMQ node unavailable; trying the next");
         }
         last_error = Some(error);
     }
@@ -237,18 +362,18 @@ async fn supervise(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut backoff = Backoff::default();
     let mut next_node = 0;
+    let mut retries = ConflictRetries::default();
     while !*shutdown.borrow_and_update() {
         let opened = tokio::select! {
-            opened = open_session(&inner.amqp, &inner.queues, next_node) => opened,
+            opened = open_session(&inner, next_node, &mut retries) => opened,
             _ = shutdown.changed() => break,
         };
         let (session, events, node) = match opened {
             Ok(opened) => opened,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "RabbitMQ unavailable");
+            Err(down) => {
+                record(&inner, down);
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
                     _ = shutdown.changed() => break,
                 }
             }
@@ -256,15 +381,16 @@ async fn supervise(inner: Arc<Inner>) {
         backoff.reset();
         // When this node fails, try the next one first.
         next_node = (node + 1) % inner.amqp.uri.len();
+        inner.session.send_replace(Some(session.clone()));
+        inner.metrics.broker_connected(true);
+        inner.set_state(BrokerState::Connected, None);
         info!(
             connection = %inner.amqp.connection_name(),
             node = %inner.amqp.uri[node],
             "connected to RabbitMQ; topology declared"
         );
-        inner.session.send_replace(Some(session.clone()));
-        inner.metrics.broker_connected(true);
 
-        let ended = watch_session(&session, events, &inner.trouble, &mut shutdown).await;
+        let ended = watch_session(&inner, &session, events, &mut retries, &mut shutdown).await;
 
         inner.session.send_replace(None);
         inner.metrics.broker_connected(false);
@@ -274,19 +400,35 @@ async fn supervise(inner: Arc<Inner>) {
                 info!("RabbitMQ connection closed");
                 break;
             }
-            Ended::Lost(reason) => warn!(%reason, "lost the RabbitMQ connection; reconnecting"),
+            Ended::Down(down) => record(&inner, down),
+        }
+    }
+}
+
+fn record(inner: &Inner, down: Down) {
+    match down {
+        Down::Lost(reason) => inner.set_state(BrokerState::Disconnected, Some(reason)),
+        Down::Misconfigured(conflicts) => {
+            let reason = conflicts
+                .iter()
+                .map(Conflict::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            inner.set_state(BrokerState::Misconfigured, Some(reason));
         }
     }
 }
 
 async fn open_session(
-    amqp: &AmqpSettings,
-    queues: &[QueueSettings],
+    inner: &Inner,
     first_node: usize,
-) -> Result<(Arc<Session>, BoxStream<'static, Event>, usize), ConnectError> {
-    let (connection, node) = connect_from(amqp, amqp.connection_name(), first_node).await?;
+    retries: &mut ConflictRetries,
+) -> Result<(Arc<Session>, BoxStream<'static, Event>, usize), Down> {
+    let (connection, node) = connect_from(&inner.amqp, inner.amqp.connection_name(), first_node)
+        .await
+        .map_err(|err| Down::Lost(err.to_string()))?;
     let events = connection.events_listener().boxed();
-    match open_channels(&connection, amqp, queues).await {
+    match prepare(inner, &connection, retries).await {
         Ok(channels) => {
             let session = Session {
                 blocked: AtomicBool::new(connection.status().blocked()),
@@ -296,70 +438,161 @@ async fn open_session(
             };
             Ok((Arc::new(session), events, node))
         }
-        Err(err) => {
-            let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
-                connection.close(200, "hookrelay giving up".into()),
-            )
-            .await;
-            Err(err)
+        Err(down) => {
+            let closing = connection.close(200, "hookrelay giving up".into());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+            Err(down)
         }
     }
 }
 
-async fn open_channels(
+/// Declares the topology, then opens the publishing channels.
+async fn prepare(
+    inner: &Inner,
     connection: &Connection,
-    amqp: &AmqpSettings,
-    queues: &[QueueSettings],
-) -> Result<Vec<Channel>, ConnectError> {
-    let mut channels = Vec::with_capacity(amqp.channels);
-    for _ in 0..amqp.channels {
+    retries: &mut ConflictRetries,
+) -> Result<Vec<Channel>, Down> {
+    let report = declare(inner, connection, retries).await?;
+    if !report.created.is_empty() {
+        info!(objects = ?report.created, "declared RabbitMQ objects that did not exist");
+    }
+    let mut channels = Vec::with_capacity(inner.amqp.channels);
+    for _ in 0..inner.amqp.channels {
         let channel = connection
             .create_channel()
             .await
-            .map_err(ConnectError::Channel)?;
+            .map_err(|err| Down::Lost(format!("cannot open a publishing channel: {err}")))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(ConnectError::Channel)?;
+            .map_err(|err| Down::Lost(format!("cannot enable publisher confirms: {err}")))?;
         channels.push(channel);
     }
-    topology::declare(&channels[0], amqp, queues)
-        .await
-        .map_err(ConnectError::Topology)?;
     Ok(channels)
 }
 
+/// Declares the topology and records what RabbitMQ refused: `Err` when the
+/// relay's own objects are refused (or the connection fails).
+async fn declare(
+    inner: &Inner,
+    connection: &Connection,
+    retries: &mut ConflictRetries,
+) -> Result<Declared, Down> {
+    let skip = retries.skip(&inner.status.borrow().queue_conflicts);
+    let report = inner
+        .topology
+        .declare(connection, &skip)
+        .await
+        .map_err(|err| Down::Lost(format!("cannot declare the topology: {err}")))?;
+    if !report.own_conflicts.is_empty() {
+        return Err(Down::Misconfigured(report.own_conflicts));
+    }
+    // A skipped queue keeps the conflict it had.
+    let mut conflicts = report.queue_conflicts.clone();
+    conflicts.extend(
+        inner
+            .status
+            .borrow()
+            .queue_conflicts
+            .iter()
+            .filter(|c| c.queue.as_ref().is_some_and(|q| report.skipped.contains(q)))
+            .cloned(),
+    );
+    inner.set_queue_conflicts(conflicts);
+    Ok(report)
+}
+
 async fn watch_session(
+    inner: &Inner,
     session: &Session,
     mut events: BoxStream<'static, Event>,
-    trouble: &Notify,
+    retries: &mut ConflictRetries,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
     let mut health_check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    let check_every = inner.amqp.topology_check_interval();
+    let mut topology_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
     loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = shutdown.changed() => return Ended::Shutdown,
             event = events.next() => match event {
-                Some(Event::Error(err)) => return Ended::Lost(err.to_string()),
+                // lapin also reports each channel that RabbitMQ closed (a refused
+                // declare, a publish to a missing exchange): the operation itself
+                // got that error, and a closed publishing channel is found by the
+                // checks below. Only a connection-level error ends the session.
+                Some(Event::Error(err)) if err.is_amqp_soft_error() => continue,
+                Some(Event::Error(err)) => return Ended::Down(Down::Lost(err.to_string())),
                 Some(Event::ConnectionBlocked(reason)) => {
-                    warn!(%reason, "RabbitMQ blocks publishing (resource alarm)");
+                    warn!(%reason, "RabbitMQ blocks publishing (resource alarm): webhooks are spooled until it clears");
                     session.blocked.store(true, Ordering::Relaxed);
+                    inner.metrics.broker_state(BrokerState::Blocked);
+                    continue;
                 }
                 Some(Event::ConnectionUnblocked) => {
                     info!("RabbitMQ accepts publishing again");
                     session.blocked.store(false, Ordering::Relaxed);
+                    inner.metrics.broker_state(BrokerState::Connected);
+                    continue;
                 }
-                Some(_) => {}
-                None => return Ended::Lost("connection events ended".to_owned()),
+                Some(_) => continue,
+                None => return Ended::Down(Down::Lost("connection events ended".to_owned())),
             },
-            _ = trouble.notified() => if let Some(problem) = session.problem() {
-                return Ended::Lost(problem);
+            _ = inner.trouble.notified() => {
+                if let Some(problem) = session.problem() {
+                    let what = inner.last_trouble.lock().expect("trouble lock").take();
+                    let reason = match what {
+                        Some(what) => format!("{problem} ({what})"),
+                        None => problem,
+                    };
+                    return Ended::Down(Down::Lost(reason));
+                }
+                continue;
+            }
+            _ = health_check.tick() => match session.problem() {
+                Some(problem) => return Ended::Down(Down::Lost(problem)),
+                None => continue,
             },
-            _ = health_check.tick() => if let Some(problem) = session.problem() {
-                return Ended::Lost(problem);
-            },
+            _ = topology_check.tick() => "periodic check",
+            _ = inner.repair.notified() => "RabbitMQ returned a message as unroutable",
+        };
+        let started = Instant::now();
+        match declare(inner, &session.connection, retries).await {
+            Ok(report) if !report.created.is_empty() => {
+                inner
+                    .metrics
+                    .topology_redeclared(report.created.len() as u64);
+                warn!(
+                    objects = ?report.created,
+                    trigger = why,
+                    "RabbitMQ objects of the relay were missing (deleted while it ran?) and are \
+                     declared again; spooled messages follow"
+                );
+            }
+            Ok(_) => debug!(trigger = why, took = ?started.elapsed(), "topology checked"),
+            Err(down) => return Ended::Down(down),
         }
+    }
+}
+
+/// When a consumer queue that RabbitMQ refused is declared again.
+#[derive(Default)]
+struct ConflictRetries {
+    last: Option<Instant>,
+}
+
+impl ConflictRetries {
+    /// The refused queues not to declare this time: none once `CONFLICT_RETRY`
+    /// has passed since the last full declaration.
+    fn skip(&mut self, conflicts: &[Conflict]) -> HashSet<String> {
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= CONFLICT_RETRY)
+        {
+            self.last = Some(Instant::now());
+            return HashSet::new();
+        }
+        conflicts.iter().filter_map(|c| c.queue.clone()).collect()
     }
 }
 
@@ -403,5 +636,29 @@ mod tests {
         assert!(delays[19] >= MAX_BACKOFF / 2);
         backoff.reset();
         assert!(backoff.next_delay() <= FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn refused_queues_are_declared_again_only_every_so_often() {
+        let conflict = Conflict {
+            object: "queue q".to_owned(),
+            queue: Some("q".to_owned()),
+            reason: "PRECONDITION_FAILED".to_owned(),
+        };
+        let mut retries = ConflictRetries::default();
+
+        assert!(
+            retries.skip(std::slice::from_ref(&conflict)).is_empty(),
+            "first time: declare all"
+        );
+        assert!(
+            retries.skip(std::slice::from_ref(&conflict)).contains("q"),
+            "soon after: skip it"
+        );
+        retries.last = Some(Instant::now() - CONFLICT_RETRY);
+        assert!(
+            retries.skip(&[conflict]).is_empty(),
+            "after CONFLICT_RETRY: declare it again"
+        );
     }
 }

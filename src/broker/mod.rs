@@ -1,8 +1,10 @@
-//! Talking to RabbitMQ: the supervised connection, the topology, one confirmed publish.
+//! Talking to RabbitMQ: the supervised connection and its state, the topology
+//! (every name the relay uses), one confirmed publish.
 
 mod connection;
 mod publisher;
-pub mod topology;
+mod topology;
 
-pub use connection::{Broker, BrokerState, ConnectError, connect};
+pub use connection::{Broker, BrokerState, ConnectError, Status, connect};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
+pub use topology::{Address, Conflict, Declared, Topology, consumer_queue_arguments, refusal_text};

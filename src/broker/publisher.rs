@@ -4,7 +4,11 @@
 //! Every publish is `mandatory` and waits for the publisher confirm. An `Ack` is
 //! not enough on its own: lapin attaches a `basic.return` (an unroutable
 //! mandatory message) to the `Ack` that follows it, so a returned message counts
-//! as a failure too.
+//! as a failure too. Events enter through the entry fanout, so "returned" means
+//! that no queue at all took the message: not a consumer queue, not the
+//! unrouted queue. That only happens when the relay's own topology was damaged
+//! (a queue or exchange deleted), so a return also asks the supervisor to
+//! declare the topology again at once.
 
 use std::time::{Duration, Instant};
 
@@ -13,15 +17,17 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
-use super::connection::{Broker, Session};
+use super::connection::{Broker, BrokerState, Session};
+use super::topology::Address;
+use crate::envelope::Message;
 
-/// A message ready to publish: where it goes, its bytes and its properties.
+/// A message addressed by name, for the tools that republish what they read
+/// (`hookrelay replay`) and the benchmark's baseline publisher.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     /// The exchange; empty for the default exchange (direct to a queue).
     pub exchange: String,
     pub routing_key: String,
-    /// The body as received: never re-serialised.
     pub body: Bytes,
     pub properties: BasicProperties,
 }
@@ -31,6 +37,8 @@ pub struct Outgoing {
 pub enum PublishError {
     #[error("not connected to RabbitMQ")]
     Disconnected,
+    #[error("RabbitMQ refuses the relay's own topology (see /readyz)")]
+    Misconfigured,
     #[error("RabbitMQ blocks publishing (resource alarm)")]
     Blocked,
     #[error("RabbitMQ refused the message (nack)")]
@@ -43,6 +51,18 @@ pub enum PublishError {
     Channel(lapin::Error),
     #[error("the channel is not in confirm mode")]
     NotConfirmed,
+}
+
+impl PublishError {
+    /// Whether RabbitMQ answered about this very message (nack, return, a
+    /// channel error), as opposed to not being there to ask. Only such
+    /// refusals count toward parking a spooled message.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Nack | PublishError::Returned { .. } | PublishError::Channel(_)
+        )
+    }
 }
 
 /// Publishes through the supervised connection; cheap to clone.
@@ -61,16 +81,29 @@ impl Publisher {
         }
     }
 
-    /// Publishes persistently and waits for RabbitMQ's confirm.
+    /// Publishes persistently where the topology sends this kind of message,
+    /// and waits for RabbitMQ's confirm.
     ///
     /// `Ok` means RabbitMQ has routed the message and written it to every
     /// durable queue it reached. On `Err` the message may still have been
     /// stored (a confirm that arrives after the timeout): delivery is
     /// at-least-once, and consumers de-duplicate on `message_id`.
-    pub async fn publish(&self, message: &Outgoing) -> Result<(), PublishError> {
+    pub async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let session = self.usable_session()?;
         let started = Instant::now();
-        let result = publish_confirmed(session.channel(), message, self.confirm_timeout).await;
+        let address = self.broker.topology().address(&message.kind);
+        let confirmation = tokio::time::timeout(self.confirm_timeout, async {
+            send(
+                session.channel(),
+                address,
+                &message.body,
+                message.properties.clone(),
+            )
+            .await?
+            .await
+        })
+        .await;
+        let result = settle(confirmation, self.confirm_timeout);
         self.broker.metrics().observe_publish(started.elapsed());
         self.notice(&result);
         result
@@ -81,14 +114,17 @@ impl Publisher {
     /// reordered. One result per message, in the same order.
     pub async fn publish_batch(
         &self,
-        messages: &[Outgoing],
+        messages: &[Message],
     ) -> Result<Vec<Result<(), PublishError>>, PublishError> {
         let session = self.usable_session()?;
         let channel = session.channel();
+        let topology = self.broker.topology();
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let mut in_flight = Vec::with_capacity(messages.len());
         for message in messages {
-            in_flight.push(tokio::time::timeout_at(deadline, send(channel, message)).await);
+            let address = topology.address(&message.kind);
+            let sent = send(channel, address, &message.body, message.properties.clone());
+            in_flight.push(tokio::time::timeout_at(deadline, sent).await);
         }
         let mut results = Vec::with_capacity(messages.len());
         for sent in in_flight {
@@ -107,20 +143,27 @@ impl Publisher {
     }
 
     fn usable_session(&self) -> Result<std::sync::Arc<Session>, PublishError> {
-        let session = self.broker.session().ok_or(PublishError::Disconnected)?;
+        let Some(session) = self.broker.session() else {
+            return Err(match self.broker.state() {
+                BrokerState::Misconfigured => PublishError::Misconfigured,
+                _ => PublishError::Disconnected,
+            });
+        };
         if session.is_blocked() {
             return Err(PublishError::Blocked);
         }
         Ok(session)
     }
 
-    /// A channel-level failure means the session is broken: tell the supervisor.
+    /// A channel-level failure means the session is broken, and a returned
+    /// message means the topology is: tell the supervisor either way.
     fn notice(&self, result: &Result<(), PublishError>) {
-        if matches!(
-            result,
-            Err(PublishError::Channel(_) | PublishError::NotConfirmed)
-        ) {
-            self.broker.report_trouble();
+        match result {
+            Err(err @ (PublishError::Channel(_) | PublishError::NotConfirmed)) => {
+                self.broker.report_trouble(err.to_string())
+            }
+            Err(PublishError::Returned { .. }) => self.broker.request_repair(),
+            _ => {}
         }
     }
 }
@@ -132,23 +175,36 @@ pub async fn publish_confirmed(
     message: &Outgoing,
     timeout: Duration,
 ) -> Result<(), PublishError> {
-    let confirmation =
-        tokio::time::timeout(timeout, async { send(channel, message).await?.await }).await;
+    let address = Address {
+        exchange: &message.exchange,
+        routing_key: &message.routing_key,
+    };
+    let confirmation = tokio::time::timeout(timeout, async {
+        send(channel, address, &message.body, message.properties.clone())
+            .await?
+            .await
+    })
+    .await;
     settle(confirmation, timeout)
 }
 
 /// Sends one persistent, `mandatory` publish; the returned future resolves to its confirm.
-async fn send(channel: &Channel, message: &Outgoing) -> lapin::Result<PublisherConfirm> {
+async fn send(
+    channel: &Channel,
+    address: Address<'_>,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<PublisherConfirm> {
     channel
         .basic_publish(
-            ShortString::from(message.exchange.as_str()),
-            ShortString::from(message.routing_key.as_str()),
+            ShortString::from(address.exchange),
+            ShortString::from(address.routing_key),
             BasicPublishOptions {
                 mandatory: true,
                 immediate: false,
             },
-            &message.body,
-            message.properties.clone(),
+            body,
+            properties,
         )
         .await
 }

@@ -1,17 +1,82 @@
-//! The exchanges and queues the relay relies on, declared idempotently on every
-//! (re)connection and by `hookrelay declare`.
+//! The one place that knows RabbitMQ names: the relay's own exchanges and
+//! queues, the consumer queues of the configuration, and where each kind of
+//! [`Message`](crate::envelope::Message) is published.
 //!
 //! ```text
-//! <exchange> (topic) ──no binding matches──► <exchange>.unrouted (fanout) ──► queue <exchange>.unrouted
-//!     └── consumer queues ([[queues]]) ──rejected/expired──► <exchange>.dlx (topic) ──#──► queue <exchange>.dead-letter
-//! default exchange ──► queue <exchange>.quarantine   (bodies that are not valid events)
+//! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
+//!                  ├─► watchers (hookrelay tail) bind here: they see everything, route nothing
+//!                  └─► <exchange> (topic) ─► consumer queues ([[queues]], bound by routing key)
+//!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
+//!                                                          (fanout) ─► queue <exchange>.unrouted
+//! consumer queues ─ rejected/expired ─► <exchange>.dlx (topic) ─#─► queue <exchange>.dead-letter
+//! quarantined bodies ─► default exchange ─► queue <exchange>.quarantine
 //! ```
+//!
+//! Watchers bind to the entry fanout, never to the topic exchange: a queue
+//! bound to the topic exchange with `#` would match every event, and the
+//! alternate exchange would never fire.
+//!
+//! [`Topology::declare`] declares everything idempotently and reports instead
+//! of stopping at the first refusal: which objects were missing (deleted while
+//! the relay ran), which of the relay's own objects RabbitMQ refuses (the relay
+//! cannot publish: `misconfigured`), and which consumer queues it refuses
+//! (reported; publishing goes on).
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use std::collections::HashSet;
+use std::fmt;
+
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::{AmqpSettings, QueueSettings, QueueType};
+use crate::config::{QueueSettings, QueueType};
+use crate::envelope::Kind;
+
+/// The relay's RabbitMQ names, derived from `amqp.exchange`, and its consumer queues.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    entry: String,
+    exchange: String,
+    unrouted: String,
+    dead_letter_exchange: String,
+    dead_letter_queue: String,
+    quarantine: String,
+    queues: Vec<QueueSettings>,
+}
+
+/// Where one message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address<'a> {
+    /// Empty for the default exchange (straight to the queue named by the key).
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
+/// What RabbitMQ refused to declare, in its own words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// `queue <name>`, `exchange <name>` or `binding <from> -> <to>`.
+    pub object: String,
+    /// The queue's name, when the conflict is about a consumer queue.
+    pub queue: Option<String>,
+    /// RabbitMQ's reply, e.g. `PRECONDITION_FAILED - inequivalent arg ...`.
+    pub reason: String,
+}
+
+/// What one declaration found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Objects that did not exist and were created.
+    pub created: Vec<String>,
+    /// The relay's own objects that RabbitMQ refused: publishing cannot work.
+    pub own_conflicts: Vec<Conflict>,
+    /// Consumer queues (or their bindings) that RabbitMQ refused.
+    pub queue_conflicts: Vec<Conflict>,
+    /// Consumer queues with a known conflict that were not declared again.
+    pub skipped: Vec<String>,
+}
 
 const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     passive: false,
@@ -29,47 +94,148 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
     nowait: false,
 };
 
-/// Declares everything; a clash with an existing declaration (406
-/// PRECONDITION_FAILED) comes back as the error, naming the object.
-pub async fn declare(
-    channel: &Channel,
-    amqp: &AmqpSettings,
-    queues: &[QueueSettings],
-) -> Result<(), lapin::Error> {
-    let unrouted = amqp.unrouted();
-    exchange(
-        channel,
-        &unrouted,
-        ExchangeKind::Fanout,
-        FieldTable::default(),
-    )
-    .await?;
-    queue(channel, &unrouted, FieldTable::default()).await?;
-    bind(channel, &unrouted, &unrouted, "").await?;
-
-    let mut args = FieldTable::default();
-    args.insert("alternate-exchange".into(), string(&unrouted));
-    exchange(channel, &amqp.exchange, ExchangeKind::Topic, args).await?;
-
-    let dlx = amqp.dead_letter_exchange();
-    exchange(channel, &dlx, ExchangeKind::Topic, FieldTable::default()).await?;
-    queue(channel, &amqp.dead_letter_queue(), FieldTable::default()).await?;
-    bind(channel, &amqp.dead_letter_queue(), &dlx, "#").await?;
-
-    queue(channel, &amqp.quarantine_queue(), FieldTable::default()).await?;
-
-    for consumer in queues {
-        queue(
-            channel,
-            &consumer.name,
-            consumer_queue_arguments(consumer, &dlx),
-        )
-        .await?;
-        for pattern in &consumer.bindings {
-            bind(channel, &consumer.name, &amqp.exchange, pattern).await?;
+impl Topology {
+    pub fn new(exchange: &str, queues: &[QueueSettings]) -> Topology {
+        Topology {
+            entry: format!("{exchange}.in"),
+            exchange: exchange.to_owned(),
+            unrouted: format!("{exchange}.unrouted"),
+            dead_letter_exchange: format!("{exchange}.dlx"),
+            dead_letter_queue: format!("{exchange}.dead-letter"),
+            quarantine: format!("{exchange}.quarantine"),
+            queues: queues.to_vec(),
         }
     }
-    Ok(())
+
+    /// Where a message of this kind is published.
+    pub fn address<'a>(&'a self, kind: &'a Kind) -> Address<'a> {
+        match kind {
+            Kind::Event(routing_key) => Address {
+                exchange: &self.entry,
+                routing_key: routing_key.as_str(),
+            },
+            Kind::Quarantine => Address {
+                exchange: "",
+                routing_key: &self.quarantine,
+            },
+        }
+    }
+
+    /// The fanout every event is published to; watchers bind here.
+    pub fn entry_exchange(&self) -> &str {
+        &self.entry
+    }
+
+    /// The topic exchange consumer queues bind to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The alternate exchange of the topic exchange, and its queue (same name).
+    pub fn unrouted(&self) -> &str {
+        &self.unrouted
+    }
+
+    /// The exchange consumer queues dead-letter into.
+    pub fn dead_letter_exchange(&self) -> &str {
+        &self.dead_letter_exchange
+    }
+
+    pub fn dead_letter_queue(&self) -> &str {
+        &self.dead_letter_queue
+    }
+
+    /// Where bodies that fail to parse are kept for a human.
+    pub fn quarantine_queue(&self) -> &str {
+        &self.quarantine
+    }
+
+    pub fn consumer_queues(&self) -> &[QueueSettings] {
+        &self.queues
+    }
+
+    /// The relay's own exchanges.
+    pub fn own_exchanges(&self) -> [&str; 4] {
+        [
+            &self.entry,
+            &self.exchange,
+            &self.unrouted,
+            &self.dead_letter_exchange,
+        ]
+    }
+
+    /// The relay's own queues.
+    pub fn own_queues(&self) -> [&str; 3] {
+        [&self.unrouted, &self.dead_letter_queue, &self.quarantine]
+    }
+
+    /// Declares everything on channels of `connection`, and says what it found.
+    /// Consumer queues named in `skip` (known conflicts: RabbitMQ logs every
+    /// refusal, so they are retried less often) are only bound, unless they
+    /// no longer exist.
+    ///
+    /// `Err` only when the connection itself fails; every refusal RabbitMQ
+    /// answers with a channel error is in the report.
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        skip: &HashSet<String>,
+    ) -> Result<Declared, lapin::Error> {
+        let mut declarer = Declarer::open(connection).await?;
+        let mut report = Declared::default();
+
+        // The alternate exchange before the exchange that names it.
+        let own = [
+            Object::Exchange(&self.unrouted, ExchangeKind::Fanout, FieldTable::default()),
+            Object::Queue(&self.unrouted, FieldTable::default()),
+            Object::QueueBinding(&self.unrouted, &self.unrouted, ""),
+            Object::Exchange(&self.exchange, ExchangeKind::Topic, {
+                let mut args = FieldTable::default();
+                args.insert("alternate-exchange".into(), string(&self.unrouted));
+                args
+            }),
+            Object::Exchange(&self.entry, ExchangeKind::Fanout, FieldTable::default()),
+            Object::ExchangeBinding(&self.exchange, &self.entry),
+            Object::Exchange(
+                &self.dead_letter_exchange,
+                ExchangeKind::Topic,
+                FieldTable::default(),
+            ),
+            Object::Queue(&self.dead_letter_queue, FieldTable::default()),
+            Object::QueueBinding(&self.dead_letter_queue, &self.dead_letter_exchange, "#"),
+            Object::Queue(&self.quarantine, FieldTable::default()),
+        ];
+        for object in own {
+            if let Some(conflict) = declarer.ensure(object, &mut report.created).await? {
+                report.own_conflicts.push(conflict);
+            }
+        }
+
+        for queue in &self.queues {
+            let skipped = skip.contains(&queue.name) && declarer.queue_exists(&queue.name).await?;
+            if skipped {
+                report.skipped.push(queue.name.clone());
+            } else {
+                let arguments = consumer_queue_arguments(queue, &self.dead_letter_exchange);
+                let declared =
+                    declarer.ensure(Object::Queue(&queue.name, arguments), &mut report.created);
+                if let Some(conflict) = declared.await? {
+                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
+                }
+            }
+            // Bound even when its declaration was refused: a queue that exists
+            // with other arguments is still the user's queue, and its events
+            // should reach it while the conflict lasts.
+            for pattern in &queue.bindings {
+                let binding = Object::QueueBinding(&queue.name, &self.exchange, pattern);
+                if let Some(conflict) = declarer.ensure(binding, &mut report.created).await? {
+                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
+                }
+            }
+        }
+        declarer.close().await;
+        Ok(report)
+    }
 }
 
 /// Arguments of a consumer queue: dead-lettering into the DLX, and for quorum
@@ -93,37 +259,218 @@ fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-async fn exchange(
-    channel: &Channel,
-    name: &str,
-    kind: ExchangeKind,
-    args: FieldTable,
-) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(ShortString::from(name), kind, DURABLE_EXCHANGE, args)
-        .await
+impl Conflict {
+    fn for_queue(mut self, queue: &str) -> Conflict {
+        self.queue = Some(queue.to_owned());
+        self
+    }
 }
 
-async fn queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(ShortString::from(name), DURABLE_QUEUE, args)
-        .await
-        .map(drop)
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
 }
 
-async fn bind(
-    channel: &Channel,
-    queue: &str,
-    exchange: &str,
-    pattern: &str,
-) -> Result<(), lapin::Error> {
-    channel
-        .queue_bind(
-            ShortString::from(queue),
-            ShortString::from(exchange),
-            ShortString::from(pattern),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+/// One thing to declare.
+enum Object<'a> {
+    Exchange(&'a str, ExchangeKind, FieldTable),
+    Queue(&'a str, FieldTable),
+    /// queue, exchange, pattern
+    QueueBinding(&'a str, &'a str, &'a str),
+    /// destination, source
+    ExchangeBinding(&'a str, &'a str),
+}
+
+impl Object<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Object::Exchange(name, ..) => format!("exchange {name}"),
+            Object::Queue(name, _) => format!("queue {name}"),
+            Object::QueueBinding(queue, exchange, pattern) => {
+                format!("binding {exchange} -> queue {queue} ({pattern})")
+            }
+            Object::ExchangeBinding(destination, source) => {
+                format!("binding {source} -> exchange {destination}")
+            }
+        }
+    }
+}
+
+/// Declares on one channel, and opens a new one whenever RabbitMQ closes it
+/// with a channel error (a refused or passive declare), so one refusal does
+/// not stop the rest.
+struct Declarer<'c> {
+    connection: &'c Connection,
+    channel: Channel,
+}
+
+impl<'c> Declarer<'c> {
+    async fn open(connection: &'c Connection) -> Result<Declarer<'c>, lapin::Error> {
+        Ok(Declarer {
+            connection,
+            channel: connection.create_channel().await?,
+        })
+    }
+
+    /// Declares `object`, noting in `created` what did not exist before.
+    /// `Some` when RabbitMQ refused it.
+    async fn ensure(
+        &mut self,
+        object: Object<'_>,
+        created: &mut Vec<String>,
+    ) -> Result<Option<Conflict>, lapin::Error> {
+        let existed = match &object {
+            Object::Exchange(name, ..) => self.exchange_exists(name).await?,
+            Object::Queue(name, _) => self.queue_exists(name).await?,
+            // Bindings cannot be looked up over AMQP; binding again is harmless.
+            Object::QueueBinding(..) | Object::ExchangeBinding(..) => true,
+        };
+        let description = object.describe();
+        let result = match object {
+            Object::Exchange(name, kind, args) => {
+                self.channel
+                    .exchange_declare(ShortString::from(name), kind, DURABLE_EXCHANGE, args)
+                    .await
+            }
+            Object::Queue(name, args) => self
+                .channel
+                .queue_declare(ShortString::from(name), DURABLE_QUEUE, args)
+                .await
+                .map(drop),
+            Object::QueueBinding(queue, exchange, pattern) => {
+                self.channel
+                    .queue_bind(
+                        ShortString::from(queue),
+                        ShortString::from(exchange),
+                        ShortString::from(pattern),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            }
+            Object::ExchangeBinding(destination, source) => {
+                self.channel
+                    .exchange_bind(
+                        ShortString::from(destination),
+                        ShortString::from(source),
+                        ShortString::from(""),
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            }
+        };
+        match self.refusal(result).await? {
+            Some(reason) => Ok(Some(Conflict {
+                object: description,
+                queue: None,
+                reason,
+            })),
+            None => {
+                if !existed {
+                    created.push(description);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn exchange_exists(&mut self, name: &str) -> Result<bool, lapin::Error> {
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..DURABLE_EXCHANGE
+        };
+        let result = self
+            .channel
+            .exchange_declare(
+                ShortString::from(name),
+                ExchangeKind::Fanout,
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        Ok(self.refusal(result).await?.is_none())
+    }
+
+    async fn queue_exists(&mut self, name: &str) -> Result<bool, lapin::Error> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..DURABLE_QUEUE
+        };
+        let result = self
+            .channel
+            .queue_declare(ShortString::from(name), passive, FieldTable::default())
+            .await
+            .map(drop);
+        Ok(self.refusal(result).await?.is_none())
+    }
+
+    /// RabbitMQ's words when it refused with a channel error (after which the
+    /// channel is closed, so a new one is opened); `Err` for anything else.
+    async fn refusal(
+        &mut self,
+        result: Result<(), lapin::Error>,
+    ) -> Result<Option<String>, lapin::Error> {
+        match result {
+            Ok(()) => Ok(None),
+            Err(err) if err.is_amqp_soft_error() => {
+                self.channel = self.connection.create_channel().await?;
+                Ok(Some(refusal_text(&err)))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.channel.close(200, "declared".into()).await;
+    }
+}
+
+/// RabbitMQ's own reply text (`PRECONDITION_FAILED - inequivalent arg ...`),
+/// without lapin's prefix.
+pub fn refusal_text(err: &lapin::Error) -> String {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_enter_through_the_fanout_and_quarantine_goes_straight_to_its_queue() {
+        let topology = Topology::new("webhooks", &[]);
+        let event = Kind::Event("sync.error.LoginFailedError".parse().unwrap());
+
+        assert_eq!(
+            topology.address(&event),
+            Address {
+                exchange: "webhooks.in",
+                routing_key: "sync.error.LoginFailedError"
+            }
+        );
+        assert_eq!(
+            topology.address(&Kind::Quarantine),
+            Address {
+                exchange: "",
+                routing_key: "webhooks.quarantine"
+            }
+        );
+    }
+
+    #[test]
+    fn every_name_derives_from_the_exchange() {
+        let topology = Topology::new("hooks", &[]);
+        assert_eq!(
+            topology.own_exchanges(),
+            ["hooks.in", "hooks", "hooks.unrouted", "hooks.dlx"]
+        );
+        assert_eq!(
+            topology.own_queues(),
+            ["hooks.unrouted", "hooks.dead-letter", "hooks.quarantine"]
+        );
+    }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::Ingress;
 use crate::delivery::DeliveryError;
+use crate::event::ParseError;
 use crate::metrics::Outcome;
 use crate::spool::SpoolError;
 
@@ -19,6 +20,8 @@ const RETRY_AFTER_SECS: &str = "5";
 pub enum IngressError {
     #[error("source address not allowed")]
     Forbidden,
+    #[error("only POST is accepted here")]
+    MethodNotAllowed,
     #[error("missing or unknown x-client-id")]
     Unauthorized,
     #[error("Content-Type must be application/json")]
@@ -36,10 +39,10 @@ pub enum IngressError {
     BodyTimeout(std::time::Duration),
     /// Not a valid event; kept in the quarantine queue under `id`.
     #[error("{reason}")]
-    Quarantined { id: Uuid, reason: String },
+    Quarantined { id: Uuid, reason: ParseError },
     /// Neither RabbitMQ nor the spool took it; the sender should retry.
     #[error("temporarily unable to store the event; retry later")]
-    NotStored(#[source] DeliveryError),
+    NotStored(#[source] Box<DeliveryError>),
 }
 
 #[derive(Serialize)]
@@ -54,6 +57,7 @@ impl IngressError {
     pub fn outcome(&self) -> Outcome {
         match self {
             IngressError::Forbidden => Outcome::Forbidden,
+            IngressError::MethodNotAllowed => Outcome::MethodNotAllowed,
             IngressError::Unauthorized => Outcome::Unauthorized,
             IngressError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             IngressError::PayloadTooLarge { .. } => Outcome::PayloadTooLarge,
@@ -61,10 +65,17 @@ impl IngressError {
             IngressError::BodyUnreadable => Outcome::BadRequest,
             IngressError::BodyTimeout(_) => Outcome::BodyTimeout,
             IngressError::Quarantined { .. } => Outcome::Quarantined,
-            IngressError::NotStored(DeliveryError::NotSpooled {
-                spool: SpoolError::Full { .. },
-                ..
-            }) => Outcome::SpoolFull,
+            IngressError::NotStored(err)
+                if matches!(
+                    **err,
+                    DeliveryError::NotSpooled {
+                        spool: SpoolError::Full { .. },
+                        ..
+                    }
+                ) =>
+            {
+                Outcome::SpoolFull
+            }
             IngressError::NotStored(_) => Outcome::BrokerUnavailable,
         }
     }
@@ -74,6 +85,7 @@ impl ResponseError for IngressError {
     fn status_code(&self) -> StatusCode {
         match self {
             IngressError::Forbidden => StatusCode::FORBIDDEN,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +107,9 @@ impl ResponseError for IngressError {
             IngressError::NotStored(_) => {
                 response.insert_header((RETRY_AFTER, RETRY_AFTER_SECS));
             }
+            IngressError::MethodNotAllowed => {
+                response.insert_header((ALLOW, "POST"));
+            }
             // A stranger gets one answer per connection, not a kept-alive
             // connection to probe with.
             IngressError::Forbidden => {
@@ -108,17 +123,6 @@ impl ResponseError for IngressError {
             id,
         })
     }
-}
-
-/// 405 for any other method on the webhook path.
-pub async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed()
-        .insert_header((ALLOW, "POST"))
-        .json(ErrorBody {
-            error: "method_not_allowed",
-            message: "only POST is accepted here".to_owned(),
-            id: None,
-        })
 }
 
 /// 404 for every other path: the public listener serves the webhook path only.

@@ -34,8 +34,6 @@ pub struct Ingress {
     max_header_bytes: usize,
     max_body_bytes: usize,
     body_timeout: Duration,
-    exchange: String,
-    quarantine_queue: String,
     delivery: Delivery,
     metrics: Metrics,
     log_budget: LogBudget,
@@ -51,11 +49,20 @@ impl Ingress {
             max_header_bytes: settings.server.max_header_bytes,
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: settings.server.body_timeout(),
-            exchange: settings.amqp.exchange.clone(),
-            quarantine_queue: settings.amqp.quarantine_queue(),
             delivery,
             metrics,
             log_budget: LogBudget::per_second(LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// The caller's address, if it is on the allowlist: the first check for
+    /// every request on the webhook path, whatever its method.
+    fn allowed_client(&self, req: &HttpRequest) -> Result<IpAddr, IngressError> {
+        let source_ip = self.client_ip(req).ok_or(IngressError::Forbidden)?;
+        if self.allowed_ips.contains(source_ip) {
+            Ok(source_ip)
+        } else {
+            Err(IngressError::Forbidden)
         }
     }
 
@@ -139,9 +146,10 @@ impl WebhookPath {
     }
 }
 
-/// Routes: `POST <path>` to the handler, other methods there to 405, and any
-/// other path to 404. With a path token, a wrong token is just another path:
-/// 404 whatever the method, so a scanner learns nothing.
+/// Routes: `POST <path>` to the handler, other methods there to 405 (403 for a
+/// source that is not allowed, whatever the method), and any other path to
+/// 404. With a path token, a wrong token is just another path: 404 whatever the
+/// method, so a scanner learns nothing.
 pub fn routes(path: WebhookPath) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let resource = match &path.token {
@@ -156,7 +164,7 @@ pub fn routes(path: WebhookPath) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.service(
             resource
                 .route(web::post().to(webhook::receive))
-                .default_service(web::to(error::method_not_allowed)),
+                .default_service(web::to(webhook::other_method)),
         )
         .default_service(web::to(error::not_found));
     }

@@ -84,11 +84,8 @@ async fn accept(
     ingress: &Ingress,
 ) -> Result<(HttpResponse, Outcome), IngressError> {
     let received_at = SystemTime::now();
-    let source_ip = ingress.client_ip(req).ok_or(IngressError::Forbidden)?;
+    let source_ip = ingress.allowed_client(req)?;
     Span::current().record("source_ip", field::display(source_ip));
-    if !ingress.allowed_ips.contains(source_ip) {
-        return Err(IngressError::Forbidden);
-    }
     ingress.check_header_limits(req)?;
     let client_id = ingress.authenticate(req)?;
     if !is_json(req) {
@@ -111,7 +108,7 @@ async fn accept(
                     "undocumented error code; routed anyway"
                 );
             }
-            let message = event_message(&event, &receipt, &ingress.exchange, body);
+            let message = event_message(&event, &receipt, body);
             let outcome = match ingress.delivery.deliver(message).await {
                 Ok(Delivered::Published) => Outcome::Accepted,
                 Ok(Delivered::Spooled(why)) => {
@@ -120,7 +117,7 @@ async fn accept(
                     }
                     Outcome::Spooled
                 }
-                Err(err) => return Err(IngressError::NotStored(err)),
+                Err(err) => return Err(IngressError::NotStored(Box::new(err))),
             };
             let accepted = Accepted {
                 status: "accepted",
@@ -129,18 +126,34 @@ async fn accept(
             Ok((HttpResponse::Ok().json(accepted), outcome))
         }
         Err(reason) => {
-            let message = quarantine_message(&reason, &receipt, &ingress.quarantine_queue, body);
+            let message = quarantine_message(&reason, &receipt, body);
             ingress
                 .delivery
                 .deliver(message)
                 .await
-                .map_err(IngressError::NotStored)?;
+                .map_err(|err| IngressError::NotStored(Box::new(err)))?;
             Err(IngressError::Quarantined {
                 id: receipt.message_id,
-                reason: reason.reason().to_owned(),
+                reason,
             })
         }
     }
+}
+
+/// Any method but POST on the webhook path: 403 for a source that is not
+/// allowed (a stranger learns nothing about the path), else 405. Counted like
+/// every other answer.
+pub async fn other_method(
+    req: HttpRequest,
+    ingress: web::Data<Ingress>,
+) -> Result<HttpResponse, IngressError> {
+    let result = ingress
+        .allowed_client(&req)
+        .and(Err(IngressError::MethodNotAllowed));
+    if let Err(err) = &result {
+        ingress.metrics.request(err.outcome());
+    }
+    result
 }
 
 /// `application/json`, with or without parameters such as `charset`.

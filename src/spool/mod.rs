@@ -3,38 +3,32 @@
 //!
 //! It is an SQLite database (WAL, `synchronous=FULL`), so an append has been
 //! fsync'd when it returns and survives a crash of the relay or the machine.
-//! Each row is exactly what will be published: exchange, routing key, body, and
-//! the AMQP properties in AMQP's own wire encoding (the spec's format, via
-//! amq-protocol, so nothing is re-derived or re-serialised on the way out).
-//! Rows come back out in insertion order; [`drain`] publishes them and deletes
-//! each only after RabbitMQ confirmed it.
+//! Each row is a [`Message`] exactly as it will be published ([`store`] has
+//! the schema). Rows come back out in insertion order; [`drain`] publishes them
+//! and deletes each only after RabbitMQ confirmed it.
+//!
+//! A message that RabbitMQ keeps refusing (`spool.max_refusals` times) is
+//! *parked*: moved to a table of its own, still on disk, so it stops holding up
+//! the rest. `hookrelay spool list` shows both tables and `hookrelay spool
+//! retry` marks parked messages to be sent again ([`listing`]); the relay moves
+//! them back to the end of the spool, whether it was running at the time or
+//! starts later.
 
 pub mod drain;
+pub mod listing;
+mod store;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amq_protocol::protocol::basic::{gen_properties, parse_properties};
-use bytes::Bytes;
-use lapin::BasicProperties;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
-use crate::broker::Outgoing;
+use crate::envelope::Message;
 use crate::metrics::Metrics;
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS spool (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        exchange    TEXT    NOT NULL,
-        routing_key TEXT    NOT NULL,
-        properties  BLOB    NOT NULL,
-        body        BLOB    NOT NULL,
-        size        INTEGER NOT NULL, -- bytes counted against spool.max_bytes
-        spooled_at  INTEGER NOT NULL  -- milliseconds since the epoch
-    );";
+use store::Row;
 
 /// A cheap, cloneable handle on the spool.
 #[derive(Clone)]
@@ -43,10 +37,13 @@ pub struct Spool {
 }
 
 struct Inner {
-    db: Mutex<Connection>,
-    /// Rows in the table; changed only while holding `db`, in the same step as
-    /// the row, so it never runs behind the drainer.
+    db: Mutex<Db>,
+    /// Rows in the spool table; changed only while holding `db`, in the same
+    /// step as the row, so it never runs behind the drainer.
     entries: AtomicU64,
+    /// Rows in the parked table.
+    parked: AtomicU64,
+    /// Bytes of both tables: parked messages still take room on the disk.
     bytes: AtomicU64,
     max_bytes: u64,
     /// Set when an append was refused for lack of room; cleared when a drain frees some.
@@ -56,11 +53,18 @@ struct Inner {
     metrics: Metrics,
 }
 
+struct Db {
+    connection: Connection,
+    /// SQLite's `data_version` when another process last changed the file
+    /// (`hookrelay spool retry`), so a check costs one pragma.
+    seen_version: Option<i64>,
+}
+
 /// A spooled message and its place in line.
 #[derive(Debug, Clone)]
 pub struct Spooled {
     pub seq: i64,
-    pub message: Outgoing,
+    pub message: Message,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,56 +73,81 @@ pub enum SpoolError {
     Full { max_bytes: u64 },
     #[error("spool storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
-    #[error("a spooled message's properties cannot be decoded")]
+    #[error("a spooled message cannot be decoded")]
     Corrupt,
     #[error("cannot encode the message's properties")]
     Encode,
+    #[error("the spool was written by a newer hookrelay (schema version {0}); upgrade to read it")]
+    NewerSchema(i32),
     #[error("the spool task panicked")]
     Task,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool at `path`, creating its folder.
+    /// Opens (or creates) the spool at `path`, creating its folder, and takes
+    /// back the parked messages that `hookrelay spool retry` marked meanwhile.
     pub fn open(path: &Path, max_bytes: u64, metrics: Metrics) -> anyhow::Result<Spool> {
         use anyhow::Context;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create the spool folder {}", parent.display()))?;
         }
-        let db = Connection::open(path)
+        let connection = store::open(path, true)
             .with_context(|| format!("cannot open the spool {}", path.display()))?;
-        // WAL: appends do not block reads; FULL: every commit is fsync'd.
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.execute_batch(SCHEMA)
-            .with_context(|| format!("cannot initialise the spool {}", path.display()))?;
-        let (entries, bytes): (i64, i64) = db.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        let (entries, bytes) = (entries.max(0) as u64, bytes.max(0) as u64);
-        metrics.spool_state(entries, bytes);
-        Ok(Spool {
+        let spool = Spool {
             inner: Arc::new(Inner {
-                db: Mutex::new(db),
-                entries: AtomicU64::new(entries),
-                bytes: AtomicU64::new(bytes),
+                db: Mutex::new(Db {
+                    connection,
+                    seen_version: None,
+                }),
+                entries: AtomicU64::new(0),
+                parked: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
                 max_bytes,
-                full: AtomicBool::new(bytes >= max_bytes),
+                full: AtomicBool::new(false),
                 appended: Notify::new(),
                 metrics,
             }),
-        })
+        };
+        {
+            let mut db = lock(&spool.inner.db);
+            let count = |table: &str| -> rusqlite::Result<(u64, u64)> {
+                db.connection.query_row(
+                    &format!("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {table}"),
+                    [],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?.max(0) as u64,
+                            row.get::<_, i64>(1)?.max(0) as u64,
+                        ))
+                    },
+                )
+            };
+            let (entries, spooled_bytes) = count("spool")?;
+            let (parked, parked_bytes) = count("parked")?;
+            let bytes = spooled_bytes + parked_bytes;
+            spool.inner.entries.store(entries, Ordering::SeqCst);
+            spool.inner.parked.store(parked, Ordering::SeqCst);
+            spool.inner.bytes.store(bytes, Ordering::SeqCst);
+            spool.inner.full.store(bytes >= max_bytes, Ordering::SeqCst);
+            take_back_retries(&mut db, &spool.inner)?;
+        }
+        spool.publish_state();
+        Ok(spool)
     }
 
     pub fn is_empty(&self) -> bool {
         self.depth() == 0
     }
 
-    /// How many messages wait in the spool.
+    /// How many messages wait in the spool (parked ones not included).
     pub fn depth(&self) -> u64 {
         self.inner.entries.load(Ordering::SeqCst)
+    }
+
+    /// How many messages are parked.
+    pub fn parked(&self) -> u64 {
+        self.inner.parked.load(Ordering::SeqCst)
     }
 
     /// Whether the spool takes writes: false from a refused append until a
@@ -128,12 +157,9 @@ impl Spool {
     }
 
     /// Appends `message`; when this returns `Ok`, it is on disk.
-    pub async fn append(&self, message: &Outgoing) -> Result<(), SpoolError> {
-        let properties = encode_properties(&message.properties)?;
-        let size = (message.exchange.len()
-            + message.routing_key.len()
-            + properties.len()
-            + message.body.len()) as u64;
+    pub async fn append(&self, message: &Message) -> Result<(), SpoolError> {
+        let row = Row::of(message)?;
+        let size = row.size;
         // Reserve the room first, so concurrent appends cannot overshoot the bound.
         let reserved = self.inner.bytes.fetch_add(size, Ordering::SeqCst) + size;
         if reserved > self.inner.max_bytes {
@@ -143,17 +169,13 @@ impl Spool {
                 max_bytes: self.inner.max_bytes,
             });
         }
-        let (exchange, routing_key, body) = (
-            message.exchange.clone(),
-            message.routing_key.clone(),
-            message.body.clone(),
-        );
+        let body = message.body.clone();
         let started = Instant::now();
         let result = self
             .blocking(move |db, inner| {
-                db.execute(
-                    "INSERT INTO spool (exchange, routing_key, properties, body, size, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![exchange, routing_key, properties, &body[..], size as i64, now_millis()],
+                db.connection.execute(
+                    "INSERT INTO spool (kind, routing_key, properties, body, size, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![row.kind, row.routing_key, row.properties, &body[..], size as i64, now_millis()],
                 )?;
                 inner.entries.fetch_add(1, Ordering::SeqCst);
                 Ok(())
@@ -171,8 +193,8 @@ impl Spool {
     /// The oldest `limit` messages, oldest first.
     pub async fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
         self.blocking(move |db, _| {
-            let mut statement = db.prepare_cached(
-                "SELECT seq, exchange, routing_key, properties, body FROM spool ORDER BY seq LIMIT ?1",
+            let mut statement = db.connection.prepare_cached(
+                "SELECT seq, kind, routing_key, properties, body FROM spool ORDER BY seq LIMIT ?1",
             )?;
             let rows = statement.query_map([limit as i64], |row| {
                 Ok((
@@ -185,15 +207,10 @@ impl Spool {
             })?;
             let mut spooled = Vec::new();
             for row in rows {
-                let (seq, exchange, routing_key, properties, body) = row?;
+                let (seq, kind, routing_key, properties, body) = row?;
                 spooled.push(Spooled {
                     seq,
-                    message: Outgoing {
-                        exchange,
-                        routing_key,
-                        body: Bytes::from(body),
-                        properties: decode_properties(&properties)?,
-                    },
+                    message: store::message(&kind, &routing_key, &properties, body)?,
                 });
             }
             Ok(spooled)
@@ -208,7 +225,7 @@ impl Spool {
         }
         let removed = self
             .blocking(move |db, inner| {
-                let tx = db.transaction()?;
+                let tx = db.connection.transaction()?;
                 let (mut rows, mut freed) = (0u64, 0u64);
                 {
                     let mut delete =
@@ -232,9 +249,60 @@ impl Spool {
         Ok(())
     }
 
+    /// Records that RabbitMQ refused the message at `seq`, and why; returns
+    /// how many times it has been refused.
+    pub async fn refused(&self, seq: i64, reason: String) -> Result<u32, SpoolError> {
+        self.blocking(move |db, _| {
+            let refusals = db
+                .connection
+                .query_row(
+                    "UPDATE spool SET refusals = refusals + 1, last_error = ?2 WHERE seq = ?1 RETURNING refusals",
+                    params![seq, reason],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()?;
+            Ok(refusals.unwrap_or(0).clamp(0, u32::MAX as i64) as u32)
+        })
+        .await
+    }
+
+    /// Moves the message at `seq` to the parked table, so the rest can drain.
+    pub async fn park(&self, seq: i64) -> Result<(), SpoolError> {
+        self.blocking(move |db, inner| {
+            let tx = db.connection.transaction()?;
+            let moved = tx.execute(
+                "INSERT INTO parked (seq, kind, routing_key, properties, body, size, spooled_at, refusals, last_error, parked_at)
+                 SELECT seq, kind, routing_key, properties, body, size, spooled_at, refusals, COALESCE(last_error, ''), ?2
+                 FROM spool WHERE seq = ?1",
+                params![seq, now_millis()],
+            )?;
+            tx.execute("DELETE FROM spool WHERE seq = ?1", [seq])?;
+            tx.commit()?;
+            inner.entries.fetch_sub(moved as u64, Ordering::SeqCst);
+            inner.parked.fetch_add(moved as u64, Ordering::SeqCst);
+            Ok(())
+        })
+        .await?;
+        self.publish_state();
+        Ok(())
+    }
+
+    /// Moves the parked messages that `hookrelay spool retry` marked back to
+    /// the end of the spool; returns how many. Costs one pragma when nothing
+    /// else wrote to the file since the last call.
+    pub async fn take_back_retries(&self) -> Result<u64, SpoolError> {
+        let taken = self.blocking(take_back_retries).await?;
+        if taken > 0 {
+            self.publish_state();
+            self.inner.appended.notify_one();
+        }
+        Ok(taken)
+    }
+
     fn publish_state(&self) {
         self.inner.metrics.spool_state(
             self.inner.entries.load(Ordering::SeqCst),
+            self.inner.parked.load(Ordering::SeqCst),
             self.inner.bytes.load(Ordering::SeqCst),
         );
     }
@@ -247,30 +315,32 @@ impl Spool {
         let spooled_at: Option<i64> = self
             .blocking(|db, _| {
                 Ok(db
+                    .connection
                     .query_row(
                         "SELECT spooled_at FROM spool ORDER BY seq LIMIT 1",
                         [],
                         |row| row.get(0),
                     )
-                    .ok())
+                    .optional()?)
             })
             .await?;
         Ok(spooled_at
             .map(|at| Duration::from_millis(now_millis().saturating_sub(at).max(0) as u64)))
     }
 
-    /// Returns at once while the spool holds messages, else at the next append.
-    pub async fn wait_for_entries(&self) {
+    /// Returns at once while the spool holds messages, else at the next
+    /// append or after `idle`, whichever comes first.
+    pub async fn wait_for_entries(&self, idle: Duration) {
         let appended = self.inner.appended.notified();
         if self.is_empty() {
-            appended.await;
+            let _ = tokio::time::timeout(idle, appended).await;
         }
     }
 
     /// Runs `work` on the blocking pool: SQLite calls block, fsync above all.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection, &Inner) -> Result<T, SpoolError> + Send + 'static,
+        work: impl FnOnce(&mut Db, &Inner) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, SpoolError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || work(&mut lock(&inner.db), &inner))
@@ -279,9 +349,39 @@ impl Spool {
     }
 }
 
+/// Moves marked parked rows back into the spool, if another process wrote.
+fn take_back_retries(db: &mut Db, inner: &Inner) -> Result<u64, SpoolError> {
+    let version: i64 = db
+        .connection
+        .pragma_query_value(None, "data_version", |row| row.get(0))?;
+    if db.seen_version == Some(version) {
+        return Ok(0);
+    }
+    let tx = db.connection.transaction()?;
+    // New sequence numbers: they go to the back of the line, in parked order.
+    let taken = tx.execute(
+        "INSERT INTO spool (kind, routing_key, properties, body, size, spooled_at)
+         SELECT kind, routing_key, properties, body, size, spooled_at
+         FROM parked WHERE retry_requested = 1 ORDER BY seq",
+        [],
+    )? as u64;
+    tx.execute("DELETE FROM parked WHERE retry_requested = 1", [])?;
+    tx.commit()?;
+    db.seen_version = Some(version);
+    inner.entries.fetch_add(taken, Ordering::SeqCst);
+    inner.parked.fetch_sub(taken, Ordering::SeqCst);
+    if taken > 0 {
+        tracing::info!(
+            count = taken,
+            "parked webhooks are back in the spool, as `hookrelay spool retry` asked"
+        );
+    }
+    Ok(taken)
+}
+
 /// The lock, even if a thread panicked while holding it: SQLite's own
 /// transactions keep the data consistent.
-fn lock(db: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
     db.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -291,25 +391,23 @@ fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn encode_properties(properties: &BasicProperties) -> Result<Vec<u8>, SpoolError> {
-    cookie_factory::r#gen(gen_properties(properties), Vec::new())
-        .map(|(bytes, _)| bytes)
-        .map_err(|_| SpoolError::Encode)
-}
-
-fn decode_properties(bytes: &[u8]) -> Result<BasicProperties, SpoolError> {
-    parse_properties(bytes)
-        .map(|(_, properties)| properties)
-        .map_err(|_| SpoolError::Corrupt)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
+    use bytes::Bytes;
+    use lapin::BasicProperties;
     use lapin::types::{AMQPValue, FieldTable};
 
     use super::*;
+    use crate::envelope::Kind;
+
+    fn key(message: &Message) -> String {
+        match &message.kind {
+            Kind::Event(key) => key.as_str().to_owned(),
+            Kind::Quarantine => "quarantine".to_owned(),
+        }
+    }
 
     fn temp_path() -> PathBuf {
         std::env::temp_dir()
@@ -317,13 +415,12 @@ mod tests {
             .join("spool.sqlite")
     }
 
-    fn message(n: u32) -> Outgoing {
+    fn message(n: u32) -> Message {
         let mut headers = FieldTable::default();
         headers.insert("hook".into(), AMQPValue::LongString("SyncError".into()));
         headers.insert("x-error-known".into(), AMQPValue::Boolean(false));
-        Outgoing {
-            exchange: "webhooks".into(),
-            routing_key: format!("sync.error.E{n}"),
+        Message {
+            kind: Kind::Event(format!("sync.error.E{n}").parse().unwrap()),
             body: Bytes::from(format!(r#"{{"n":{n}}}"#)),
             properties: BasicProperties::default()
                 .with_delivery_mode(2)
@@ -343,10 +440,7 @@ mod tests {
         let spooled = spool.oldest(10).await.unwrap();
 
         assert_eq!(spool.depth(), 3);
-        let keys: Vec<&str> = spooled
-            .iter()
-            .map(|s| s.message.routing_key.as_str())
-            .collect();
+        let keys: Vec<String> = spooled.iter().map(|s| key(&s.message)).collect();
         assert_eq!(keys, ["sync.error.E0", "sync.error.E1", "sync.error.E2"]);
         let first = &spooled[0].message;
         assert_eq!(first.body, message(0).body);
@@ -378,8 +472,8 @@ mod tests {
             .oldest(10)
             .await
             .unwrap()
-            .into_iter()
-            .map(|s| s.message.routing_key)
+            .iter()
+            .map(|s| key(&s.message))
             .collect();
         assert_eq!(left, ["sync.error.E2", "sync.error.E3"]);
     }
@@ -396,20 +490,14 @@ mod tests {
 
         assert_eq!(reopened.depth(), 1);
         assert_eq!(
-            reopened.oldest(1).await.unwrap()[0].message.routing_key,
+            key(&reopened.oldest(1).await.unwrap()[0].message),
             "sync.error.E7"
         );
     }
 
     #[tokio::test]
     async fn a_full_spool_refuses_and_frees_room_as_it_drains() {
-        let one = {
-            let m = message(0);
-            (m.exchange.len()
-                + m.routing_key.len()
-                + encode_properties(&m.properties).unwrap().len()
-                + m.body.len()) as u64
-        };
+        let one = Row::of(&message(0)).unwrap().size;
         let spool = Spool::open(&temp_path(), 2 * one, Metrics::new()).unwrap();
         spool.append(&message(0)).await.unwrap();
         spool.append(&message(1)).await.unwrap();
@@ -468,8 +556,84 @@ mod tests {
     async fn waiting_for_entries_returns_at_once_when_not_empty() {
         let spool = Spool::open(&temp_path(), 1 << 20, Metrics::new()).unwrap();
         spool.append(&message(0)).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(1), spool.wait_for_entries())
+        let started = Instant::now();
+        spool.wait_for_entries(Duration::from_secs(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not empty: no wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_is_parked_and_the_rest_keep_their_order() {
+        let spool = Spool::open(&temp_path(), 1 << 20, Metrics::new()).unwrap();
+        for n in 0..3 {
+            spool.append(&message(n)).await.unwrap();
+        }
+        let head = spool.oldest(1).await.unwrap()[0].seq;
+
+        assert_eq!(spool.refused(head, "nack".to_owned()).await.unwrap(), 1);
+        assert_eq!(
+            spool.refused(head, "nack again".to_owned()).await.unwrap(),
+            2
+        );
+        spool.park(head).await.unwrap();
+
+        assert_eq!((spool.depth(), spool.parked()), (2, 1));
+        let left: Vec<String> = spool
+            .oldest(10)
             .await
-            .expect("not empty: no wait");
+            .unwrap()
+            .iter()
+            .map(|s| key(&s.message))
+            .collect();
+        assert_eq!(left, ["sync.error.E1", "sync.error.E2"]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_asked_by_another_process_puts_parked_messages_at_the_back() {
+        let path = temp_path();
+        let spool = Spool::open(&path, 1 << 20, Metrics::new()).unwrap();
+        for n in 0..2 {
+            spool.append(&message(n)).await.unwrap();
+        }
+        let head = spool.oldest(1).await.unwrap()[0].seq;
+        spool.park(head).await.unwrap();
+        assert_eq!(
+            spool.take_back_retries().await.unwrap(),
+            0,
+            "nothing asked yet"
+        );
+
+        // What `hookrelay spool retry --all` does, from its own connection.
+        assert_eq!(listing::request_retry(&path, &[]).unwrap(), 1);
+        let taken = spool.take_back_retries().await.unwrap();
+
+        assert_eq!(taken, 1);
+        assert_eq!((spool.depth(), spool.parked()), (2, 0));
+        let order: Vec<String> = spool
+            .oldest(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| key(&s.message))
+            .collect();
+        assert_eq!(order, ["sync.error.E1", "sync.error.E0"]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_asked_while_the_relay_was_stopped_is_taken_at_startup() {
+        let path = temp_path();
+        {
+            let spool = Spool::open(&path, 1 << 20, Metrics::new()).unwrap();
+            spool.append(&message(0)).await.unwrap();
+            let head = spool.oldest(1).await.unwrap()[0].seq;
+            spool.park(head).await.unwrap();
+        }
+        listing::request_retry(&path, &[]).unwrap();
+
+        let reopened = Spool::open(&path, 1 << 20, Metrics::new()).unwrap();
+
+        assert_eq!((reopened.depth(), reopened.parked()), (1, 0));
     }
 }

@@ -137,36 +137,106 @@ async fn declare_creates_the_topology_and_exits() {
 
     assert!(output.status.success(), "{output:?}");
     let (connection, channel) = amqp().await;
-    let passive = ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            passive,
-            FieldTable::default(),
-        )
-        .await
-        .expect("the exchange exists");
-    let amqp_names = &settings.amqp;
-    for queue in [
-        amqp_names.unrouted(),
-        amqp_names.dead_letter_queue(),
-        amqp_names.quarantine_queue(),
-    ] {
+    let topology = settings.topology();
+    for exchange in topology.own_exchanges() {
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("exchange {exchange} exists: {e}"));
+    }
+    for queue in topology.own_queues() {
         let declared = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
         channel
-            .queue_declare(queue.as_str().into(), declared, FieldTable::default())
+            .queue_declare(queue.into(), declared, FieldTable::default())
             .await
             .unwrap_or_else(|e| panic!("{queue} exists: {e}"));
     }
     delete_topology(&channel, &settings).await;
     let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn declare_names_every_conflict_and_exits_non_zero() {
+    // A consumer queue that exists as classic, configured as quorum, and a
+    // quarantine queue (the relay's own) that exists with a length limit.
+    let settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    let queue = format!("{exchange}.reprompt");
+    let (connection, channel) = amqp().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut limited = FieldTable::default();
+    limited.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
+    let quarantine = settings.topology().quarantine_queue().to_owned();
+    channel
+        .queue_declare(quarantine.as_str().into(), durable, limited)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("hookrelay-declare-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(
+        &file,
+        format!("[[queues]]\nname = \"{queue}\"\nbindings = [\"sync.#\"]\ntype = \"quorum\"\n"),
+    )
+    .unwrap();
+    let env = [
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", "a".to_owned()),
+        ("HOOKRELAY__AMQP__URI", AMQP_URL.clone()),
+        ("HOOKRELAY__AMQP__EXCHANGE", exchange.clone()),
+        ("HOOKRELAY_CONFIG", file.to_str().unwrap().to_owned()),
+    ];
+
+    let output = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&["declare"], &env)
+    })
+    .await
+    .unwrap();
+
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("refused:"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{stderr}");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains(&format!("queue {queue}")) && l.contains("PRECONDITION_FAILED")),
+        "{stderr}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains(&format!("queue {quarantine}")) && l.contains("x-max-length")),
+        "{stderr}"
+    );
+    delete_topology(&channel, &settings).await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

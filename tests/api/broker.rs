@@ -73,7 +73,7 @@ async fn configured_queues_receive_their_events_and_dead_letter_rejects() {
         .await
         .unwrap();
     let dead = app
-        .next_message(&app.settings.amqp.dead_letter_queue())
+        .next_message(app.topology.dead_letter_queue())
         .await
         .expect("dead-lettered");
     assert_eq!(
@@ -179,7 +179,7 @@ async fn without_rabbitmq_webhooks_are_spooled_and_published_when_it_appears() {
     let mut delivered = Vec::new();
     while delivered.len() < accepted.len() {
         let id = app
-            .next_message(&app.settings.amqp.unrouted())
+            .next_message(app.topology.unrouted())
             .await
             .map(|m| message_id(&m))
             .expect("the spooled webhooks reach RabbitMQ");

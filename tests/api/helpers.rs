@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use hookrelay::broker::Topology;
 use hookrelay::config::Settings;
 use hookrelay::startup::Application;
 use lapin::message::BasicGetMessage;
@@ -51,6 +52,8 @@ pub struct TestApp {
     pub admin_address: String,
     pub port: u16,
     pub settings: Settings,
+    /// Every RabbitMQ name this relay uses.
+    pub topology: Topology,
     pub http: reqwest::Client,
     pub channel: Channel,
     connection: Connection,
@@ -109,6 +112,7 @@ pub async fn spawn_app_unready(settings: Settings) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         admin_address: format!("http://127.0.0.1:{admin_port}"),
         port,
+        topology: settings.topology(),
         settings,
         http: reqwest::Client::new(),
         channel,
@@ -304,25 +308,14 @@ impl TestApp {
 
 /// Deletes the exchanges and queues a relay with `settings` declares.
 pub async fn delete_topology(channel: &Channel, settings: &Settings) {
-    let amqp = &settings.amqp;
-    let queues = [
-        amqp.unrouted(),
-        amqp.dead_letter_queue(),
-        amqp.quarantine_queue(),
-    ];
-    for queue in queues
-        .into_iter()
-        .chain(settings.queues.iter().map(|q| q.name.clone()))
-    {
+    let topology = settings.topology();
+    let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
+    for queue in topology.own_queues().into_iter().chain(consumer_queues) {
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
     }
-    for exchange in [
-        amqp.exchange.clone(),
-        amqp.unrouted(),
-        amqp.dead_letter_exchange(),
-    ] {
+    for exchange in topology.own_exchanges() {
         let _ = channel
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;

@@ -44,7 +44,7 @@ async fn two_consumers() -> (TestApp, String, String) {
 
 impl TestApp {
     fn dead_letters(&self) -> String {
-        self.settings.amqp.dead_letter_queue()
+        self.topology.dead_letter_queue().to_owned()
     }
 
     /// Sends a webhook and returns its message id.
@@ -119,7 +119,7 @@ impl TestApp {
 
     async fn replay(&self, options: ReplayOptions) -> (Summary, Vec<Entry>) {
         let mut entries = Vec::new();
-        let summary = replay(&self.settings.amqp, &options, |e| entries.push(e.clone()))
+        let summary = replay(&self.settings, &options, |e| entries.push(e.clone()))
             .await
             .expect("the replay runs");
         (summary, entries)
@@ -267,7 +267,7 @@ async fn a_reason_filter_leaves_other_deaths_alone() {
     args.insert("x-message-ttl".into(), AMQPValue::LongInt(1));
     args.insert(
         "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(app.settings.amqp.dead_letter_exchange().into()),
+        AMQPValue::LongString(app.topology.dead_letter_exchange().into()),
     );
     let expiring = format!("{}.expiring", app.exchange());
     app.channel

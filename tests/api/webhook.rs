@@ -125,8 +125,8 @@ async fn an_event_nobody_is_bound_to_lands_in_unrouted() {
     let response = app.post_webhook(sync_account()).await;
 
     assert_eq!(response.status(), 200, "kept, so accepted");
-    let unrouted = app.settings.amqp.unrouted();
-    let message = app.next_message(&unrouted).await.expect("kept in unrouted");
+    let unrouted = app.topology.unrouted();
+    let message = app.next_message(unrouted).await.expect("kept in unrouted");
     assert_eq!(message.delivery.routing_key.as_str(), "sync.account");
     assert_eq!(message.delivery.data, sync_account().as_bytes());
     assert!(app.next_message(&errors_only).await.is_none());
@@ -137,7 +137,7 @@ async fn an_event_nobody_is_bound_to_lands_in_unrouted() {
 async fn invalid_events_are_quarantined_and_answered_422() {
     let app = spawn_app(&[]).await;
     let everything = app.bind_queue(&["#"]).await;
-    let quarantine = app.settings.amqp.quarantine_queue();
+    let quarantine = app.topology.quarantine_queue();
     let cases = [
         ("{not json", "not valid JSON"),
         (r#"{"hook":"SyncAccount"}"#, "`user` is missing"),
@@ -162,7 +162,7 @@ async fn invalid_events_are_quarantined_and_answered_422() {
             answer["message"].as_str().unwrap().contains(reason),
             "{answer}"
         );
-        let message = app.next_message(&quarantine).await.expect("quarantined");
+        let message = app.next_message(quarantine).await.expect("quarantined");
         assert_eq!(message.delivery.data, body.as_bytes());
         assert!(text_header(&message, "x-quarantine-reason").contains(reason));
         assert_eq!(message_id(&message), answer["id"].as_str().unwrap());
@@ -256,10 +256,10 @@ async fn refused_requests_get_their_status_and_publish_nothing() {
         assert_eq!(answer["error"], refusal.error, "{}", refusal.what);
         assert!(answer["message"].is_string(), "{}", refusal.what);
     }
-    let quarantine = app.settings.amqp.quarantine_queue();
+    let quarantine = app.topology.quarantine_queue();
     assert_eq!(app.depth(&everything).await, 0);
-    assert_eq!(app.depth(&quarantine).await, 0);
-    assert_eq!(app.depth(&app.settings.amqp.unrouted()).await, 0);
+    assert_eq!(app.depth(quarantine).await, 0);
+    assert_eq!(app.depth(app.topology.unrouted()).await, 0);
     app.stop().await.unwrap();
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hookrelay::broker::Topology;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
@@ -101,20 +102,16 @@ impl Setup {
             return;
         };
         let channel = connection.create_channel().await.unwrap();
-        for suffix in ["all", "unrouted", "dead-letter", "quarantine"] {
+        let topology = Topology::new(&self.exchange, &[]);
+        let all = self.all_queue();
+        for queue in topology.own_queues().into_iter().chain([all.as_str()]) {
             let _ = channel
-                .queue_delete(
-                    format!("{}.{suffix}", self.exchange).into(),
-                    QueueDeleteOptions::default(),
-                )
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await;
         }
-        for suffix in ["", ".unrouted", ".dlx"] {
+        for exchange in topology.own_exchanges() {
             let _ = channel
-                .exchange_delete(
-                    format!("{}{suffix}", self.exchange).into(),
-                    ExchangeDeleteOptions::default(),
-                )
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = connection.close(200, "done".into()).await;

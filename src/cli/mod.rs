@@ -1,0 +1,140 @@
+//! The commands and their flags, and how their results are printed: `serve`
+//! (the default), `declare` and `check-config` here; `replay` in [`replay`];
+//! `tail` and `inspect`, which look without changing anything, in [`watch`];
+//! `spool list|retry` in [`spool`].
+//!
+//! Every command logs the same way (`log_format`, `RUST_LOG`) to stderr, so
+//! their warnings are seen and their output on stdout stays clean.
+
+mod replay;
+mod spool;
+mod watch;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::broker;
+use crate::config::Settings;
+use crate::startup::{Application, shutdown_signal};
+use crate::telemetry;
+
+/// Relays sync webhooks into RabbitMQ: allowlisted, typed, durable, confirmed.
+#[derive(Debug, Parser)]
+#[command(name = "hookrelay", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults (see config/default.toml);
+    /// HOOKRELAY__<SECTION>__<KEY> environment variables override both.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HOOKRELAY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay: the public webhook listener and the admin listener (default).
+    Serve,
+    /// Declare the exchanges, queues and bindings in RabbitMQ, then exit;
+    /// non-zero, naming each one, when RabbitMQ refuses any.
+    Declare,
+    /// Print the effective configuration, secrets masked, then exit.
+    CheckConfig,
+    /// Put dead letters back into the queue they died in (or, with
+    /// --to-exchange, through their original exchange and routing key).
+    ///
+    /// Each message is republished with a publisher confirm before its dead
+    /// letter is acknowledged: a crash may duplicate a message, never lose one.
+    /// Messages that are not replayed stay in the queue in their order.
+    Replay(replay::ReplayArgs),
+    /// Print events as they enter the relay's exchange, from a temporary queue
+    /// on its entry fanout (watching changes no routing).
+    Tail(watch::TailArgs),
+    /// Show the messages of a queue (quarantine, dead letters, unrouted, or any
+    /// consumer queue) without taking them: id, routing key, why it is there,
+    /// headers and body. They stay in the queue, in their order.
+    Inspect(watch::InspectArgs),
+    /// The local spool: list what waits in it or is parked, retry parked webhooks.
+    #[command(subcommand)]
+    Spool(spool::SpoolCommand),
+}
+
+/// Runs the chosen command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(settings.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Declare => declare(settings).await,
+        Command::CheckConfig => {
+            print!("{}", settings.to_masked_toml());
+            Ok(())
+        }
+        Command::Replay(args) => replay::run(settings, args).await,
+        Command::Tail(args) => watch::tail(settings, args).await,
+        Command::Inspect(args) => watch::inspect(settings, args).await,
+        Command::Spool(command) => spool::run(settings, command),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings.clone()).await?;
+    tracing::info!(
+        listen = %settings.server.listen,
+        port = app.port(),
+        admin_port = app.admin_port(),
+        path = %settings.server.webhook_path,
+        exchange = %settings.amqp.exchange,
+        broker = %settings.amqp.uri.iter().map(|u| u.masked()).collect::<Vec<_>>().join(","),
+        "hookrelay listening"
+    );
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn declare(settings: Settings) -> anyhow::Result<()> {
+    let topology = settings.topology();
+    let name = settings.amqp.tool_connection_name("hookrelay-declare");
+    let connection = broker::connect(&settings.amqp, name).await?;
+    let report = topology
+        .declare(&connection, &HashSet::new())
+        .await
+        .context("cannot declare the topology")?;
+    let _ = connection.close(200, "topology declared".into()).await;
+    for created in &report.created {
+        println!("created {created}");
+    }
+    let refused: Vec<_> = report
+        .own_conflicts
+        .iter()
+        .chain(&report.queue_conflicts)
+        .collect();
+    for conflict in &refused {
+        eprintln!("refused: {conflict}");
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "RabbitMQ refused {} declaration(s), listed above: make the configuration match \
+             what exists, or delete what exists so it can be declared as configured",
+            refused.len()
+        );
+    }
+    println!(
+        "declared exchange {} (entry {}) with {}, {}, {} and {} consumer queue(s)",
+        topology.exchange(),
+        topology.entry_exchange(),
+        topology.unrouted(),
+        topology.dead_letter_queue(),
+        topology.quarantine_queue(),
+        topology.consumer_queues().len()
+    );
+    Ok(())
+}

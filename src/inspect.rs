@@ -1,0 +1,134 @@
+//! `hookrelay inspect QUEUE`: shows what a queue holds without taking it, so
+//! an operator can read quarantined bodies, dead letters, unrouted events or a
+//! consumer's backlog without the management UI.
+//!
+//! AMQP 0-9-1 has no "peek", so the messages are fetched with `basic.get`
+//! unacknowledged, shown, and all put back with one `basic.nack` (`multiple`,
+//! `requeue`): RabbitMQ returns requeued messages to their original places, so
+//! the queue keeps its order and its depth. Two traces remain: the messages'
+//! `redelivered` flag, and on a quorum queue one more delivery attempt each
+//! (`x-delivery-count`), which counts toward a `delivery-limit`.
+
+use anyhow::Context;
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker;
+use crate::config::AmqpSettings;
+use crate::dead_letter::Death;
+use crate::envelope::QUARANTINE_REASON;
+use crate::render;
+
+/// One message as `inspect` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspected {
+    /// Its place in the queue, from 1.
+    pub position: u32,
+    pub message_id: Option<String>,
+    pub routing_key: String,
+    /// Why it is here: `x-quarantine-reason`, or the newest `x-death` entry.
+    pub reason: Option<String>,
+    pub redelivered: bool,
+    pub headers: Value,
+    /// The body as JSON when it is JSON, else as text; `loginName` redacted unless raw.
+    pub body: Value,
+}
+
+/// What one run saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub shown: u32,
+    /// Messages in the queue when the run started.
+    pub depth: u32,
+}
+
+/// Shows up to `limit` messages of `queue`, oldest first, and puts them all back.
+pub async fn inspect(
+    amqp: &AmqpSettings,
+    queue: &str,
+    limit: Option<u32>,
+    raw: bool,
+    mut on_message: impl FnMut(Inspected),
+) -> anyhow::Result<Summary> {
+    let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-inspect")).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let depth = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .with_context(|| format!("queue {queue} does not exist"))?
+        .message_count();
+
+    let mut shown = 0;
+    let mut last_tag = None;
+    while shown < limit.map_or(depth, |limit| limit.min(depth)) {
+        let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .with_context(|| format!("cannot read from {queue}"))?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        last_tag = Some(delivery.delivery_tag);
+        shown += 1;
+        let headers = delivery.properties.headers().as_ref();
+        on_message(Inspected {
+            position: shown,
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            routing_key: delivery.routing_key.to_string(),
+            reason: reason(headers),
+            redelivered: delivery.redelivered,
+            headers: render::headers(headers),
+            body: render::body(&delivery.data, raw),
+        });
+    }
+    if let Some(tag) = last_tag {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await
+            .context("cannot put the messages back (closing the connection returns them)")?;
+    }
+    let _ = connection.close(200, "inspect done".into()).await;
+    Ok(Summary { shown, depth })
+}
+
+/// Why a message is where it is, from what the relay or RabbitMQ wrote on it.
+fn reason(headers: Option<&FieldTable>) -> Option<String> {
+    if let Some(AMQPValue::LongString(reason)) =
+        headers.and_then(|h| h.inner().get(QUARANTINE_REASON))
+    {
+        return Some(format!("quarantined: {reason}"));
+    }
+    Death::from_headers(headers).map(|death| {
+        format!(
+            "{} in {} ({} time{})",
+            if death.reason.is_empty() {
+                "died"
+            } else {
+                &death.reason
+            },
+            death.queue,
+            death.count,
+            if death.count == 1 { "" } else { "s" }
+        )
+    })
+}
