@@ -288,6 +288,20 @@ impl Relay {
         }
     }
 
+    /// Every log line written during `period`.
+    fn lines_for(&mut self, period: Duration) -> Vec<String> {
+        let deadline = Instant::now() + period;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
     /// The first log line for which `pick` returns something, within 10 s.
     fn wait_for<T>(&mut self, mut pick: impl FnMut(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -449,6 +463,122 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         );
     }
 
+    let (connection, channel) = amqp().await;
+    delete_topology(&channel, &settings).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_consumer_queue_is_logged_once_not_at_every_check() {
+    let settings = test_settings(&[]);
+    let queue = format!("{}.reprompt", settings.amqp.exchange);
+    let (connection, channel) = amqp().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("hookrelay-once-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(
+        &file,
+        format!("[[queues]]\nname = \"{queue}\"\nbindings = [\"sync.#\"]\ntype = \"quorum\"\n"),
+    )
+    .unwrap();
+
+    // Checked every second: four checks in the next four seconds.
+    let (mut relay, _) = serve(
+        &settings,
+        &[
+            ("HOOKRELAY_CONFIG", file.to_str().unwrap()),
+            ("HOOKRELAY__AMQP__TOPOLOGY_CHECK_SECS", "1"),
+        ],
+    );
+    relay.lines_for(Duration::from_secs(4));
+
+    let about_the_queue: Vec<&String> = relay
+        .seen
+        .iter()
+        .filter(|line| json(line).is_some_and(|entry| entry["queue"] == queue.as_str()))
+        .collect();
+    assert_eq!(about_the_queue.len(), 1, "{:#?}", relay.seen);
+    let entry = json(about_the_queue[0]).unwrap();
+    assert_eq!(entry["level"], "WARN");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("PRECONDITION_FAILED")
+    );
+    assert!(
+        relay.seen.iter().all(|line| !line.contains("\"ERROR\"")),
+        "an expected refusal is not an ERROR line: {:#?}",
+        relay.seen
+    );
+    assert!(
+        !relay
+            .seen
+            .iter()
+            .any(|line| line.contains("RabbitMQ unavailable")),
+        "{:#?}",
+        relay.seen
+    );
+
+    drop(relay);
+    delete_topology(&channel, &settings).await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn every_command_logs_like_serve() {
+    let settings = test_settings(&[]);
+    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let base = [
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
+        ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
+        ("HOOKRELAY__AMQP__EXCHANGE", settings.amqp.exchange.as_str()),
+        ("HOOKRELAY__LOG_FORMAT", "json"),
+        ("RUST_LOG", "debug"),
+    ];
+    let commands: [&[&str]; 4] = [
+        &["declare"],
+        &["inspect", &quarantine],
+        &["replay", "--dry-run", "--queue", &quarantine],
+        &["tail", "--count", "0"],
+    ];
+
+    for args in commands {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run(&args, &env)
+        })
+        .await
+        .unwrap();
+
+        assert!(output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr
+                .lines()
+                .any(|line| json(line).is_some_and(|entry| entry["level"].is_string())),
+            "no JSON log line: {stderr}"
+        );
+    }
     let (connection, channel) = amqp().await;
     delete_topology(&channel, &settings).await;
     let _ = connection.close(200, "done".into()).await;

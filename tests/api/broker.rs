@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hookrelay::config::{QueueSettings, QueueType};
+use hookrelay::startup::{Application, BROKER_TASK, DRAIN_TASK};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -368,6 +369,59 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
         "the relay's connection is closed"
     );
     app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_background_task_that_dies_stops_the_relay_with_an_error() {
+    for task in [DRAIN_TASK, BROKER_TASK] {
+        let settings = test_settings(&[]);
+        let application = Application::build(settings.clone()).await.unwrap();
+
+        application.crash_task_for_test(task);
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(15),
+            application.run_until_stopped(std::future::pending()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the relay went on without its {task}"));
+
+        let error = stopped.expect_err("an error, so the process exits non-zero");
+        assert!(error.to_string().contains(task), "{error}");
+        let (connection, channel) = crate::helpers::amqp().await;
+        crate::helpers::delete_topology(&channel, &settings).await;
+        let _ = connection.close(200, "done".into()).await;
+        if let Some(folder) = settings.spool.path.parent() {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_startup_leaves_no_connection_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let settings = test_settings(&[("HOOKRELAY__SERVER__ADMIN_LISTEN", admin.as_str())]);
+
+    let built = Application::build(settings.clone()).await;
+
+    let error = built.err().expect("the admin port is taken");
+    assert!(
+        format!("{error:#}").contains("server.admin_listen"),
+        "{error:#}"
+    );
+    // Long enough for a stray supervisor to have connected.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connections = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "client_properties",
+    ])
+    .await;
+    assert!(
+        !connections.contains(&settings.amqp.connection_name()),
+        "a failed startup left a RabbitMQ connection behind"
+    );
 }
 
 /// Waits for the relay's second successful connection.

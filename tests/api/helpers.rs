@@ -169,6 +169,53 @@ impl TestApp {
         ready["spool"]["depth"].as_u64().expect("a spool")
     }
 
+    /// The body of `/readyz`.
+    pub async fn readiness(&self) -> serde_json::Value {
+        self.get_admin("/readyz").await.json().await.unwrap()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `hookrelay_spool_parked`
+    /// or `hookrelay_queue_conflict{queue="q"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.get_admin("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
+    /// POSTs a webhook that must be accepted; returns its message id.
+    pub async fn send(&self, body: impl Into<String>) -> String {
+        let response = self.post_webhook(body).await;
+        assert_eq!(response.status(), 200, "accepted");
+        response.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The `hookrelay` binary, configured for this relay's broker, exchange
+    /// and spool.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID)
+            .env("HOOKRELAY__AMQP__URI", AMQP_URL.as_str())
+            .env("HOOKRELAY__AMQP__EXCHANGE", self.exchange())
+            .env("HOOKRELAY__SPOOL__PATH", &self.settings.spool.path);
+        command
+    }
+
+    /// Runs the `hookrelay` binary (see [`TestApp::command`]) to completion.
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut command = self.command(args);
+        tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+            .await
+            .unwrap()
+    }
+
     /// POSTs `body` as JSON with the right client id.
     pub async fn post_webhook(&self, body: impl Into<String>) -> reqwest::Response {
         self.post(
@@ -263,6 +310,22 @@ impl TestApp {
         }
     }
 
+    /// Whether `queue` exists, asked on a channel of its own (RabbitMQ closes
+    /// the channel of a passive declare that finds nothing).
+    pub async fn exists(&self, queue: &str) -> bool {
+        let channel = self.connection.create_channel().await.expect("a channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = channel.close(200, "checked".into()).await;
+        found
+    }
+
     /// How many messages `queue` holds now.
     pub async fn depth(&self, queue: &str) -> u32 {
         self.channel
@@ -319,6 +382,24 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
         let _ = channel
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
+    }
+}
+
+/// Waits up to `within` for `condition` to hold, checking every 50 ms.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -53,6 +53,36 @@ async fn the_source_check_comes_before_the_client_id_check() {
 }
 
 #[tokio::test]
+async fn strangers_get_403_whatever_the_method_and_every_answer_is_counted() {
+    let stranger = spawn_app(&[("HOOKRELAY__INGRESS__ALLOWED_IPS", SENDER_IP)]).await;
+    let sender = spawn_app(&[]).await;
+    let methods = ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "POST"];
+
+    for method in methods {
+        let request = |app: &TestApp| {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            app.http
+                .request(method, format!("{}/webhooks", app.address))
+                .send()
+        };
+        let refused = request(&stranger).await.unwrap();
+        assert_eq!(refused.status(), 403, "{method} from a stranger");
+        if method != "POST" {
+            let answered = request(&sender).await.unwrap();
+            assert_eq!(answered.status(), 405, "{method} from the sender");
+            assert_eq!(answered.headers()["allow"], "POST");
+        }
+    }
+
+    let forbidden = r#"hookrelay_webhook_requests_total{outcome="forbidden"}"#;
+    assert_eq!(stranger.metric(forbidden).await, methods.len() as f64);
+    let not_allowed = r#"hookrelay_webhook_requests_total{outcome="method_not_allowed"}"#;
+    assert_eq!(sender.metric(not_allowed).await, (methods.len() - 1) as f64);
+    stranger.stop().await.unwrap();
+    sender.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_with_408() {
     let app = spawn_app(&[("HOOKRELAY__SERVER__BODY_TIMEOUT_MS", "300")]).await;
     let queue = app.bind_queue(&["#"]).await;

@@ -7,5 +7,8 @@ mod binary;
 mod broker;
 mod helpers;
 mod hostile;
+mod inspect;
 mod replay;
+mod spool;
+mod topology;
 mod webhook;

@@ -48,15 +48,6 @@ impl TestApp {
     }
 
     /// Sends a webhook and returns its message id.
-    async fn send(&self, body: String) -> String {
-        let response = self.post_webhook(body).await;
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
     /// What a failing consumer does: take the next message, reject it without requeue.
     async fn reject_next(&self, queue: &str) -> String {
         let message = self

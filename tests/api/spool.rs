@@ -1,0 +1,154 @@
+//! The spool when RabbitMQ refuses one message for good: it must not hold up
+//! the rest forever, nor let them overtake it while it is being retried; it is
+//! parked, listed and sent again by the operator.
+
+use std::time::Duration;
+
+use hookrelay::config::{QueueSettings, QueueType};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+
+use crate::helpers::{
+    TestApp, eventually, message_id, spawn_app_unready, sync_account, sync_error, test_settings,
+};
+
+const SOON: Duration = Duration::from_secs(20);
+
+/// A relay whose `<exchange>.all` queue sees everything, and a queue that
+/// makes RabbitMQ nack every `sync.error.Poison` (length 0, reject-publish).
+async fn relay_with_a_poisoned_route(max_refusals: &str) -> (TestApp, String, String) {
+    let mut settings = test_settings(&[("HOOKRELAY__SPOOL__MAX_REFUSALS", max_refusals)]);
+    let all = format!("{}.all", settings.amqp.exchange);
+    settings.queues = vec![QueueSettings {
+        name: all.clone(),
+        bindings: vec!["#".to_owned()],
+        kind: QueueType::Classic,
+    }];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let full = format!("{}.full", app.exchange());
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    app.channel
+        .queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    app.channel
+        .queue_bind(
+            full.as_str().into(),
+            app.exchange().into(),
+            "sync.error.Poison".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (app, all, full)
+}
+
+/// The ids in `queue`, in order, first occurrences only.
+async fn distinct_ids(app: &TestApp, queue: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    while let Some(message) = app.next_message(queue).await {
+        let id = message_id(&message);
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_message_rabbitmq_keeps_refusing_is_parked_and_nothing_overtakes_it() {
+    let (app, all, full) = relay_with_a_poisoned_route("3").await;
+
+    let poison = app.send(sync_error("Poison")).await; // nacked: spooled
+    let first = app.send(sync_account()).await; // spooled behind it
+    let second = app.send(sync_account()).await;
+
+    assert!(
+        eventually(SOON, || async {
+            app.metric("hookrelay_spool_parked").await == 1.0 && app.depth_of_spool().await == 0
+        })
+        .await,
+        "the refused message is parked and the rest drained: {}",
+        app.readiness().await
+    );
+    // `all` got a copy of the poison at each refused attempt (the nack is
+    // about the `full` queue) and the others in order behind it; those sent
+    // along in the first batch were sent again after parking: duplicates
+    // with the same id, never a reordering.
+    assert_eq!(
+        distinct_ids(&app, &all).await,
+        [poison.clone(), first, second]
+    );
+    let ready = app.readiness().await;
+    assert_eq!(ready["spool"]["parked"], 1, "{ready}");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+
+    let listed = app.run(&["spool", "list", "--json"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let parked: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(parked["state"], "parked");
+    assert_eq!(parked["message_id"], poison.as_str());
+    assert_eq!(parked["routing_key"], "sync.error.Poison");
+    assert_eq!(parked["refusals"], 3);
+    assert!(
+        parked["last_error"].as_str().unwrap().contains("nack"),
+        "{parked}"
+    );
+
+    // Fixed: the queue that refused is gone. Retry sends it again.
+    app.channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let retried = app.run(&["spool", "retry", "--all"]).await;
+    assert!(retried.status.success(), "{retried:?}");
+    assert!(
+        eventually(SOON, || async {
+            app.metric("hookrelay_spool_parked").await == 0.0 && app.depth_of_spool().await == 0
+        })
+        .await,
+        "{}",
+        app.readiness().await
+    );
+    assert_eq!(distinct_ids(&app, &all).await, [poison]);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn while_the_head_is_refused_the_messages_behind_it_wait() {
+    // Many refusals allowed: the head stays at the head for a while.
+    let (app, _, _) = relay_with_a_poisoned_route("1000").await;
+
+    let poison = app.send(sync_error("Poison")).await;
+    app.send(sync_account()).await;
+    app.send(sync_account()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    assert_eq!(
+        app.depth_of_spool().await,
+        3,
+        "nothing behind the head counts as delivered"
+    );
+    let listed = app.run(&["spool", "list", "--json"]).await;
+    let entries: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(entries[0]["message_id"], poison.as_str());
+    assert!(
+        entries[0]["refusals"].as_u64().unwrap() >= 2,
+        "the head is retried: {entries:?}"
+    );
+    assert_eq!(entries[1]["refusals"], 0, "alone: {entries:?}");
+    assert_eq!(entries[2]["refusals"], 0, "alone: {entries:?}");
+    app.stop().await.unwrap();
+}

@@ -1,0 +1,323 @@
+//! The topology under what operators do: watching with `tail`, a consumer
+//! queue that disagrees with the configuration, the relay's own objects
+//! refused or deleted at runtime. Nothing accepted may be lost, and
+//! `/readyz` and `/metrics` must say what is going on.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hookrelay::broker::consumer_queue_arguments;
+use hookrelay::config::{QueueSettings, QueueType};
+use lapin::options::{
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+
+use crate::helpers::{
+    TestApp, eventually, message_id, spawn_app, spawn_app_unready, sync_account, sync_error,
+    test_settings,
+};
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn consumer_queue(name: &str, binding: &str, kind: QueueType) -> QueueSettings {
+    QueueSettings {
+        name: name.to_owned(),
+        bindings: vec![binding.to_owned()],
+        kind,
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Waits for `id` to arrive in `queue`, taking the messages before it.
+async fn arrives(app: &TestApp, queue: &str, id: &str) {
+    let deadline = std::time::Instant::now() + SOON;
+    let mut seen = Vec::new();
+    // A deleted queue is back once the relay has declared it again.
+    assert!(
+        eventually(SOON, || app.exists(queue)).await,
+        "{queue} was not declared again"
+    );
+    while std::time::Instant::now() < deadline {
+        if let Some(message) = app.next_message(queue).await {
+            seen.push(message_id(&message));
+            if seen.last().map(String::as_str) == Some(id) {
+                return;
+            }
+        }
+    }
+    panic!("{id} did not reach {queue} (saw {seen:?})");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watching_with_tail_changes_no_routing() {
+    // No consumer queue: a SyncAccount can only fall through to unrouted.
+    let app = spawn_app(&[]).await;
+    let mut tail = app
+        .command(&["tail", "--count", "1", "--json", "#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(tail.stderr.take().unwrap());
+    let mut ready = String::new();
+    stderr.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("tailing"), "{ready}");
+
+    let id = app.send(sync_account()).await;
+
+    let output = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("tail printed the event");
+    assert_eq!(shown["message_id"], id.as_str(), "tail shows it");
+    arrives(&app, app.topology.unrouted(), &id).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_consumer_queue_rabbitmq_refuses_is_named_and_publishing_goes_on() {
+    // `reprompt` exists as a classic queue (as an earlier config declared it);
+    // the configuration now says quorum, which RabbitMQ refuses.
+    let mut settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    let (reprompt, balances) = (
+        format!("{exchange}.reprompt"),
+        format!("{exchange}.balances"),
+    );
+    let (connection, channel) = crate::helpers::amqp().await;
+    let classic = consumer_queue(&reprompt, "sync.error.LoginFailedError", QueueType::Classic);
+    let dlx = settings.topology().dead_letter_exchange().to_owned();
+    channel
+        .queue_declare(
+            reprompt.as_str().into(),
+            durable(),
+            consumer_queue_arguments(&classic, &dlx),
+        )
+        .await
+        .unwrap();
+    settings.queues = vec![
+        consumer_queue(&reprompt, "sync.error.LoginFailedError", QueueType::Quorum),
+        consumer_queue(&balances, "sync.account", QueueType::Classic),
+    ];
+
+    let app = spawn_app_unready(settings).await;
+
+    assert!(app.broker_ready().await, "connected despite the conflict");
+    let account = app.send(sync_account()).await;
+    let failure = app.send(sync_error("LoginFailedError")).await;
+    assert_eq!(app.depth_of_spool().await, 0, "published, not spooled");
+    arrives(&app, &balances, &account).await;
+    arrives(&app, &reprompt, &failure).await; // bound, though refused
+    let ready = app.readiness().await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["broker"], "connected", "{ready}");
+    let conflict = &ready["queue_conflicts"][0];
+    assert_eq!(conflict["queue"], reprompt.as_str(), "{ready}");
+    let reason = conflict["reason"].as_str().unwrap();
+    assert!(reason.contains("PRECONDITION_FAILED"), "{reason}");
+    assert!(reason.contains("inequivalent arg"), "{reason}");
+    assert_eq!(
+        app.metric(&format!("hookrelay_queue_conflict{{queue=\"{reprompt}\"}}"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(&format!("hookrelay_queue_conflict{{queue=\"{balances}\"}}"))
+            .await,
+        0.0
+    );
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_object_of_the_relays_own_is_misconfigured_and_loses_nothing() {
+    // The quarantine queue exists with a length limit the relay does not set.
+    let settings = test_settings(&[]);
+    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let (connection, channel) = crate::helpers::amqp().await;
+    let mut limited = FieldTable::default();
+    limited.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    channel
+        .queue_declare(quarantine.as_str().into(), durable(), limited)
+        .await
+        .unwrap();
+
+    let app = spawn_app_unready(settings).await;
+
+    assert!(
+        eventually(SOON, || async {
+            app.readiness().await["broker"] == "misconfigured"
+        })
+        .await,
+        "{}",
+        app.readiness().await
+    );
+    let ready = app.readiness().await;
+    assert_eq!(
+        ready["status"], "degraded",
+        "accepting, on the spool: {ready}"
+    );
+    assert!(
+        ready["reason"].as_str().unwrap().contains(&quarantine),
+        "{ready}"
+    );
+    assert_eq!(
+        app.metric(r#"hookrelay_broker_state{state="misconfigured"}"#)
+            .await,
+        1.0
+    );
+    let id = app.send(sync_account()).await;
+    assert_eq!(app.depth_of_spool().await, 1);
+
+    // The operator removes the queue that disagrees; the relay recovers alone.
+    channel
+        .queue_delete(quarantine.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(app.broker_ready().await, "{}", app.readiness().await);
+    arrives(&app, app.topology.unrouted(), &id).await;
+    assert_eq!(app.readiness().await["status"], "ready");
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await.unwrap();
+}
+
+/// A relay whose periodic topology check is too slow to matter, so that what
+/// brings a deleted object back is the relay noticing its own message returned.
+async fn relay_with_a_consumer_queue() -> (TestApp, String) {
+    let mut settings = test_settings(&[("HOOKRELAY__AMQP__TOPOLOGY_CHECK_SECS", "3600")]);
+    let queue = format!("{}.accounts", settings.amqp.exchange);
+    settings.queues = vec![consumer_queue(&queue, "sync.account", QueueType::Classic)];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    (app, queue)
+}
+
+#[tokio::test]
+async fn deleting_the_quarantine_queue_at_runtime_loses_nothing() {
+    let (app, _) = relay_with_a_consumer_queue().await;
+    let quarantine = app.topology.quarantine_queue().to_owned();
+    app.channel
+        .queue_delete(quarantine.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    for _ in 0..2 {
+        let response = app.post_webhook(r#"{"hook":"SyncAccount"}"#).await;
+        assert_eq!(response.status(), 422);
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        arrives(&app, &quarantine, &id).await;
+    }
+    assert!(eventually(SOON, || async { app.depth_of_spool().await == 0 }).await);
+    assert!(app.metric("hookrelay_topology_redeclared_total").await >= 1.0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_unrouted_queue_at_runtime_loses_nothing() {
+    let (app, _) = relay_with_a_consumer_queue().await;
+    let unrouted = app.topology.unrouted().to_owned();
+    app.channel
+        .queue_delete(unrouted.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // Nobody is bound to this code: it can only fall through to unrouted.
+    for _ in 0..2 {
+        let id = app.send(sync_error("NobodyWantsThis")).await;
+        arrives(&app, &unrouted, &id).await;
+    }
+    assert!(eventually(SOON, || async { app.depth_of_spool().await == 0 }).await);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_either_exchange_at_runtime_loses_nothing() {
+    for which in ["topic", "entry"] {
+        let (app, accounts) = relay_with_a_consumer_queue().await;
+        let exchange = match which {
+            "topic" => app.topology.exchange().to_owned(),
+            _ => app.topology.entry_exchange().to_owned(),
+        };
+        app.channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+
+        // The consumer queue's binding went with a deleted topic exchange:
+        // the relay declares both again.
+        for _ in 0..2 {
+            let id = app.send(sync_account()).await;
+            arrives(&app, &accounts, &id).await;
+        }
+        assert!(
+            eventually(SOON, || async { app.depth_of_spool().await == 0 }).await,
+            "{which}"
+        );
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_periodic_check_restores_a_deleted_exchange_that_nothing_reports() {
+    // A queue bound to the entry fanout (as `tail` is) makes every publish
+    // count as routed, so deleting the topic exchange returns nothing: only
+    // the relay's own check can notice.
+    let mut settings = test_settings(&[("HOOKRELAY__AMQP__TOPOLOGY_CHECK_SECS", "1")]);
+    let accounts = format!("{}.accounts", settings.amqp.exchange);
+    settings.queues = vec![consumer_queue(
+        &accounts,
+        "sync.account",
+        QueueType::Classic,
+    )];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let watcher = format!("{}.watcher", app.exchange());
+    let temporary = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    app.channel
+        .queue_declare(watcher.as_str().into(), temporary, FieldTable::default())
+        .await
+        .unwrap();
+    app.channel
+        .queue_bind(
+            watcher.as_str().into(),
+            app.topology.entry_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    app.channel
+        .exchange_delete(app.exchange().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+
+    assert!(
+        eventually(SOON, || async {
+            app.metric("hookrelay_topology_redeclared_total").await >= 1.0
+        })
+        .await,
+        "the check found the exchange missing"
+    );
+    let id = app.send(sync_account()).await;
+    arrives(&app, &accounts, &id).await;
+    app.stop().await.unwrap();
+}
