@@ -101,13 +101,13 @@ idle_kib=$(kib VmRSS)
 # machine, so baseline and relay alternate, and each pair gives one ratio.
 echo "== saturation: $ROUNDS rounds of baseline publisher, then relay ($MESSAGES messages, $CONNECTIONS in flight)"
 for round in $(seq 1 "$ROUNDS"); do
-  purge; with_cpu "base-sat-$round" "$baseline" --exchange "$exchange" --messages "$MESSAGES" --in-flight "$CONNECTIONS" > "$work/base-sat-$round.json"
+  purge; with_cpu "base-sat-$round" "$baseline" --exchange "$exchange.in" --messages "$MESSAGES" --in-flight "$CONNECTIONS" > "$work/base-sat-$round.json"
   purge; with_cpu "relay-sat-$round" load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/relay-sat-$round.json"
 done
 
 rate=$(python3 -c "import json,statistics as s;print(max(1,int(s.median(json.load(open(f'$work/base-sat-{i}.json'))['rate'] for i in range(1,$ROUNDS+1))/2)))")
 echo "== fixed rate: $rate/s (half the baseline ceiling) for ${FIXED_SECS}s each"
-purge; "$baseline" --exchange "$exchange" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
+purge; "$baseline" --exchange "$exchange.in" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
 purge; load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/relay-fixed.json"
 
 echo "== burst: $BURST webhooks"
@@ -122,7 +122,7 @@ sleep 5
 purge; load -n 500 -c 4 > "$work/relay-after.json"
 purge; load -n 500 -c 4 > /dev/null  # (warm) a second probe is the one compared
 purge; load -n 500 -c 4 > "$work/relay-after2.json"
-"$baseline" --exchange "$exchange" --messages 500 --in-flight 4 > "$work/base-probe.json"
+"$baseline" --exchange "$exchange.in" --messages 500 --in-flight 4 > "$work/base-probe.json"
 stop_relay
 
 echo "== HTTP side alone (bench-http-only build: publishes nothing)"

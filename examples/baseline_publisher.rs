@@ -1,11 +1,13 @@
 //! The benchmark's baseline: RabbitMQ's own ceiling for what the relay does per
 //! webhook (one persistent, `mandatory`, confirmed publish), with the same
 //! number of messages in flight as the load generator has HTTP connections.
-//! `bench/run.sh` runs it beside the relay and compares.
+//! `bench/run.sh` runs it beside the relay and compares, publishing to the
+//! relay's entry fanout (`<exchange>.in`) so that RabbitMQ routes both the
+//! same way.
 //!
 //! ```sh
-//! cargo run --release --example baseline_publisher -- --exchange bench --messages 20000 --in-flight 32
-//! cargo run --release --example baseline_publisher -- --exchange bench --messages 5000 --rate 1000
+//! cargo run --release --example baseline_publisher -- --exchange bench.in --messages 20000 --in-flight 32
+//! cargo run --release --example baseline_publisher -- --exchange bench.in --messages 5000 --rate 1000
 //! ```
 //! Prints one JSON object: messages, errors, seconds, rate, p50/p99/p99.9 in ms.
 
