@@ -27,6 +27,10 @@ exchange="bench-$(date +%s)"
 cleanup() {
   [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
   for q in all unrouted dead-letter quarantine; do rabbitmqctl -q delete_queue "$exchange.$q" >/dev/null 2>&1 || true; done
+  # rabbitmqctl has no delete_exchange: ask the broker's own function.
+  for x in "" .in .unrouted .dlx; do
+    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+  done
   mkdir -p bench/last-run && cp "$work"/*.json bench/last-run/ 2>/dev/null || true
   rm -rf "$work"
 }

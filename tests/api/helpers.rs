@@ -59,6 +59,8 @@ pub struct TestApp {
     connection: Connection,
     shutdown: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set by `stop`; a test that panicked before it leaves the cleaning to `Drop`.
+    stopped: bool,
 }
 
 /// Settings for a test relay: localhost allowed, port 0, a unique exchange.
@@ -119,6 +121,7 @@ pub async fn spawn_app_unready(settings: Settings) -> TestApp {
         connection,
         shutdown: Some(shutdown),
         running: Some(running),
+        stopped: false,
     }
 }
 
@@ -344,6 +347,7 @@ impl TestApp {
 
     /// Stops the relay gracefully and removes everything it declared.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stopped = true;
         let result = self.shutdown_relay().await;
         delete_topology(&self.channel, &self.settings).await;
         let _ = self.connection.close(200, "test done".into()).await;
@@ -367,6 +371,67 @@ impl TestApp {
     pub fn public_socket(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+}
+
+impl Drop for TestApp {
+    /// A test that failed before `stop` still leaves nothing on the shared
+    /// broker: every queue and exchange named after its exchange goes.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let prefix = self.exchange().to_owned();
+        let _ = std::thread::spawn(move || delete_everything_named(&prefix)).join();
+        if let Some(folder) = self.settings.spool.path.parent() {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+}
+
+/// Deletes every queue and exchange whose name starts with `prefix`, as
+/// `rabbitmqctl` lists them. Blocking: for `Drop`.
+pub fn delete_everything_named(prefix: &str) {
+    let list = |what: &str| -> Vec<String> {
+        std::process::Command::new("rabbitmqctl")
+            .args([what, "-q", "--no-table-headers", "name"])
+            .output()
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter(|name| name.starts_with(prefix))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (queues, exchanges) = (list("list_queues"), list("list_exchanges"));
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let Ok(connection) = Connection::connect(&AMQP_URL, ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in queues {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in exchanges {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = connection
+            .close(200, "cleaned up after a failed test".into())
+            .await;
+    });
 }
 
 /// Deletes the exchanges and queues a relay with `settings` declares.

@@ -125,7 +125,7 @@ async fn a_message_rabbitmq_keeps_refusing_is_parked_and_nothing_overtakes_it() 
 #[tokio::test]
 async fn while_the_head_is_refused_the_messages_behind_it_wait() {
     // Many refusals allowed: the head stays at the head for a while.
-    let (app, _, _) = relay_with_a_poisoned_route("1000").await;
+    let (app, _, full) = relay_with_a_poisoned_route("1000").await;
 
     let poison = app.send(sync_error("Poison")).await;
     app.send(sync_account()).await;
@@ -150,5 +150,9 @@ async fn while_the_head_is_refused_the_messages_behind_it_wait() {
     );
     assert_eq!(entries[1]["refusals"], 0, "alone: {entries:?}");
     assert_eq!(entries[2]["refusals"], 0, "alone: {entries:?}");
+    app.channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     app.stop().await.unwrap();
 }
