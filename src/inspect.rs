@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker;
+use crate::broker::{self, refusal_text};
 use crate::config::AmqpSettings;
 use crate::dead_letter::Death;
 use crate::envelope::QUARANTINE_REASON;
@@ -64,7 +64,7 @@ pub async fn inspect(
     let depth = channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await
-        .with_context(|| format!("queue {queue} does not exist"))?
+        .map_err(|err| anyhow::anyhow!("cannot open queue {queue}: {}", refusal_text(&err)))?
         .message_count();
 
     let mut shown = 0;

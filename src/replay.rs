@@ -25,7 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
 
-use crate::broker::{self, Outgoing, PublishError, publish_confirmed};
+use crate::broker::{self, Outgoing, PublishError, publish_confirmed, refusal_text};
 use crate::config::{AmqpSettings, Settings};
 use crate::dead_letter::{Death, replay_headers};
 use crate::topic::TopicPattern;
@@ -284,6 +284,6 @@ async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     Ok(channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await
-        .with_context(|| format!("queue {queue} does not exist"))?
+        .map_err(|err| anyhow::anyhow!("cannot open queue {queue}: {}", refusal_text(&err)))?
         .message_count())
 }

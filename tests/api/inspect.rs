@@ -139,7 +139,7 @@ async fn inspecting_a_queue_that_does_not_exist_fails_clearly() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("queue no-such-queue-here does not exist"),
+        stderr.contains("cannot open queue no-such-queue-here: NOT_FOUND - no queue"),
         "{stderr}"
     );
     app.stop().await.unwrap();
