@@ -10,12 +10,11 @@
 //! (`x-delivery-count`), which counts toward a `delivery-limit`.
 
 use anyhow::Context;
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker::{self, refusal_text};
+use crate::broker::{self, browse};
 use crate::config::AmqpSettings;
 use crate::dead_letter::Death;
 use crate::envelope::QUARANTINE_REASON;
@@ -57,27 +56,14 @@ pub async fn inspect(
         .create_channel()
         .await
         .context("cannot open a channel")?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let depth = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot open queue {queue}: {}", refusal_text(&err)))?
-        .message_count();
+    let depth = browse::depth(&channel, queue).await?;
 
     let mut shown = 0;
     let mut last_tag = None;
     while shown < limit.map_or(depth, |limit| limit.min(depth)) {
-        let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .with_context(|| format!("cannot read from {queue}"))?
-        else {
+        let Some(delivery) = browse::next(&channel, queue).await? else {
             break;
         };
-        let delivery = message.delivery;
         last_tag = Some(delivery.delivery_tag);
         shown += 1;
         let headers = delivery.properties.headers().as_ref();
@@ -96,14 +82,7 @@ pub async fn inspect(
         });
     }
     if let Some(tag) = last_tag {
-        channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
+        browse::requeue_up_to(&channel, tag)
             .await
             .context("cannot put the messages back (closing the connection returns them)")?;
     }

@@ -18,14 +18,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Connection;
+use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 
-use crate::broker::{self, Outgoing, PublishError, publish_confirmed, refusal_text};
+use crate::broker::{self, Outgoing, PublishError, browse, publish_confirmed};
 use crate::config::{AmqpSettings, Settings};
 use crate::dead_letter::{Death, replay_headers};
 use crate::topic::TopicPattern;
@@ -120,7 +117,7 @@ async fn replay_on(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("cannot enable publisher confirms")?;
-    let at_start = depth(&reader, queue).await?;
+    let at_start = browse::depth(&reader, queue).await?;
 
     let mut summary = Summary::default();
     let mut last_held = None;
@@ -131,14 +128,9 @@ async fn replay_on(
         {
             break;
         }
-        let Some(message) = reader
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .with_context(|| format!("cannot read from {queue}"))?
-        else {
+        let Some(delivery) = browse::next(&reader, queue).await? else {
             break;
         };
-        let delivery = message.delivery;
         let headers = delivery.properties.headers().as_ref();
         let message_id = delivery
             .properties
@@ -222,20 +214,12 @@ async fn replay_on(
     }
 
     if let Some(tag) = last_held {
-        // One `multiple` nack puts every held message back where it was.
-        reader
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
+        browse::requeue_up_to(&reader, tag)
             .await
             .context("cannot return the held messages to the queue")?;
     }
     let _ = reader.close(200, "replay done".into()).await;
-    summary.left = depth(&publisher, queue).await?;
+    summary.left = browse::depth(&publisher, queue).await?;
     Ok(summary)
 }
 
@@ -274,16 +258,4 @@ fn replayed_message(
         body,
         properties,
     }
-}
-
-async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    Ok(channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot open queue {queue}: {}", refusal_text(&err)))?
-        .message_count())
 }

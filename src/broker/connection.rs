@@ -42,6 +42,9 @@ use crate::metrics::Metrics;
 
 /// How long one connection attempt may take (TCP, TLS, AMQP handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long declaring the whole topology may take: a broker that stops
+/// answering must not leave the supervisor waiting instead of reconnecting.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long closing a connection may take before we give up on it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the supervisor double-checks a session it has heard nothing about.
@@ -479,10 +482,13 @@ async fn declare(
     retries: &mut ConflictRetries,
 ) -> Result<Declared, Down> {
     let skip = retries.skip(&inner.status.borrow().queue_conflicts);
-    let report = inner
-        .topology
-        .declare(connection, &skip)
+    let report = tokio::time::timeout(DECLARE_TIMEOUT, inner.topology.declare(connection, &skip))
         .await
+        .map_err(|_| {
+            Down::Lost(format!(
+                "RabbitMQ did not answer the topology declarations within {DECLARE_TIMEOUT:?}"
+            ))
+        })?
         .map_err(|err| Down::Lost(format!("cannot declare the topology: {err}")))?;
     if !report.own_conflicts.is_empty() {
         return Err(Down::Misconfigured(report.own_conflicts));

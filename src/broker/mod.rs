@@ -1,6 +1,7 @@
 //! Talking to RabbitMQ: the supervised connection and its state, the topology
 //! (every name the relay uses), one confirmed publish.
 
+pub mod browse;
 mod connection;
 mod publisher;
 mod topology;

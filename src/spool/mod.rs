@@ -409,6 +409,12 @@ mod tests {
         }
     }
 
+    /// The routing keys of what the spool holds, oldest first.
+    async fn keys(spool: &Spool) -> Vec<String> {
+        let spooled = spool.oldest(10).await.unwrap();
+        spooled.iter().map(|s| key(&s.message)).collect()
+    }
+
     fn temp_path() -> PathBuf {
         std::env::temp_dir()
             .join(format!("hookrelay-spool-test-{}", uuid::Uuid::now_v7()))
@@ -440,8 +446,10 @@ mod tests {
         let spooled = spool.oldest(10).await.unwrap();
 
         assert_eq!(spool.depth(), 3);
-        let keys: Vec<String> = spooled.iter().map(|s| key(&s.message)).collect();
-        assert_eq!(keys, ["sync.error.E0", "sync.error.E1", "sync.error.E2"]);
+        assert_eq!(
+            keys(&spool).await,
+            ["sync.error.E0", "sync.error.E1", "sync.error.E2"]
+        );
         let first = &spooled[0].message;
         assert_eq!(first.body, message(0).body);
         assert_eq!(
@@ -468,13 +476,7 @@ mod tests {
         spool.remove(first_two).await.unwrap();
 
         assert_eq!(spool.depth(), 2);
-        let left: Vec<String> = spool
-            .oldest(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| key(&s.message))
-            .collect();
+        let left = keys(&spool).await;
         assert_eq!(left, ["sync.error.E2", "sync.error.E3"]);
     }
 
@@ -580,13 +582,7 @@ mod tests {
         spool.park(head).await.unwrap();
 
         assert_eq!((spool.depth(), spool.parked()), (2, 1));
-        let left: Vec<String> = spool
-            .oldest(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| key(&s.message))
-            .collect();
+        let left = keys(&spool).await;
         assert_eq!(left, ["sync.error.E1", "sync.error.E2"]);
     }
 
@@ -611,13 +607,7 @@ mod tests {
 
         assert_eq!(taken, 1);
         assert_eq!((spool.depth(), spool.parked()), (2, 0));
-        let order: Vec<String> = spool
-            .oldest(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| key(&s.message))
-            .collect();
+        let order = keys(&spool).await;
         assert_eq!(order, ["sync.error.E1", "sync.error.E0"]);
     }
 

@@ -167,6 +167,29 @@ async fn declare_creates_the_topology_and_exits() {
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// `queue` declared as a plain classic queue, and a config file (in a folder
+/// of its own) that declares it as quorum: a conflict RabbitMQ refuses.
+async fn a_classic_queue_configured_as_quorum(
+    channel: &lapin::Channel,
+    queue: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("hookrelay-config-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let toml =
+        format!("[[queues]]\nname = \"{queue}\"\nbindings = [\"sync.#\"]\ntype = \"quorum\"\n");
+    std::fs::write(&file, toml).unwrap();
+    (dir, file)
+}
+
 #[tokio::test]
 async fn declare_names_every_conflict_and_exits_non_zero() {
     // A consumer queue that exists as classic, configured as quorum, and a
@@ -175,14 +198,11 @@ async fn declare_names_every_conflict_and_exits_non_zero() {
     let exchange = settings.amqp.exchange.clone();
     let queue = format!("{exchange}.reprompt");
     let (connection, channel) = amqp().await;
+    let (dir, file) = a_classic_queue_configured_as_quorum(&channel, &queue).await;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
     let mut limited = FieldTable::default();
     limited.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
     let quarantine = settings.topology().quarantine_queue().to_owned();
@@ -190,14 +210,6 @@ async fn declare_names_every_conflict_and_exits_non_zero() {
         .queue_declare(quarantine.as_str().into(), durable, limited)
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("hookrelay-declare-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
-    std::fs::write(
-        &file,
-        format!("[[queues]]\nname = \"{queue}\"\nbindings = [\"sync.#\"]\ntype = \"quorum\"\n"),
-    )
-    .unwrap();
     let env = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", "a".to_owned()),
         ("HOOKRELAY__AMQP__URI", AMQP_URL.clone()),
@@ -473,22 +485,7 @@ async fn a_refused_consumer_queue_is_logged_once_not_at_every_check() {
     let settings = test_settings(&[]);
     let queue = format!("{}.reprompt", settings.amqp.exchange);
     let (connection, channel) = amqp().await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("hookrelay-once-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
-    std::fs::write(
-        &file,
-        format!("[[queues]]\nname = \"{queue}\"\nbindings = [\"sync.#\"]\ntype = \"quorum\"\n"),
-    )
-    .unwrap();
+    let (dir, file) = a_classic_queue_configured_as_quorum(&channel, &queue).await;
 
     // Checked every second: four checks in the next four seconds.
     let (mut relay, _) = serve(

@@ -357,15 +357,10 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
         );
     }
     println!("{} accepted before shutdown, all delivered", accepted.len());
-    let connections = rabbitmqctl(&[
-        "list_connections",
-        "-q",
-        "--no-table-headers",
-        "client_properties",
-    ])
-    .await;
     assert!(
-        !connections.contains(&app.settings.amqp.connection_name()),
+        !open_connections()
+            .await
+            .contains(&app.settings.amqp.connection_name()),
         "the relay's connection is closed"
     );
     app.stop().await.unwrap();
@@ -411,15 +406,10 @@ async fn a_failed_startup_leaves_no_connection_behind() {
     );
     // Long enough for a stray supervisor to have connected.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let connections = rabbitmqctl(&[
-        "list_connections",
-        "-q",
-        "--no-table-headers",
-        "client_properties",
-    ])
-    .await;
     assert!(
-        !connections.contains(&settings.amqp.connection_name()),
+        !open_connections()
+            .await
+            .contains(&settings.amqp.connection_name()),
         "a failed startup left a RabbitMQ connection behind"
     );
 }
@@ -434,6 +424,18 @@ async fn reconnected(app: &TestApp) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// What RabbitMQ knows of its open connections (their client properties,
+/// which hold their names).
+async fn open_connections() -> String {
+    rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "client_properties",
+    ])
+    .await
 }
 
 async fn rabbitmqctl(args: &[&str]) -> String {

@@ -196,6 +196,43 @@ impl TestApp {
             .to_owned()
     }
 
+    /// What a failing consumer does: take the next message of `queue`, reject
+    /// it without requeue (so RabbitMQ dead-letters it); returns its id.
+    pub async fn reject_next(&self, queue: &str) -> String {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{queue} is empty"));
+        message
+            .delivery
+            .acker
+            .reject(lapin::options::BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+        message_id(&message)
+    }
+
+    /// Starts `hookrelay tail ARGS` for this relay and waits until it is
+    /// bound (its first line on stderr).
+    pub fn start_tail(&self, args: &[&str]) -> std::process::Child {
+        use std::io::BufRead;
+        let mut tail = self
+            .command(&[&["tail"], args].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tail starts");
+        let mut stderr = std::io::BufReader::new(tail.stderr.take().unwrap());
+        let mut ready = String::new();
+        stderr.read_line(&mut ready).unwrap();
+        assert!(ready.starts_with("tailing"), "{ready}");
+        // Keep reading, so that a later log line never meets a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        tail
+    }
+
     /// The `hookrelay` binary, configured for this relay's broker, exchange
     /// and spool.
     pub fn command(&self, args: &[&str]) -> std::process::Command {

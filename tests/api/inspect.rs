@@ -1,7 +1,6 @@
 //! `hookrelay inspect`: what is in a queue and why, without taking it.
 
 use hookrelay::config::{QueueSettings, QueueType};
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use serde_json::Value;
 
 use crate::helpers::{
@@ -100,18 +99,7 @@ async fn inspect_says_why_a_dead_letter_died() {
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;
     let id = app.send(sync_error("LoginFailedError")).await;
-    let message = app
-        .channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-        .expect("delivered");
-    message
-        .delivery
-        .acker
-        .reject(BasicRejectOptions { requeue: false })
-        .await
-        .unwrap();
+    app.reject_next(&queue).await;
     let dead_letters = app.topology.dead_letter_queue().to_owned();
     assert!(
         crate::helpers::eventually(std::time::Duration::from_secs(5), || async {

@@ -1,15 +1,12 @@
 //! The dead-letter loop: a consumer rejects, RabbitMQ dead-letters, the
 //! operator replays; and `tail`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use hookrelay::config::{QueueSettings, QueueType};
 use hookrelay::replay::{Action, Entry, ReplayOptions, Summary, replay};
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;
 use serde_json::Value;
 
@@ -45,24 +42,6 @@ async fn two_consumers() -> (TestApp, String, String) {
 impl TestApp {
     fn dead_letters(&self) -> String {
         self.topology.dead_letter_queue().to_owned()
-    }
-
-    /// Sends a webhook and returns its message id.
-    /// What a failing consumer does: take the next message, reject it without requeue.
-    async fn reject_next(&self, queue: &str) -> String {
-        let message = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{queue} is empty"));
-        message
-            .delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .unwrap();
-        message_id(&message)
     }
 
     /// Empties `queue`, returning the message ids in order.
@@ -461,19 +440,7 @@ async fn the_replay_command_exits_0_on_an_empty_queue_and_1_on_a_failure() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tail_prints_exactly_what_was_sent() {
     let app = crate::helpers::spawn_app(&[]).await;
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["tail", "--count", "2", "--json", "sync.#"])
-        .env("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID)
-        .env("HOOKRELAY__AMQP__URI", AMQP_URL.as_str())
-        .env("HOOKRELAY__AMQP__EXCHANGE", app.exchange())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(tail.stderr.take().unwrap());
-    let mut ready = String::new();
-    stderr.read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("tailing"), "{ready}");
+    let tail = app.start_tail(&["--count", "2", "--json", "sync.#"]);
 
     let first = app.send(sync_account()).await;
     let second = app.send(sync_error("SecurityQuestionError")).await;

@@ -3,8 +3,6 @@
 //! refused or deleted at runtime. Nothing accepted may be lost, and
 //! `/readyz` and `/metrics` must say what is going on.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use hookrelay::broker::consumer_queue_arguments;
@@ -61,16 +59,7 @@ async fn arrives(app: &TestApp, queue: &str, id: &str) {
 async fn watching_with_tail_changes_no_routing() {
     // No consumer queue: a SyncAccount can only fall through to unrouted.
     let app = spawn_app(&[]).await;
-    let mut tail = app
-        .command(&["tail", "--count", "1", "--json", "#"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(tail.stderr.take().unwrap());
-    let mut ready = String::new();
-    stderr.read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("tailing"), "{ready}");
+    let tail = app.start_tail(&["--count", "1", "--json", "#"]);
 
     let id = app.send(sync_account()).await;
 

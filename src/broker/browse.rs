@@ -1,0 +1,45 @@
+//! Reading a queue without taking from it, as `hookrelay inspect` and
+//! `hookrelay replay` do: count it, fetch its messages unacknowledged, and put
+//! back what was not handled, in place. AMQP 0-9-1 has no "peek"; an
+//! unacknowledged message stays the queue's until it is acked or nacked, and a
+//! requeued one returns to its original position.
+
+use anyhow::Context;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+use super::refusal_text;
+
+/// How many messages `queue` holds; names a missing queue in RabbitMQ's words.
+pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot open queue {queue}: {}", refusal_text(&err)))?
+        .message_count())
+}
+
+/// The next message of `queue`, unacknowledged; `None` when it is empty.
+pub async fn next(channel: &Channel, queue: &str) -> anyhow::Result<Option<Delivery>> {
+    let message = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .with_context(|| format!("cannot read from {queue}"))?;
+    Ok(message.map(|message| message.delivery))
+}
+
+/// Puts back every message this channel got unacknowledged, up to `tag`, in
+/// their places: one `basic.nack` with `multiple` and `requeue`.
+pub async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
+    let options = BasicNackOptions {
+        multiple: true,
+        requeue: true,
+    };
+    channel.basic_nack(tag, options).await
+}
