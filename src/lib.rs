@@ -6,7 +6,9 @@
 //! TCP peer ─► path (ingress::WebhookPath: optional secret token)
 //!          ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (ip_ranges)
 //!          ─► header limits ─► x-client-id ─► content type, size ─► event::Event::parse
-//!          ─► envelope (body as received + headers) ─► broker::Publisher (persistent, mandatory, confirmed)
+//!          ─► envelope::Message (an event with its routing key, or a quarantined body)
+//!          ─► delivery: broker::Publisher (persistent, mandatory, confirmed; the
+//!             broker::Topology picks the names) or else the spool (fsync'd)
 //!          ─► 200 {"status":"accepted","id"} | 4xx/5xx JSON (ingress::error)
 //! ```
 //!
@@ -15,12 +17,15 @@
 //! * [`ip_ranges`]: allowlists and trusted-proxy lists.
 //! * [`ingress`]: the public HTTP app; [`admin`]: health, readiness, metrics.
 //! * [`envelope`]: what is published for a webhook.
-//! * [`broker`]: the supervised connection, the topology, one confirmed publish.
+//! * [`broker`]: the supervised connection and its status, the topology (every
+//!   RabbitMQ name), one confirmed publish.
+//! * [`delivery`], [`spool`]: publish now or keep on disk until RabbitMQ can.
 //! * [`metrics`], [`telemetry`]: what operators see.
-//! * [`startup`]: wires it all into an [`startup::Application`] ([`tls`] for an
-//!   HTTPS listener); [`cli`]: the commands.
-//! * [`replay`], [`tail`]: the operator's tools, with [`dead_letter`] (reading
-//!   `x-death`) and [`topic`] (topic-pattern matching).
+//! * [`startup`]: wires it all into an [`startup::Application`] and watches its
+//!   background tasks ([`tls`] for an HTTPS listener); [`cli`]: the commands.
+//! * [`replay`], [`tail`], [`inspect`]: the operator's tools, with
+//!   [`dead_letter`] (reading `x-death`), [`render`] (showing a message) and
+//!   [`topic`] (topic-pattern matching).
 
 pub mod admin;
 pub mod broker;

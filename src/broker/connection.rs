@@ -1,5 +1,4 @@
-//! The process's one RabbitMQ connection, kept up by a supervisor task, and
-//! the state it is in, which `/readyz`, the metrics and the log report.
+//! The process's one RabbitMQ connection, kept up by a supervisor task.
 //!
 //! The supervisor connects, declares the topology, opens a small pool of
 //! channels in confirm mode and publishes that [`Session`] to everyone holding
@@ -11,19 +10,12 @@
 //! check), the session is withdrawn at once, so webhooks go to the spool
 //! instead of waiting on a dead socket, and the supervisor reconnects with
 //! jittered exponential backoff. The relay starts and serves while RabbitMQ is
-//! down; nobody has to restart it.
-//!
-//! The states: `connected` (or `blocked` while a resource alarm lasts);
-//! `misconfigured` when RabbitMQ refuses the relay's own exchanges or queues,
-//! so nothing can be published and everything is spooled until an operator
-//! fixes it; `disconnected`. A consumer queue that RabbitMQ refuses is not a
-//! state: it is reported (by name, with RabbitMQ's reason) and publishing goes
-//! on. Each change is logged once, with what to do, not once per retry.
+//! down; nobody has to restart it. What state it is in, and what the relay says
+//! about it, is [`super::status`]'s business.
 //!
 //! The supervisor runs on the runtime that spawns [`Broker::supervise`]: the
 //! process's main runtime, which outlives the HTTP workers' own runtimes.
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +26,9 @@ use futures_util::stream::BoxStream;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{Notify, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
+use super::status::{BrokerState, ConflictRetries, Status, StatusBoard};
 use super::topology::{Conflict, Declared, Topology};
 use crate::config::AmqpSettings;
 use crate::metrics::Metrics;
@@ -52,9 +45,6 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The first reconnection delay, doubled after each failure up to the maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often a consumer queue that RabbitMQ refused is declared again. Every
-/// refusal is an error line in RabbitMQ's own log, so not at every check.
-const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
 /// A cheap, cloneable handle on the supervised connection.
 #[derive(Clone)]
@@ -68,7 +58,7 @@ struct Inner {
     metrics: Metrics,
     /// The live session, or `None` while (re)connecting or misconfigured.
     session: watch::Sender<Option<Arc<Session>>>,
-    status: watch::Sender<Status>,
+    status: StatusBoard,
     /// Poked by publishers that saw a channel fail, so the supervisor looks now.
     trouble: Notify,
     /// What the last such failure said, for the log line.
@@ -85,28 +75,6 @@ pub(crate) struct Session {
     next_channel: AtomicUsize,
     /// Set while RabbitMQ blocks publishers (a memory or disk alarm).
     blocked: AtomicBool,
-}
-
-/// The broker's state as `/readyz` and the metrics report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerState {
-    Connected,
-    /// Connected, but RabbitMQ refuses publishes until an alarm clears.
-    Blocked,
-    /// RabbitMQ refuses the relay's own exchanges or queues: nothing can be
-    /// published until an operator fixes them; webhooks are spooled.
-    Misconfigured,
-    Disconnected,
-}
-
-/// The broker's state, why, and the consumer queues RabbitMQ refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub state: BrokerState,
-    /// Why the state is not `connected`, in RabbitMQ's or the OS's words.
-    pub reason: Option<String>,
-    /// Consumer queues (or bindings) RabbitMQ refused; publishing goes on.
-    pub queue_conflicts: Vec<Conflict>,
 }
 
 /// Why a connection could not be opened.
@@ -137,21 +105,13 @@ enum Ended {
 impl Broker {
     /// A broker that is not connected yet; [`Broker::supervise`] connects it.
     pub fn new(amqp: AmqpSettings, topology: Topology, metrics: Metrics) -> Broker {
-        for queue in topology.consumer_queues() {
-            metrics.queue_conflict(&queue.name, false);
-        }
-        metrics.broker_state(BrokerState::Disconnected);
         Broker {
             inner: Arc::new(Inner {
+                status: StatusBoard::new(&topology, metrics.clone()),
                 amqp,
                 topology,
                 metrics,
                 session: watch::Sender::new(None),
-                status: watch::Sender::new(Status {
-                    state: BrokerState::Disconnected,
-                    reason: Some("not connected yet".to_owned()),
-                    queue_conflicts: Vec::new(),
-                }),
                 trouble: Notify::new(),
                 last_trouble: Mutex::new(None),
                 repair: Notify::new(),
@@ -173,7 +133,7 @@ impl Broker {
 
     /// The state, its reason and the refused consumer queues.
     pub fn status(&self) -> Status {
-        let mut status = self.inner.status.borrow().clone();
+        let mut status = self.inner.status.get();
         if status.state == BrokerState::Connected
             && self.session().is_some_and(|session| session.is_blocked())
         {
@@ -255,70 +215,6 @@ impl Session {
     }
 }
 
-impl Inner {
-    /// Records a state; logs it and updates the metrics only when it changed.
-    fn set_state(&self, state: BrokerState, reason: Option<String>) {
-        let changed = self.status.send_if_modified(|status| {
-            let changed = status.state != state || status.reason != reason;
-            status.state = state;
-            status.reason.clone_from(&reason);
-            changed
-        });
-        self.metrics.broker_state(state);
-        if !changed {
-            debug!(?state, ?reason, "RabbitMQ state unchanged");
-            return;
-        }
-        let reason = reason.unwrap_or_default();
-        match state {
-            BrokerState::Connected | BrokerState::Blocked => {}
-            BrokerState::Disconnected => warn!(
-                %reason,
-                "RabbitMQ unavailable: webhooks are spooled and published when it is back; \
-                 retrying with backoff (check that RabbitMQ runs and amqp.uri is right)"
-            ),
-            BrokerState::Misconfigured => error!(
-                %reason,
-                "RabbitMQ refuses the relay's own exchanges or queues: NOTHING is published \
-                 and every webhook is spooled until this is fixed. Delete or correct the object \
-                 named (rabbitmqctl delete_queue / delete_exchange), or set another \
-                 amqp.exchange; the relay retries by itself"
-            ),
-        }
-    }
-
-    /// Records the consumer queues RabbitMQ refused; logs each that appears or goes.
-    fn set_queue_conflicts(&self, conflicts: Vec<Conflict>) {
-        let previous = self.status.borrow().queue_conflicts.clone();
-        for conflict in conflicts.iter().filter(|c| !previous.contains(c)) {
-            warn!(
-                queue = conflict.queue.as_deref().unwrap_or_default(),
-                object = %conflict.object,
-                reason = %conflict.reason,
-                "RabbitMQ refuses a consumer queue as configured; publishing goes on (its \
-                 events reach the existing queue if it is bound, else {}). Make its \
-                 [[queues]] entry match the queue, or delete the queue so the relay declares \
-                 it; retried every {}s",
-                self.topology.unrouted(),
-                CONFLICT_RETRY.as_secs()
-            );
-        }
-        for queue in self.topology.consumer_queues() {
-            let refused = |c: &Conflict| c.queue.as_deref() == Some(queue.name.as_str());
-            let now = conflicts.iter().any(refused);
-            if !now && previous.iter().any(refused) {
-                info!(queue = %queue.name, "consumer queue declared as configured");
-            }
-            self.metrics.queue_conflict(&queue.name, now);
-        }
-        self.status.send_if_modified(|status| {
-            let changed = status.queue_conflicts != conflicts;
-            status.queue_conflicts = conflicts;
-            changed
-        });
-    }
-}
-
 /// Opens a connection under `name` (operators, and tests, see it in
 /// `rabbitmqctl list_connections`) to the first node of `amqp.uri` that answers.
 pub async fn connect(amqp: &AmqpSettings, name: String) -> Result<Connection, ConnectError> {
@@ -386,7 +282,7 @@ async fn supervise(inner: Arc<Inner>) {
         next_node = (node + 1) % inner.amqp.uri.len();
         inner.session.send_replace(Some(session.clone()));
         inner.metrics.broker_connected(true);
-        inner.set_state(BrokerState::Connected, None);
+        inner.status.set_state(BrokerState::Connected, None);
         info!(
             connection = %inner.amqp.connection_name(),
             node = %inner.amqp.uri[node],
@@ -410,14 +306,18 @@ async fn supervise(inner: Arc<Inner>) {
 
 fn record(inner: &Inner, down: Down) {
     match down {
-        Down::Lost(reason) => inner.set_state(BrokerState::Disconnected, Some(reason)),
+        Down::Lost(reason) => inner
+            .status
+            .set_state(BrokerState::Disconnected, Some(reason)),
         Down::Misconfigured(conflicts) => {
             let reason = conflicts
                 .iter()
                 .map(Conflict::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            inner.set_state(BrokerState::Misconfigured, Some(reason));
+            inner
+                .status
+                .set_state(BrokerState::Misconfigured, Some(reason));
         }
     }
 }
@@ -481,7 +381,7 @@ async fn declare(
     connection: &Connection,
     retries: &mut ConflictRetries,
 ) -> Result<Declared, Down> {
-    let skip = retries.skip(&inner.status.borrow().queue_conflicts);
+    let skip = retries.skip(&inner.status.queue_conflicts());
     let report = tokio::time::timeout(DECLARE_TIMEOUT, inner.topology.declare(connection, &skip))
         .await
         .map_err(|_| {
@@ -498,13 +398,11 @@ async fn declare(
     conflicts.extend(
         inner
             .status
-            .borrow()
-            .queue_conflicts
-            .iter()
-            .filter(|c| c.queue.as_ref().is_some_and(|q| report.skipped.contains(q)))
-            .cloned(),
+            .queue_conflicts()
+            .into_iter()
+            .filter(|c| c.queue.as_ref().is_some_and(|q| report.skipped.contains(q))),
     );
-    inner.set_queue_conflicts(conflicts);
+    inner.status.set_queue_conflicts(conflicts);
     Ok(report)
 }
 
@@ -581,27 +479,6 @@ async fn watch_session(
     }
 }
 
-/// When a consumer queue that RabbitMQ refused is declared again.
-#[derive(Default)]
-struct ConflictRetries {
-    last: Option<Instant>,
-}
-
-impl ConflictRetries {
-    /// The refused queues not to declare this time: none once `CONFLICT_RETRY`
-    /// has passed since the last full declaration.
-    fn skip(&mut self, conflicts: &[Conflict]) -> HashSet<String> {
-        if self
-            .last
-            .is_none_or(|last| last.elapsed() >= CONFLICT_RETRY)
-        {
-            self.last = Some(Instant::now());
-            return HashSet::new();
-        }
-        conflicts.iter().filter_map(|c| c.queue.clone()).collect()
-    }
-}
-
 /// Exponential backoff with jitter, so replicas do not reconnect in lockstep.
 #[derive(Default)]
 struct Backoff {
@@ -642,29 +519,5 @@ mod tests {
         assert!(delays[19] >= MAX_BACKOFF / 2);
         backoff.reset();
         assert!(backoff.next_delay() <= FIRST_BACKOFF);
-    }
-
-    #[test]
-    fn refused_queues_are_declared_again_only_every_so_often() {
-        let conflict = Conflict {
-            object: "queue q".to_owned(),
-            queue: Some("q".to_owned()),
-            reason: "PRECONDITION_FAILED".to_owned(),
-        };
-        let mut retries = ConflictRetries::default();
-
-        assert!(
-            retries.skip(std::slice::from_ref(&conflict)).is_empty(),
-            "first time: declare all"
-        );
-        assert!(
-            retries.skip(std::slice::from_ref(&conflict)).contains("q"),
-            "soon after: skip it"
-        );
-        retries.last = Some(Instant::now() - CONFLICT_RETRY);
-        assert!(
-            retries.skip(&[conflict]).is_empty(),
-            "after CONFLICT_RETRY: declare it again"
-        );
     }
 }

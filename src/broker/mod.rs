@@ -4,8 +4,10 @@
 pub mod browse;
 mod connection;
 mod publisher;
+mod status;
 mod topology;
 
-pub use connection::{Broker, BrokerState, ConnectError, Status, connect};
+pub use connection::{Broker, ConnectError, connect};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
+pub use status::{BrokerState, Status};
 pub use topology::{Address, Conflict, Declared, Topology, consumer_queue_arguments, refusal_text};

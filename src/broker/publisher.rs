@@ -17,7 +17,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
-use super::connection::{Broker, BrokerState, Session};
+use super::connection::{Broker, Session};
+use super::status::BrokerState;
 use super::topology::Address;
 use crate::envelope::Message;
 

@@ -1,0 +1,219 @@
+//! What the relay says about its broker: the state it is in and why, and the
+//! consumer queues RabbitMQ refuses. `/readyz` reads it, the metrics mirror
+//! it, and the log tells each change once, with what to do, never once per
+//! retry.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::topology::{Conflict, Topology};
+use crate::metrics::Metrics;
+
+/// How often a consumer queue that RabbitMQ refused is declared again. Every
+/// refusal is an error line in RabbitMQ's own log, so not at every check.
+const CONFLICT_RETRY: Duration = Duration::from_secs(60);
+
+/// The broker's state as `/readyz` and the metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    Connected,
+    /// Connected, but RabbitMQ refuses publishes until an alarm clears.
+    Blocked,
+    /// RabbitMQ refuses the relay's own exchanges or queues: nothing can be
+    /// published until an operator fixes them; webhooks are spooled.
+    Misconfigured,
+    Disconnected,
+}
+
+/// The broker's state, why, and the consumer queues RabbitMQ refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: BrokerState,
+    /// Why the state is not `connected`, in RabbitMQ's or the OS's words.
+    pub reason: Option<String>,
+    /// Consumer queues (or bindings) RabbitMQ refused; publishing goes on.
+    pub queue_conflicts: Vec<Conflict>,
+}
+
+/// The current [`Status`], and the one place that changes it.
+pub(super) struct StatusBoard {
+    status: watch::Sender<Status>,
+    metrics: Metrics,
+    /// Where events of a refused queue go when it does not exist.
+    unrouted: String,
+    consumer_queues: Vec<String>,
+}
+
+impl StatusBoard {
+    pub fn new(topology: &Topology, metrics: Metrics) -> StatusBoard {
+        let consumer_queues: Vec<String> = topology
+            .consumer_queues()
+            .iter()
+            .map(|q| q.name.clone())
+            .collect();
+        for queue in &consumer_queues {
+            metrics.queue_conflict(queue, false);
+        }
+        metrics.broker_state(BrokerState::Disconnected);
+        StatusBoard {
+            status: watch::Sender::new(Status {
+                state: BrokerState::Disconnected,
+                reason: Some("not connected yet".to_owned()),
+                queue_conflicts: Vec::new(),
+            }),
+            metrics,
+            unrouted: topology.unrouted().to_owned(),
+            consumer_queues,
+        }
+    }
+
+    pub fn get(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The consumer queues RabbitMQ refuses now.
+    pub fn queue_conflicts(&self) -> Vec<Conflict> {
+        self.status.borrow().queue_conflicts.clone()
+    }
+
+    /// Records a state; logs it only when it changed.
+    pub fn set_state(&self, state: BrokerState, reason: Option<String>) {
+        let changed = self.status.send_if_modified(|status| {
+            let changed = status.state != state || status.reason != reason;
+            status.state = state;
+            status.reason.clone_from(&reason);
+            changed
+        });
+        self.metrics.broker_state(state);
+        if !changed {
+            debug!(?state, ?reason, "RabbitMQ state unchanged");
+            return;
+        }
+        let reason = reason.unwrap_or_default();
+        match state {
+            // The supervisor says where it connected to.
+            BrokerState::Connected | BrokerState::Blocked => {}
+            BrokerState::Disconnected => warn!(
+                %reason,
+                "RabbitMQ unavailable: webhooks are spooled and published when it is back; \
+                 retrying with backoff (check that RabbitMQ runs and amqp.uri is right)"
+            ),
+            BrokerState::Misconfigured => error!(
+                %reason,
+                "RabbitMQ refuses the relay's own exchanges or queues: NOTHING is published \
+                 and every webhook is spooled until this is fixed. Delete or correct the object \
+                 named (rabbitmqctl delete_queue / delete_exchange), or set another \
+                 amqp.exchange; the relay retries by itself"
+            ),
+        }
+    }
+
+    /// Records the consumer queues RabbitMQ refuses; logs each that appears or goes.
+    pub fn set_queue_conflicts(&self, conflicts: Vec<Conflict>) {
+        let previous = self.queue_conflicts();
+        for conflict in conflicts.iter().filter(|c| !previous.contains(c)) {
+            warn!(
+                queue = conflict.queue.as_deref().unwrap_or_default(),
+                object = %conflict.object,
+                reason = %conflict.reason,
+                "RabbitMQ refuses a consumer queue as configured; publishing goes on (its \
+                 events reach the existing queue if it is bound, else {}). Make its \
+                 [[queues]] entry match the queue, or delete the queue so the relay declares \
+                 it; retried every {}s",
+                self.unrouted,
+                CONFLICT_RETRY.as_secs()
+            );
+        }
+        for queue in &self.consumer_queues {
+            let refused = |c: &Conflict| c.queue.as_deref() == Some(queue.as_str());
+            let now = conflicts.iter().any(refused);
+            if !now && previous.iter().any(refused) {
+                info!(%queue, "consumer queue declared as configured");
+            }
+            self.metrics.queue_conflict(queue, now);
+        }
+        self.status.send_if_modified(|status| {
+            let changed = status.queue_conflicts != conflicts;
+            status.queue_conflicts = conflicts;
+            changed
+        });
+    }
+}
+
+/// When a consumer queue that RabbitMQ refused is declared again.
+#[derive(Default)]
+pub(super) struct ConflictRetries {
+    last: Option<Instant>,
+}
+
+impl ConflictRetries {
+    /// The refused queues not to declare this time: none once `CONFLICT_RETRY`
+    /// has passed since the last full declaration.
+    pub fn skip(&mut self, conflicts: &[Conflict]) -> HashSet<String> {
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= CONFLICT_RETRY)
+        {
+            self.last = Some(Instant::now());
+            return HashSet::new();
+        }
+        conflicts.iter().filter_map(|c| c.queue.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{QueueSettings, QueueType};
+
+    fn conflict(queue: &str) -> Conflict {
+        Conflict {
+            object: format!("queue {queue}"),
+            queue: Some(queue.to_owned()),
+            reason: "PRECONDITION_FAILED - inequivalent arg".to_owned(),
+        }
+    }
+
+    #[test]
+    fn refused_queues_are_declared_again_only_every_so_often() {
+        let mut retries = ConflictRetries::default();
+
+        assert!(
+            retries.skip(&[conflict("q")]).is_empty(),
+            "first time: declare all"
+        );
+        assert!(
+            retries.skip(&[conflict("q")]).contains("q"),
+            "soon after: skip it"
+        );
+        retries.last = Some(Instant::now() - CONFLICT_RETRY);
+        assert!(
+            retries.skip(&[conflict("q")]).is_empty(),
+            "after CONFLICT_RETRY: declare it again"
+        );
+    }
+
+    #[test]
+    fn a_refused_queue_shows_in_the_status_and_the_metric_until_it_clears() {
+        let queue = QueueSettings {
+            name: "reprompt".to_owned(),
+            bindings: vec!["#".to_owned()],
+            kind: QueueType::Quorum,
+        };
+        let metrics = Metrics::new();
+        let board = StatusBoard::new(&Topology::new("hooks", &[queue]), metrics.clone());
+        let gauge = r#"hookrelay_queue_conflict{queue="reprompt"}"#;
+        assert!(metrics.encode().contains(&format!("{gauge} 0")));
+
+        board.set_queue_conflicts(vec![conflict("reprompt")]);
+        assert_eq!(board.get().queue_conflicts, [conflict("reprompt")]);
+        assert!(metrics.encode().contains(&format!("{gauge} 1")));
+
+        board.set_queue_conflicts(Vec::new());
+        assert!(board.get().queue_conflicts.is_empty());
+        assert!(metrics.encode().contains(&format!("{gauge} 0")));
+    }
+}
