@@ -43,7 +43,7 @@ pub enum EventKind {
 pub struct ErrorCode(String);
 
 /// A topic-exchange routing key built from an [`Event`] (or read back from the
-/// spool, where [`RoutingKey::from_str`] checks it again); never from raw input.
+/// spool, where its `FromStr` checks it again); never from raw input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingKey(String);
 

@@ -1,7 +1,7 @@
 //! The commands and their flags, and how their results are printed: `serve`
-//! (the default), `declare` and `check-config` here; `replay` in [`replay`];
-//! `tail` and `inspect`, which look without changing anything, in [`watch`];
-//! `spool list|retry` in [`spool`].
+//! (the default), `declare` and `check-config` here; `replay` in `replay.rs`;
+//! `tail` and `inspect`, which look without changing anything, in `watch.rs`;
+//! `spool list|retry` in `spool.rs`.
 //!
 //! Every command logs the same way (`log_format`, `RUST_LOG`) to stderr, so
 //! their warnings are seen and their output on stdout stays clean.
@@ -26,7 +26,7 @@ use crate::telemetry;
 #[command(name = "hookrelay", version, about, long_about = None)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (see config/default.toml);
-    /// HOOKRELAY__<SECTION>__<KEY> environment variables override both.
+    /// `HOOKRELAY__<SECTION>__<KEY>` environment variables override both.
     #[arg(
         long,
         short,

@@ -3,7 +3,7 @@
 //!
 //! It is an SQLite database (WAL, `synchronous=FULL`), so an append has been
 //! fsync'd when it returns and survives a crash of the relay or the machine.
-//! Each row is a [`Message`] exactly as it will be published ([`store`] has
+//! Each row is a [`Message`] exactly as it will be published (`store.rs` has
 //! the schema). Rows come back out in insertion order; [`drain`] publishes them
 //! and deletes each only after RabbitMQ confirmed it.
 //!

@@ -108,6 +108,11 @@ fn every_command_has_help() {
         &["serve", "--help"],
         &["declare", "--help"],
         &["check-config", "--help"],
+        &["tail", "--help"],
+        &["inspect", "--help"],
+        &["replay", "--help"],
+        &["spool", "list", "--help"],
+        &["spool", "retry", "--help"],
     ] {
         let output = run(args, &[]);
         assert!(output.status.success(), "{args:?}");
