@@ -35,6 +35,7 @@ pub struct Settings {
     pub ingress: IngressSettings,
     pub amqp: AmqpSettings,
     pub spool: SpoolSettings,
+    pub history: HistorySettings,
     #[serde(default)]
     pub queues: Vec<QueueSettings>,
 }
@@ -123,6 +124,18 @@ pub struct SpoolSettings {
     /// How many times RabbitMQ may refuse one spooled message (nack, return,
     /// channel error) before it is parked, so that it stops holding up the rest.
     pub max_refusals: u32,
+}
+
+/// The event history: a RabbitMQ stream that keeps every event.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub enabled: bool,
+    /// Events older than this are dropped from the stream.
+    #[serde(with = "human_duration")]
+    pub max_age: Duration,
+    /// The stream is kept under about this size, oldest events dropped first.
+    pub max_bytes: bytesize::ByteSize,
 }
 
 /// A consumer queue the relay declares and binds for its users.
@@ -264,6 +277,15 @@ impl Settings {
         if self.amqp.channels == 0 {
             return invalid("amqp.channels", "must be greater than 0");
         }
+        if self.history.enabled && self.history.max_age < Duration::from_secs(1) {
+            return invalid("history.max_age", "must be at least 1s (e.g. \"7d\")");
+        }
+        if self.history.enabled && self.history.max_bytes.as_u64() == 0 {
+            return invalid(
+                "history.max_bytes",
+                "must be greater than 0 (e.g. \"1GiB\")",
+            );
+        }
         if self.amqp.topology_check_secs == 0 {
             return invalid("amqp.topology_check_secs", "must be greater than 0");
         }
@@ -294,9 +316,13 @@ impl Settings {
         Ok(())
     }
 
-    /// Every RabbitMQ name the relay uses, and its consumer queues.
+    /// Every RabbitMQ name the relay uses, its consumer queues and history.
     pub fn topology(&self) -> Topology {
-        Topology::new(&self.amqp.exchange, &self.queues)
+        let topology = Topology::new(&self.amqp.exchange, &self.queues);
+        match self.history.enabled {
+            true => topology.with_history(&self.history),
+            false => topology,
+        }
     }
 
     /// The settings as TOML, with secrets masked.
@@ -432,6 +458,22 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("****")
+    }
+}
+
+/// A duration written for humans (`"7d"`, `"36h"`), as humantime reads it.
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*duration).to_string())
     }
 }
 

@@ -35,6 +35,7 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;
 pub mod event;
+pub mod history;
 pub mod ingress;
 pub mod inspect;
 pub mod ip_ranges;

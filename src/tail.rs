@@ -1,13 +1,13 @@
-//! `hookrelay tail`: watch events go by. Binds a temporary, exclusive,
-//! auto-deleted queue to the entry fanout `<exchange>.in` and hands over each
-//! event whose routing key matches one of the patterns.
+//! `hookrelay tail`: watch events go by, handing over each event whose
+//! routing key matches one of the patterns (matched here).
 //!
-//! The queue is bound to the entry fanout, never to the topic exchange: bound
-//! there with `#`, it would match every event, and events that no consumer
-//! queue wants would stop falling through to `<exchange>.unrouted`. So
-//! watching never changes where an event goes. The fanout ignores routing
-//! keys, which is why the patterns are matched here. The queue vanishes with
-//! the connection, so tailing leaves nothing behind and takes nothing from a
+//! With the history on, tail reads the history stream from its end, as a
+//! stream consumer, and binds nothing at all. Without it, it binds a
+//! temporary, exclusive, auto-deleted queue to the entry fanout
+//! `<exchange>.in`, never to the topic exchange: bound there with `#`, it would
+//! match every event, and events that no consumer queue wants would stop
+//! falling through to `<exchange>.unrouted`. Either way watching never changes
+//! where an event goes, leaves nothing behind and takes nothing from a
 //! consumer.
 
 use anyhow::Context;
@@ -17,8 +17,11 @@ use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::Value;
 
+use lapin::Connection;
+
 use crate::broker;
 use crate::config::Settings;
+use crate::history::{Filter, Reader, Start};
 use crate::render;
 use crate::topic::TopicPattern;
 
@@ -44,16 +47,66 @@ pub struct Tailed {
 }
 
 /// Tails until `count` events were seen (or forever). `on_ready` runs once
-/// the queue is bound, before the first event can arrive.
+/// tail listens, before the first event can arrive, with what it reads.
 pub async fn tail(
     settings: &Settings,
     options: &TailOptions,
-    on_ready: impl FnOnce(),
-    mut on_message: impl FnMut(Tailed),
+    on_ready: impl FnOnce(&str),
+    on_message: impl FnMut(Tailed),
 ) -> anyhow::Result<()> {
     let topology = settings.topology();
     let name = settings.amqp.tool_connection_name("hookrelay-tail");
     let connection = broker::connect(&settings.amqp, name).await?;
+    let result = match topology.history_stream() {
+        Some(stream) => from_history(&connection, stream, options, on_ready, on_message).await,
+        None => {
+            let entry = topology.entry_exchange();
+            from_entry_exchange(&connection, entry, options, on_ready, on_message).await
+        }
+    };
+    let _ = connection.close(200, "tail done".into()).await;
+    result
+}
+
+/// Reads the history stream from its end.
+async fn from_history(
+    connection: &Connection,
+    stream: &str,
+    options: &TailOptions,
+    on_ready: impl FnOnce(&str),
+    mut on_message: impl FnMut(Tailed),
+) -> anyhow::Result<()> {
+    let filter = Filter {
+        routing_keys: options.patterns.clone(),
+        ..Filter::default()
+    };
+    let mut reader = Reader::open(connection, stream, Start::Next, true, filter).await?;
+    on_ready(&format!("the history stream {stream}"));
+    let mut seen = 0;
+    while options.count.is_none_or(|count| seen < count) {
+        let Some(event) = reader.next().await? else {
+            break;
+        };
+        on_message(Tailed {
+            routing_key: event.routing_key.clone(),
+            message_id: event.message_id(),
+            headers: render::headers(event.properties.headers().as_ref()),
+            body: render::body(&event.body, options.raw),
+        });
+        seen += 1;
+    }
+    reader.close().await;
+    Ok(())
+}
+
+/// Reads a temporary queue bound to the entry fanout.
+async fn from_entry_exchange(
+    connection: &Connection,
+    entry: &str,
+    options: &TailOptions,
+    on_ready: impl FnOnce(&str),
+    mut on_message: impl FnMut(Tailed),
+) -> anyhow::Result<()> {
     let channel = connection
         .create_channel()
         .await
@@ -67,7 +120,6 @@ pub async fn tail(
         .queue_declare("".into(), temporary, FieldTable::default())
         .await
         .context("cannot declare a temporary queue")?;
-    let entry = topology.entry_exchange();
     channel
         .queue_bind(
             queue.name().clone(),
@@ -95,7 +147,7 @@ pub async fn tail(
         )
         .await
         .context("cannot consume")?;
-    on_ready();
+    on_ready(&format!("exchange {entry}"));
 
     let mut seen = 0;
     while options.count.is_none_or(|count| seen < count) {
@@ -116,6 +168,5 @@ pub async fn tail(
         });
         seen += 1;
     }
-    let _ = connection.close(200, "tail done".into()).await;
     Ok(())
 }

@@ -417,6 +417,8 @@ async fn watch_session(
     let check_every = inner.amqp.topology_check_interval();
     let mut topology_check =
         tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+    // Since when the topology is known to have been whole.
+    let mut last_good_check = std::time::SystemTime::now();
     loop {
         let why = tokio::select! {
             _ = shutdown.changed() => return Ended::Shutdown,
@@ -466,16 +468,34 @@ async fn watch_session(
                 inner
                     .metrics
                     .topology_redeclared(report.created.len() as u64);
-                warn!(
-                    objects = ?report.created,
-                    trigger = why,
-                    "RabbitMQ objects of the relay were missing (deleted while it ran?) and are \
-                     declared again; spooled messages follow"
-                );
+                let since = humantime::format_rfc3339_seconds(last_good_check).to_string();
+                match inner.topology.history_stream() {
+                    // The history stream made every publish count as routed:
+                    // nothing came back to the spool, but the history has it.
+                    Some(_) => warn!(
+                        objects = ?report.created,
+                        trigger = why,
+                        %since,
+                        "RabbitMQ objects of the relay were missing (deleted while it ran?) and \
+                         are declared again. Events that arrived meanwhile and found no queue \
+                         are in the history: `hookrelay events --since {since}` lists them, \
+                         `hookrelay replay --from-history --since {since} --to-exchange` sends \
+                         them again (a duplicate for queues that had them)"
+                    ),
+                    None => warn!(
+                        objects = ?report.created,
+                        trigger = why,
+                        "RabbitMQ objects of the relay were missing (deleted while it ran?) and \
+                         are declared again; spooled messages follow"
+                    ),
+                }
             }
-            Ok(_) => debug!(trigger = why, took = ?started.elapsed(), "topology checked"),
+            Ok(_) => {
+                debug!(trigger = why, took = ?started.elapsed(), "topology checked");
+            }
             Err(down) => return Ended::Down(down),
         }
+        last_good_check = std::time::SystemTime::now();
     }
 }
 

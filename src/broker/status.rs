@@ -44,17 +44,18 @@ pub(super) struct StatusBoard {
     metrics: Metrics,
     /// Where events of a refused queue go when it does not exist.
     unrouted: String,
-    consumer_queues: Vec<String>,
+    /// The queues whose refusal is reported: consumer queues, the history.
+    reported: Vec<String>,
 }
 
 impl StatusBoard {
     pub fn new(topology: &Topology, metrics: Metrics) -> StatusBoard {
-        let consumer_queues: Vec<String> = topology
-            .consumer_queues()
-            .iter()
-            .map(|q| q.name.clone())
+        let reported: Vec<String> = topology
+            .reported_queues()
+            .into_iter()
+            .map(str::to_owned)
             .collect();
-        for queue in &consumer_queues {
+        for queue in &reported {
             metrics.queue_conflict(queue, false);
         }
         metrics.broker_state(BrokerState::Disconnected);
@@ -66,7 +67,7 @@ impl StatusBoard {
             }),
             metrics,
             unrouted: topology.unrouted().to_owned(),
-            consumer_queues,
+            reported,
         }
     }
 
@@ -127,7 +128,7 @@ impl StatusBoard {
                 CONFLICT_RETRY.as_secs()
             );
         }
-        for queue in &self.consumer_queues {
+        for queue in &self.reported {
             let refused = |c: &Conflict| c.queue.as_deref() == Some(queue.as_str());
             let now = conflicts.iter().any(refused);
             if !now && previous.iter().any(refused) {

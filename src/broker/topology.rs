@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
-//!                  ├─► watchers (hookrelay tail) bind here: they see everything, route nothing
+//!                  ├─► stream <exchange>.history (with [history] on): every event, kept for days
+//!                  ├─► watchers (hookrelay tail, without history) bind here: they see everything, route nothing
 //!                  └─► <exchange> (topic) ─► consumer queues ([[queues]], bound by routing key)
 //!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
 //!                                                          (fanout) ─► queue <exchange>.unrouted
@@ -19,8 +20,15 @@
 //! [`Topology::declare`] declares everything idempotently and reports instead
 //! of stopping at the first refusal: which objects were missing (deleted while
 //! the relay ran), which of the relay's own objects RabbitMQ refuses (the relay
-//! cannot publish: `misconfigured`), and which consumer queues it refuses
-//! (reported; publishing goes on).
+//! cannot publish: `misconfigured`), and which consumer queues, or history
+//! stream, it refuses (reported; publishing goes on).
+//!
+//! A trap of the entry fanout: while anything besides the topic exchange is
+//! bound to it (the history stream, a watcher), a `mandatory` publish counts
+//! as routed even when the topic exchange or `<exchange>.unrouted` was
+//! deleted. The event is then kept only in the history (or the watcher's
+//! queue), so the relay does not rely on returns alone: it declares its
+//! topology again every `amqp.topology_check_secs`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -31,7 +39,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::{QueueSettings, QueueType};
+use crate::config::{HistorySettings, QueueSettings, QueueType};
 use crate::envelope::Kind;
 
 /// The relay's RabbitMQ names, derived from `amqp.exchange`, and its consumer queues.
@@ -44,6 +52,15 @@ pub struct Topology {
     dead_letter_queue: String,
     quarantine: String,
     queues: Vec<QueueSettings>,
+    history: Option<HistoryStream>,
+}
+
+/// The stream every event is kept in, and its retention.
+#[derive(Debug, Clone)]
+struct HistoryStream {
+    name: String,
+    max_age_secs: u64,
+    max_bytes: u64,
 }
 
 /// Where one message is published.
@@ -104,7 +121,23 @@ impl Topology {
             dead_letter_queue: format!("{exchange}.dead-letter"),
             quarantine: format!("{exchange}.quarantine"),
             queues: queues.to_vec(),
+            history: None,
         }
+    }
+
+    /// With the event history stream `<exchange>.history`.
+    pub fn with_history(mut self, settings: &HistorySettings) -> Topology {
+        self.history = Some(HistoryStream {
+            name: format!("{}.history", self.exchange),
+            max_age_secs: settings.max_age.as_secs().max(1),
+            max_bytes: settings.max_bytes.as_u64(),
+        });
+        self
+    }
+
+    /// The history stream, when the history is on.
+    pub fn history_stream(&self) -> Option<&str> {
+        self.history.as_ref().map(|h| h.name.as_str())
     }
 
     /// Where a message of this kind is published.
@@ -164,9 +197,23 @@ impl Topology {
         ]
     }
 
-    /// The relay's own queues.
-    pub fn own_queues(&self) -> [&str; 3] {
-        [&self.unrouted, &self.dead_letter_queue, &self.quarantine]
+    /// The relay's own queues, the history stream included.
+    pub fn own_queues(&self) -> Vec<&str> {
+        let mut queues = vec![
+            self.unrouted.as_str(),
+            &self.dead_letter_queue,
+            &self.quarantine,
+        ];
+        queues.extend(self.history_stream());
+        queues
+    }
+
+    /// The queues whose refusal by RabbitMQ is reported, not fatal: the
+    /// consumer queues and the history stream.
+    pub fn reported_queues(&self) -> Vec<&str> {
+        let mut queues: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
+        queues.extend(self.history_stream());
+        queues
     }
 
     /// Declares everything on channels of `connection`, and says what it found.
@@ -211,6 +258,28 @@ impl Topology {
             }
         }
 
+        // Not fatal when refused (a retention changed in the configuration
+        // cannot change an existing stream): reported like a consumer queue,
+        // and bound anyway, so the history goes on with the stream there is.
+        if let Some(history) = &self.history {
+            if skip.contains(&history.name) && declarer.queue_exists(&history.name).await? {
+                report.skipped.push(history.name.clone());
+            } else {
+                let stream = Object::Queue(&history.name, history.arguments());
+                if let Some(conflict) = declarer.ensure(stream, &mut report.created).await? {
+                    report
+                        .queue_conflicts
+                        .push(conflict.for_queue(&history.name));
+                }
+            }
+            let binding = Object::QueueBinding(&history.name, &self.entry, "");
+            if let Some(conflict) = declarer.ensure(binding, &mut report.created).await? {
+                report
+                    .queue_conflicts
+                    .push(conflict.for_queue(&history.name));
+            }
+        }
+
         for queue in &self.queues {
             let skipped = skip.contains(&queue.name) && declarer.queue_exists(&queue.name).await?;
             if skipped {
@@ -235,6 +304,22 @@ impl Topology {
         }
         declarer.close().await;
         Ok(report)
+    }
+}
+
+impl HistoryStream {
+    fn arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("stream"));
+        args.insert(
+            "x-max-age".into(),
+            string(&format!("{}s", self.max_age_secs)),
+        );
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(self.max_bytes.min(i64::MAX as u64) as i64),
+        );
+        args
     }
 }
 
@@ -472,5 +557,15 @@ mod tests {
             topology.own_queues(),
             ["hooks.unrouted", "hooks.dead-letter", "hooks.quarantine"]
         );
+        assert_eq!(topology.history_stream(), None);
+        let settings = crate::config::HistorySettings {
+            enabled: true,
+            max_age: std::time::Duration::from_secs(3600),
+            max_bytes: bytesize::ByteSize::mib(10),
+        };
+        let with_history = topology.with_history(&settings);
+        assert_eq!(with_history.history_stream(), Some("hooks.history"));
+        assert_eq!(with_history.own_queues().last(), Some(&"hooks.history"));
+        assert_eq!(with_history.reported_queues(), ["hooks.history"]);
     }
 }

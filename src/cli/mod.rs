@@ -1,6 +1,7 @@
 //! The commands and their flags, and how their results are printed: `serve`
 //! (the default), `declare` and `check-config` here; `replay` in `replay.rs`;
-//! `tail` and `inspect`, which look without changing anything, in `watch.rs`;
+//! `tail`, `events` and `inspect`, which look without changing anything, in
+//! `watch.rs`;
 //! `spool list|retry` in `spool.rs`.
 //!
 //! Every command logs the same way (`log_format`, `RUST_LOG`) to stderr, so
@@ -18,8 +19,10 @@ use clap::{Parser, Subcommand};
 
 use crate::broker;
 use crate::config::Settings;
+use crate::history::{Filter, PointInTime, Start};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
+use crate::topic::TopicPattern;
 
 /// Relays sync webhooks into RabbitMQ: allowlisted, typed, durable, confirmed.
 #[derive(Debug, Parser)]
@@ -59,6 +62,9 @@ pub enum Command {
     /// Print events as they enter the relay's exchange, from a temporary queue
     /// on its entry fanout (watching changes no routing).
     Tail(watch::TailArgs),
+    /// List events from the history (the stream <exchange>.history), oldest
+    /// first, filtered; to the end of the history, or on with --follow.
+    Events(watch::EventsArgs),
     /// Show the messages of a queue (quarantine, dead letters, unrouted, or any
     /// consumer queue) without taking them: id, routing key, why it is there,
     /// headers and body. They stay in the queue, in their order.
@@ -81,8 +87,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay(args) => replay::run(settings, args).await,
         Command::Tail(args) => watch::tail(settings, args).await,
+        Command::Events(args) => watch::events(settings, args).await,
         Command::Inspect(args) => watch::inspect(settings, args).await,
         Command::Spool(command) => spool::run(settings, command),
+    }
+}
+
+/// The filters the commands that read the history share (`events`,
+/// `replay --from-history`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HistoryFilterArgs {
+    /// Only events received at or after this time: RFC 3339
+    /// (2026-11-28T06:00:00Z) or a duration ago (90m, 2h, 7d). Default: the
+    /// oldest event kept.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<PointInTime>,
+    /// Only events received at or before this time (same forms).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<PointInTime>,
+    /// Only events of this user (`user.id`).
+    #[arg(long, value_name = "ID")]
+    pub user_id: Option<String>,
+    /// Only events of this account (`account.id`).
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
+    /// Only events the sender sent with this `x-client-id`.
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+}
+
+impl HistoryFilterArgs {
+    fn is_set(&self) -> bool {
+        self.since.is_some()
+            || self.until.is_some()
+            || self.user_id.is_some()
+            || self.account_id.is_some()
+            || self.client_id.is_some()
+    }
+
+    /// Where a read starts: at `--since`, else at the oldest event kept.
+    fn start(&self) -> Start {
+        self.since.map_or(Start::First, |since| Start::At(since.0))
+    }
+
+    fn filter(&self, routing_keys: Vec<TopicPattern>) -> Filter {
+        Filter {
+            routing_keys,
+            user_id: self.user_id.clone(),
+            account_id: self.account_id.clone(),
+            client_id: self.client_id.clone(),
+            since: self.since.map(|at| at.0),
+            until: self.until.map(|at| at.0),
+        }
     }
 }
 

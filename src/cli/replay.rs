@@ -1,27 +1,42 @@
-//! `hookrelay replay`: its flags, and how its results are printed.
+//! `hookrelay replay`: its flags, and how its results are printed. It replays
+//! dead letters, or with `--from-history` events kept in the history.
 
+use super::HistoryFilterArgs;
 use crate::config::Settings;
+use crate::history::replay::{self as history_replay, Destination, Sent};
 use crate::replay::{self, Action, Entry, ReplayOptions};
 use crate::topic::TopicPattern;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// The queue to replay from [default: <exchange>.dead-letter].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "from_history")]
     pub queue: Option<String>,
     /// Republish to the original exchange with the original routing key, so
-    /// every queue bound to it gets the message again.
+    /// every queue bound to it gets the message again (from the history:
+    /// through the topic exchange).
     #[arg(long)]
     pub to_exchange: bool,
+    /// Replay events kept in the history (the stream <exchange>.history)
+    /// instead of dead letters; needs --to-queue or --to-exchange.
+    #[arg(long)]
+    pub from_history: bool,
+    /// With --from-history: send the events to this queue only (through the
+    /// default exchange), e.g. a new consumer's.
+    #[arg(long, value_name = "NAME", conflicts_with = "to_exchange")]
+    pub to_queue: Option<String>,
+    /// With --from-history: which events.
+    #[command(flatten)]
+    pub history: HistoryFilterArgs,
     /// Only messages whose original routing key matches this topic pattern
     /// (`*` one word, `#` zero or more).
     #[arg(long, value_name = "PATTERN")]
     pub routing_key: Option<TopicPattern>,
     /// Only messages that died in this queue.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "from_history")]
     pub from_queue: Option<String>,
     /// Only messages that died for this reason.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "from_history")]
     pub reason: Option<DeathReason>,
     /// Replay at most N messages.
     #[arg(long, value_name = "N")]
@@ -44,6 +59,15 @@ pub enum DeathReason {
 }
 
 pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    if args.from_history {
+        return from_history(settings, args).await;
+    }
+    if args.history.is_set() || args.to_queue.is_some() {
+        anyhow::bail!(
+            "--since, --until, --user-id, --account-id, --client-id and --to-queue read the \
+             history: add --from-history"
+        );
+    }
     let options = ReplayOptions {
         queue: args.queue,
         to_exchange: args.to_exchange,
@@ -82,6 +106,66 @@ pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let destination = match (args.to_queue, args.to_exchange) {
+        (Some(queue), false) => Destination::Queue(queue),
+        (None, true) => Destination::Exchange,
+        _ => anyhow::bail!(
+            "--from-history needs a destination: --to-queue NAME (one queue) or --to-exchange \
+             (every queue bound to the event's routing key)"
+        ),
+    };
+    let options = history_replay::Options {
+        start: args.history.start(),
+        filter: args.history.filter(args.routing_key.into_iter().collect()),
+        destination,
+        limit: args.limit,
+        dry_run: args.dry_run,
+    };
+    let json = args.json;
+    let summary = history_replay::replay(&settings, &options, |sent| {
+        if json {
+            println!("{}", serde_json::to_string(sent).unwrap_or_default());
+        } else {
+            println!("{}", sent_line(sent));
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::json!({ "summary": summary }));
+    } else if options.dry_run {
+        println!("would replay {}", summary.would_replay);
+    } else {
+        println!("replayed {}, failed {}", summary.replayed, summary.failed);
+    }
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "an event could not be replayed (see above); the ones after it were not tried"
+        );
+    }
+    Ok(())
+}
+
+fn sent_line(sent: &Sent) -> String {
+    let action = match sent.action {
+        history_replay::Action::Replayed => "replayed",
+        history_replay::Action::WouldReplay => "would-replay",
+        history_replay::Action::Failed => "FAILED",
+    };
+    let mut line = format!(
+        "{action:<12} {} {} received={} offset={}",
+        sent.message_id.as_deref().unwrap_or("-"),
+        sent.routing_key,
+        sent.received_at.as_deref().unwrap_or("-"),
+        sent.offset,
+    );
+    if let Some(detail) = &sent.detail {
+        line.push_str(": ");
+        line.push_str(detail);
+    }
+    line
 }
 
 fn entry_line(entry: &Entry) -> String {

@@ -1,8 +1,17 @@
-//! `hookrelay tail` and `hookrelay inspect`: the commands that look at
-//! messages without changing where they go; their flags and their output.
+//! `hookrelay tail`, `hookrelay events` and `hookrelay inspect`: the commands
+//! that look at messages without changing where they go; their flags and
+//! their output.
 
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::HistoryFilterArgs;
+use crate::broker;
 use crate::config::Settings;
+use crate::history::{Reader, Recorded};
 use crate::inspect::{self, Inspected};
+use crate::render;
 use crate::tail::{self, TailOptions, Tailed};
 use crate::topic::TopicPattern;
 
@@ -20,6 +29,40 @@ pub struct TailArgs {
     /// Show bodies as they are; by default `user.loginName` (personal data) is redacted.
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub filter: HistoryFilterArgs,
+    /// Only events whose routing key matches this topic pattern
+    /// (`sync.error.*`, `sync.#`).
+    #[arg(long, value_name = "PATTERN")]
+    pub routing_key: Option<TopicPattern>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Keep going: print new events as they arrive (until --until, if given).
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show bodies as they are; by default `user.loginName` (personal data) is redacted.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// One event as `events --json` prints it.
+#[derive(Debug, Serialize)]
+struct Listed {
+    message_id: Option<String>,
+    routing_key: String,
+    received_at: Option<String>,
+    /// Its place in the history stream.
+    offset: u64,
+    headers: Value,
+    body: Value,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,14 +89,13 @@ pub(super) async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<(
         raw: args.raw,
     };
     let watched: Vec<String> = options.patterns.iter().map(|p| p.to_string()).collect();
-    let entry = settings.topology().entry_exchange().to_owned();
     let json = args.json;
     let tailing = tail::tail(
         &settings,
         &options,
-        || {
+        |source| {
             eprintln!(
-                "tailing exchange {entry} for {} (Ctrl-C to stop)",
+                "tailing {source} for {} (Ctrl-C to stop)",
                 watched.join(" ")
             )
         },
@@ -74,6 +116,74 @@ pub(super) async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<(
     tokio::select! {
         result = tailing => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Result<()> {
+    let topology = settings.topology();
+    let Some(stream) = topology.history_stream() else {
+        anyhow::bail!("the history is off ([history] enabled = false)");
+    };
+    let amqp = &settings.amqp;
+    let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-events")).await?;
+    let filter = args.filter.filter(args.routing_key.into_iter().collect());
+    let mut reader = Reader::open(
+        &connection,
+        stream,
+        args.filter.start(),
+        args.follow,
+        filter,
+    )
+    .await?;
+    let mut shown = 0;
+    let reading = async {
+        while args.limit.is_none_or(|limit| shown < limit) {
+            let Some(event) = reader.next().await? else {
+                break;
+            };
+            print_event(&event, args.json, args.raw);
+            shown += 1;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = reading => result.context("reading the history")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = connection.close(200, "events done".into()).await;
+    Ok(())
+}
+
+fn print_event(event: &Recorded, json: bool, raw: bool) {
+    let headers = event.properties.headers().as_ref();
+    let body = render::body(&event.body, raw);
+    if json {
+        let listed = Listed {
+            message_id: event.message_id(),
+            routing_key: event.routing_key.clone(),
+            received_at: event.received_at_text(),
+            offset: event.offset,
+            headers: render::headers(headers),
+            body,
+        };
+        println!("{}", serde_json::to_string(&listed).unwrap_or_default());
+    } else {
+        let header = |key: &str| {
+            render::headers(headers)[key]
+                .as_str()
+                .unwrap_or("-")
+                .to_owned()
+        };
+        println!(
+            "{} {} {} user={} account={} client={} body={}",
+            event.received_at_text().as_deref().unwrap_or("-"),
+            event.message_id().as_deref().unwrap_or("-"),
+            event.routing_key,
+            header("user-id"),
+            header("account-id"),
+            header("x-client-id"),
+            body
+        );
     }
 }
 

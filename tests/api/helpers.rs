@@ -487,6 +487,34 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
     }
 }
 
+/// The names every binding from the exchange `source` leads to, sorted, as
+/// `rabbitmqctl list_bindings` reports them.
+pub async fn bindings_from(source: &str) -> Vec<String> {
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_bindings",
+                "-q",
+                "--no-table-headers",
+                "source_name",
+                "destination_name",
+            ])
+            .output()
+            .expect("rabbitmqctl runs")
+    })
+    .await
+    .unwrap();
+    let mut destinations: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (from, to) = line.split_once('\t')?;
+            (from == source).then(|| to.to_owned())
+        })
+        .collect();
+    destinations.sort();
+    destinations
+}
+
 /// Waits up to `within` for `condition` to hold, checking every 50 ms.
 pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
 where

@@ -6,6 +6,7 @@ mod admin;
 mod binary;
 mod broker;
 mod helpers;
+mod history;
 mod hostile;
 mod inspect;
 mod replay;

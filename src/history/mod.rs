@@ -1,0 +1,463 @@
+//! The event history: with `[history]` on, every event the relay publishes
+//! also lands in the RabbitMQ stream `<exchange>.history` (bound to the entry
+//! fanout, so routing does not change), kept for `history.max_age` and
+//! `history.max_bytes`. This module reads it back, for `hookrelay events`,
+//! `hookrelay tail` and `hookrelay replay --from-history` ([`replay`]).
+//!
+//! A stream is read over AMQP 0-9-1 with a consumer that names its starting
+//! point (`x-stream-offset`: `first`, `next`, or a timestamp), a prefetch and
+//! manual acks (an ack only grants credit: nothing leaves a stream). RabbitMQ
+//! 3.10 cannot filter a stream on the server side, so the filters are applied
+//! here, on headers the relay wrote (`user-id`, `account-id`, `x-client-id`),
+//! the routing key and `x-received-at`: a read costs the stream from its
+//! starting point to its end.
+//!
+//! Without `follow`, a read ends at the end of the stream as it was when the
+//! read began: the offset of its last message is looked up first (a consumer
+//! at `last` gets the last chunk). With `follow`, it goes on with new events.
+
+pub mod replay;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+
+use crate::topic::TopicPattern;
+
+/// Deliveries RabbitMQ may send ahead of our acks.
+const PREFETCH: u16 = 1000;
+/// Acknowledge (grant credit) after this many deliveries, all at once.
+const ACK_EVERY: u64 = 250;
+/// How long a read without `follow` waits for a delivery before deciding
+/// that there is nothing more (a starting time after the last event).
+const IDLE_END: Duration = Duration::from_secs(2);
+/// How long to wait for the last chunk of a stream, and for more of it.
+const LAST_CHUNK_WAIT: Duration = Duration::from_secs(1);
+const LAST_CHUNK_GAP: Duration = Duration::from_millis(150);
+/// The header RabbitMQ puts on every message read from a stream.
+const STREAM_OFFSET: &str = "x-stream-offset";
+
+/// Where in the stream a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest event kept.
+    First,
+    /// The next event to arrive.
+    Next,
+    /// The last chunk of events written (one or more).
+    Last,
+    /// The first event written at or after this time.
+    At(SystemTime),
+}
+
+/// Which events a read hands over; every condition set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Any of these topic patterns on the routing key; empty: any key.
+    pub routing_keys: Vec<TopicPattern>,
+    pub user_id: Option<String>,
+    pub account_id: Option<String>,
+    pub client_id: Option<String>,
+    /// Received by the relay at or after this time.
+    pub since: Option<SystemTime>,
+    /// Received by the relay at or before this time.
+    pub until: Option<SystemTime>,
+}
+
+/// A point in time as an operator writes it: RFC 3339
+/// (`2026-11-28T06:00:00Z`) or a duration ago (`90m`, `2h`, `7d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointInTime(pub SystemTime);
+
+/// A string that is neither RFC 3339 nor a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "expected a time (RFC 3339, e.g. 2026-11-28T06:00:00Z) or a duration ago (e.g. 90m, 2h, 7d)"
+)]
+pub struct InvalidTime;
+
+/// One event read from the history.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Its place in the stream.
+    pub offset: u64,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+/// A read of the history, one event at a time.
+pub struct Reader {
+    channel: Channel,
+    consumer: Consumer,
+    filter: Filter,
+    follow: bool,
+    /// The offset of the last event when the read began; `None` when the
+    /// stream was empty (then only `follow` reads anything).
+    end: Option<u64>,
+    done: bool,
+    unacked: u64,
+    last_tag: u64,
+}
+
+impl Reader {
+    /// Starts reading `stream` at `start`. Without `follow`, the read ends at
+    /// the stream's end as it is now; with it, it waits for new events (until
+    /// `filter.until`, if set).
+    pub async fn open(
+        connection: &Connection,
+        stream: &str,
+        start: Start,
+        follow: bool,
+        filter: Filter,
+    ) -> anyhow::Result<Reader> {
+        let end = if follow {
+            None
+        } else {
+            last_offset(connection, stream).await?
+        };
+        let channel = connection
+            .create_channel()
+            .await
+            .context("cannot open a channel")?;
+        let consumer = consume(&channel, stream, start).await?;
+        Ok(Reader {
+            channel,
+            consumer,
+            filter,
+            follow,
+            done: !follow && end.is_none(),
+            end,
+            unacked: 0,
+            last_tag: 0,
+        })
+    }
+
+    /// The next event that passes the filter; `None` at the end.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Recorded>> {
+        while !self.done {
+            let Some(delivery) = self.next_delivery().await? else {
+                self.done = true;
+                break;
+            };
+            let offset = offset(delivery.properties.headers().as_ref()).unwrap_or(0);
+            if let Some(end) = self.end {
+                if offset > end {
+                    self.done = true;
+                    break;
+                }
+                self.done = offset == end;
+            }
+            let recorded = Recorded {
+                offset,
+                routing_key: delivery.routing_key.to_string(),
+                properties: delivery.properties,
+                body: delivery.data,
+            };
+            if self.filter.admits(&recorded) {
+                return Ok(Some(recorded));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next delivery, acknowledging in batches; `None` when there is
+    /// nothing more to wait for.
+    async fn next_delivery(&mut self) -> anyhow::Result<Option<lapin::message::Delivery>> {
+        let next = self.consumer.next();
+        let delivery = if self.follow {
+            match self.filter.until {
+                Some(until) => {
+                    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                    match tokio::time::timeout(left, next).await {
+                        Ok(delivery) => delivery,
+                        Err(_) => return Ok(None),
+                    }
+                }
+                None => next.await,
+            }
+        } else {
+            match tokio::time::timeout(IDLE_END, next).await {
+                Ok(delivery) => delivery,
+                Err(_) => return Ok(None),
+            }
+        };
+        let Some(delivery) = delivery else {
+            anyhow::bail!("RabbitMQ ended the stream consumer");
+        };
+        let delivery = delivery.context("the connection to RabbitMQ was lost")?;
+        self.last_tag = delivery.delivery_tag;
+        self.unacked += 1;
+        if self.unacked >= ACK_EVERY {
+            self.ack().await?;
+        }
+        Ok(Some(delivery))
+    }
+
+    async fn ack(&mut self) -> anyhow::Result<()> {
+        if self.unacked > 0 {
+            self.channel
+                .basic_ack(self.last_tag, BasicAckOptions { multiple: true })
+                .await
+                .context("cannot acknowledge stream deliveries")?;
+            self.unacked = 0;
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ack().await;
+        let _ = self.channel.close(200, "history read".into()).await;
+    }
+}
+
+impl Filter {
+    /// Whether `event` passes every condition that is set.
+    pub fn admits(&self, event: &Recorded) -> bool {
+        let headers = event.properties.headers().as_ref();
+        let same = |wanted: &Option<String>, key: &str| {
+            wanted
+                .as_ref()
+                .is_none_or(|wanted| text(headers, key).as_deref() == Some(wanted.as_str()))
+        };
+        let received = || event.received_at();
+        (self.routing_keys.is_empty()
+            || self
+                .routing_keys
+                .iter()
+                .any(|p| p.matches(&event.routing_key)))
+            && same(&self.user_id, "user-id")
+            && same(&self.account_id, "account-id")
+            && same(&self.client_id, "x-client-id")
+            && self
+                .since
+                .is_none_or(|since| received().is_some_and(|at| at >= since))
+            && self
+                .until
+                .is_none_or(|until| received().is_some_and(|at| at <= until))
+    }
+}
+
+impl Recorded {
+    pub fn message_id(&self) -> Option<String> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+    }
+
+    /// When the relay received the webhook (`x-received-at`).
+    pub fn received_at(&self) -> Option<SystemTime> {
+        let at = text(self.properties.headers().as_ref(), "x-received-at")?;
+        humantime::parse_rfc3339(&at).ok()
+    }
+
+    /// `x-received-at` as written.
+    pub fn received_at_text(&self) -> Option<String> {
+        text(self.properties.headers().as_ref(), "x-received-at")
+    }
+}
+
+impl FromStr for PointInTime {
+    type Err = InvalidTime;
+
+    fn from_str(s: &str) -> Result<PointInTime, InvalidTime> {
+        if let Ok(at) = humantime::parse_rfc3339_weak(s) {
+            return Ok(PointInTime(at));
+        }
+        let ago = humantime::parse_duration(s).map_err(|_| InvalidTime)?;
+        SystemTime::now()
+            .checked_sub(ago)
+            .map(PointInTime)
+            .ok_or(InvalidTime)
+    }
+}
+
+/// Starts a stream consumer on `channel` (a prefetch is required) at `start`.
+async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Result<Consumer> {
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions { global: false })
+        .await
+        .context("cannot set a prefetch")?;
+    let mut arguments = FieldTable::default();
+    let offset = match start {
+        Start::First => AMQPValue::LongString("first".into()),
+        Start::Next => AMQPValue::LongString("next".into()),
+        Start::Last => AMQPValue::LongString("last".into()),
+        Start::At(at) => AMQPValue::Timestamp(
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        ),
+    };
+    arguments.insert(STREAM_OFFSET.into(), offset);
+    channel
+        .basic_consume(
+            ShortString::from(stream),
+            "hookrelay-history".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .with_context(|| {
+            format!("cannot read the history stream {stream} (is [history] enabled on the relay?)")
+        })
+}
+
+/// The offset of the last event in `stream`, or `None` when it is empty: a
+/// consumer at `last` gets the whole last chunk, whose highest offset it is.
+async fn last_offset(connection: &Connection, stream: &str) -> anyhow::Result<Option<u64>> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let mut consumer = consume(&channel, stream, Start::Last).await?;
+    let mut last = None;
+    let mut wait = LAST_CHUNK_WAIT;
+    while let Ok(Some(delivery)) = tokio::time::timeout(wait, consumer.next()).await {
+        let delivery = delivery.context("the connection to RabbitMQ was lost")?;
+        last = last.max(offset(delivery.properties.headers().as_ref()));
+        wait = LAST_CHUNK_GAP;
+    }
+    let _ = channel.close(200, "found the end".into()).await;
+    Ok(last)
+}
+
+fn offset(headers: Option<&FieldTable>) -> Option<u64> {
+    match headers?.inner().get(STREAM_OFFSET)? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::LongString;
+
+    use super::*;
+
+    fn event(key: &str, account: &str, received_at: &str) -> Recorded {
+        let mut headers = FieldTable::default();
+        for (name, value) in [
+            ("user-id", "u-1"),
+            ("account-id", account),
+            ("x-client-id", "app"),
+            ("x-received-at", received_at),
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        }
+        Recorded {
+            offset: 0,
+            routing_key: key.to_owned(),
+            properties: BasicProperties::default().with_headers(headers),
+            body: Vec::new(),
+        }
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn every_condition_set_must_hold() {
+        let login_failed = event(
+            "sync.error.LoginFailedError",
+            "a-7",
+            "2026-11-28T06:00:00.000Z",
+        );
+        let cases = [
+            (Filter::default(), true),
+            (
+                Filter {
+                    routing_keys: vec!["sync.error.*".parse().unwrap()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    routing_keys: vec!["sync.account".parse().unwrap()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    routing_keys: vec!["sync.account".parse().unwrap(), "sync.#".parse().unwrap()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    account_id: Some("a-7".to_owned()),
+                    user_id: Some("u-1".to_owned()),
+                    client_id: Some("app".to_owned()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    account_id: Some("a-8".to_owned()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    since: Some(at("2026-11-28T06:00:00Z")),
+                    until: Some(at("2026-11-28T06:00:00Z")),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    since: Some(at("2026-11-28T06:00:01Z")),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    until: Some(at("2026-11-28T05:59:59Z")),
+                    ..Filter::default()
+                },
+                false,
+            ),
+        ];
+        for (filter, admitted) in cases {
+            assert_eq!(filter.admits(&login_failed), admitted, "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn a_point_in_time_is_rfc3339_or_a_duration_ago() {
+        assert_eq!(
+            "2026-11-28T06:00:00Z".parse::<PointInTime>().unwrap(),
+            PointInTime(at("2026-11-28T06:00:00Z"))
+        );
+        let ago = "2h".parse::<PointInTime>().unwrap().0;
+        let expected = SystemTime::now() - Duration::from_secs(7200);
+        let off = expected
+            .duration_since(ago)
+            .unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(5), "{off:?}");
+        assert!("yesterday".parse::<PointInTime>().is_err());
+    }
+}
