@@ -15,21 +15,28 @@ BURST=${BURST:-100000}            # the memory burst
 OVERLOAD_SECS=${OVERLOAD_SECS:-30}
 FIXED_SECS=${FIXED_SECS:-10}
 ROUNDS=${ROUNDS:-5}               # saturation pairs, alternating; the median ratio counts
+SEARCHED=${SEARCHED:-100000}      # events in the history that `hookrelay events` searches
 if [ "${1:-}" = "--smoke" ]; then
-  MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1
+  MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1 SEARCHED=1000
 fi
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PORT=${PORT:-18080} ADMIN_PORT=${ADMIN_PORT:-19090}
 
 work=$(mktemp -d)
-relay_pid=""
+relay_pid="" nohist_pid=""
 exchange="bench-$(date +%s)"
+# The same relay without the history stream, for its cost; and a topology to search.
+nohist="$exchange-nohist" searched="$exchange-search"
 cleanup() {
-  [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
-  for q in all unrouted dead-letter quarantine; do rabbitmqctl -q delete_queue "$exchange.$q" >/dev/null 2>&1 || true; done
-  # rabbitmqctl has no delete_exchange: ask the broker's own function.
-  for x in "" .in .unrouted .dlx; do
-    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+  for pid in "$relay_pid" "$nohist_pid"; do
+    [ -n "$pid" ] && stop "$pid"
+  done
+  for name in "$exchange" "$nohist" "$searched"; do
+    for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$name.$q" >/dev/null 2>&1 || true; done
+    # rabbitmqctl has no delete_exchange: ask the broker's own function.
+    for x in "" .in .unrouted .dlx; do
+      rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$name$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+    done
   done
   mkdir -p bench/last-run && cp "$work"/*.json bench/last-run/ 2>/dev/null || true
   rm -rf "$work"
@@ -43,34 +50,45 @@ cp target/release/hookrelay "$work/hookrelay-http-only"
 cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher
 baseline=target/release/examples/baseline_publisher
 
-cat > "$work/relay.toml" <<TOML
+config() { # NAME EXCHANGE PORT ADMIN_PORT HISTORY: a relay config in $work/NAME.toml
+  cat > "$work/$1.toml" <<TOML
 [ingress]
 allowed_ips = ["127.0.0.1"]
 client_ids = ["bench-client"]
 [server]
-listen = "127.0.0.1:$PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:$3"
+admin_listen = "127.0.0.1:$4"
 [amqp]
-exchange = "$exchange"
+exchange = "$2"
 [spool]
-path = "$work/spool.sqlite"
+path = "$work/$1.sqlite"
+[history]
+enabled = $5
 [[queues]]
-name = "$exchange.all"
+name = "$2.all"
 bindings = ["#"]
 TOML
+}
+config relay "$exchange" "$PORT" "$ADMIN_PORT" true
+config nohist "$nohist" $((PORT + 1)) $((ADMIN_PORT + 1)) false
+config search "$searched" $((PORT + 2)) $((ADMIN_PORT + 2)) true
 
-start_relay() {
-  HOOKRELAY__AMQP__URI="$AMQP_URL" "$1" serve --config "$work/relay.toml" 2>"$work/relay.log" &
-  relay_pid=$!
+start() { # BINARY CONFIG ADMIN_PORT: starts a relay, waits until it is connected, prints its pid
+  # stdout elsewhere: this runs inside $(...), which would wait for it to close.
+  HOOKRELAY__AMQP__URI="$AMQP_URL" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
+  local pid=$!
   for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then return; fi
+    if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then echo "$pid"; return; fi
     sleep 0.1
   done
-  echo "relay not ready; log:" >&2; cat "$work/relay.log" >&2; exit 1
+  echo "relay not ready; log:" >&2; cat "$work/$2.log" >&2; exit 1
 }
-stop_relay() { kill "$relay_pid"; wait "$relay_pid" || true; relay_pid=""; }
+# start runs inside $(...), so its relay is not this shell's child: poll, not wait.
+stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
+start_relay() { relay_pid=$(start "$1" relay "$ADMIN_PORT"); }
+stop_relay() { stop "$relay_pid"; relay_pid=""; }
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$relay_pid/status"; }
-purge() { rabbitmqctl -q purge_queue "$exchange.all" >/dev/null; }
+purge() { for name in "$exchange" "$nohist"; do rabbitmqctl -q purge_queue "$name.all" >/dev/null; done; }
 # CPU accounting, in clock ticks (utime + stime): a process's own from
 # /proc/<pid>/stat fields 14-15; this shell's waited-for children (the load
 # generator) from fields 16-17 of its own.
@@ -91,23 +109,28 @@ with_cpu() { # NAME COMMAND...: runs it; writes relay/broker/client ticks and re
     "$(($(runq_ns "$relay_pid") - rq0)) $(($(runq_ns "$broker_pid") - bq0))" > "$work/$name.cpu"
 }
 body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
-load() { # oha with the webhook; extra flags in "$@"
+load_on() { # PORT, then oha's flags: oha with the webhook
+  local port=$1; shift
   oha --no-tui --output-format json -m POST -H 'content-type: application/json' \
-    -H 'x-client-id: bench-client' -d "$body" "$@" "http://127.0.0.1:$PORT/webhooks"
+    -H 'x-client-id: bench-client' -d "$body" "$@" "http://127.0.0.1:$port/webhooks"
 }
+load() { load_on "$PORT" "$@"; }
 
-echo "== relay + RabbitMQ"
+echo "== relay + RabbitMQ (and the same relay without history, idle until its turn)"
 start_relay target/release/hookrelay
+nohist_pid=$(start target/release/hookrelay nohist $((ADMIN_PORT + 1)))
 sleep 2
 idle_kib=$(kib VmRSS)
 
 # The broker's ceiling drifts by 20-30 % from one run to the next on a shared
 # machine, so baseline and relay alternate, and each pair gives one ratio.
-echo "== saturation: $ROUNDS rounds of baseline publisher, then relay ($MESSAGES messages, $CONNECTIONS in flight)"
+echo "== saturation: $ROUNDS rounds of baseline publisher, relay, relay without history ($MESSAGES messages, $CONNECTIONS in flight)"
 for round in $(seq 1 "$ROUNDS"); do
   purge; with_cpu "base-sat-$round" "$baseline" --exchange "$exchange.in" --messages "$MESSAGES" --in-flight "$CONNECTIONS" > "$work/base-sat-$round.json"
   purge; with_cpu "relay-sat-$round" load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/relay-sat-$round.json"
+  purge; load_on $((PORT + 1)) -n "$MESSAGES" -c "$CONNECTIONS" > "$work/nohist-sat-$round.json"
 done
+stop "$nohist_pid"; nohist_pid=""
 
 rate=$(python3 -c "import json,statistics as s;print(max(1,int(s.median(json.load(open(f'$work/base-sat-{i}.json'))['rate'] for i in range(1,$ROUNDS+1))/2)))")
 echo "== fixed rate: $rate/s (half the baseline ceiling) for ${FIXED_SECS}s each"
@@ -129,15 +152,27 @@ purge; load -n 500 -c 4 > "$work/relay-after2.json"
 "$baseline" --exchange "$exchange.in" --messages 500 --in-flight 4 > "$work/base-probe.json"
 stop_relay
 
+echo "== history search: $SEARCHED events in a stream, then hookrelay events"
+HOOKRELAY__AMQP__URI="$AMQP_URL" target/release/hookrelay declare --config "$work/search.toml" >/dev/null
+"$baseline" --exchange "$searched.in" --messages "$SEARCHED" --in-flight 64 > "$work/search-fill.json"
+search() { # NAME ARGS...: times one hookrelay events run
+  local name=$1; shift
+  /usr/bin/time -f '{"seconds": %e, "max_rss_kib": %M}' -o "$work/$name.json" \
+    env HOOKRELAY__AMQP__URI="$AMQP_URL" target/release/hookrelay events --config "$work/search.toml" "$@" > "$work/$name.out"
+  echo "{\"lines\": $(wc -l < "$work/$name.out")}" > "$work/$name.lines.json"
+}
+search search-miss --account-id nobody          # reads every event, prints none
+search search-hit --account-id acct-51c2 --limit 10
+
 echo "== HTTP side alone (bench-http-only build: publishes nothing)"
 start_relay "$work/hookrelay-http-only"
 with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
 stop_relay
 
-python3 - "$work" "$idle_kib" "$burst_hwm_kib" "$overload_hwm_kib" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$broker_pid" <<'PY' | tee bench/last-run.md
-import json, os, subprocess, sys
-work, idle, burst_hwm, overload_hwm, messages, hz, rounds = sys.argv[1], *map(int, sys.argv[2:8])
-broker_seen = bool(sys.argv[8])
+python3 - "$work" "$idle_kib" "$burst_hwm_kib" "$overload_hwm_kib" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$SEARCHED" "$broker_pid" <<'PY' | tee bench/last-run.md
+import json, os, statistics, subprocess, sys
+work, idle, burst_hwm, overload_hwm, messages, hz, rounds, searched = sys.argv[1], *map(int, sys.argv[2:9])
+broker_seen = bool(sys.argv[9])
 def j(name): return json.load(open(os.path.join(work, name)))
 def oha(name):
     d = j(name); p = d["latencyPercentiles"]; s = d["summary"]
@@ -167,6 +202,7 @@ def row(name, r, codes=True):
     print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {non200 or 'none'} | {r['errors']} |")
 row("baseline publisher, saturation", bs, codes=False)
 row("relay, saturation", rs)
+row("relay without history, same round", oha(f"nohist-sat-{median_round}.json"))
 row("baseline publisher, fixed rate", bf, codes=False)
 row("relay, fixed rate", rf)
 row(f"relay, burst", burst)
@@ -182,6 +218,12 @@ print(f"- relay / baseline throughput, median of {rounds} rounds: **{ratio:.2f}*
 print(f"- fixed rate p99: relay {rf['p99']:.2f} ms vs baseline {bf['p99']:.2f} ms + 2 ms (target: relay <= baseline + 2)")
 print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
 print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
+history = [oha(f"relay-sat-{i}.json")["rate"] / oha(f"nohist-sat-{i}.json")["rate"] for i in range(1, rounds + 1)]
+print(f"- the history stream's cost: relay with history / without, per round: {', '.join(f'{h:.2f}' for h in history)}; median **{statistics.median(history):.2f}**")
+miss, hit = j("search-miss.json"), j("search-hit.json")
+print(f"- history search over {searched} events (`events --account-id`): no match, so every event read: "
+      f"{miss['seconds']:.2f} s ({searched / max(miss['seconds'], 0.01):.0f} events/s, max RSS {mib(miss['max_rss_kib']):.1f} MiB); "
+      f"first 10 matches: {hit['seconds']:.2f} s ({j('search-hit.lines.json')['lines']} lines)")
 print()
 print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
 print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")

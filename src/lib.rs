@@ -23,6 +23,8 @@
 //! * [`metrics`], [`telemetry`]: what operators see.
 //! * [`startup`]: wires it all into an [`startup::Application`] and watches its
 //!   background tasks ([`tls`] for an HTTPS listener); [`cli`]: the commands.
+//! * [`history`]: reading the event history stream back (`events`, `tail`,
+//!   `replay --from-history`).
 //! * [`replay`], [`tail`], [`inspect`]: the operator's tools, with
 //!   [`dead_letter`] (reading `x-death`), [`render`] (showing a message) and
 //!   [`topic`] (topic-pattern matching).
