@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hookrelay::broker::Topology;
+use hookrelay::config::Settings;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
@@ -102,9 +102,22 @@ impl Setup {
             return;
         };
         let channel = connection.create_channel().await.unwrap();
-        let topology = Topology::new(&self.exchange, &[]);
-        let all = self.all_queue();
-        for queue in topology.own_queues().into_iter().chain([all.as_str()]) {
+        // The names the relay itself derives from this setup's configuration.
+        let env = HashMap::from([
+            (
+                "HOOKRELAY__INGRESS__CLIENT_IDS".to_owned(),
+                CLIENT_ID.to_owned(),
+            ),
+            (
+                "HOOKRELAY__AMQP__EXCHANGE".to_owned(),
+                self.exchange.clone(),
+            ),
+        ]);
+        let settings = Settings::load_with_env(Some(&self.dir.join("relay.toml")), env)
+            .expect("the setup's configuration");
+        let topology = settings.topology();
+        let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
+        for queue in topology.own_queues().into_iter().chain(consumer_queues) {
             let _ = channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await;
