@@ -55,14 +55,16 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether RabbitMQ answered about this very message (nack, return, a
-    /// channel error), as opposed to not being there to ask. Only such
-    /// refusals count toward parking a spooled message.
+    /// Whether RabbitMQ answered about this very message (a nack, a return,
+    /// a channel it closed over this publish), as opposed to not being there
+    /// to ask or a channel that was already gone. Only such refusals count
+    /// toward parking a spooled message.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            PublishError::Nack | PublishError::Returned { .. } | PublishError::Channel(_)
-        )
+        match self {
+            PublishError::Nack | PublishError::Returned { .. } => true,
+            PublishError::Channel(err) => err.is_amqp_soft_error(),
+            _ => false,
+        }
     }
 }
 

@@ -99,8 +99,9 @@ impl StatusBoard {
             BrokerState::Connected | BrokerState::Blocked => {}
             BrokerState::Disconnected => warn!(
                 %reason,
-                "RabbitMQ unavailable: webhooks are spooled and published when it is back; \
-                 retrying with backoff (check that RabbitMQ runs and amqp.uri is right)"
+                "not connected to RabbitMQ: webhooks are spooled and published once the relay \
+                 has reconnected, which it retries with backoff (if this lasts, check that \
+                 RabbitMQ runs and amqp.uri is right)"
             ),
             BrokerState::Misconfigured => error!(
                 %reason,
