@@ -47,7 +47,7 @@ command -v oha >/dev/null || cargo install --locked oha
 echo "== building (release)"
 cargo build --release -j2 --quiet --features bench-http-only --bin hookrelay
 cp target/release/hookrelay "$work/hookrelay-http-only"
-cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher
+cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher --example parse_cost
 baseline=target/release/examples/baseline_publisher
 
 config() { # NAME EXCHANGE PORT ADMIN_PORT HISTORY: a relay config in $work/NAME.toml
@@ -164,6 +164,9 @@ search() { # NAME ARGS...: times one hookrelay events run
 search search-miss --account-id nobody          # reads every event, prints none
 search search-hit --account-id acct-51c2 --limit 10
 
+echo "== parsing one body: serde_json's Value, the strict reader, Event::parse"
+target/release/examples/parse_cost $((MESSAGES * 10)) > "$work/parse.json"
+
 echo "== HTTP side alone (bench-http-only build: publishes nothing)"
 start_relay "$work/hookrelay-http-only"
 with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
@@ -224,6 +227,9 @@ miss, hit = j("search-miss.json"), j("search-hit.json")
 print(f"- history search over {searched} events (`events --account-id`): no match, so every event read: "
       f"{miss['seconds']:.2f} s ({searched / max(miss['seconds'], 0.01):.0f} events/s, max RSS {mib(miss['max_rss_kib']):.1f} MiB); "
       f"first 10 matches: {hit['seconds']:.2f} s ({j('search-hit.lines.json')['lines']} lines)")
+parse = j("parse.json")
+print(f"- parsing one body (ns, best of 5 x {parse['calls']}): serde_json Value {parse['serde_json_value_ns']:.0f}, "
+      f"strict (no duplicate keys) {parse['strict_json_ns']:.0f}, Event::parse {parse['event_parse_ns']:.0f}")
 print()
 print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
 print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")

@@ -23,6 +23,11 @@ const APP_ID: &str = "hookrelay";
 const CONTENT_TYPE: &str = "application/json";
 /// The header that says why a body was quarantined.
 pub const QUARANTINE_REASON: &str = "x-quarantine-reason";
+/// The header that lists the documented fields an event goes without.
+pub const SCHEMA_WARNINGS: &str = "x-schema-warnings";
+const CLIENT_ID: &str = "x-client-id";
+const SOURCE_IP: &str = "x-source-ip";
+const RECEIVED_AT: &str = "x-received-at";
 
 /// The facts about one accepted request that travel with its message.
 #[derive(Debug, Clone)]
@@ -35,6 +40,11 @@ pub struct Receipt {
     pub received_at: SystemTime,
 }
 
+/// A message without the receipt the relay writes on every message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no readable `{0}`: not a message the relay published")]
+pub struct NoReceipt(&'static str);
+
 impl Receipt {
     pub fn new(client_id: &str, source_ip: IpAddr, received_at: SystemTime) -> Receipt {
         Receipt {
@@ -43,6 +53,34 @@ impl Receipt {
             source_ip,
             received_at,
         }
+    }
+
+    /// The receipt a message the relay published carries (`message_id`,
+    /// `x-client-id`, `x-source-ip`, `x-received-at`): how a quarantined body
+    /// is sent on, later, as the event it now parses to.
+    pub fn of(properties: &BasicProperties) -> Result<Receipt, NoReceipt> {
+        let header = |key: &'static str| match properties.headers().as_ref()?.inner().get(key)? {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        };
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse().ok())
+            .ok_or(NoReceipt("message_id"))?;
+        let client_id = header(CLIENT_ID).ok_or(NoReceipt(CLIENT_ID))?;
+        let source_ip = header(SOURCE_IP)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or(NoReceipt(SOURCE_IP))?;
+        let received_at = header(RECEIVED_AT)
+            .and_then(|at| humantime::parse_rfc3339(&at).ok())
+            .ok_or(NoReceipt(RECEIVED_AT))?;
+        Ok(Receipt {
+            message_id,
+            client_id,
+            source_ip,
+            received_at,
+        })
     }
 }
 
@@ -74,6 +112,10 @@ pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
     }
     insert(&mut headers, "account-id", event.account_id());
     insert(&mut headers, "user-id", event.user_id());
+    if !event.warnings().is_empty() {
+        let warnings: Vec<String> = event.warnings().iter().map(|w| w.to_string()).collect();
+        insert(&mut headers, SCHEMA_WARNINGS, &warnings.join("; "));
+    }
     Message {
         kind: Kind::Event(event.routing_key()),
         body,
@@ -94,11 +136,11 @@ pub fn quarantine_message(reason: &ParseError, receipt: &Receipt, body: Bytes) -
 
 fn receipt_headers(receipt: &Receipt) -> FieldTable {
     let mut headers = FieldTable::default();
-    insert(&mut headers, "x-client-id", &receipt.client_id);
-    insert(&mut headers, "x-source-ip", &receipt.source_ip.to_string());
+    insert(&mut headers, CLIENT_ID, &receipt.client_id);
+    insert(&mut headers, SOURCE_IP, &receipt.source_ip.to_string());
     insert(
         &mut headers,
-        "x-received-at",
+        RECEIVED_AT,
         &humantime::format_rfc3339_millis(receipt.received_at).to_string(),
     );
     headers
@@ -186,6 +228,43 @@ mod tests {
         let headers = format!("{:?}", message.properties.headers());
         assert!(!headers.contains("alice"), "{headers}");
         assert!(!headers.to_lowercase().contains("login"), "{headers}");
+    }
+
+    #[test]
+    fn missing_optional_fields_are_listed_in_a_header() {
+        let body =
+            r#"{"hook":"SyncAccount","user":{"id":"u1"},"account":{"id":"a1","provider":7}}"#;
+        let event = Event::parse(body.as_bytes()).unwrap();
+        let message = event_message(&event, &receipt(), Bytes::from(body));
+        assert_eq!(
+            text(header(&message, SCHEMA_WARNINGS)),
+            "user.loginName missing; account.provider not a string"
+        );
+        let complete = Event::parse(BODY.as_bytes()).unwrap();
+        let message = event_message(&complete, &receipt(), Bytes::from(BODY));
+        assert_eq!(header(&message, SCHEMA_WARNINGS), None);
+    }
+
+    #[test]
+    fn the_receipt_reads_back_from_the_message_it_made() {
+        let sent = Receipt::new("app-1", "52.60.234.183".parse().unwrap(), SystemTime::now());
+        let reason = Event::parse(b"{}").unwrap_err();
+        let message = quarantine_message(&reason, &sent, Bytes::from("{}"));
+
+        let read = Receipt::of(&message.properties).unwrap();
+
+        assert_eq!(read.message_id, sent.message_id);
+        assert_eq!(read.client_id, "app-1");
+        assert_eq!(read.source_ip, sent.source_ip);
+        let drift = sent.received_at.duration_since(read.received_at).unwrap();
+        assert!(
+            drift < std::time::Duration::from_millis(1),
+            "kept to the millisecond"
+        );
+        assert_eq!(
+            Receipt::of(&BasicProperties::default()).err(),
+            Some(NoReceipt("message_id"))
+        );
     }
 
     #[test]

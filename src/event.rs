@@ -1,5 +1,14 @@
 //! The domain: a sync webhook, parsed once at the edge into a typed [`Event`].
 //!
+//! The rule, in one place ([`Event::parse`]): an event needs what routing and
+//! its headers need, `hook`, `user.id`, `account.id`, and `error` for a
+//! `SyncError`; without one of these it is quarantined. The other documented
+//! fields, `user.loginName` and `account.provider`, the relay never uses: an
+//! event without them, or with another type, is passed through with a
+//! [`SchemaWarning`] (the `x-schema-warnings` header, a metric), not
+//! quarantined. Unknown fields are allowed (the sender adds fields over time).
+//! A body with a duplicate key is refused (see [`crate::strict_json`]).
+//!
 //! An `Event` that exists is valid: its ids are non-empty and its [`RoutingKey`] is
 //! safe to hand to a topic exchange (no `.`, `*` or `#` can come from the payload).
 //! Parsing never echoes payload values in its error messages, because those
@@ -7,6 +16,8 @@
 //! personal data (`user.loginName`).
 
 use serde_json::{Map, Value};
+
+use crate::strict_json::{self, StrictError};
 
 /// The error codes the sender documents. Others are still routed (the sender's own
 /// lists disagree and it adds codes over time), but flagged as unknown.
@@ -27,6 +38,30 @@ pub struct Event {
     kind: EventKind,
     user_id: String,
     account_id: String,
+    warnings: Vec<SchemaWarning>,
+}
+
+/// A documented field the relay does not need, absent or of another type:
+/// the event is passed through, flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SchemaWarning {
+    pub field: OptionalField,
+    pub problem: FieldProblem,
+}
+
+/// The documented fields an event may go without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptionalField {
+    /// `user.loginName`: personal data the relay never reads.
+    LoginName,
+    /// `account.provider`: informational.
+    Provider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldProblem {
+    Missing,
+    NotAString,
 }
 
 /// Which hook fired.
@@ -57,6 +92,9 @@ pub enum ParseError {
         line: usize,
         column: usize,
     },
+    /// The key's path, e.g. `user.id`; a key that is not a plain word is `?`.
+    #[error("the key `{0}` appears twice in one object: JSON readers disagree on which one counts")]
+    DuplicateKey(String),
     #[error("the body must be a JSON object")]
     NotAnObject,
     #[error("`{0}` is missing")]
@@ -82,19 +120,23 @@ pub enum ParseError {
 pub struct InvalidRoutingKey;
 
 impl Event {
-    /// Parses a webhook body. Unknown extra fields are allowed.
+    /// Parses a webhook body: see the rule at the top of this module.
     pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
-        let value: Value = serde_json::from_slice(body).map_err(syntax_error)?;
+        let value: Value = strict_json::from_slice(body).map_err(|err| match err {
+            StrictError::Syntax(err) => syntax_error(err),
+            StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
+        })?;
         let root = value.as_object().ok_or(ParseError::NotAnObject)?;
 
         let hook = required_str(root, "hook", "hook")?;
         let user = required_object(root, "user")?;
         let account = required_object(root, "account")?;
         let user_id = required_non_empty(user, "id", "user.id")?;
-        // Required by the spec but never kept: it is personal data.
-        required_str(user, "loginName", "user.loginName")?;
         let account_id = required_non_empty(account, "id", "account.id")?;
-        required_str(account, "provider", "account.provider")?;
+        let mut warnings = Vec::new();
+        // Documented, never used: the login name is personal data.
+        optional_str(user, "loginName", OptionalField::LoginName, &mut warnings);
+        optional_str(account, "provider", OptionalField::Provider, &mut warnings);
 
         let kind = match hook {
             "SyncAccount" => EventKind::SyncAccount,
@@ -108,7 +150,13 @@ impl Event {
             kind,
             user_id: user_id.to_owned(),
             account_id: account_id.to_owned(),
+            warnings,
         })
+    }
+
+    /// The documented fields this event goes without.
+    pub fn warnings(&self) -> &[SchemaWarning] {
+        &self.warnings
     }
 
     /// The hook's name as the sender spells it.
@@ -213,6 +261,45 @@ fn syntax_error(err: serde_json::Error) -> ParseError {
     }
 }
 
+/// Notes a warning when an optional documented field is absent or not a string.
+fn optional_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    field: OptionalField,
+    warnings: &mut Vec<SchemaWarning>,
+) {
+    let problem = match obj.get(key) {
+        None => FieldProblem::Missing,
+        Some(Value::String(_)) => return,
+        Some(_) => FieldProblem::NotAString,
+    };
+    warnings.push(SchemaWarning { field, problem });
+}
+
+impl OptionalField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptionalField::LoginName => "user.loginName",
+            OptionalField::Provider => "account.provider",
+        }
+    }
+}
+
+impl FieldProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldProblem::Missing => "missing",
+            FieldProblem::NotAString => "not a string",
+        }
+    }
+}
+
+impl std::fmt::Display for SchemaWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field.as_str(), self.problem.as_str())
+    }
+}
+
 fn required<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
@@ -311,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn documented_fields_routing_does_not_need_are_flagged_not_refused() {
+        let cases = [
+            (account(""), vec![]),
+            (
+                account("").replace(r#","loginName":"alice""#, ""),
+                vec!["user.loginName missing"],
+            ),
+            (
+                account("").replace(r#","provider":"bank""#, ""),
+                vec!["account.provider missing"],
+            ),
+            (
+                account("")
+                    .replace(r#""loginName":"alice""#, r#""loginName":null"#)
+                    .replace(r#","provider":"bank""#, r#","provider":7"#),
+                vec![
+                    "user.loginName not a string",
+                    "account.provider not a string",
+                ],
+            ),
+        ];
+        for (body, expected) in cases {
+            let event = Event::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            let warnings: Vec<String> = event.warnings().iter().map(|w| w.to_string()).collect();
+            assert_eq!(warnings, expected, "{body}");
+            assert_eq!(event.routing_key().as_str(), "sync.account");
+        }
+    }
+
+    #[test]
     fn the_longest_allowed_code_is_routed_whole() {
         let code = format!("A{}", "_".repeat(63));
         let event = Event::parse(error(&format!("\"{code}\"")).as_bytes()).unwrap();
@@ -377,12 +494,19 @@ mod tests {
                 "`account.id` must not be empty",
             ),
             (
-                account("").replace(r#","loginName":"alice""#, ""),
-                "`user.loginName` is missing",
+                account("").replace(
+                    r#""hook":"SyncAccount""#,
+                    r#""hook":"SyncAccount","hook":"SyncError""#,
+                ),
+                "the key `hook` appears twice",
             ),
             (
-                account("").replace(r#","provider":"bank""#, ""),
-                "`account.provider` is missing",
+                account("").replace(r#""id":"a1""#, r#""id":"a1","id":"a2""#),
+                "the key `account.id` appears twice",
+            ),
+            (
+                account(r#","extra":{"deep":[{"k":1,"k":2}]}"#),
+                "the key `extra.deep.k` appears twice",
             ),
             (
                 account("").replace(
@@ -420,7 +544,8 @@ mod tests {
     #[test]
     fn reasons_never_quote_payload_values() {
         let bodies = [
-            r#"{"hook":"SyncAccount","user":{"id":"u1","loginName":12345},"account":{"id":"a1","provider":"p"}}"#,
+            r#"{"hook":"SyncAccount","user":{"id":12345,"loginName":"alice"},"account":{"id":"a1","provider":"p"}}"#,
+            r#"{"hook":"SyncAccount","user":{"id":"u1","alice@example.com":1,"alice@example.com":2},"account":{"id":"a1"}}"#,
             r#"{"hook":"SyncAccount","user":"alice@example.com","account":{"id":"a1","provider":"p"}}"#,
             r#"{"hook":"SyncError","user":{"id":"u1","loginName":"alice@example.com"},"account":{"id":"a1","provider":"p"},"error":"alice@example.com"}"#,
         ];

@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::broker::BrokerState;
+use crate::event::SchemaWarning;
 
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +94,13 @@ struct StateLabel {
     state: &'static str,
 }
 
+/// A documented field an event went without, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WarningLabel {
+    field: &'static str,
+    problem: &'static str,
+}
+
 /// A consumer queue's name: from the configuration, never from a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QueueLabel {
@@ -114,6 +122,7 @@ struct Inner {
     broker_state: Family<StateLabel, Gauge>,
     queue_conflict: Family<QueueLabel, Gauge>,
     topology_redeclared: Counter,
+    schema_warnings: Family<WarningLabel, Counter>,
     spool_depth: Gauge,
     spool_parked: Gauge,
     spool_bytes: Gauge,
@@ -169,6 +178,13 @@ impl Metrics {
             "Exchanges and queues of the relay found missing while it ran, and declared again",
             topology_redeclared.clone(),
         );
+        let schema_warnings = Family::<WarningLabel, Counter>::default();
+        registry.register(
+            "schema_warnings",
+            "Events accepted without a documented field the relay does not need (user.loginName, \
+             account.provider), or with another type, by field and problem",
+            schema_warnings.clone(),
+        );
         let spool_depth = Gauge::default();
         registry.register(
             "spool_depth",
@@ -217,6 +233,7 @@ impl Metrics {
                 broker_state,
                 queue_conflict,
                 topology_redeclared,
+                schema_warnings,
                 spool_depth,
                 spool_parked,
                 spool_bytes,
@@ -262,6 +279,16 @@ impl Metrics {
                 queue: queue.to_owned(),
             })
             .set(i64::from(conflict));
+    }
+
+    pub fn schema_warnings(&self, warnings: &[SchemaWarning]) {
+        for warning in warnings {
+            let label = WarningLabel {
+                field: warning.field.as_str(),
+                problem: warning.problem.as_str(),
+            };
+            self.inner.schema_warnings.get_or_create(&label).inc();
+        }
     }
 
     pub fn topology_redeclared(&self, objects: u64) {

@@ -1,9 +1,11 @@
 //! `hookrelay replay`: its flags, and how its results are printed. It replays
-//! dead letters, or with `--from-history` events kept in the history.
+//! dead letters; with `--from-history`, events kept in the history; with
+//! `--from-quarantine`, quarantined bodies that parse now.
 
 use super::HistoryFilterArgs;
 use crate::config::Settings;
 use crate::history::replay::{self as history_replay, Destination, Sent};
+use crate::quarantine::{self, Redrive};
 use crate::replay::{self, Action, Entry, ReplayOptions};
 use crate::topic::TopicPattern;
 
@@ -21,6 +23,11 @@ pub struct ReplayArgs {
     /// instead of dead letters; needs --to-queue or --to-exchange.
     #[arg(long)]
     pub from_history: bool,
+    /// Send quarantined bodies that parse now (after a fix) on to the
+    /// exchange, as the events they are, with their original message ids;
+    /// what still fails stays in quarantine.
+    #[arg(long, conflicts_with_all = ["from_history", "to_exchange", "routing_key"])]
+    pub from_quarantine: bool,
     /// With --from-history: send the events to this queue only (through the
     /// default exchange), e.g. a new consumer's.
     #[arg(long, value_name = "NAME", conflicts_with = "to_exchange")]
@@ -61,6 +68,9 @@ pub enum DeathReason {
 pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
     if args.from_history {
         return from_history(settings, args).await;
+    }
+    if args.from_quarantine {
+        return from_quarantine(settings, args).await;
     }
     if args.history.is_set() || args.to_queue.is_some() {
         anyhow::bail!(
@@ -146,6 +156,69 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+async fn from_quarantine(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    if args.queue.is_some() || args.to_queue.is_some() || args.history.is_set() {
+        anyhow::bail!(
+            "--from-quarantine reads <exchange>.quarantine and sends to the exchange: it takes only --limit, --dry-run and --json"
+        );
+    }
+    let options = quarantine::Options {
+        limit: args.limit,
+        dry_run: args.dry_run,
+    };
+    let json = args.json;
+    let summary = quarantine::redrive(&settings, options, |entry| {
+        if json {
+            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+        } else {
+            println!("{}", redrive_line(entry));
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::json!({ "summary": summary }));
+    } else if options.dry_run {
+        println!(
+            "would re-drive {}, stays {}, left {}",
+            summary.would_redrive, summary.stays, summary.left
+        );
+    } else {
+        println!(
+            "re-driven {}, stays {}, failed {}, left {}",
+            summary.redriven, summary.stays, summary.failed, summary.left
+        );
+    }
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} body(ies) parse now but could not be sent (see above); they stay in quarantine",
+            summary.failed
+        );
+    }
+    Ok(())
+}
+
+fn redrive_line(entry: &Redrive) -> String {
+    let action = match entry.action {
+        quarantine::Action::Redriven => "re-driven",
+        quarantine::Action::WouldRedrive => "would-redrive",
+        quarantine::Action::Stays => "stays",
+        quarantine::Action::Failed => "FAILED",
+    };
+    let mut line = format!(
+        "{action:<13} {} {}",
+        entry.message_id.as_deref().unwrap_or("-"),
+        entry.routing_key.as_deref().unwrap_or("-"),
+    );
+    if let Some(reason) = &entry.reason {
+        line.push_str(": ");
+        line.push_str(reason);
+    }
+    if let Some(was) = &entry.was {
+        line.push_str(&format!(" (was: {was})"));
+    }
+    line
 }
 
 fn sent_line(sent: &Sent) -> String {

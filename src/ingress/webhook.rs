@@ -102,6 +102,7 @@ async fn accept(
     Span::current().record("message_id", field::display(receipt.message_id));
     match Event::parse(&body) {
         Ok(event) => {
+            ingress.metrics.schema_warnings(event.warnings());
             if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
                 warn!(
                     code = code.as_str(),

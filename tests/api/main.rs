@@ -9,6 +9,7 @@ mod helpers;
 mod history;
 mod hostile;
 mod inspect;
+mod quarantine;
 mod replay;
 mod spool;
 mod topology;
