@@ -52,7 +52,10 @@ async fn arrives(app: &TestApp, queue: &str, id: &str) {
             }
         }
     }
-    panic!("{id} did not reach {queue} (saw {seen:?})");
+    panic!(
+        "{id} did not reach {queue} (saw {seen:?}); the relay says {}",
+        app.readiness().await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
