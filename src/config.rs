@@ -146,6 +146,36 @@ pub struct QueueSettings {
     pub bindings: Vec<String>,
     #[serde(rename = "type", default)]
     pub kind: QueueType,
+    /// Delays of the retry tiers `<name>.retry.<n>`, in order (`["30s", "5m"]`).
+    #[serde(default, with = "human_durations")]
+    pub retry: Vec<Duration>,
+    /// For a quorum queue: deliveries after which RabbitMQ dead-letters a
+    /// message that keeps coming back (a consumer that crashes on it).
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+}
+
+/// RabbitMQ 4.0's own default for quorum queues.
+fn default_delivery_limit() -> u32 {
+    20
+}
+
+impl QueueSettings {
+    /// A queue bound with `bindings`, without retry tiers.
+    pub fn new(name: &str, bindings: &[&str], kind: QueueType) -> QueueSettings {
+        QueueSettings {
+            name: name.to_owned(),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            kind,
+            retry: Vec::new(),
+            delivery_limit: default_delivery_limit(),
+        }
+    }
+
+    /// The name of retry tier `n` (1-based).
+    pub fn retry_queue(&self, n: usize) -> String {
+        format!("{}.retry.{n}", self.name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -312,6 +342,25 @@ impl Settings {
             if queue.bindings.iter().any(|b| b.is_empty() || b.len() > 255) {
                 return invalid("queues.bindings", "patterns must be 1 to 255 characters");
             }
+            if queue
+                .retry
+                .iter()
+                .any(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128)
+            {
+                return invalid(
+                    "queues.retry",
+                    "each delay must be at least 1ms and at most 49 days (e.g. [\"30s\", \"5m\"])",
+                );
+            }
+            if queue.name.len() > 240 && !queue.retry.is_empty() {
+                return invalid(
+                    "queues.name",
+                    "with retry tiers, at most 240 characters (<name>.retry.<n> must fit 255)",
+                );
+            }
+            if queue.delivery_limit == 0 {
+                return invalid("queues.delivery_limit", "must be greater than 0");
+            }
         }
         Ok(())
     }
@@ -458,6 +507,33 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("****")
+    }
+}
+
+/// A list of durations written for humans (`["30s", "5m"]`).
+mod human_durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| humantime::parse_duration(text).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(
+        durations: &[Duration],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> = durations
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        serde::Serialize::serialize(&texts, serializer)
     }
 }
 

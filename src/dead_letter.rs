@@ -1,5 +1,6 @@
-//! What RabbitMQ recorded about a dead letter, and the headers it gets back
-//! when it is replayed.
+//! What RabbitMQ recorded about a dead letter, and the headers a message gets
+//! when it is sent again: replayed from the dead letters, or retried by a
+//! consumer through a retry tier.
 //!
 //! RabbitMQ keeps `x-death`: one entry per (queue, reason), the most recent
 //! first, so the entry for the original publish is the last one. A replay
@@ -16,6 +17,8 @@ const BROKER_OWNED: [&str; 2] = ["x-death", "x-delivery-count"];
 const BROKER_OWNED_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
 
 pub const REPLAY_COUNT: &str = "x-replay-count";
+/// Which retry this copy is, from 1: set by the consumer that retries.
+pub const RETRY_ATTEMPT: &str = "x-retry-attempt";
 pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 
@@ -105,7 +108,8 @@ pub fn replay_headers(headers: Option<&FieldTable>, death: &Death) -> FieldTable
             let key_str = key.as_str();
             if key_str == REPLAY_COUNT {
                 previous_replays = integer(Some(value)).unwrap_or(0);
-            } else if !is_broker_owned(key_str) {
+            } else if !is_broker_owned(key_str) && key_str != RETRY_ATTEMPT {
+                // A replayed message starts its retries again at attempt 1.
                 replayed.insert(key.clone(), value.clone());
             }
         }
@@ -123,6 +127,43 @@ pub fn replay_headers(headers: Option<&FieldTable>, death: &Death) -> FieldTable
         long_string(&death.original_routing_key),
     );
     replayed
+}
+
+/// The headers of the copy a consumer publishes into a retry tier: the
+/// message's own, less what RabbitMQ owns, with `x-retry-attempt` set to
+/// `attempt` and the route it first took kept in `x-original-exchange` /
+/// `x-original-routing-key` (after a retry it arrives through the default
+/// exchange, and `x-death` would only know the tier).
+pub fn retry_headers(
+    headers: Option<&FieldTable>,
+    attempt: i64,
+    exchange: &str,
+    routing_key: &str,
+) -> FieldTable {
+    let mut copied = FieldTable::default();
+    if let Some(headers) = headers {
+        for (key, value) in headers.inner() {
+            if !is_broker_owned(key.as_str()) {
+                copied.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    copied.insert(RETRY_ATTEMPT.into(), AMQPValue::LongLongInt(attempt));
+    if !copied.inner().contains_key(ORIGINAL_EXCHANGE) {
+        copied.insert(ORIGINAL_EXCHANGE.into(), long_string(exchange));
+        copied.insert(ORIGINAL_ROUTING_KEY.into(), long_string(routing_key));
+    }
+    copied
+}
+
+/// `x-retry-attempt` as a number (0 when absent: not retried yet).
+pub fn retry_attempt(headers: Option<&FieldTable>) -> i64 {
+    integer(headers.and_then(|h| h.inner().get(RETRY_ATTEMPT))).unwrap_or(0)
+}
+
+/// `x-replay-count` as a number (0 when absent).
+pub fn replay_count(headers: Option<&FieldTable>) -> i64 {
+    integer(headers.and_then(|h| h.inner().get(REPLAY_COUNT))).unwrap_or(0)
 }
 
 fn is_broker_owned(key: &str) -> bool {

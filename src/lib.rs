@@ -33,6 +33,8 @@ pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod consumer;
+pub mod contract;
 pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;

@@ -200,11 +200,7 @@ mod tests {
 
     #[test]
     fn a_refused_queue_shows_in_the_status_and_the_metric_until_it_clears() {
-        let queue = QueueSettings {
-            name: "reprompt".to_owned(),
-            bindings: vec!["#".to_owned()],
-            kind: QueueType::Quorum,
-        };
+        let queue = QueueSettings::new("reprompt", &["#"], QueueType::Quorum);
         let metrics = Metrics::new();
         let board = StatusBoard::new(&Topology::new("hooks", &[queue]), metrics.clone());
         let gauge = r#"hookrelay_queue_conflict{queue="reprompt"}"#;

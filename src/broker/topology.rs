@@ -32,6 +32,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -301,6 +302,15 @@ impl Topology {
                     report.queue_conflicts.push(conflict.for_queue(&queue.name));
                 }
             }
+            for (n, delay) in queue.retry.iter().enumerate() {
+                let tier = queue.retry_queue(n + 1);
+                let arguments = retry_tier_arguments(queue, *delay);
+                let declared =
+                    declarer.ensure(Object::Queue(&tier, arguments), &mut report.created);
+                if let Some(conflict) = declared.await? {
+                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
+                }
+            }
         }
         declarer.close().await;
         Ok(report)
@@ -326,18 +336,46 @@ impl HistoryStream {
 /// Arguments of a consumer queue: dead-lettering into the DLX, and for quorum
 /// queues at-least-once dead-lettering (the default, at-most-once, drops a dead
 /// letter whenever the DLX target is unavailable), which RabbitMQ only allows
-/// together with `reject-publish` overflow.
+/// together with `reject-publish` overflow, and a delivery limit, after which
+/// a message that keeps coming back (its consumer crashes on it) is
+/// dead-lettered instead of redelivered forever.
 pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), string(dlx));
-    // A classic queue gets no `x-queue-type`, so one declared earlier without it
-    // (by a consumer, say) still matches.
     if queue.kind == QueueType::Quorum {
-        args.insert("x-queue-type".into(), string("quorum"));
-        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-        args.insert("x-overflow".into(), string("reject-publish"));
+        quorum_arguments(&mut args);
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(queue.delivery_limit)),
+        );
     }
     args
+}
+
+/// Arguments of retry tier `<name>.retry.<n>`: every message waits `delay`
+/// (a queue-wide TTL, so they leave from the head in order: per-message TTLs
+/// would hold each other up), then is dead-lettered back into `<name>`
+/// through the default exchange. Of the queue's own type.
+pub fn retry_tier_arguments(queue: &QueueSettings, delay: Duration) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(delay.as_millis().min(i64::MAX as u128) as i64),
+    );
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(&queue.name));
+    if queue.kind == QueueType::Quorum {
+        quorum_arguments(&mut args);
+    }
+    args
+}
+
+/// A classic queue gets no `x-queue-type`, so one declared earlier without it
+/// (by a consumer, say) still matches.
+fn quorum_arguments(args: &mut FieldTable) {
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
 }
 
 fn string(value: &str) -> AMQPValue {

@@ -16,11 +16,7 @@ use crate::helpers::{
 };
 
 fn consumer_queue(name: String, binding: &str, kind: QueueType) -> QueueSettings {
-    QueueSettings {
-        name,
-        bindings: vec![binding.to_owned()],
-        kind,
-    }
+    QueueSettings::new(&name, &[binding], kind)
 }
 
 #[tokio::test]

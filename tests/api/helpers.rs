@@ -474,8 +474,12 @@ pub fn delete_everything_named(prefix: &str) {
 /// Deletes the exchanges and queues a relay with `settings` declares.
 pub async fn delete_topology(channel: &Channel, settings: &Settings) {
     let topology = settings.topology();
-    let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
-    for queue in topology.own_queues().into_iter().chain(consumer_queues) {
+    let consumer_queues = topology.consumer_queues().iter().flat_map(|q| {
+        let tiers = (1..=q.retry.len()).map(|n| q.retry_queue(n));
+        std::iter::once(q.name.clone()).chain(tiers)
+    });
+    let own = topology.own_queues().into_iter().map(str::to_owned);
+    for queue in own.chain(consumer_queues) {
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;

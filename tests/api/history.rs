@@ -249,11 +249,11 @@ async fn a_history_stream_with_other_retention_is_reported_and_still_used() {
 async fn relay_with_accounts_queue(extra: &[(&str, &str)]) -> (TestApp, String) {
     let mut settings = test_settings(extra);
     let accounts = format!("{}.accounts", settings.amqp.exchange);
-    settings.queues = vec![QueueSettings {
-        name: accounts.clone(),
-        bindings: vec!["sync.account".to_owned()],
-        kind: QueueType::Classic,
-    }];
+    settings.queues = vec![QueueSettings::new(
+        &accounts.clone(),
+        &["sync.account"],
+        QueueType::Classic,
+    )];
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;
     (app, accounts)

@@ -91,11 +91,11 @@ async fn inspect_shows_quarantined_bodies_and_leaves_the_queue_as_it_was() {
 async fn inspect_says_why_a_dead_letter_died() {
     let mut settings = test_settings(&[]);
     let queue = format!("{}.reprompt", settings.amqp.exchange);
-    settings.queues = vec![QueueSettings {
-        name: queue.clone(),
-        bindings: vec!["sync.error.#".to_owned()],
-        kind: QueueType::Classic,
-    }];
+    settings.queues = vec![QueueSettings::new(
+        &queue.clone(),
+        &["sync.error.#"],
+        QueueType::Classic,
+    )];
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;
     let id = app.send(sync_error("LoginFailedError")).await;

@@ -5,6 +5,7 @@
 mod admin;
 mod binary;
 mod broker;
+mod consumer;
 mod helpers;
 mod history;
 mod hostile;

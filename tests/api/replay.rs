@@ -23,16 +23,8 @@ async fn two_consumers() -> (TestApp, String, String) {
     let reprompt = format!("{exchange}.reprompt");
     let audit = format!("{exchange}.audit");
     settings.queues = vec![
-        QueueSettings {
-            name: reprompt.clone(),
-            bindings: vec!["sync.error.*".to_owned()],
-            kind: QueueType::Classic,
-        },
-        QueueSettings {
-            name: audit.clone(),
-            bindings: vec!["sync.error.*".to_owned()],
-            kind: QueueType::Quorum,
-        },
+        QueueSettings::new(&reprompt.clone(), &["sync.error.*"], QueueType::Classic),
+        QueueSettings::new(&audit.clone(), &["sync.error.*"], QueueType::Quorum),
     ];
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;

@@ -20,11 +20,7 @@ const SOON: Duration = Duration::from_secs(20);
 async fn relay_with_a_poisoned_route(max_refusals: &str) -> (TestApp, String, String) {
     let mut settings = test_settings(&[("HOOKRELAY__SPOOL__MAX_REFUSALS", max_refusals)]);
     let all = format!("{}.all", settings.amqp.exchange);
-    settings.queues = vec![QueueSettings {
-        name: all.clone(),
-        bindings: vec!["#".to_owned()],
-        kind: QueueType::Classic,
-    }];
+    settings.queues = vec![QueueSettings::new(&all.clone(), &["#"], QueueType::Classic)];
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;
     let full = format!("{}.full", app.exchange());

@@ -21,11 +21,7 @@ use crate::helpers::{
 const SOON: Duration = Duration::from_secs(10);
 
 fn consumer_queue(name: &str, binding: &str, kind: QueueType) -> QueueSettings {
-    QueueSettings {
-        name: name.to_owned(),
-        bindings: vec![binding.to_owned()],
-        kind,
-    }
+    QueueSettings::new(name, &[binding], kind)
 }
 
 fn durable() -> QueueDeclareOptions {

@@ -1,0 +1,214 @@
+//! `hookrelay::consumer` against the real RabbitMQ: retries through the retry
+//! tiers, dead-lettering past the last one, a crash mid-message.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hookrelay::config::{QueueSettings, QueueType};
+use hookrelay::consumer::{Consumer, Incoming, Outcome};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::helpers::{TestApp, eventually, spawn_app_unready, sync_error, test_settings};
+
+/// What the handler saw: attempt number and when.
+type Seen = Arc<Mutex<Vec<(u32, Instant, Incoming)>>>;
+
+/// A relay whose queue `<exchange>.reprompt` has retry tiers of `delays`.
+async fn relay(kind: QueueType, delays: &[Duration]) -> (TestApp, QueueSettings) {
+    let mut settings = test_settings(&[]);
+    let name = format!("{}.reprompt", settings.amqp.exchange);
+    let mut queue = QueueSettings::new(&name, &["sync.error.#"], kind);
+    queue.retry = delays.to_vec();
+    settings.queues = vec![queue.clone()];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    (app, queue)
+}
+
+/// Runs a consumer of `queue` whose handler answers `decide(attempt)`, and
+/// records what it saw; stops when the sender is dropped or fires.
+fn consume(
+    app: &TestApp,
+    queue: &QueueSettings,
+    decide: impl Fn(u32) -> Outcome + Send + Sync + 'static,
+) -> (Seen, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
+    let seen: Seen = Arc::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let consumer = Consumer::new(&app.settings, &queue.name)
+        .unwrap()
+        .prefetch(4);
+    let recorded = seen.clone();
+    let decide = Arc::new(decide);
+    let running = tokio::spawn(consumer.run(
+        move |incoming: Incoming| {
+            let (recorded, decide) = (recorded.clone(), decide.clone());
+            async move {
+                let attempt = incoming.attempt;
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((attempt, Instant::now(), incoming));
+                decide(attempt)
+            }
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (seen, stop, running)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_fails_twice_succeeds_on_attempt_3_after_both_delays() {
+    let delays = [Duration::from_millis(300), Duration::from_millis(600)];
+    let (app, queue) = relay(QueueType::Classic, &delays).await;
+    let (seen, stop, running) = consume(&app, &queue, |attempt| match attempt {
+        1 | 2 => Outcome::Retry,
+        _ => Outcome::Ack,
+    });
+
+    let id = app.send(sync_error("LoginFailedError")).await;
+
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            seen.lock().unwrap().len() == 3
+        })
+        .await,
+        "three attempts"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let attempts: Vec<u32> = seen.iter().map(|(attempt, ..)| *attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert!(seen[1].1 - seen[0].1 >= delays[0], "waited the first tier");
+    assert!(seen[2].1 - seen[1].1 >= delays[1], "waited the second tier");
+    for (_, _, incoming) in &seen {
+        assert_eq!(incoming.message_id, id);
+        assert_eq!(
+            incoming.routing_key, "sync.error.LoginFailedError",
+            "the first route, kept"
+        );
+        assert_eq!(
+            incoming.event.error_code().unwrap().as_str(),
+            "LoginFailedError"
+        );
+    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(app.depth(&queue.name).await, 0, "acknowledged");
+    assert_eq!(app.depth(app.topology.dead_letter_queue()).await, 0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_always_fails_leaves_the_message_dead_lettered_after_the_last_tier() {
+    let delays = [Duration::from_millis(100), Duration::from_millis(100)];
+    let (app, queue) = relay(QueueType::Quorum, &delays).await;
+    let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Retry);
+
+    let id = app.send(sync_error("LoginFailedError")).await;
+
+    let dead_letters = app.topology.dead_letter_queue().to_owned();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.depth(&dead_letters).await == 1
+        })
+        .await,
+        "dead-lettered"
+    );
+    let attempts: Vec<u32> = seen.lock().unwrap().iter().map(|(a, ..)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3], "once per tier, then no more");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+
+    // `hookrelay replay` puts it back where it died, starting again at attempt 1.
+    let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Ack);
+    let replayed = app.run(&["replay"]).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await
+    );
+    let (attempt, _, incoming) = seen.lock().unwrap()[0].clone();
+    assert_eq!((attempt, incoming.replays), (1, 1));
+    assert_eq!(incoming.message_id, id);
+    assert_eq!(
+        incoming.routing_key, "sync.error.LoginFailedError",
+        "the first route, kept"
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_crashes_mid_message_gets_it_again() {
+    let (app, queue) = relay(QueueType::Quorum, &[]).await;
+    let (seen, stop, running) = consume(&app, &queue, |attempt| {
+        let crashed_before = CRASHED.swap(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            crashed_before,
+            "the handler crashes on its first message (attempt {attempt})"
+        );
+        Outcome::Ack
+    });
+
+    let id = app.send(sync_error("LoginFailedError")).await;
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            seen.lock().unwrap().len() == 2
+        })
+        .await,
+        "delivered again"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[1].2.message_id, id);
+    assert!(seen[1].2.redelivered, "RabbitMQ says it is a redelivery");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(app.depth(&queue.name).await, 0);
+    app.stop().await.unwrap();
+}
+
+static CRASHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_keeps_crashing_its_consumer_ends_in_the_dead_letters() {
+    let mut settings = test_settings(&[]);
+    let name = format!("{}.poison", settings.amqp.exchange);
+    let mut queue = QueueSettings::new(&name, &["sync.error.#"], QueueType::Quorum);
+    queue.delivery_limit = 2;
+    settings.queues = vec![queue.clone()];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let (seen, stop, running) = consume(&app, &queue, |_| panic!("a poison message"));
+
+    app.send(sync_error("LoginFailedError")).await;
+
+    let dead_letters = app.topology.dead_letter_queue().to_owned();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.depth(&dead_letters).await == 1
+        })
+        .await,
+        "dead-lettered by RabbitMQ after the delivery limit"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        3,
+        "the first delivery and 2 more"
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let inspected = app.run(&["inspect", &dead_letters, "--json"]).await;
+    let first = String::from_utf8_lossy(&inspected.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(first.contains("delivery_limit in"), "{first}");
+    app.stop().await.unwrap();
+}
