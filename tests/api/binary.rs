@@ -13,7 +13,23 @@ use uuid::Uuid;
 
 use hookrelay::config::Settings;
 
-use crate::helpers::{AMQP_URL, CLIENT_ID, amqp, delete_topology, sync_account, test_settings};
+use crate::helpers::{
+    AMQP_URL, CLIENT_ID, amqp, delete_everything_named, delete_topology, sync_account,
+    test_settings,
+};
+
+/// A test that fails before its own clean-up still leaves nothing on the
+/// shared broker: everything named after its exchange goes.
+struct CleanUpIfFailed(String);
+
+impl Drop for CleanUpIfFailed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let prefix = self.0.clone();
+            let _ = std::thread::spawn(move || delete_everything_named(&prefix)).join();
+        }
+    }
+}
 
 fn hookrelay(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
@@ -126,6 +142,7 @@ fn every_command_has_help() {
 #[tokio::test]
 async fn declare_creates_the_topology_and_exits() {
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let exchange = settings.amqp.exchange.clone();
     let env = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", "a".to_owned()),
@@ -200,6 +217,7 @@ async fn declare_names_every_conflict_and_exits_non_zero() {
     // A consumer queue that exists as classic, configured as quorum, and a
     // quarantine queue (the relay's own) that exists with a length limit.
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let exchange = settings.amqp.exchange.clone();
     let queue = format!("{exchange}.reprompt");
     let (connection, channel) = amqp().await;
@@ -378,6 +396,7 @@ fn serve(settings: &Settings, env: &[(&str, &str)]) -> (Relay, u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_logs_json_and_drains_on_sigterm() {
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let (mut relay, port) = serve(&settings, &[("RUST_LOG", "info,hookrelay=debug")]);
 
     let response = reqwest::Client::new()
@@ -429,6 +448,7 @@ async fn serve_logs_json_and_drains_on_sigterm() {
 async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
     const TOKEN: &str = "0f9e8d7c6b5a49382716a5b4c3d2e1f0";
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     // Everything at debug, actix's own lines included: none may show the token.
     let (mut relay, port) = serve(
         &settings,
@@ -488,6 +508,7 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_consumer_queue_is_logged_once_not_at_every_check() {
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let queue = format!("{}.reprompt", settings.amqp.exchange);
     let (connection, channel) = amqp().await;
     let (dir, file) = a_classic_queue_configured_as_quorum(&channel, &queue).await;
@@ -542,6 +563,7 @@ async fn a_refused_consumer_queue_is_logged_once_not_at_every_check() {
 #[tokio::test]
 async fn every_command_logs_like_serve() {
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let quarantine = settings.topology().quarantine_queue().to_owned();
     let base = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
@@ -592,6 +614,7 @@ async fn a_returned_message_is_logged_without_its_body() {
     // unrouted queue makes RabbitMQ return the next unmatched event. Every
     // line logged, lapin's own frames included.
     let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
     let (mut relay, port) = serve(
         &settings,
         &[
