@@ -6,7 +6,8 @@
 //! otherwise, so a load balancer can route around us. Its body tells the whole
 //! truth: `ready` only when nothing needs a human, `degraded` (still 200) while
 //! webhooks are accepted but something does (running on the spool, a consumer
-//! queue RabbitMQ refuses, parked webhooks), with RabbitMQ's own reasons.
+//! queue RabbitMQ refuses, parked webhooks), with RabbitMQ's own reasons, and
+//! which node of `amqp.uri` it is connected to.
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
@@ -62,6 +63,9 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
     });
     if let Some(reason) = &broker.reason {
         body["reason"] = json!(reason);
+    }
+    if let Some(node) = &broker.node {
+        body["node"] = json!(node);
     }
     if let Some(spool) = &admin.spool {
         body["spool"] = json!({

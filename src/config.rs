@@ -112,6 +112,9 @@ pub struct AmqpSettings {
     /// How often the relay declares its topology again while connected, so
     /// that a queue or exchange deleted at runtime comes back.
     pub topology_check_secs: u64,
+    /// The type of the relay's own queues (unrouted, dead-letter, quarantine),
+    /// of retry tiers, and of consumer queues that do not say.
+    pub queue_type: QueueType,
 }
 
 /// The local spool that keeps accepted webhooks while RabbitMQ cannot.
@@ -144,8 +147,9 @@ pub struct HistorySettings {
 pub struct QueueSettings {
     pub name: String,
     pub bindings: Vec<String>,
-    #[serde(rename = "type", default)]
-    pub kind: QueueType,
+    /// Unset: `amqp.queue_type` (filled in by [`Settings::load`]).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<QueueType>,
     /// Delays of the retry tiers `<name>.retry.<n>`, in order (`["30s", "5m"]`).
     #[serde(default, with = "human_durations")]
     pub retry: Vec<Duration>,
@@ -166,10 +170,15 @@ impl QueueSettings {
         QueueSettings {
             name: name.to_owned(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
-            kind,
+            kind: Some(kind),
             retry: Vec::new(),
             delivery_limit: default_delivery_limit(),
         }
+    }
+
+    /// Classic or quorum.
+    pub fn kind(&self) -> QueueType {
+        self.kind.unwrap_or_default()
     }
 
     /// The name of retry tier `n` (1-based).
@@ -232,7 +241,11 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .source(Some(env.into_iter().collect()));
-        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        let default_type = settings.amqp.queue_type;
+        for queue in &mut settings.queues {
+            queue.kind.get_or_insert(default_type);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -367,7 +380,8 @@ impl Settings {
 
     /// Every RabbitMQ name the relay uses, its consumer queues and history.
     pub fn topology(&self) -> Topology {
-        let topology = Topology::new(&self.amqp.exchange, &self.queues);
+        let topology =
+            Topology::new(&self.amqp.exchange, &self.queues).with_queue_type(self.amqp.queue_type);
         match self.history.enabled {
             true => topology.with_history(&self.history),
             false => topology,
@@ -754,9 +768,51 @@ type = "quorum"
         assert_eq!(s.amqp.exchange, "from-env");
         assert_eq!(s.ingress.client_ids, ["file-id"]);
         assert_eq!(s.queues.len(), 1);
-        assert_eq!(s.queues[0].kind, QueueType::Quorum);
+        assert_eq!(s.queues[0].kind(), QueueType::Quorum);
         assert_eq!(s.queues[0].bindings.len(), 2);
         assert_eq!(s.server.webhook_path, "/webhooks", "defaults still apply");
+    }
+
+    #[test]
+    fn a_queue_without_a_type_follows_amqp_queue_type() {
+        let dir = std::env::temp_dir().join(format!("hookrelay-qtype-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            r##"
+[ingress]
+client_ids = ["file-id"]
+[[queues]]
+name = "untyped"
+bindings = ["#"]
+[[queues]]
+name = "classic"
+bindings = ["#"]
+type = "classic"
+"##,
+        )
+        .unwrap();
+        let load = |queue_type: &str| {
+            Settings::load_with_env(
+                Some(&path),
+                env(&[("HOOKRELAY__AMQP__QUEUE_TYPE", queue_type)]),
+            )
+            .unwrap()
+        };
+
+        let on_cluster = load("quorum");
+        assert_eq!(on_cluster.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(on_cluster.queues[0].kind(), QueueType::Quorum);
+        assert_eq!(
+            on_cluster.queues[1].kind(),
+            QueueType::Classic,
+            "a set type stays"
+        );
+
+        let single = load("classic");
+        assert_eq!(single.queues[0].kind(), QueueType::Classic);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -283,6 +283,7 @@ async fn supervise(inner: Arc<Inner>) {
         inner.session.send_replace(Some(session.clone()));
         inner.metrics.broker_connected(true);
         inner.status.set_state(BrokerState::Connected, None);
+        inner.status.set_node(Some(inner.amqp.uri[node].masked()));
         info!(
             connection = %inner.amqp.connection_name(),
             node = %inner.amqp.uri[node],
@@ -293,6 +294,7 @@ async fn supervise(inner: Arc<Inner>) {
 
         inner.session.send_replace(None);
         inner.metrics.broker_connected(false);
+        inner.status.set_node(None);
         session.close().await;
         match ended {
             Ended::Shutdown => {

@@ -36,6 +36,8 @@ pub struct Status {
     pub reason: Option<String>,
     /// Consumer queues (or bindings) RabbitMQ refused; publishing goes on.
     pub queue_conflicts: Vec<Conflict>,
+    /// The node of `amqp.uri` the relay is connected to (password masked).
+    pub node: Option<String>,
 }
 
 /// The current [`Status`], and the one place that changes it.
@@ -64,6 +66,7 @@ impl StatusBoard {
                 state: BrokerState::Disconnected,
                 reason: Some("not connected yet".to_owned()),
                 queue_conflicts: Vec::new(),
+                node: None,
             }),
             metrics,
             unrouted: topology.unrouted().to_owned(),
@@ -111,6 +114,15 @@ impl StatusBoard {
                  amqp.exchange; the relay retries by itself"
             ),
         }
+    }
+
+    /// Records the node connected to, or none. The supervisor logs it.
+    pub fn set_node(&self, node: Option<String>) {
+        self.status.send_if_modified(|status| {
+            let changed = status.node != node;
+            status.node = node;
+            changed
+        });
     }
 
     /// Records the consumer queues RabbitMQ refuses; logs each that appears or goes.

@@ -53,6 +53,8 @@ pub struct Topology {
     dead_letter_queue: String,
     quarantine: String,
     queues: Vec<QueueSettings>,
+    /// The type of the relay's own queues and of retry tiers.
+    queue_type: QueueType,
     history: Option<HistoryStream>,
 }
 
@@ -122,8 +124,15 @@ impl Topology {
             dead_letter_queue: format!("{exchange}.dead-letter"),
             quarantine: format!("{exchange}.quarantine"),
             queues: queues.to_vec(),
+            queue_type: QueueType::Classic,
             history: None,
         }
+    }
+
+    /// With the relay's own queues, and every retry tier, of type `kind`.
+    pub fn with_queue_type(mut self, kind: QueueType) -> Topology {
+        self.queue_type = kind;
+        self
     }
 
     /// With the event history stream `<exchange>.history`.
@@ -235,7 +244,7 @@ impl Topology {
         // The alternate exchange before the exchange that names it.
         let own = [
             Object::Exchange(&self.unrouted, ExchangeKind::Fanout, FieldTable::default()),
-            Object::Queue(&self.unrouted, FieldTable::default()),
+            Object::Queue(&self.unrouted, self.own_queue_arguments()),
             Object::QueueBinding(&self.unrouted, &self.unrouted, ""),
             Object::Exchange(&self.exchange, ExchangeKind::Topic, {
                 let mut args = FieldTable::default();
@@ -249,9 +258,9 @@ impl Topology {
                 ExchangeKind::Topic,
                 FieldTable::default(),
             ),
-            Object::Queue(&self.dead_letter_queue, FieldTable::default()),
+            Object::Queue(&self.dead_letter_queue, self.own_queue_arguments()),
             Object::QueueBinding(&self.dead_letter_queue, &self.dead_letter_exchange, "#"),
-            Object::Queue(&self.quarantine, FieldTable::default()),
+            Object::Queue(&self.quarantine, self.own_queue_arguments()),
         ];
         for object in own {
             if let Some(conflict) = declarer.ensure(object, &mut report.created).await? {
@@ -304,7 +313,7 @@ impl Topology {
             }
             for (n, delay) in queue.retry.iter().enumerate() {
                 let tier = queue.retry_queue(n + 1);
-                let arguments = retry_tier_arguments(queue, *delay);
+                let arguments = retry_tier_arguments(queue, self.tier_type(queue), *delay);
                 let declared =
                     declarer.ensure(Object::Queue(&tier, arguments), &mut report.created);
                 if let Some(conflict) = declared.await? {
@@ -314,6 +323,25 @@ impl Topology {
         }
         declarer.close().await;
         Ok(report)
+    }
+
+    /// Arguments of the unrouted, dead-letter and quarantine queues: nothing
+    /// for classic (so that queues declared by earlier versions still match).
+    fn own_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), string("quorum"));
+        }
+        args
+    }
+
+    /// A retry tier is quorum when its queue is, or when the relay's own
+    /// queues are: a tier holds messages too, and must survive a node loss.
+    fn tier_type(&self, queue: &QueueSettings) -> QueueType {
+        match (queue.kind(), self.queue_type) {
+            (QueueType::Quorum, _) | (_, QueueType::Quorum) => QueueType::Quorum,
+            _ => QueueType::Classic,
+        }
     }
 }
 
@@ -342,7 +370,7 @@ impl HistoryStream {
 pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), string(dlx));
-    if queue.kind == QueueType::Quorum {
+    if queue.kind() == QueueType::Quorum {
         quorum_arguments(&mut args);
         args.insert(
             "x-delivery-limit".into(),
@@ -355,8 +383,8 @@ pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable 
 /// Arguments of retry tier `<name>.retry.<n>`: every message waits `delay`
 /// (a queue-wide TTL, so they leave from the head in order: per-message TTLs
 /// would hold each other up), then is dead-lettered back into `<name>`
-/// through the default exchange. Of the queue's own type.
-pub fn retry_tier_arguments(queue: &QueueSettings, delay: Duration) -> FieldTable {
+/// through the default exchange.
+pub fn retry_tier_arguments(queue: &QueueSettings, kind: QueueType, delay: Duration) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-message-ttl".into(),
@@ -364,7 +392,7 @@ pub fn retry_tier_arguments(queue: &QueueSettings, delay: Duration) -> FieldTabl
     );
     args.insert("x-dead-letter-exchange".into(), string(""));
     args.insert("x-dead-letter-routing-key".into(), string(&queue.name));
-    if queue.kind == QueueType::Quorum {
+    if kind == QueueType::Quorum {
         quorum_arguments(&mut args);
     }
     args

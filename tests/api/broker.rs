@@ -216,6 +216,13 @@ async fn a_dead_first_node_fails_over_to_the_next() {
     let app = spawn_app_unready(test_settings(&[("HOOKRELAY__AMQP__URI", &nodes)])).await;
 
     app.wait_until_ready().await;
+    let ready = app.readiness().await;
+    let second: hookrelay::config::AmqpUri = crate::helpers::AMQP_URL.parse().unwrap();
+    assert_eq!(ready["node"], second.masked().as_str(), "{ready}");
+    assert!(
+        !ready["node"].to_string().contains(":guest@"),
+        "masked: {ready}"
+    );
 
     let queue = app.bind_queue(&["#"]).await;
     assert_eq!(app.post_webhook(sync_account()).await.status(), 200);

@@ -491,6 +491,27 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
     }
 }
 
+/// The type (`classic`, `quorum`, `stream`) of every queue whose name starts
+/// with `prefix`, by name, as `rabbitmqctl list_queues` reports them.
+pub async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, String> {
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+            .output()
+            .expect("rabbitmqctl runs")
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, kind) = line.split_once('\t')?;
+            name.starts_with(prefix)
+                .then(|| (name.to_owned(), kind.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// The names every binding from the exchange `source` leads to, sorted, as
 /// `rabbitmqctl list_bindings` reports them.
 pub async fn bindings_from(source: &str) -> Vec<String> {

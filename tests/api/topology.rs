@@ -14,8 +14,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 
 use crate::helpers::{
-    TestApp, eventually, message_id, spawn_app, spawn_app_unready, sync_account, sync_error,
-    test_settings,
+    TestApp, eventually, message_id, queue_types, spawn_app, spawn_app_unready, sync_account,
+    sync_error, test_settings,
 };
 
 const SOON: Duration = Duration::from_secs(10);
@@ -312,5 +312,41 @@ async fn the_periodic_check_restores_a_deleted_exchange_that_nothing_reports() {
     );
     let id = app.send(sync_account()).await;
     arrives(&app, &accounts, &id).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_a_cluster_the_relays_own_queues_and_retry_tiers_are_quorum() {
+    // amqp.queue_type = "quorum"; a consumer queue that stays classic on
+    // purpose still gets quorum retry tiers: they hold messages too.
+    let mut settings = test_settings(&[("HOOKRELAY__AMQP__QUEUE_TYPE", "quorum")]);
+    let exchange = settings.amqp.exchange.clone();
+    let mut reprompt = consumer_queue(
+        &format!("{exchange}.reprompt"),
+        "sync.error.*",
+        QueueType::Classic,
+    );
+    reprompt.retry = vec![Duration::from_secs(1)];
+    settings.queues = vec![reprompt];
+
+    let app = spawn_app_unready(settings).await;
+    assert!(app.broker_ready().await, "{}", app.readiness().await);
+    let id = app.send(sync_account()).await;
+    arrives(&app, app.topology.unrouted(), &id).await;
+
+    let types = queue_types(&format!("{exchange}.")).await;
+    let expected = [
+        (format!("{exchange}.dead-letter"), "quorum"),
+        (format!("{exchange}.history"), "stream"),
+        (format!("{exchange}.quarantine"), "quorum"),
+        (format!("{exchange}.reprompt"), "classic"),
+        (format!("{exchange}.reprompt.retry.1"), "quorum"),
+        (format!("{exchange}.unrouted"), "quorum"),
+    ];
+    let expected = expected
+        .iter()
+        .map(|(name, kind)| (name.clone(), (*kind).to_owned()))
+        .collect();
+    assert_eq!(types, expected);
     app.stop().await.unwrap();
 }
