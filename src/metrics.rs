@@ -122,6 +122,7 @@ struct Inner {
     broker_state: Family<StateLabel, Gauge>,
     queue_conflict: Family<QueueLabel, Gauge>,
     topology_redeclared: Counter,
+    channels_replaced: Counter,
     schema_warnings: Family<WarningLabel, Counter>,
     spool_depth: Gauge,
     spool_parked: Gauge,
@@ -178,6 +179,12 @@ impl Metrics {
             "Exchanges and queues of the relay found missing while it ran, and declared again",
             topology_redeclared.clone(),
         );
+        let channels_replaced = Counter::default();
+        registry.register(
+            "channels_replaced",
+            "Publishing channels replaced by new ones after RabbitMQ nacked a publish on them",
+            channels_replaced.clone(),
+        );
         let schema_warnings = Family::<WarningLabel, Counter>::default();
         registry.register(
             "schema_warnings",
@@ -233,6 +240,7 @@ impl Metrics {
                 broker_state,
                 queue_conflict,
                 topology_redeclared,
+                channels_replaced,
                 schema_warnings,
                 spool_depth,
                 spool_parked,
@@ -293,6 +301,10 @@ impl Metrics {
 
     pub fn topology_redeclared(&self, objects: u64) {
         self.inner.topology_redeclared.inc_by(objects);
+    }
+
+    pub fn channel_replaced(&self) {
+        self.inner.channels_replaced.inc();
     }
 
     pub fn spool_state(&self, depth: u64, parked: u64, bytes: u64) {

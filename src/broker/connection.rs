@@ -17,17 +17,17 @@
 //! process's main runtime, which outlives the HTTP workers' own runtimes.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
+use super::channels::Channels;
 use super::status::{BrokerState, ConflictRetries, Status, StatusBoard};
 use super::topology::{Conflict, Declared, Topology};
 use crate::config::AmqpSettings;
@@ -71,8 +71,7 @@ struct Inner {
 /// One connection with its topology declared and its publishing channels open.
 pub(crate) struct Session {
     connection: Connection,
-    channels: Vec<Channel>,
-    next_channel: AtomicUsize,
+    channels: Channels,
     /// Set while RabbitMQ blocks publishers (a memory or disk alarm).
     blocked: AtomicBool,
 }
@@ -189,9 +188,14 @@ impl Broker {
 
 impl Session {
     /// The next publishing channel, round robin.
-    pub(crate) fn channel(&self) -> &Channel {
-        let i = self.next_channel.fetch_add(1, Ordering::Relaxed);
-        &self.channels[i % self.channels.len()]
+    pub(crate) fn channel(&self) -> Channel {
+        self.channels.next()
+    }
+
+    /// RabbitMQ nacked a publish on `channel`: gives its slot a new channel
+    /// (see [`super::channels`] for why). `Ok(true)` when it did.
+    pub(crate) async fn replace_nacked(&self, channel: &Channel) -> lapin::Result<bool> {
+        self.channels.replace(&self.connection, channel).await
     }
 
     pub(crate) fn is_blocked(&self) -> bool {
@@ -204,9 +208,8 @@ impl Session {
             return Some("the connection is no longer open".to_owned());
         }
         self.channels
-            .iter()
-            .find(|c| !c.status().connected())
-            .map(|c| format!("publishing channel {} was closed", c.id()))
+            .closed()
+            .map(|id| format!("publishing channel {id} was closed"))
     }
 
     async fn close(&self) {
@@ -339,7 +342,6 @@ async fn open_session(
                 blocked: AtomicBool::new(connection.status().blocked()),
                 connection,
                 channels,
-                next_channel: AtomicUsize::new(0),
             };
             Ok((Arc::new(session), events, node))
         }
@@ -356,24 +358,18 @@ async fn prepare(
     inner: &Inner,
     connection: &Connection,
     retries: &mut ConflictRetries,
-) -> Result<Vec<Channel>, Down> {
+) -> Result<Channels, Down> {
     let report = declare(inner, connection, retries).await?;
     if !report.created.is_empty() {
         info!(objects = ?report.created, "declared RabbitMQ objects that did not exist");
     }
-    let mut channels = Vec::with_capacity(inner.amqp.channels);
-    for _ in 0..inner.amqp.channels {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|err| Down::Lost(format!("cannot open a publishing channel: {err}")))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|err| Down::Lost(format!("cannot enable publisher confirms: {err}")))?;
-        channels.push(channel);
-    }
-    Ok(channels)
+    Channels::open(connection, inner.amqp.channels)
+        .await
+        .map_err(|err| {
+            Down::Lost(format!(
+                "cannot open a publishing channel in confirm mode: {err}"
+            ))
+        })
 }
 
 /// Declares the topology and records what RabbitMQ refused: `Err` when the

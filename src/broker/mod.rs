@@ -1,7 +1,8 @@
 //! Talking to RabbitMQ: the supervised connection and its state, the topology
-//! (every name the relay uses), one confirmed publish.
+//! (every name the relay uses), the publishing channels, one confirmed publish.
 
 pub mod browse;
+mod channels;
 mod connection;
 mod publisher;
 mod status;

@@ -10,6 +10,7 @@
 //! (a queue or exchange deleted), so a return also asks the supervisor to
 //! declare the topology again at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use super::connection::{Broker, Session};
 use super::status::BrokerState;
 use super::topology::Address;
 use crate::envelope::Message;
+use tracing::debug;
 
 /// A message addressed by name, for the tools that republish what they read
 /// (`hookrelay replay`) and the benchmark's baseline publisher.
@@ -93,22 +95,18 @@ impl Publisher {
     /// at-least-once, and consumers de-duplicate on `message_id`.
     pub async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let session = self.usable_session()?;
+        let channel = session.channel();
         let started = Instant::now();
         let address = self.broker.topology().address(&message.kind);
         let confirmation = tokio::time::timeout(self.confirm_timeout, async {
-            send(
-                session.channel(),
-                address,
-                &message.body,
-                message.properties.clone(),
-            )
-            .await?
-            .await
+            send(&channel, address, &message.body, message.properties.clone())
+                .await?
+                .await
         })
         .await;
         let result = settle(confirmation, self.confirm_timeout);
         self.broker.metrics().observe_publish(started.elapsed());
-        self.notice(&result);
+        self.notice(&result, &session, channel);
         result
     }
 
@@ -126,7 +124,7 @@ impl Publisher {
         let mut in_flight = Vec::with_capacity(messages.len());
         for message in messages {
             let address = topology.address(&message.kind);
-            let sent = send(channel, address, &message.body, message.properties.clone());
+            let sent = send(&channel, address, &message.body, message.properties.clone());
             in_flight.push(tokio::time::timeout_at(deadline, sent).await);
         }
         let mut results = Vec::with_capacity(messages.len());
@@ -139,13 +137,13 @@ impl Publisher {
                 Ok(Err(err)) => Err(PublishError::Channel(err)),
                 Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
             };
-            self.notice(&result);
+            self.notice(&result, &session, channel.clone());
             results.push(result);
         }
         Ok(results)
     }
 
-    fn usable_session(&self) -> Result<std::sync::Arc<Session>, PublishError> {
+    fn usable_session(&self) -> Result<Arc<Session>, PublishError> {
         let Some(session) = self.broker.session() else {
             return Err(match self.broker.state() {
                 BrokerState::Misconfigured => PublishError::Misconfigured,
@@ -159,13 +157,32 @@ impl Publisher {
     }
 
     /// A channel-level failure means the session is broken, and a returned
-    /// message means the topology is: tell the supervisor either way.
-    fn notice(&self, result: &Result<(), PublishError>) {
+    /// message means the topology is: tell the supervisor either way. A nack
+    /// may mean the channel is (see [`super::channels`]): replace it, in the
+    /// background, so the caller can spool the message at once.
+    fn notice(&self, result: &Result<(), PublishError>, session: &Arc<Session>, channel: Channel) {
         match result {
             Err(err @ (PublishError::Channel(_) | PublishError::NotConfirmed)) => {
                 self.broker.report_trouble(err.to_string())
             }
             Err(PublishError::Returned { .. }) => self.broker.request_repair(),
+            Err(PublishError::Nack) => {
+                let (session, metrics) = (session.clone(), self.broker.metrics().clone());
+                tokio::spawn(async move {
+                    match session.replace_nacked(&channel).await {
+                        Ok(true) => {
+                            metrics.channel_replaced();
+                            debug!(
+                                channel = channel.id(),
+                                "publishing channel replaced after a nack"
+                            );
+                        }
+                        Ok(false) => {}
+                        // The connection is failing: the supervisor finds out.
+                        Err(err) => debug!(error = %err, "cannot replace a nacked channel"),
+                    }
+                });
+            }
             _ => {}
         }
     }

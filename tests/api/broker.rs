@@ -515,3 +515,65 @@ fn broker_address(amqp_url: &str) -> String {
     let uri: lapin::uri::AMQPUri = amqp_url.parse().unwrap();
     format!("{}:{}", uri.authority.host, uri.authority.port)
 }
+
+#[tokio::test]
+async fn a_nacked_webhook_is_spooled_its_channel_replaced_and_it_follows_once_there_is_room() {
+    // A queue that takes one message and refuses (nacks) the next: the relay
+    // cannot tell this nack from a channel RabbitMQ left in a bad state, so it
+    // spools the webhook and gives the channel's slot a new channel.
+    let app = spawn_app(&[]).await;
+    let full = format!("{}.full", app.exchange());
+    let mut one_only = lapin::types::FieldTable::default();
+    one_only.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    one_only.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    app.channel
+        .queue_declare(
+            full.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            one_only,
+        )
+        .await
+        .unwrap();
+    app.channel
+        .queue_bind(
+            full.as_str().into(),
+            app.exchange().into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let first = app.send(sync_account()).await;
+    let second = app.send(sync_account()).await;
+
+    assert_eq!(app.depth_of_spool().await, 1, "the nacked one is spooled");
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            app.metric("hookrelay_channels_replaced_total").await >= 1.0
+        })
+        .await,
+        "the nacked channel was replaced"
+    );
+    let taken = app.next_message(&full).await.expect("the first arrived");
+    assert_eq!(message_id(&taken), first);
+    // The drainer backs off between attempts: give it a few seconds.
+    let mut drained = None;
+    for _ in 0..10 {
+        drained = app.next_message(&full).await;
+        if drained.is_some() {
+            break;
+        }
+    }
+    let drained = drained.expect("the spooled webhook followed once there was room");
+    assert_eq!(message_id(&drained), second);
+    assert_eq!(app.depth_of_spool().await, 0);
+    app.stop().await.unwrap();
+}

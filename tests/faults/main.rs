@@ -8,6 +8,8 @@
 //! cargo test --features fault-tests --test faults -- --test-threads=1 --nocapture
 //! ```
 
+// Shared with the cluster tests, which use other parts of it.
+#[allow(dead_code)]
 mod harness;
 
 use std::time::{Duration, Instant};
@@ -38,11 +40,16 @@ async fn settle(
     relay.wait_drained(DRAINED_WITHIN).await;
     let drained = relay.metric("hookrelay_spool_drained_total ").await;
     println!("{name}: {drained} webhooks went through the spool");
-    reckon(
-        name,
-        &load.results(),
-        &delivered(&setup.all_queue()).await,
-        ready_again,
+    let reckoning = reckon(name, load, &delivered(&setup.all_queue()).await);
+    println!(
+        "{}, ready again after {} ms",
+        reckoning.line(),
+        ready_again.as_millis()
+    );
+    reckoning.assert_nothing_lost();
+    assert!(
+        ready_again <= Duration::from_secs(10),
+        "{name}: ready again only after {ready_again:?}"
     );
     drop(relay);
     setup.clean_up().await;
