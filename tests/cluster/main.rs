@@ -80,10 +80,10 @@ async fn under(fault: Fault, scenario: &str) {
                 None
             }
         };
-        (at, killed)
+        (at, at.elapsed(), killed)
     };
     let work = async { tokio::join!(load.run(setup.port, TOTAL, CONNECTIONS), faulting) };
-    let (((), (fault_at, killed)), samples) = relay.sample_outcomes(work).await;
+    let (((), (fault_at, fault_took, killed)), samples) = relay.sample_outcomes(work).await;
 
     relay.wait_drained(DRAINED_WITHIN).await;
     let now_on = cluster.node_of(&relay.node().await.expect("connected"));
@@ -93,8 +93,9 @@ async fn under(fault: Fault, scenario: &str) {
     let direct = direct_again(&samples, fault_at);
     let replaced = relay.metric("hookrelay_channels_replaced_total ").await;
     println!(
-        "{}, direct publishing again after {}, connected to node {connected} then node {now_on}, channels replaced after a nack {replaced}",
+        "{}, fault took {} ms, direct publishing again {} after it began, connected to node {connected} then node {now_on}, channels replaced after a nack {replaced}",
         reckoning.line(),
+        fault_took.as_millis(),
         direct.map_or("never".to_owned(), |d| format!("{} ms", d.as_millis())),
     );
 
