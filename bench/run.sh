@@ -3,6 +3,9 @@
 #
 #   bench/run.sh            the full run (a few minutes); results in bench/last-run.md
 #   bench/run.sh --smoke    seconds, to keep the script from rotting; no targets
+#   bench/run.sh --cluster  saturation and fixed rate only, on a three-node cluster
+#                           (scripts/rabbitmq-cluster.sh, as root) with quorum
+#                           queues; results in bench/last-cluster-run.md
 #
 # Needs RabbitMQ on AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
 # rabbitmqctl, python3; installs oha (crates.io) if missing.
@@ -16,11 +19,28 @@ OVERLOAD_SECS=${OVERLOAD_SECS:-30}
 FIXED_SECS=${FIXED_SECS:-10}
 ROUNDS=${ROUNDS:-5}               # saturation pairs, alternating; the median ratio counts
 SEARCHED=${SEARCHED:-100000}      # events in the history that `hookrelay events` searches
-if [ "${1:-}" = "--smoke" ]; then
-  MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1 SEARCHED=1000
-fi
+mode=full
+case "${1:-}" in
+  --smoke) MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1 SEARCHED=1000 ;;
+  --cluster) mode=cluster ;;
+esac
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PORT=${PORT:-18080} ADMIN_PORT=${ADMIN_PORT:-19090}
+ctl() { rabbitmqctl -q "$@"; }
+queue_type=classic
+report=bench/last-run.md
+if [ "$mode" = cluster ]; then
+  # A cluster of the benchmark's own, on ports no test uses; the relay lists
+  # all three nodes and connects to the first, where the baseline publishes.
+  export CLUSTER_DIR=/tmp/hookrelay-cluster-bench CLUSTER_PORT=5701 DIST_PORT=25701
+  scripts/rabbitmq-cluster.sh stop
+  mapfile -t uris < <(scripts/rabbitmq-cluster.sh start)
+  AMQP_URL=${uris[0]}
+  ctl() { rabbitmqctl -q -n hookrelay-n1@localhost "$@"; }
+  queue_type=quorum
+  report=bench/last-cluster-run.md
+fi
+relay_uri=$(IFS=,; echo "${uris[*]:-$AMQP_URL}")
 
 work=$(mktemp -d)
 relay_pid="" nohist_pid=""
@@ -31,13 +51,17 @@ cleanup() {
   for pid in "$relay_pid" "$nohist_pid"; do
     [ -n "$pid" ] && stop "$pid"
   done
-  for name in "$exchange" "$nohist" "$searched"; do
-    for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$name.$q" >/dev/null 2>&1 || true; done
-    # rabbitmqctl has no delete_exchange: ask the broker's own function.
-    for x in "" .in .unrouted .dlx; do
-      rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$name$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+  if [ "$mode" = cluster ]; then
+    scripts/rabbitmq-cluster.sh stop  # and everything in it
+  else
+    for name in "$exchange" "$nohist" "$searched"; do
+      for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$name.$q" >/dev/null 2>&1 || true; done
+      # rabbitmqctl has no delete_exchange: ask the broker's own function.
+      for x in "" .in .unrouted .dlx; do
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$name$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+      done
     done
-  done
+  fi
   mkdir -p bench/last-run && cp "$work"/*.json bench/last-run/ 2>/dev/null || true
   rm -rf "$work"
 }
@@ -60,6 +84,7 @@ listen = "127.0.0.1:$3"
 admin_listen = "127.0.0.1:$4"
 [amqp]
 exchange = "$2"
+queue_type = "$queue_type"
 [spool]
 path = "$work/$1.sqlite"
 [history]
@@ -75,7 +100,7 @@ config search "$searched" $((PORT + 2)) $((ADMIN_PORT + 2)) true
 
 start() { # BINARY CONFIG ADMIN_PORT: starts a relay, waits until it is connected, prints its pid
   # stdout elsewhere: this runs inside $(...), which would wait for it to close.
-  HOOKRELAY__AMQP__URI="$AMQP_URL" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
+  HOOKRELAY__AMQP__URI="$relay_uri" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
   local pid=$!
   for _ in $(seq 1 100); do
     if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then echo "$pid"; return; fi
@@ -88,17 +113,22 @@ stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep
 start_relay() { relay_pid=$(start "$1" relay "$ADMIN_PORT"); }
 stop_relay() { stop "$relay_pid"; relay_pid=""; }
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$relay_pid/status"; }
-purge() { for name in "$exchange" "$nohist"; do rabbitmqctl -q purge_queue "$name.all" >/dev/null; done; }
-# CPU accounting, in clock ticks (utime + stime): a process's own from
-# /proc/<pid>/stat fields 14-15; this shell's waited-for children (the load
-# generator) from fields 16-17 of its own.
-ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+purge() { for name in "$exchange" "$nohist"; do ctl purge_queue "$name.all" >/dev/null; done; }
+# CPU accounting, in clock ticks (utime + stime): processes' own from
+# /proc/<pid>/stat fields 14-15 (summed over the pids given: the cluster's
+# three nodes); this shell's waited-for children (the load generator) from
+# fields 16-17 of its own.
+ticks() { local pid t=0; for pid in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
 child_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 # Time a process's threads spent ready to run but waiting for a core (ns, the
 # second field of /proc/<pid>/task/*/schedstat): the cost of hand-offs between
 # more runnable threads than there are cores.
-runq_ns() { [ -n "$1" ] && cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}' || echo 0; }
-broker_pid=$(pgrep -o beam.smp || true)  # empty when RabbitMQ runs elsewhere
+runq_ns() { local pid; for pid in $1; do cat /proc/"$pid"/task/*/schedstat 2>/dev/null; done | awk '{s += $2} END {print s + 0}'; }
+if [ "$mode" = cluster ]; then
+  broker_pid=$(for f in "$CLUSTER_DIR"/n*/pid; do cat "$f"; echo; done | xargs)  # the files end without a newline
+else
+  broker_pid=$(pgrep -o beam.smp || true)  # empty when RabbitMQ runs elsewhere
+fi
 with_cpu() { # NAME COMMAND...: runs it; writes relay/broker/client ticks and relay/broker run-queue ns to NAME.cpu
   local name=$1; shift
   local r0 b0 c0 rq0 bq0
@@ -137,6 +167,8 @@ echo "== fixed rate: $rate/s (half the baseline ceiling) for ${FIXED_SECS}s each
 purge; "$baseline" --exchange "$exchange.in" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
 purge; load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/relay-fixed.json"
 
+if [ "$mode" = full ]; then
+
 echo "== burst: $BURST webhooks"
 purge; load -n "$BURST" -c "$CONNECTIONS" > "$work/relay-burst.json"
 burst_hwm_kib=$(kib VmHWM)
@@ -170,12 +202,13 @@ target/release/examples/parse_cost $((MESSAGES * 10)) > "$work/parse.json"
 echo "== HTTP side alone (bench-http-only build: publishes nothing)"
 start_relay "$work/hookrelay-http-only"
 with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
+fi
 stop_relay
 
-python3 - "$work" "$idle_kib" "$burst_hwm_kib" "$overload_hwm_kib" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$SEARCHED" "$broker_pid" <<'PY' | tee bench/last-run.md
+python3 - "$work" "$idle_kib" "${burst_hwm_kib:-0}" "${overload_hwm_kib:-0}" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$SEARCHED" "$broker_pid" "$mode" <<'PY' | tee "$report"
 import json, os, statistics, subprocess, sys
 work, idle, burst_hwm, overload_hwm, messages, hz, rounds, searched = sys.argv[1], *map(int, sys.argv[2:9])
-broker_seen = bool(sys.argv[9])
+broker_seen, cluster = bool(sys.argv[9]), sys.argv[10] == "cluster"
 def j(name): return json.load(open(os.path.join(work, name)))
 def oha(name):
     d = j(name); p = d["latencyPercentiles"]; s = d["summary"]
@@ -192,12 +225,14 @@ pairs = sorted(((oha(f"relay-sat-{i}.json")["rate"] / base(f"base-sat-{i}.json")
 median_round = pairs[len(pairs) // 2][1]
 bs, rs = base(f"base-sat-{median_round}.json"), oha(f"relay-sat-{median_round}.json")
 bf, rf = base("base-fixed.json"), oha("relay-fixed.json")
-burst, over, http = oha("relay-burst.json"), oha("relay-overload.json"), oha("http-sat.json")
-after, probe = oha("relay-after2.json"), base("base-probe.json")
+if not cluster:
+    burst, over, http = oha("relay-burst.json"), oha("relay-overload.json"), oha("http-sat.json")
+    after, probe = oha("relay-after2.json"), base("base-probe.json")
 mib = lambda kib: kib / 1024
 cores = os.cpu_count()
 rabbit = subprocess.run(["rabbitmqctl", "-q", "version"], capture_output=True, text=True).stdout.strip()
-print(f"machine: {cores} cores, RabbitMQ {rabbit}; relay, broker and load generator share them\n")
+brokers = " in a three-node cluster on this machine, quorum queues (RabbitMQ CPU: its three nodes together)" if cluster else ""
+print(f"machine: {cores} cores, RabbitMQ {rabbit}{brokers}; relay, broker and load generator share them\n")
 print("| run | throughput /s | p50 ms | p99 ms | p99.9 ms | non-200 | errors |")
 print("|---|---:|---:|---:|---:|---|---:|")
 def row(name, r, codes=True):
@@ -208,34 +243,39 @@ row("relay, saturation", rs)
 row("relay without history, same round", oha(f"nohist-sat-{median_round}.json"))
 row("baseline publisher, fixed rate", bf, codes=False)
 row("relay, fixed rate", rf)
-row(f"relay, burst", burst)
-row("relay, overload (2x ceiling offered)", over)
-row("relay, probe 5 s after overload", after)
-row("baseline publisher, same probe", probe, codes=False)
-row("HTTP side alone (no publish)", http)
+if not cluster:
+    row(f"relay, burst", burst)
+    row("relay, overload (2x ceiling offered)", over)
+    row("relay, probe 5 s after overload", after)
+    row("baseline publisher, same probe", probe, codes=False)
+    row("HTTP side alone (no publish)", http)
 print()
 ratio = rs["rate"] / bs["rate"]
 per_round = ", ".join(f"{base(f'base-sat-{i}.json')['rate']:.0f} / {oha(f'relay-sat-{i}.json')['rate']:.0f} = {r:.2f}" for r, i in sorted(pairs, key=lambda p: p[1]))
 print(f"- saturation rounds, baseline / relay per second = ratio, in run order: {per_round}")
 print(f"- relay / baseline throughput, median of {rounds} rounds: **{ratio:.2f}** (target >= 0.85)")
 print(f"- fixed rate p99: relay {rf['p99']:.2f} ms vs baseline {bf['p99']:.2f} ms + 2 ms (target: relay <= baseline + 2)")
-print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
-print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
 history = [oha(f"relay-sat-{i}.json")["rate"] / oha(f"nohist-sat-{i}.json")["rate"] for i in range(1, rounds + 1)]
 print(f"- the history stream's cost: relay with history / without, per round: {', '.join(f'{h:.2f}' for h in history)}; median **{statistics.median(history):.2f}**")
-miss, hit = j("search-miss.json"), j("search-hit.json")
-print(f"- history search over {searched} events (`events --account-id`): no match, so every event read: "
-      f"{miss['seconds']:.2f} s ({searched / max(miss['seconds'], 0.01):.0f} events/s, max RSS {mib(miss['max_rss_kib']):.1f} MiB); "
-      f"first 10 matches: {hit['seconds']:.2f} s ({j('search-hit.lines.json')['lines']} lines)")
-parse = j("parse.json")
-print(f"- parsing one body (ns, best of 5 x {parse['calls']}): serde_json Value {parse['serde_json_value_ns']:.0f}, "
-      f"strict (no duplicate keys) {parse['strict_json_ns']:.0f}, Event::parse {parse['event_parse_ns']:.0f}")
+if not cluster:
+  print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
+  print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
+  miss, hit = j("search-miss.json"), j("search-hit.json")
+  print(f"- history search over {searched} events (`events --account-id`): no match, so every event read: "
+        f"{miss['seconds']:.2f} s ({searched / max(miss['seconds'], 0.01):.0f} events/s, max RSS {mib(miss['max_rss_kib']):.1f} MiB); "
+        f"first 10 matches: {hit['seconds']:.2f} s ({j('search-hit.lines.json')['lines']} lines)")
+  parse = j("parse.json")
+  print(f"- parsing one body (ns, best of 5 x {parse['calls']}): serde_json Value {parse['serde_json_value_ns']:.0f}, "
+        f"strict (no duplicate keys) {parse['strict_json_ns']:.0f}, Event::parse {parse['event_parse_ns']:.0f}")
 print()
 print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
 print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
 print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for name, label, rate in [(f"base-sat-{median_round}", "baseline publisher", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha)", rs["rate"]), ("http-sat", "HTTP side alone (oha)", http["rate"])]:
+runs = [(f"base-sat-{median_round}", "baseline publisher", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha)", rs["rate"])]
+if not cluster:
+    runs.append(("http-sat", "HTTP side alone (oha)", http["rate"]))
+for name, label, rate in runs:
     fields = [int(t) for t in open(os.path.join(work, name + ".cpu")).read().split()]
     relay, broker, client = (t * 1e6 / hz / messages for t in fields[:3])
     relay_wait, broker_wait = (t / 1e3 / messages for t in fields[3:])
