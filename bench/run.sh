@@ -3,6 +3,8 @@
 #
 #   bench/run.sh            the full run (a few minutes); results in bench/last-run.md
 #   bench/run.sh --smoke    seconds, to keep the script from rotting; no targets
+#   bench/run.sh --spool    one saturation pair, then the spool's part only
+#                           (spooled with RabbitMQ unreachable, and the drain)
 #   bench/run.sh --cluster  saturation and fixed rate only, on a three-node cluster
 #                           (scripts/rabbitmq-cluster.sh, as root) with quorum
 #                           queues; results in bench/last-cluster-run.md
@@ -19,9 +21,13 @@ OVERLOAD_SECS=${OVERLOAD_SECS:-30}
 FIXED_SECS=${FIXED_SECS:-10}
 ROUNDS=${ROUNDS:-5}               # saturation pairs, alternating; the median ratio counts
 SEARCHED=${SEARCHED:-100000}      # events in the history that `hookrelay events` searches
+SPOOL_CONNECTIONS=${SPOOL_CONNECTIONS:-64}  # senders while RabbitMQ is unreachable
+STRACED=${STRACED:-5000}          # spooled webhooks whose fsyncs strace counts
+DRAIN_SECS=${DRAIN_SECS:-20}      # new webhooks arrive this long while the spool drains
 mode=full
 case "${1:-}" in
-  --smoke) MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1 SEARCHED=1000 ;;
+  --smoke) MESSAGES=500 BURST=1000 OVERLOAD_SECS=2 FIXED_SECS=1 ROUNDS=1 SEARCHED=1000 STRACED=500 DRAIN_SECS=2 ;;
+  --spool) mode=spool ROUNDS=1 ;;
   --cluster) mode=cluster ;;
 esac
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -43,18 +49,18 @@ fi
 relay_uri=$(IFS=,; echo "${uris[*]:-$AMQP_URL}")
 
 work=$(mktemp -d)
-relay_pid="" nohist_pid=""
+relay_pid="" nohist_pid="" spooled_pid="" drain_pid=""
 exchange="bench-$(date +%s)"
 # The same relay without the history stream, for its cost; and a topology to search.
-nohist="$exchange-nohist" searched="$exchange-search"
+nohist="$exchange-nohist" searched="$exchange-search" drained="$exchange-drain"
 cleanup() {
-  for pid in "$relay_pid" "$nohist_pid"; do
+  for pid in "$relay_pid" "$nohist_pid" "$spooled_pid" "$drain_pid"; do
     [ -n "$pid" ] && stop "$pid"
   done
   if [ "$mode" = cluster ]; then
     scripts/rabbitmq-cluster.sh stop  # and everything in it
   else
-    for name in "$exchange" "$nohist" "$searched"; do
+    for name in "$exchange" "$nohist" "$searched" "$drained"; do
       for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$name.$q" >/dev/null 2>&1 || true; done
       # rabbitmqctl has no delete_exchange: ask the broker's own function.
       for x in "" .in .unrouted .dlx; do
@@ -74,7 +80,7 @@ cp target/release/hookrelay "$work/hookrelay-http-only"
 cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher --example parse_cost
 baseline=target/release/examples/baseline_publisher
 
-config() { # NAME EXCHANGE PORT ADMIN_PORT HISTORY: a relay config in $work/NAME.toml
+config() { # NAME EXCHANGE PORT ADMIN_PORT HISTORY [SPOOL]: a relay config in $work/NAME.toml
   cat > "$work/$1.toml" <<TOML
 [ingress]
 allowed_ips = ["127.0.0.1"]
@@ -86,7 +92,7 @@ admin_listen = "127.0.0.1:$4"
 exchange = "$2"
 queue_type = "$queue_type"
 [spool]
-path = "$work/$1.sqlite"
+path = "$work/${6:-$1}.sqlite"
 [history]
 enabled = $5
 [[queues]]
@@ -97,13 +103,19 @@ TOML
 config relay "$exchange" "$PORT" "$ADMIN_PORT" true
 config nohist "$nohist" $((PORT + 1)) $((ADMIN_PORT + 1)) false
 config search "$searched" $((PORT + 2)) $((ADMIN_PORT + 2)) true
+# The same spool file: what one spooled with RabbitMQ unreachable, the other drains.
+config spooled "$drained" $((PORT + 3)) $((ADMIN_PORT + 3)) true spool
+config drain "$drained" $((PORT + 4)) $((ADMIN_PORT + 4)) true spool
 
-start() { # BINARY CONFIG ADMIN_PORT: starts a relay, waits until it is connected, prints its pid
+start() { # BINARY CONFIG ADMIN_PORT [URI]: starts a relay, waits until it is connected
+  # (or, given a URI that does not answer, until it takes webhooks), prints its pid
+  local uri=${4:-$relay_uri} ready='"broker":"connected"'
+  [ -n "${4:-}" ] && ready='"accepting":true'
   # stdout elsewhere: this runs inside $(...), which would wait for it to close.
-  HOOKRELAY__AMQP__URI="$relay_uri" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
+  HOOKRELAY__AMQP__URI="$uri" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
   local pid=$!
   for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then echo "$pid"; return; fi
+    if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q "$ready"; then echo "$pid"; return; fi
     sleep 0.1
   done
   echo "relay not ready; log:" >&2; cat "$work/$2.log" >&2; exit 1
@@ -112,6 +124,7 @@ start() { # BINARY CONFIG ADMIN_PORT: starts a relay, waits until it is connecte
 stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
 start_relay() { relay_pid=$(start "$1" relay "$ADMIN_PORT"); }
 stop_relay() { stop "$relay_pid"; relay_pid=""; }
+metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }  # ADMIN_PORT NAME
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$relay_pid/status"; }
 purge() { for name in "$exchange" "$nohist"; do ctl purge_queue "$name.all" >/dev/null; done; }
 # CPU accounting, in clock ticks (utime + stime): processes' own from
@@ -131,12 +144,12 @@ else
 fi
 with_cpu() { # NAME COMMAND...: runs it; writes relay/broker/client ticks and relay/broker run-queue ns to NAME.cpu
   local name=$1; shift
-  local r0 b0 c0 rq0 bq0
-  r0=$(ticks "$relay_pid"); b0=$(ticks "$broker_pid"); c0=$(child_ticks)
-  rq0=$(runq_ns "$relay_pid"); bq0=$(runq_ns "$broker_pid")
+  local r0 b0 c0 rq0 bq0 relay=${cpu_pid:-$relay_pid}  # cpu_pid: another relay than the main one
+  r0=$(ticks "$relay"); b0=$(ticks "$broker_pid"); c0=$(child_ticks)
+  rq0=$(runq_ns "$relay"); bq0=$(runq_ns "$broker_pid")
   "$@"
-  echo "$(($(ticks "$relay_pid") - r0)) $(($(ticks "$broker_pid") - b0)) $(($(child_ticks) - c0))" \
-    "$(($(runq_ns "$relay_pid") - rq0)) $(($(runq_ns "$broker_pid") - bq0))" > "$work/$name.cpu"
+  echo "$(($(ticks "$relay") - r0)) $(($(ticks "$broker_pid") - b0)) $(($(child_ticks) - c0))" \
+    "$(($(runq_ns "$relay") - rq0)) $(($(runq_ns "$broker_pid") - bq0))" > "$work/$name.cpu"
 }
 body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
 load_on() { # PORT, then oha's flags: oha with the webhook
@@ -205,10 +218,43 @@ with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
 fi
 stop_relay
 
-python3 - "$work" "$idle_kib" "${burst_hwm_kib:-0}" "${overload_hwm_kib:-0}" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$SEARCHED" "$broker_pid" "$mode" <<'PY' | tee "$report"
+if [ "$mode" != cluster ]; then
+echo "== spooled: RabbitMQ unreachable, $MESSAGES webhooks over $SPOOL_CONNECTIONS connections"
+spooled_pid=$(start target/release/hookrelay spooled $((ADMIN_PORT + 3)) "amqp://guest:guest@127.0.0.1:1/%2f")
+commits0=$(metric $((ADMIN_PORT + 3)) hookrelay_spool_commits_total)
+cpu_pid=$spooled_pid with_cpu spooled-sat load_on $((PORT + 3)) -n "$MESSAGES" -c "$SPOOL_CONNECTIONS" > "$work/spooled-sat.json"
+# (no such counter before group commit: then every append was its own commit)
+commits=$(metric $((ADMIN_PORT + 3)) hookrelay_spool_commits_total)
+echo "{\"commits\": ${commits:-null}, \"before\": ${commits0:-null}}" > "$work/spooled-commits.json"
+# The kernel's count, in a run of its own: strace slows what it traces. -f
+# with -p attaches to every thread of the relay.
+strace -f -c -e trace=fsync,fdatasync -o "$work/spooled.strace" -p "$spooled_pid" 2>/dev/null & strace_pid=$!
+sleep 1
+load_on $((PORT + 3)) -n "$STRACED" -c "$SPOOL_CONNECTIONS" > "$work/spooled-straced.json"
+kill -INT "$strace_pid"; wait "$strace_pid" || true
+backlog=$(metric $((ADMIN_PORT + 3)) hookrelay_spool_depth)
+stop "$spooled_pid"; spooled_pid=""
+
+drain_rate=$rate
+echo "== drain: $backlog spooled webhooks, while new ones arrive at $drain_rate/s (half the ceiling) for ${DRAIN_SECS}s"
+started=$(date +%s.%N)
+drain_pid=$(start target/release/hookrelay drain $((ADMIN_PORT + 4)))
+load_on $((PORT + 4)) -z "${DRAIN_SECS}s" -c "$CONNECTIONS" -q "$drain_rate" > "$work/drain-load.json" & load_pid=$!
+drained_at=null
+for _ in $(seq 1 3000); do
+  if [ "$(metric $((ADMIN_PORT + 4)) hookrelay_spool_depth)" = 0 ]; then drained_at=$(date +%s.%N); break; fi
+  sleep 0.1
+done
+wait "$load_pid"
+echo "{\"backlog\": $backlog, \"started\": $started, \"drained_at\": $drained_at, \"rate\": $drain_rate, \"left\": $(metric $((ADMIN_PORT + 4)) hookrelay_spool_depth)}" > "$work/drain.json"
+stop "$drain_pid"; drain_pid=""
+fi
+
+STRACED=$STRACED SPOOL_CONNECTIONS=$SPOOL_CONNECTIONS DRAIN_SECS=$DRAIN_SECS python3 - "$work" "$idle_kib" "${burst_hwm_kib:-0}" "${overload_hwm_kib:-0}" "$MESSAGES" "$(getconf CLK_TCK)" "$ROUNDS" "$SEARCHED" "$broker_pid" "$mode" <<'PY' | tee "$report"
 import json, os, statistics, subprocess, sys
 work, idle, burst_hwm, overload_hwm, messages, hz, rounds, searched = sys.argv[1], *map(int, sys.argv[2:9])
-broker_seen, cluster = bool(sys.argv[9]), sys.argv[10] == "cluster"
+broker_seen, mode = bool(sys.argv[9]), sys.argv[10]
+cluster, full = mode == "cluster", mode == "full"
 def j(name): return json.load(open(os.path.join(work, name)))
 def oha(name):
     d = j(name); p = d["latencyPercentiles"]; s = d["summary"]
@@ -225,7 +271,7 @@ pairs = sorted(((oha(f"relay-sat-{i}.json")["rate"] / base(f"base-sat-{i}.json")
 median_round = pairs[len(pairs) // 2][1]
 bs, rs = base(f"base-sat-{median_round}.json"), oha(f"relay-sat-{median_round}.json")
 bf, rf = base("base-fixed.json"), oha("relay-fixed.json")
-if not cluster:
+if full:
     burst, over, http = oha("relay-burst.json"), oha("relay-overload.json"), oha("http-sat.json")
     after, probe = oha("relay-after2.json"), base("base-probe.json")
 mib = lambda kib: kib / 1024
@@ -243,12 +289,17 @@ row("relay, saturation", rs)
 row("relay without history, same round", oha(f"nohist-sat-{median_round}.json"))
 row("baseline publisher, fixed rate", bf, codes=False)
 row("relay, fixed rate", rf)
-if not cluster:
+if full:
     row(f"relay, burst", burst)
     row("relay, overload (2x ceiling offered)", over)
     row("relay, probe 5 s after overload", after)
     row("baseline publisher, same probe", probe, codes=False)
     row("HTTP side alone (no publish)", http)
+spooling = not cluster
+if spooling:
+    spooled, drain_load = oha("spooled-sat.json"), oha("drain-load.json")
+    row(f"relay, RabbitMQ unreachable: spooled ({os.environ['SPOOL_CONNECTIONS']} connections)", spooled)
+    row("relay, new webhooks while the spool drains", drain_load)
 print()
 ratio = rs["rate"] / bs["rate"]
 per_round = ", ".join(f"{base(f'base-sat-{i}.json')['rate']:.0f} / {oha(f'relay-sat-{i}.json')['rate']:.0f} = {r:.2f}" for r, i in sorted(pairs, key=lambda p: p[1]))
@@ -257,7 +308,7 @@ print(f"- relay / baseline throughput, median of {rounds} rounds: **{ratio:.2f}*
 print(f"- fixed rate p99: relay {rf['p99']:.2f} ms vs baseline {bf['p99']:.2f} ms + 2 ms (target: relay <= baseline + 2)")
 history = [oha(f"relay-sat-{i}.json")["rate"] / oha(f"nohist-sat-{i}.json")["rate"] for i in range(1, rounds + 1)]
 print(f"- the history stream's cost: relay with history / without, per round: {', '.join(f'{h:.2f}' for h in history)}; median **{statistics.median(history):.2f}**")
-if not cluster:
+if full:
   print(f"- RSS: idle {mib(idle):.1f} MiB (target <= 24), peak in burst {mib(burst_hwm):.1f} MiB (target <= 64), peak after overload {mib(overload_hwm):.1f} MiB")
   print(f"- after overload: probe p50 {after['p50']:.2f} ms vs baseline probe p50 {probe['p50']:.2f} ms")
   miss, hit = j("search-miss.json"), j("search-hit.json")
@@ -267,14 +318,37 @@ if not cluster:
   parse = j("parse.json")
   print(f"- parsing one body (ns, best of 5 x {parse['calls']}): serde_json Value {parse['serde_json_value_ns']:.0f}, "
         f"strict (no duplicate keys) {parse['strict_json_ns']:.0f}, Event::parse {parse['event_parse_ns']:.0f}")
+if spooling:
+    # fsync + fdatasync calls from strace -c's table (the "calls" column).
+    syncs = 0
+    for line in open(os.path.join(work, "spooled.strace")):
+        fields = line.split()
+        if fields and fields[-1] in ("fsync", "fdatasync"):
+            syncs += int(fields[3])
+    straced = int(os.environ["STRACED"])
+    c = j("spooled-commits.json")
+    commits = "n/a (no commit counter in this build)" if c["commits"] is None else f"{(c['commits'] - c['before']) / messages:.3f}"
+    print(f"- spooled, RabbitMQ unreachable: {spooled['rate']:.0f}/s against {rs['rate']:.0f}/s with RabbitMQ up in this run "
+          f"(target: at least as fast); p99 {spooled['p99']:.2f} ms")
+    print(f"- fsyncs per spooled webhook: {syncs / straced:.3f} ({syncs} fsync/fdatasync calls for {straced} webhooks, strace -f -c; target <= 0.2); "
+          f"spool commits per spooled webhook: {commits}")
+    d = j("drain.json")
+    new = drain_load["codes"].get("200", 0)
+    drained = "not within 300 s" if d["drained_at"] is None else (
+        f"{d['drained_at'] - d['started']:.1f} s after the relay started "
+        f"({(d['backlog'] + new) / (d['drained_at'] - d['started']):.0f} webhooks/s published: the backlog and {new} new ones)")
+    print(f"- drain: {d['backlog']} spooled webhooks, new ones at {d['rate']}/s for the first {os.environ['DRAIN_SECS']} s: "
+          f"spool empty {drained}; new webhooks meanwhile p99 {drain_load['p99']:.2f} ms, non-200 {({k: v for k, v in drain_load['codes'].items() if k != '200'}) or 'none'}")
 print()
 print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
 print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
 print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 runs = [(f"base-sat-{median_round}", "baseline publisher", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha)", rs["rate"])]
-if not cluster:
+if full:
     runs.append(("http-sat", "HTTP side alone (oha)", http["rate"]))
+if spooling:
+    runs.append(("spooled-sat", "relay, RabbitMQ unreachable (oha)", spooled["rate"]))
 for name, label, rate in runs:
     fields = [int(t) for t in open(os.path.join(work, name + ".cpu")).read().split()]
     relay, broker, client = (t * 1e6 / hz / messages for t in fields[:3])

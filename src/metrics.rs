@@ -130,6 +130,7 @@ struct Inner {
     spool_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     spool_drained: Counter,
     spool_write_seconds: Histogram,
+    spool_commits: Counter,
 }
 
 impl Metrics {
@@ -230,6 +231,12 @@ impl Metrics {
             "Time to append one webhook to the spool, fsync included",
             spool_write_seconds.clone(),
         );
+        let spool_commits = Counter::default();
+        registry.register(
+            "spool_commits",
+            "Transactions that wrote appends to the spool, each one fsync; several appends waiting together share one",
+            spool_commits.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -248,6 +255,7 @@ impl Metrics {
                 spool_oldest_age,
                 spool_drained,
                 spool_write_seconds,
+                spool_commits,
             }),
         }
     }
@@ -321,6 +329,11 @@ impl Metrics {
 
     pub fn spool_drained(&self, count: u64) {
         self.inner.spool_drained.inc_by(count);
+    }
+
+    /// One commit of spool appends (one fsync).
+    pub fn spool_committed(&self) {
+        self.inner.spool_commits.inc();
     }
 
     pub fn observe_spool_write(&self, elapsed: Duration) {

@@ -3,6 +3,10 @@
 //!
 //! It is an SQLite database (WAL, `synchronous=FULL`), so an append has been
 //! fsync'd when it returns and survives a crash of the relay or the machine.
+//! Appends go through one writer thread that commits every append waiting at
+//! that moment in one transaction, so one fsync serves them all (group
+//! commit): during an outage, when webhooks pile in, they share the disk's
+//! slowest operation instead of queueing for it one by one.
 //! Each row is a [`Message`] exactly as it will be published (`store.rs` has
 //! the schema). Rows come back out in insertion order; [`drain`] publishes them
 //! and deletes each only after RabbitMQ confirmed it.
@@ -24,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::envelope::Message;
 use crate::metrics::Metrics;
@@ -34,6 +38,20 @@ use store::Row;
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
+    /// To the writer thread; it ends when the last handle is dropped.
+    appends: mpsc::Sender<Append>,
+}
+
+/// Appends that wait for the writer at most: more wait for room, in order.
+const APPENDS_WAITING: usize = 1024;
+/// Appends committed together at most: one transaction stays short.
+const APPENDS_PER_COMMIT: usize = 256;
+
+/// One append for the writer thread, and where to say it is on disk.
+struct Append {
+    row: Row,
+    body: bytes::Bytes,
+    done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 struct Inner {
@@ -81,6 +99,9 @@ pub enum SpoolError {
     NewerSchema(i32),
     #[error("the spool task panicked")]
     Task,
+    /// A commit of several appends failed: each of them gets this.
+    #[error("spool storage failed: {0}")]
+    Commit(String),
 }
 
 impl Spool {
@@ -94,21 +115,26 @@ impl Spool {
         }
         let connection = store::open(path, true)
             .with_context(|| format!("cannot open the spool {}", path.display()))?;
-        let spool = Spool {
-            inner: Arc::new(Inner {
-                db: Mutex::new(Db {
-                    connection,
-                    seen_version: None,
-                }),
-                entries: AtomicU64::new(0),
-                parked: AtomicU64::new(0),
-                bytes: AtomicU64::new(0),
-                max_bytes,
-                full: AtomicBool::new(false),
-                appended: Notify::new(),
-                metrics,
+        let inner = Arc::new(Inner {
+            db: Mutex::new(Db {
+                connection,
+                seen_version: None,
             }),
-        };
+            entries: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max_bytes,
+            full: AtomicBool::new(false),
+            appended: Notify::new(),
+            metrics,
+        });
+        let (appends, waiting) = mpsc::channel(APPENDS_WAITING);
+        let writer = inner.clone();
+        std::thread::Builder::new()
+            .name("spool-writer".to_owned())
+            .spawn(move || write_appends(&writer, waiting))
+            .context("cannot start the spool's writer thread")?;
+        let spool = Spool { inner, appends };
         {
             let mut db = lock(&spool.inner.db);
             let count = |table: &str| -> rusqlite::Result<(u64, u64)> {
@@ -169,18 +195,17 @@ impl Spool {
                 max_bytes: self.inner.max_bytes,
             });
         }
-        let body = message.body.clone();
         let started = Instant::now();
-        let result = self
-            .blocking(move |db, inner| {
-                db.connection.execute(
-                    "INSERT INTO spool (kind, routing_key, properties, body, size, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![row.kind, row.routing_key, row.properties, &body[..], size as i64, now_millis()],
-                )?;
-                inner.entries.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
-            .await;
+        let (done, committed) = oneshot::channel();
+        let append = Append {
+            row,
+            body: message.body.clone(),
+            done,
+        };
+        let result = match self.appends.send(append).await {
+            Ok(()) => committed.await.unwrap_or(Err(SpoolError::Task)),
+            Err(_) => Err(SpoolError::Task),
+        };
         self.inner.metrics.observe_spool_write(started.elapsed());
         if result.is_err() {
             self.inner.bytes.fetch_sub(size, Ordering::SeqCst);
@@ -349,6 +374,65 @@ impl Spool {
     }
 }
 
+/// The writer thread: takes the appends waiting at that moment (at least one,
+/// at most [`APPENDS_PER_COMMIT`]), commits them in one transaction, one
+/// fsync, and only then answers each. While it commits, the next ones queue.
+fn write_appends(inner: &Inner, mut waiting: mpsc::Receiver<Append>) {
+    while let Some(first) = waiting.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < APPENDS_PER_COMMIT {
+            match waiting.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
+            }
+        }
+        let result = {
+            let mut db = lock(&inner.db);
+            let result = commit(&mut db, &batch);
+            // Counted under the lock, before a drainer can delete these rows.
+            if result.is_ok() {
+                inner
+                    .entries
+                    .fetch_add(batch.len() as u64, Ordering::SeqCst);
+            }
+            result
+        };
+        if result.is_ok() {
+            inner.metrics.spool_committed();
+        }
+        let failed = result.err().map(|err| err.to_string());
+        for append in batch {
+            let answer = failed
+                .clone()
+                .map_or(Ok(()), |reason| Err(SpoolError::Commit(reason)));
+            // The appender may be gone (its request was cancelled): the row
+            // stays, and is published like any other.
+            let _ = append.done.send(answer);
+        }
+    }
+}
+
+fn commit(db: &mut Db, batch: &[Append]) -> rusqlite::Result<()> {
+    let tx = db.connection.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO spool (kind, routing_key, properties, body, size, spooled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let now = now_millis();
+        for Append { row, body, .. } in batch {
+            insert.execute(params![
+                row.kind,
+                row.routing_key,
+                row.properties,
+                &body[..],
+                row.size as i64,
+                now
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
 /// Moves marked parked rows back into the spool, if another process wrote.
 fn take_back_retries(db: &mut Db, inner: &Inner) -> Result<u64, SpoolError> {
     let version: i64 = db
@@ -515,6 +599,64 @@ mod tests {
         spool.remove(vec![oldest]).await.unwrap();
         assert!(spool.has_room());
         spool.append(&message(2)).await.unwrap();
+    }
+
+    fn commits(metrics: &Metrics) -> u64 {
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("hookrelay_spool_commits_total "))
+            .expect("the commits counter is exported");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_append_alone_is_committed_alone_before_it_returns() {
+        let metrics = Metrics::new();
+        let spool = Spool::open(&temp_path(), 1 << 20, metrics.clone()).unwrap();
+
+        for n in 0..3 {
+            spool.append(&message(n)).await.unwrap();
+            assert_eq!(commits(&metrics), u64::from(n) + 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn appends_that_wait_together_share_one_commit() {
+        let metrics = Metrics::new();
+        let spool = Spool::open(&temp_path(), 1 << 24, metrics.clone()).unwrap();
+        // The database is busy (the drainer holds it, say) while 64 webhooks
+        // arrive: they all wait for the same next commit.
+        let (held, holding) = oneshot::channel();
+        let busy = {
+            let inner = spool.inner.clone();
+            std::thread::spawn(move || {
+                let _db = lock(&inner.db);
+                held.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        };
+        holding.await.unwrap();
+        let appends: Vec<_> = (0..64)
+            .map(|n| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(&message(n)).await })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        busy.join().unwrap();
+
+        assert_eq!(spool.depth(), 64);
+        assert_eq!(spool.oldest(100).await.unwrap().len(), 64);
+        // The writer may have taken the first arrivals before it met the
+        // lock: those are one commit, everything after them the next.
+        assert!(
+            commits(&metrics) <= 2,
+            "64 appends took {} commits",
+            commits(&metrics)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
