@@ -6,13 +6,14 @@
 //! read and no broker round trip. Only once the event is durable (confirmed by
 //! RabbitMQ, or fsync'd to the spool) do we answer 200.
 
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde::Serialize;
-use tracing::{Instrument, Span, debug, field, info, info_span, warn};
+use tracing::{Level, Span, debug, field, info, info_span, warn};
 use uuid::Uuid;
 
 use super::Ingress;
@@ -28,35 +29,55 @@ struct Accepted {
     id: Uuid,
 }
 
-/// Handles one webhook inside its own span, then records and logs its outcome.
+/// What is known of a webhook so far, for the span of its log lines.
+///
+/// The span is built only when a line is written: a span entered around the
+/// whole request cost about 6 µs per webhook, a tenth of the relay's CPU
+/// (BENCHMARKS.md), for lines that are rarely written.
+#[derive(Default)]
+struct Known {
+    source_ip: Option<IpAddr>,
+    message_id: Option<Uuid>,
+}
+
+impl Known {
+    fn span(&self, outcome: Option<Outcome>) -> Span {
+        info_span!(
+            "webhook",
+            source_ip = self.source_ip.map(field::display),
+            message_id = self.message_id.map(field::display),
+            outcome = outcome.map(Outcome::as_str),
+        )
+    }
+}
+
+/// Handles one webhook, then counts and logs its outcome.
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
     ingress: web::Data<Ingress>,
 ) -> Result<HttpResponse, IngressError> {
-    let span = info_span!(
-        "webhook",
-        source_ip = field::Empty,
-        message_id = field::Empty,
-        outcome = field::Empty
-    );
-    let result = accept(&req, payload, &ingress)
-        .instrument(span.clone())
-        .await;
+    let mut known = Known::default();
+    let result = accept(&req, payload, &ingress, &mut known).await;
     let outcome = result
         .as_ref()
         .map_or_else(IngressError::outcome, |(_, outcome)| *outcome);
     ingress.metrics.request(outcome);
-    span.record("outcome", outcome.as_str());
     if outcome == Outcome::Accepted {
         // At debug: one info line per accepted webhook cost 30% of the relay's
         // CPU in the benchmark (BENCHMARKS.md); the metrics count them, and
         // `RUST_LOG=info,hookrelay=debug` brings the lines back.
-        span.in_scope(|| debug!("webhook accepted"));
+        if tracing::enabled!(Level::DEBUG) {
+            known
+                .span(Some(outcome))
+                .in_scope(|| debug!("webhook accepted"));
+        }
     } else if let Some(dropped) = ingress.log_budget.admit() {
         // Everything else can come in floods (a scanner, an outage): logged
         // within a budget, counted in full by the metrics.
-        span.in_scope(|| log_outcome(&result, dropped));
+        known
+            .span(Some(outcome))
+            .in_scope(|| log_outcome(&result, dropped));
     }
     result.map(|(response, _)| response)
 }
@@ -82,10 +103,11 @@ async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     ingress: &Ingress,
+    known: &mut Known,
 ) -> Result<(HttpResponse, Outcome), IngressError> {
     let received_at = SystemTime::now();
     let source_ip = ingress.allowed_client(req)?;
-    Span::current().record("source_ip", field::display(source_ip));
+    known.source_ip = Some(source_ip);
     ingress.check_header_limits(req)?;
     let client_id = ingress.authenticate(req)?;
     if !is_json(req) {
@@ -99,22 +121,26 @@ async fn accept(
     .map_err(|_| IngressError::BodyTimeout(ingress.body_timeout))??;
 
     let receipt = Receipt::new(client_id, source_ip, received_at);
-    Span::current().record("message_id", field::display(receipt.message_id));
+    known.message_id = Some(receipt.message_id);
     match Event::parse(&body) {
         Ok(event) => {
             ingress.metrics.schema_warnings(event.warnings());
             if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
-                warn!(
-                    code = code.as_str(),
-                    "undocumented error code; routed anyway"
-                );
+                known.span(None).in_scope(|| {
+                    warn!(
+                        code = code.as_str(),
+                        "undocumented error code; routed anyway"
+                    )
+                });
             }
             let message = event_message(&event, &receipt, body);
             let outcome = match ingress.delivery.deliver(message).await {
                 Ok(Delivered::Published) => Outcome::Accepted,
                 Ok(Delivered::Spooled(why)) => {
                     if let Some(why) = why {
-                        warn!(error = %why, "RabbitMQ did not confirm; spooled");
+                        known
+                            .span(None)
+                            .in_scope(|| warn!(error = %why, "RabbitMQ did not confirm; spooled"));
                     }
                     Outcome::Spooled
                 }
