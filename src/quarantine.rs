@@ -12,11 +12,11 @@
 
 use anyhow::Context;
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, LongString};
 use serde::Serialize;
 
-use crate::broker::{self, Outgoing, PublishError, browse, publish_confirmed};
+use crate::broker::{self, Outgoing, PublishError, browse};
 use crate::config::Settings;
 use crate::envelope::{QUARANTINE_REASON, Receipt, event_message};
 use crate::event::Event;
@@ -155,13 +155,16 @@ pub async fn redrive(
             body: message.body,
             properties: message.properties,
         };
-        match publish_confirmed(&publisher, &outgoing, amqp.confirm_timeout()).await {
+        let sent = browse::forward(
+            &publisher,
+            &delivery.acker,
+            &outgoing,
+            amqp.confirm_timeout(),
+            "the quarantined copy",
+        )
+        .await?;
+        match sent {
             Ok(()) => {
-                delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .context("sent on, but cannot acknowledge the quarantined copy")?;
                 summary.redriven += 1;
                 entry.action = Action::Redriven;
                 report(&entry);
@@ -178,13 +181,7 @@ pub async fn redrive(
             }
         }
     }
-    if let Some(tag) = last_held {
-        browse::requeue_up_to(&reader, tag)
-            .await
-            .context("cannot return the quarantined bodies that stay")?;
-    }
-    let _ = reader.close(200, "redrive done".into()).await;
-    summary.left = browse::depth(&publisher, queue).await?;
+    summary.left = browse::put_back(&reader, last_held, &publisher, queue).await?;
     let _ = connection.close(200, "redrive done".into()).await;
     Ok(summary)
 }

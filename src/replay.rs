@@ -22,7 +22,7 @@ use lapin::Connection;
 use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 
-use crate::broker::{self, Outgoing, PublishError, browse, publish_confirmed};
+use crate::broker::{self, Outgoing, PublishError, browse};
 use crate::config::{AmqpSettings, Settings};
 use crate::dead_letter::{Death, replay_headers};
 use crate::topic::TopicPattern;
@@ -187,13 +187,16 @@ async fn replay_on(
             "to exchange `{}` key `{}`",
             outgoing.exchange, outgoing.routing_key
         ));
-        match publish_confirmed(&publisher, &outgoing, amqp.confirm_timeout()).await {
+        let sent = browse::forward(
+            &publisher,
+            &delivery.acker,
+            &outgoing,
+            amqp.confirm_timeout(),
+            "the dead letter",
+        )
+        .await?;
+        match sent {
             Ok(()) => {
-                delivery
-                    .acker
-                    .ack(Default::default())
-                    .await
-                    .context("republished, but cannot acknowledge the dead letter")?;
                 summary.replayed += 1;
                 entry.action = Action::Replayed;
                 report(&entry);
@@ -213,13 +216,7 @@ async fn replay_on(
         }
     }
 
-    if let Some(tag) = last_held {
-        browse::requeue_up_to(&reader, tag)
-            .await
-            .context("cannot return the held messages to the queue")?;
-    }
-    let _ = reader.close(200, "replay done".into()).await;
-    summary.left = browse::depth(&publisher, queue).await?;
+    summary.left = browse::put_back(&reader, last_held, &publisher, queue).await?;
     Ok(summary)
 }
 

@@ -1,15 +1,19 @@
 //! Reading a queue without taking from it, as `hookrelay inspect` and
-//! `hookrelay replay` do: count it, fetch its messages unacknowledged, and put
-//! back what was not handled, in place. AMQP 0-9-1 has no "peek"; an
-//! unacknowledged message stays the queue's until it is acked or nacked, and a
-//! requeued one returns to its original position.
+//! `hookrelay replay` do: count it, fetch its messages unacknowledged, send
+//! some on, and put back what was not handled, in place. AMQP 0-9-1 has no
+//! "peek"; an unacknowledged message stays the queue's until it is acked or
+//! nacked, and a requeued one returns to its original position.
+
+use std::time::Duration;
 
 use anyhow::Context;
-use lapin::Channel;
+use lapin::{Acker, Channel};
+
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
+use super::publisher::{Outgoing, PublishError, publish_confirmed};
 use super::refusal_text;
 
 /// How many messages `queue` holds; names a missing queue in RabbitMQ's words.
@@ -42,4 +46,44 @@ pub async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
         requeue: true,
     };
     channel.basic_nack(tag, options).await
+}
+
+/// Sends `outgoing` on with a confirm, and only then acknowledges (`acker`)
+/// the delivery it was made from: at every moment one of the two queues holds
+/// it. The inner `Err` is the publish's: the delivery is then still
+/// unacknowledged, for the caller to put back. The outer one is a failed ack,
+/// after which the message is in both places (`source` names the original).
+pub async fn forward(
+    publisher: &Channel,
+    acker: &Acker,
+    outgoing: &Outgoing,
+    timeout: Duration,
+    source: &str,
+) -> anyhow::Result<Result<(), PublishError>> {
+    if let Err(err) = publish_confirmed(publisher, outgoing, timeout).await {
+        return Ok(Err(err));
+    }
+    acker
+        .ack(BasicAckOptions::default())
+        .await
+        .with_context(|| format!("sent on, but cannot acknowledge {source}"))?;
+    Ok(Ok(()))
+}
+
+/// Ends a pass over `queue` read on `reader`: puts back every message up to
+/// `last_held` in its place, closes `reader`, and counts what `queue` holds
+/// now (on `counter`, another channel).
+pub async fn put_back(
+    reader: &Channel,
+    last_held: Option<u64>,
+    counter: &Channel,
+    queue: &str,
+) -> anyhow::Result<u32> {
+    if let Some(tag) = last_held {
+        requeue_up_to(reader, tag)
+            .await
+            .with_context(|| format!("cannot return the messages that stay to {queue}"))?;
+    }
+    let _ = reader.close(200, "done".into()).await;
+    depth(counter, queue).await
 }
