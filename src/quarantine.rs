@@ -10,9 +10,7 @@
 //! acknowledged only after the confirm. What still fails stays in quarantine,
 //! in its place, and the run reports why it fails now.
 
-use anyhow::Context;
 use bytes::Bytes;
-use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, LongString};
 use serde::Serialize;
 
@@ -76,18 +74,7 @@ pub async fn redrive(
     let queue = topology.quarantine_queue();
     let amqp = &settings.amqp;
     let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-redrive")).await?;
-    let reader = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    let publisher = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
+    let (reader, publisher) = browse::reader_and_publisher(&connection).await?;
     let at_start = browse::depth(&reader, queue).await?;
 
     let mut summary = Summary::default();

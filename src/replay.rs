@@ -16,10 +16,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::Context;
 use bytes::Bytes;
 use lapin::Connection;
-use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 
 use crate::broker::{self, Outgoing, PublishError, browse};
@@ -105,18 +103,7 @@ async fn replay_on(
     options: &ReplayOptions,
     report: &mut impl FnMut(&Entry),
 ) -> anyhow::Result<Summary> {
-    let reader = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    let publisher = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
+    let (reader, publisher) = browse::reader_and_publisher(connection).await?;
     let at_start = browse::depth(&reader, queue).await?;
 
     let mut summary = Summary::default();

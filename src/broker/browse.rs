@@ -7,14 +7,34 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::{Acker, Channel};
+use lapin::{Acker, Channel, Connection};
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 
 use super::publisher::{Outgoing, PublishError, publish_confirmed};
 use super::refusal_text;
+
+/// Two channels on `connection` for a pass that sends messages on: one to
+/// read the queue, one in confirm mode to publish.
+pub async fn reader_and_publisher(connection: &Connection) -> anyhow::Result<(Channel, Channel)> {
+    let reader = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let publisher = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    Ok((reader, publisher))
+}
 
 /// How many messages `queue` holds; names a missing queue in RabbitMQ's words.
 pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
