@@ -177,8 +177,8 @@ stop "$nohist_pid"; nohist_pid=""
 
 rate=$(python3 -c "import json,statistics as s;print(max(1,int(s.median(json.load(open(f'$work/base-sat-{i}.json'))['rate'] for i in range(1,$ROUNDS+1))/2)))")
 echo "== fixed rate: $rate/s (half the baseline ceiling) for ${FIXED_SECS}s each"
-purge; "$baseline" --exchange "$exchange.in" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
-purge; load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/relay-fixed.json"
+purge; with_cpu base-fixed "$baseline" --exchange "$exchange.in" --messages $((rate * FIXED_SECS)) --rate "$rate" > "$work/base-fixed.json"
+purge; with_cpu relay-fixed load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/relay-fixed.json"
 
 if [ "$mode" = full ]; then
 
@@ -215,6 +215,9 @@ target/release/examples/parse_cost $((MESSAGES * 10)) > "$work/parse.json"
 echo "== HTTP side alone (bench-http-only build: publishes nothing)"
 start_relay "$work/hookrelay-http-only"
 with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
+# CPU per request depends on the rate (at saturation one wakeup serves many
+# requests): the HTTP side at the relay's fixed rate too, to compare like with like.
+with_cpu http-fixed load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/http-fixed.json"
 fi
 stop_relay
 
@@ -295,6 +298,7 @@ if full:
     row("relay, probe 5 s after overload", after)
     row("baseline publisher, same probe", probe, codes=False)
     row("HTTP side alone (no publish)", http)
+    row("HTTP side alone, fixed rate", oha("http-fixed.json"))
 spooling = not cluster
 if spooling:
     spooled, drain_load = oha("spooled-sat.json"), oha("drain-load.json")
@@ -340,19 +344,28 @@ if spooling:
     print(f"- drain: {d['backlog']} spooled webhooks, new ones at {d['rate']}/s for the first {os.environ['DRAIN_SECS']} s: "
           f"spool empty {drained}; new webhooks meanwhile p99 {drain_load['p99']:.2f} ms, non-200 {({k: v for k, v in drain_load['codes'].items() if k != '200'}) or 'none'}")
 print()
-print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} (µs; utime + stime from /proc/<pid>/stat,")
+print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} and at the fixed rate (µs; utime + stime from /proc/<pid>/stat,")
 print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
 print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-runs = [(f"base-sat-{median_round}", "baseline publisher", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha)", rs["rate"])]
+def sent(name):  # messages in a run: the baseline says; oha counts answers and errors
+    d = j(name + ".json")
+    if "messages" in d:
+        return d["messages"]
+    return sum(d.get("statusCodeDistribution", {}).values()) + sum(d.get("errorDistribution", {}).values())
+runs = [(f"base-sat-{median_round}", "baseline publisher, saturation", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha), saturation", rs["rate"])]
 if full:
-    runs.append(("http-sat", "HTTP side alone (oha)", http["rate"]))
+    runs.append(("http-sat", "HTTP side alone (oha), saturation", http["rate"]))
+runs += [("base-fixed", "baseline publisher, fixed rate", bf["rate"]), ("relay-fixed", "relay (oha), fixed rate", rf["rate"])]
+if full:
+    runs.append(("http-fixed", "HTTP side alone (oha), fixed rate", oha("http-fixed.json")["rate"]))
 if spooling:
-    runs.append(("spooled-sat", "relay, RabbitMQ unreachable (oha)", spooled["rate"]))
+    runs.append(("spooled-sat", "relay, RabbitMQ unreachable (oha), saturation", spooled["rate"]))
 for name, label, rate in runs:
     fields = [int(t) for t in open(os.path.join(work, name + ".cpu")).read().split()]
-    relay, broker, client = (t * 1e6 / hz / messages for t in fields[:3])
-    relay_wait, broker_wait = (t / 1e3 / messages for t in fields[3:])
+    count = sent(name)
+    relay, broker, client = (t * 1e6 / hz / count for t in fields[:3])
+    relay_wait, broker_wait = (t / 1e3 / count for t in fields[3:])
     total = relay + broker + client
     b, bw = (f"{broker:.0f}", f"{broker_wait:.0f}") if broker_seen else ("n/a", "n/a")
     print(f"| {label} | {b} | {relay:.0f} | {client:.0f} | {total:.0f} | {total * rate / 1e6:.2f} | {bw} | {relay_wait:.0f} |")
