@@ -25,6 +25,11 @@ pub async fn reader_and_publisher(connection: &Connection) -> anyhow::Result<(Ch
         .create_channel()
         .await
         .context("cannot open a channel")?;
+    Ok((reader, confirming_channel(connection).await?))
+}
+
+/// A channel on `connection` in confirm mode, for [`forward`] and the like.
+pub async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let publisher = connection
         .create_channel()
         .await
@@ -33,7 +38,7 @@ pub async fn reader_and_publisher(connection: &Connection) -> anyhow::Result<(Ch
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("cannot enable publisher confirms")?;
-    Ok((reader, publisher))
+    Ok(publisher)
 }
 
 /// How many messages `queue` holds; names a missing queue in RabbitMQ's words.

@@ -9,9 +9,7 @@
 //! touched (nothing leaves a stream), and a replayed event does not enter it
 //! a second time: it is published past the entry exchange.
 
-use anyhow::Context;
 use bytes::Bytes;
-use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Serialize;
 
@@ -86,14 +84,7 @@ pub async fn replay(
     let amqp = &settings.amqp;
     let connection =
         broker::connect(amqp, amqp.tool_connection_name("hookrelay-replay-history")).await?;
-    let publisher = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
+    let publisher = browse::confirming_channel(&connection).await?;
     let (exchange, queue) = match &options.destination {
         Destination::Queue(queue) => {
             browse::depth(&publisher, queue).await?;

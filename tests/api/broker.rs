@@ -522,34 +522,13 @@ async fn a_nacked_webhook_is_spooled_its_channel_replaced_and_it_follows_once_th
     // cannot tell this nack from a channel RabbitMQ left in a bad state, so it
     // spools the webhook and gives the channel's slot a new channel.
     let app = spawn_app(&[]).await;
-    let full = format!("{}.full", app.exchange());
     let mut one_only = lapin::types::FieldTable::default();
     one_only.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
     one_only.insert(
         "x-overflow".into(),
         lapin::types::AMQPValue::LongString("reject-publish".into()),
     );
-    app.channel
-        .queue_declare(
-            full.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            one_only,
-        )
-        .await
-        .unwrap();
-    app.channel
-        .queue_bind(
-            full.as_str().into(),
-            app.exchange().into(),
-            "#".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let full = app.bind_queue_with(one_only, &["#"]).await;
 
     let first = app.send(sync_account()).await;
     let second = app.send(sync_account()).await;

@@ -306,6 +306,11 @@ impl TestApp {
     /// Declares an exclusive queue bound to the relay's exchange with `patterns`;
     /// it disappears with the test's connection.
     pub async fn bind_queue(&self, patterns: &[&str]) -> String {
+        self.bind_queue_with(FieldTable::default(), patterns).await
+    }
+
+    /// [`TestApp::bind_queue`], with queue arguments (a length limit, say).
+    pub async fn bind_queue_with(&self, arguments: FieldTable, patterns: &[&str]) -> String {
         let name = format!("{}.probe-{}", self.exchange(), Uuid::now_v7());
         self.channel
             .queue_declare(
@@ -315,7 +320,7 @@ impl TestApp {
                     auto_delete: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await
             .expect("declare a probe queue");
