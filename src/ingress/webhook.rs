@@ -32,7 +32,7 @@ struct Accepted {
 /// What is known of a webhook so far, for the span of its log lines.
 ///
 /// The span is built only when a line is written: a span entered around the
-/// whole request cost about 6 µs per webhook, a tenth of the relay's CPU
+/// whole request cost about 4-6 µs per webhook, 6-9 % of the relay's CPU
 /// (BENCHMARKS.md), for lines that are rarely written.
 #[derive(Default)]
 struct Known {
