@@ -9,15 +9,16 @@
 #                                        8 connections, after 500 uncounted);
 #                                        leaves the profile for callgrind_annotate
 #
-# Needs RabbitMQ on AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
-# oha and rabbitmqctl; valgrind for --callgrind. Uses an exchange of its own
-# and deletes what the relay declared.
+# Needs RabbitMQ on AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
+# and rabbitmqctl; valgrind for --callgrind. Installs oha (crates.io) if
+# missing. Uses an exchange of its own and deletes what the relay declared.
 set -euo pipefail
 callgrind=""
 [ "${1:-}" = "--callgrind" ] && { callgrind=1; shift; }
 binary=${1:?usage: bench/cpu.sh [--callgrind] BINARY [N] [RATE]}
 n=${2:-$([ -n "$callgrind" ] && echo 2000 || echo 20000)}
 rate=${3:-}
+command -v oha >/dev/null || cargo install --locked oha
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 work=$(mktemp -d) exchange="bench-cpu-$(date +%s)" port=18380 admin=19390
 cat > "$work/relay.toml" <<TOML

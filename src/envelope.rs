@@ -222,6 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_built_again_from_its_receipt_is_the_same_message() {
+        // Delivery builds a webhook's message a second time when the publish
+        // failed and the spool needs it: the spooled copy must be what the
+        // sender's 200 names, down to the id and the time.
+        let receipt = Receipt::new("app-1", "52.60.234.183".parse().unwrap(), SystemTime::now());
+        let event = Event::parse(BODY.as_bytes()).unwrap();
+        let published = event_message(&event, &receipt, Bytes::from(BODY));
+        let spooled = event_message(&event, &receipt, Bytes::from(BODY));
+        assert_eq!(published, spooled);
+
+        let reason = Event::parse(b"{}").unwrap_err();
+        assert_eq!(
+            quarantine_message(&reason, &receipt, Bytes::from("{}")),
+            quarantine_message(&reason, &receipt, Bytes::from("{}"))
+        );
+    }
+
+    #[test]
     fn personal_data_never_becomes_a_header() {
         let event = Event::parse(BODY.as_bytes()).unwrap();
         let message = event_message(&event, &receipt(), Bytes::from(BODY));

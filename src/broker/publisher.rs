@@ -93,13 +93,17 @@ impl Publisher {
     /// durable queue it reached. On `Err` the message may still have been
     /// stored (a confirm that arrives after the timeout): delivery is
     /// at-least-once, and consumers de-duplicate on `message_id`.
-    pub async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+    ///
+    /// The message is consumed: lapin takes the properties by value. A caller
+    /// that must keep the message if the publish fails builds it again then
+    /// (see [`Delivery`](crate::delivery::Delivery)).
+    pub async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let session = self.usable_session()?;
         let channel = session.channel();
         let started = Instant::now();
         let address = self.broker.topology().address(&message.kind);
         let confirmation = tokio::time::timeout(self.confirm_timeout, async {
-            send(&channel, address, &message.body, message.properties.clone())
+            send(&channel, address, &message.body, message.properties)
                 .await?
                 .await
         })
@@ -115,7 +119,7 @@ impl Publisher {
     /// reordered. One result per message, in the same order.
     pub async fn publish_batch(
         &self,
-        messages: &[Message],
+        messages: Vec<Message>,
     ) -> Result<Vec<Result<(), PublishError>>, PublishError> {
         let session = self.usable_session()?;
         let channel = session.channel();
@@ -124,10 +128,10 @@ impl Publisher {
         let mut in_flight = Vec::with_capacity(messages.len());
         for message in messages {
             let address = topology.address(&message.kind);
-            let sent = send(&channel, address, &message.body, message.properties.clone());
+            let sent = send(&channel, address, &message.body, message.properties);
             in_flight.push(tokio::time::timeout_at(deadline, sent).await);
         }
-        let mut results = Vec::with_capacity(messages.len());
+        let mut results = Vec::with_capacity(in_flight.len());
         for sent in in_flight {
             let result = match sent {
                 Ok(Ok(confirm)) => settle(

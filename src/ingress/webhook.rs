@@ -133,7 +133,7 @@ async fn accept(
                     )
                 });
             }
-            let message = event_message(&event, &receipt, body);
+            let message = || event_message(&event, &receipt, body.clone());
             let outcome = match ingress.delivery.deliver(message).await {
                 Ok(Delivered::Published) => Outcome::Accepted,
                 Ok(Delivered::Spooled(why)) => {
@@ -153,7 +153,7 @@ async fn accept(
             Ok((HttpResponse::Ok().json(accepted), outcome))
         }
         Err(reason) => {
-            let message = quarantine_message(&reason, &receipt, body);
+            let message = || quarantine_message(&reason, &receipt, body.clone());
             ingress
                 .delivery
                 .deliver(message)

@@ -104,8 +104,10 @@ impl Drainer {
             Ok(batch) => batch,
             Err(err) => return Some(self.failed(err.to_string())),
         };
+        // The batch stays for its sequence numbers and, if the head is
+        // refused, its message id; the publish consumes its own copy.
         let messages: Vec<Message> = batch.iter().map(|s| s.message.clone()).collect();
-        let results = match self.publisher.publish_batch(&messages).await {
+        let results = match self.publisher.publish_batch(messages).await {
             Ok(results) => results,
             Err(err) => return Some(self.failed(err.to_string())),
         };
