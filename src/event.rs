@@ -15,9 +15,11 @@
 //! messages travel into logs and message headers and the payload carries
 //! personal data (`user.loginName`).
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use crate::strict_json::{self, StrictError};
+use serde::de::MapAccess;
+
+use crate::strict_json::{self, Duplicates, Fields, Found, Object, Skip, StrictError, Text};
 
 /// The error codes the sender documents. Others are still routed (the sender's own
 /// lists disagree and it adds codes over time), but flagged as unknown.
@@ -122,34 +124,41 @@ pub struct InvalidRoutingKey;
 impl Event {
     /// Parses a webhook body: see the rule at the top of this module.
     pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
-        let value: Value = strict_json::from_slice(body).map_err(|err| match err {
+        let duplicates = Duplicates::default();
+        let root = Object {
+            duplicates: &duplicates,
+            fields: Root::default(),
+        };
+        let root = strict_json::read(body, root, &duplicates).map_err(|err| match err {
             StrictError::Syntax(err) => syntax_error(err),
             StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
         })?;
-        let root = value.as_object().ok_or(ParseError::NotAnObject)?;
+        let Found::Is(root) = root else {
+            return Err(ParseError::NotAnObject);
+        };
 
-        let hook = required_str(root, "hook", "hook")?;
-        let user = required_object(root, "user")?;
-        let account = required_object(root, "account")?;
-        let user_id = required_non_empty(user, "id", "user.id")?;
-        let account_id = required_non_empty(account, "id", "account.id")?;
+        let hook = required_str(root.hook, "hook")?;
+        let user = required_object(root.user, "user")?;
+        let account = required_object(root.account, "account")?;
+        let user_id = required_non_empty(user.id, "user.id")?;
+        let account_id = required_non_empty(account.id, "account.id")?;
         let mut warnings = Vec::new();
         // Documented, never used: the login name is personal data.
-        optional_str(user, "loginName", OptionalField::LoginName, &mut warnings);
-        optional_str(account, "provider", OptionalField::Provider, &mut warnings);
+        optional_str(user.other, OptionalField::LoginName, &mut warnings);
+        optional_str(account.other, OptionalField::Provider, &mut warnings);
 
-        let kind = match hook {
+        let kind = match hook.as_ref() {
             "SyncAccount" => EventKind::SyncAccount,
             "SyncError" => {
-                EventKind::SyncError(ErrorCode::parse(required_str(root, "error", "error")?)?)
+                EventKind::SyncError(ErrorCode::parse(&required_str(root.error, "error")?)?)
             }
             other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
             _ => return Err(ParseError::UnreadableHook),
         };
         Ok(Event {
             kind,
-            user_id: user_id.to_owned(),
-            account_id: account_id.to_owned(),
+            user_id: user_id.into_owned(),
+            account_id: account_id.into_owned(),
             warnings,
         })
     }
@@ -261,17 +270,84 @@ fn syntax_error(err: serde_json::Error) -> ParseError {
     }
 }
 
+/// The top-level fields an event is read from.
+#[derive(Default)]
+struct Root<'de> {
+    hook: Found<Cow<'de, str>>,
+    user: Found<Party<'de>>,
+    account: Found<Party<'de>>,
+    error: Found<Cow<'de, str>>,
+}
+
+/// `user` or `account`: an id, and one documented field the relay does not
+/// use (`loginName`, `provider`), of which only its type is kept.
+struct Party<'de> {
+    /// The other field's key.
+    other_key: &'static str,
+    id: Found<Cow<'de, str>>,
+    other: Found<()>,
+}
+
+impl<'de> Party<'de> {
+    fn new(other_key: &'static str) -> Party<'de> {
+        Party {
+            other_key,
+            id: Found::Missing,
+            other: Found::Missing,
+        }
+    }
+}
+
+impl<'de> Fields<'de> for Root<'de> {
+    fn entry<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        duplicates: &Duplicates,
+    ) -> Result<(), A::Error> {
+        let party = |other_key| Object {
+            duplicates,
+            fields: Party::new(other_key),
+        };
+        match key {
+            "hook" => self.hook = map.next_value_seed(Text(duplicates))?,
+            "user" => self.user = map.next_value_seed(party("loginName"))?,
+            "account" => self.account = map.next_value_seed(party("provider"))?,
+            "error" => self.error = map.next_value_seed(Text(duplicates))?,
+            _ => map.next_value_seed(Skip(duplicates))?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Fields<'de> for Party<'de> {
+    fn entry<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        duplicates: &Duplicates,
+    ) -> Result<(), A::Error> {
+        if key == "id" {
+            self.id = map.next_value_seed(Text(duplicates))?;
+        } else if key == self.other_key {
+            self.other = match map.next_value_seed(Text(duplicates))? {
+                Found::Is(_) => Found::Is(()),
+                Found::Missing => Found::Missing,
+                Found::Other => Found::Other,
+            };
+        } else {
+            map.next_value_seed(Skip(duplicates))?;
+        }
+        Ok(())
+    }
+}
+
 /// Notes a warning when an optional documented field is absent or not a string.
-fn optional_str(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: OptionalField,
-    warnings: &mut Vec<SchemaWarning>,
-) {
-    let problem = match obj.get(key) {
-        None => FieldProblem::Missing,
-        Some(Value::String(_)) => return,
-        Some(_) => FieldProblem::NotAString,
+fn optional_str(found: Found<()>, field: OptionalField, warnings: &mut Vec<SchemaWarning>) {
+    let problem = match found {
+        Found::Missing => FieldProblem::Missing,
+        Found::Is(()) => return,
+        Found::Other => FieldProblem::NotAString,
     };
     warnings.push(SchemaWarning { field, problem });
 }
@@ -300,47 +376,41 @@ impl std::fmt::Display for SchemaWarning {
     }
 }
 
-fn required<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &'static str,
-) -> Result<&'a Value, ParseError> {
-    obj.get(key).ok_or(ParseError::Missing(path))
-}
-
-fn required_object<'a>(
-    obj: &'a Map<String, Value>,
-    key: &'static str,
-) -> Result<&'a Map<String, Value>, ParseError> {
-    required(obj, key, key)?
-        .as_object()
-        .ok_or(ParseError::WrongType {
-            field: key,
+fn required_object<'de>(
+    found: Found<Party<'de>>,
+    field: &'static str,
+) -> Result<Party<'de>, ParseError> {
+    match found {
+        Found::Is(party) => Ok(party),
+        Found::Missing => Err(ParseError::Missing(field)),
+        Found::Other => Err(ParseError::WrongType {
+            field,
             expected: "an object",
-        })
+        }),
+    }
 }
 
-fn required_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &'static str,
-) -> Result<&'a str, ParseError> {
-    required(obj, key, path)?
-        .as_str()
-        .ok_or(ParseError::WrongType {
-            field: path,
+fn required_str<'de>(
+    found: Found<Cow<'de, str>>,
+    field: &'static str,
+) -> Result<Cow<'de, str>, ParseError> {
+    match found {
+        Found::Is(text) => Ok(text),
+        Found::Missing => Err(ParseError::Missing(field)),
+        Found::Other => Err(ParseError::WrongType {
+            field,
             expected: "a string",
-        })
+        }),
+    }
 }
 
-fn required_non_empty<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &'static str,
-) -> Result<&'a str, ParseError> {
-    match required_str(obj, key, path)? {
-        "" => Err(ParseError::Empty(path)),
-        s => Ok(s),
+fn required_non_empty<'de>(
+    found: Found<Cow<'de, str>>,
+    field: &'static str,
+) -> Result<Cow<'de, str>, ParseError> {
+    match required_str(found, field)? {
+        text if text.is_empty() => Err(ParseError::Empty(field)),
+        text => Ok(text),
     }
 }
 
@@ -593,6 +663,194 @@ mod tests {
                 "[A-Za-z.*#_ -]{0,10}",
                 any::<String>(),
             ]
+        }
+
+        /// The rule as it was written on a whole `serde_json::Value`, before
+        /// `Event::parse` kept only its fields: the oracle the typed reading
+        /// must agree with on every body, answer and reason alike.
+        fn parse_from_tree(body: &[u8]) -> Result<Event, ParseError> {
+            use serde_json::{Map, Value};
+            let value = crate::strict_json::tree(body).map_err(|err| match err {
+                StrictError::Syntax(err) => syntax_error(err),
+                StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
+            })?;
+            let root = value.as_object().ok_or(ParseError::NotAnObject)?;
+            let field = |obj: &Map<String, Value>, key: &str| match obj.get(key) {
+                None => Found::Missing,
+                Some(Value::String(s)) => Found::Is(Cow::Owned(s.clone())),
+                Some(_) => Found::Other,
+            };
+            let party = |key: &'static str, other_key| match root.get(key) {
+                None => Found::Missing,
+                Some(Value::Object(obj)) => Found::Is(Party {
+                    other_key,
+                    id: field(obj, "id"),
+                    other: match field(obj, other_key) {
+                        Found::Is(_) => Found::Is(()),
+                        Found::Missing => Found::Missing,
+                        Found::Other => Found::Other,
+                    },
+                }),
+                Some(_) => Found::Other,
+            };
+            let hook = required_str(field(root, "hook"), "hook")?;
+            let user = required_object(party("user", "loginName"), "user")?;
+            let account = required_object(party("account", "provider"), "account")?;
+            let user_id = required_non_empty(user.id, "user.id")?;
+            let account_id = required_non_empty(account.id, "account.id")?;
+            let mut warnings = Vec::new();
+            optional_str(user.other, OptionalField::LoginName, &mut warnings);
+            optional_str(account.other, OptionalField::Provider, &mut warnings);
+            let kind = match hook.as_ref() {
+                "SyncAccount" => EventKind::SyncAccount,
+                "SyncError" => EventKind::SyncError(ErrorCode::parse(&required_str(
+                    field(root, "error"),
+                    "error",
+                )?)?),
+                other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
+                _ => return Err(ParseError::UnreadableHook),
+            };
+            Ok(Event {
+                kind,
+                user_id: user_id.into_owned(),
+                account_id: account_id.into_owned(),
+                warnings,
+            })
+        }
+
+        /// Any JSON value, with the keys the rule reads at any depth.
+        fn json() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just(r#""SyncAccount""#.to_owned()),
+                Just(r#""SyncError""#.to_owned()),
+                Just(r#""\u0053yncError""#.to_owned()),
+                Just(r#""LoginFailedError""#.to_owned()),
+                Just(r#""""#.to_owned()),
+                Just(r#""u1""#.to_owned()),
+                Just(r#""a.b""#.to_owned()),
+                Just("7".to_owned()),
+                Just("-2.5e3".to_owned()),
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+            ];
+            let key = prop_oneof![
+                Just("hook"),
+                Just("user"),
+                Just("id"),
+                Just("loginName"),
+                Just("provider"),
+                Just("error"),
+                Just("x"),
+            ];
+            leaf.prop_recursive(3, 24, 4, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..3)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                    proptest::collection::vec((key.clone(), inner), 0..4).prop_map(|entries| {
+                        let entries: Vec<String> = entries
+                            .iter()
+                            .map(|(k, v)| format!(r#""{k}":{v}"#))
+                            .collect();
+                        format!("{{{}}}", entries.join(","))
+                    }),
+                ]
+            })
+        }
+
+        /// One object's entries from `fields`, each kept with probability
+        /// 0.95 and one in thirty written twice (half of those with an escaped
+        /// key), with another key added one time in four, in any order.
+        fn entries(
+            fields: Vec<(&'static str, BoxedStrategy<String>)>,
+        ) -> impl Strategy<Value = String> {
+            let fields: Vec<_> = fields
+                .into_iter()
+                .map(|(key, value)| {
+                    (proptest::bool::weighted(0.95), 0..60u8, value).prop_map(
+                        move |(kept, how, value)| match (kept, how) {
+                            (false, _) => vec![],
+                            (true, 0) => vec![format!(r#""{key}":{value}"#); 2],
+                            (true, 1) => vec![
+                                format!(r#""{key}":{value}"#),
+                                format!(r#""\u00{:x}{}":{value}"#, key.as_bytes()[0], &key[1..]),
+                            ],
+                            (true, _) => vec![format!(r#""{key}":{value}"#)],
+                        },
+                    )
+                })
+                .collect();
+            (fields, proptest::option::weighted(0.25, json()))
+                .prop_map(|(fields, extra)| {
+                    let mut entries: Vec<String> = fields.into_iter().flatten().collect();
+                    entries.extend(extra.map(|value| format!(r#""x":{value}"#)));
+                    entries
+                })
+                .prop_shuffle()
+                .prop_map(|entries| format!("{{{}}}", entries.join(",")))
+        }
+
+        /// A webhook body, valid or nearly: every field the rule reads, each
+        /// right or wrong in one of the ways it can be; sometimes not an
+        /// object at all, cut short, or followed by something.
+        fn body() -> impl Strategy<Value = String> {
+            // A string from `good` most of the time, else from `bad`, else any value.
+            let text = |good: &'static [&'static str], bad: &'static [&'static str]| {
+                let quoted = |list: &[&str]| -> Vec<String> {
+                    list.iter().map(|s| format!("\"{s}\"")).collect()
+                };
+                prop_oneof![
+                    16 => proptest::sample::select(quoted(good)),
+                    1 => proptest::sample::select(quoted(bad)),
+                    1 => json(),
+                ]
+                .boxed()
+            };
+            let party = |other: &'static str| {
+                let fields = vec![
+                    ("id", text(&["u1", "a-1"], &[""])),
+                    (other, text(&["someone"], &["é"])),
+                ];
+                prop_oneof![12 => entries(fields), 1 => json()].boxed()
+            };
+            let root = entries(vec![
+                (
+                    "hook",
+                    text(
+                        &["SyncAccount", "SyncError", "\\u0053yncError"],
+                        &["SyncThing", "sync.#"],
+                    ),
+                ),
+                ("user", party("loginName")),
+                ("account", party("provider")),
+                (
+                    "error",
+                    text(&["LoginFailedError", "NewCode"], &["Login.Failed", ""]),
+                ),
+            ]);
+            let value = prop_oneof![9 => root, 1 => json()];
+            (
+                value,
+                0..20u8,
+                prop_oneof![36 => Just(""), 2 => Just(" "), 1 => Just("x"), 1 => Just("}")],
+            )
+                .prop_map(|(value, cut, tail)| {
+                    // One body in twenty is cut short somewhere.
+                    let value = if cut == 0 {
+                        value[..value.len() / 2].to_owned()
+                    } else {
+                        value
+                    };
+                    format!("{value}{tail}")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn fields_are_read_as_from_the_whole_tree(body in body()) {
+                prop_assert_eq!(Event::parse(body.as_bytes()), parse_from_tree(body.as_bytes()), "{}", body);
+            }
         }
 
         proptest! {
