@@ -216,8 +216,12 @@ echo "== HTTP side alone (bench-http-only build: publishes nothing)"
 start_relay "$work/hookrelay-http-only"
 with_cpu http-sat load -n "$MESSAGES" -c "$CONNECTIONS" > "$work/http-sat.json"
 # CPU per request depends on the rate (at saturation one wakeup serves many
-# requests): the HTTP side at the relay's fixed rate too, to compare like with like.
+# requests): the HTTP side at the relay's fixed rate too, to compare like with like,
+# and at the relay's own saturation rate, for issue 15's target.
 with_cpu http-fixed load -n $((rate * FIXED_SECS)) -c "$CONNECTIONS" -q "$rate" > "$work/http-fixed.json"
+relay_rate=$(python3 -c "import json,statistics as s;print(max(1,int(s.median(json.load(open(f'$work/relay-sat-{i}.json'))['summary']['requestsPerSec'] for i in range(1,$ROUNDS+1)))))")
+echo "== HTTP side alone at the relay's saturation rate: $relay_rate/s"
+with_cpu http-relay-rate load -n "$MESSAGES" -c "$CONNECTIONS" -q "$relay_rate" > "$work/http-relay-rate.json"
 fi
 stop_relay
 
@@ -299,6 +303,7 @@ if full:
     row("baseline publisher, same probe", probe, codes=False)
     row("HTTP side alone (no publish)", http)
     row("HTTP side alone, fixed rate", oha("http-fixed.json"))
+    row("HTTP side alone, at the relay's saturation rate", oha("http-relay-rate.json"))
 spooling = not cluster
 if spooling:
     spooled, drain_load = oha("spooled-sat.json"), oha("drain-load.json")
@@ -343,22 +348,37 @@ if spooling:
         f"({(d['backlog'] + new) / (d['drained_at'] - d['started']):.0f} webhooks/s published: the backlog and {new} new ones)")
     print(f"- drain: {d['backlog']} spooled webhooks, new ones at {d['rate']}/s for the first {os.environ['DRAIN_SECS']} s: "
           f"spool empty {drained}; new webhooks meanwhile p99 {drain_load['p99']:.2f} ms, non-200 {({k: v for k, v in drain_load['codes'].items() if k != '200'}) or 'none'}")
-print()
-print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} and at the fixed rate (µs; utime + stime from /proc/<pid>/stat,")
-print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
-print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
 def sent(name):  # messages in a run: the baseline says; oha counts answers and errors
     d = j(name + ".json")
     if "messages" in d:
         return d["messages"]
     return sum(d.get("statusCodeDistribution", {}).values()) + sum(d.get("errorDistribution", {}).values())
+def cpu(name, column):  # µs per message of one process in a run: 0 relay, 1 RabbitMQ, 2 load generator
+    return int(open(os.path.join(work, name + ".cpu")).read().split()[column]) * 1e6 / hz / sent(name)
+if full:
+    # Issue 15's target, from the medians over every saturation round: the relay
+    # costs no more than its two parts, the HTTP side (measured at the relay's
+    # own rate, since its cost per request rises as the rate falls) and the
+    # baseline publisher's own process (the "load generator" of its runs).
+    relay_cpu = statistics.median(cpu(f"relay-sat-{i}", 0) for i in range(1, rounds + 1))
+    base_cpu = statistics.median(cpu(f"base-sat-{i}", 2) for i in range(1, rounds + 1))
+    http_at, http_own = cpu("http-relay-rate", 0), cpu("http-sat", 0)
+    at = oha("http-relay-rate.json")["rate"]
+    print(f"- relay CPU per webhook at saturation, median of {rounds} rounds: **{relay_cpu:.0f} µs**, against the HTTP side alone at the relay's rate "
+          f"({at:.0f}/s) {http_at:.0f} µs + the baseline publisher's own {base_cpu:.0f} µs = {http_at + base_cpu:.0f} µs "
+          f"(target: relay <= that); the HTTP side at its own saturation costs {http_own:.0f} µs ({http['rate']:.0f}/s)")
+print()
+print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} and at the fixed rate (µs; utime + stime from /proc/<pid>/stat,")
+print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
+print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 runs = [(f"base-sat-{median_round}", "baseline publisher, saturation", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha), saturation", rs["rate"])]
 if full:
     runs.append(("http-sat", "HTTP side alone (oha), saturation", http["rate"]))
 runs += [("base-fixed", "baseline publisher, fixed rate", bf["rate"]), ("relay-fixed", "relay (oha), fixed rate", rf["rate"])]
 if full:
     runs.append(("http-fixed", "HTTP side alone (oha), fixed rate", oha("http-fixed.json")["rate"]))
+    runs.append(("http-relay-rate", "HTTP side alone (oha), at the relay's saturation rate", oha("http-relay-rate.json")["rate"]))
 if spooling:
     runs.append(("spooled-sat", "relay, RabbitMQ unreachable (oha), saturation", spooled["rate"]))
 for name, label, rate in runs:
