@@ -129,38 +129,10 @@ impl Event {
             duplicates: &duplicates,
             fields: Root::default(),
         };
-        let root = strict_json::read(body, root, &duplicates).map_err(|err| match err {
-            StrictError::Syntax(err) => syntax_error(err),
-            StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
-        })?;
-        let Found::Is(root) = root else {
+        let Found::Is(root) = strict_json::read(body, root, &duplicates)? else {
             return Err(ParseError::NotAnObject);
         };
-
-        let hook = required_str(root.hook, "hook")?;
-        let user = required_object(root.user, "user")?;
-        let account = required_object(root.account, "account")?;
-        let user_id = required_non_empty(user.id, "user.id")?;
-        let account_id = required_non_empty(account.id, "account.id")?;
-        let mut warnings = Vec::new();
-        // Documented, never used: the login name is personal data.
-        optional_str(user.other, OptionalField::LoginName, &mut warnings);
-        optional_str(account.other, OptionalField::Provider, &mut warnings);
-
-        let kind = match hook.as_ref() {
-            "SyncAccount" => EventKind::SyncAccount,
-            "SyncError" => {
-                EventKind::SyncError(ErrorCode::parse(&required_str(root.error, "error")?)?)
-            }
-            other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
-            _ => return Err(ParseError::UnreadableHook),
-        };
-        Ok(Event {
-            kind,
-            user_id: user_id.into_owned(),
-            account_id: account_id.into_owned(),
-            warnings,
-        })
+        root.event()
     }
 
     /// The documented fields this event goes without.
@@ -240,6 +212,15 @@ impl std::str::FromStr for RoutingKey {
     }
 }
 
+impl From<StrictError> for ParseError {
+    fn from(err: StrictError) -> ParseError {
+        match err {
+            StrictError::Syntax(err) => syntax_error(err),
+            StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
+        }
+    }
+}
+
 impl ParseError {
     /// The reason, fit for a log line, a message header and an HTTP answer.
     pub fn reason(&self) -> String {
@@ -295,6 +276,37 @@ impl<'de> Party<'de> {
             id: Found::Missing,
             other: Found::Missing,
         }
+    }
+}
+
+impl Root<'_> {
+    /// The rule, in the order its reasons are given: the fields routing needs,
+    /// then the documented ones it does not, then the hook and its error.
+    fn event(self) -> Result<Event, ParseError> {
+        let hook = required_str(self.hook, "hook")?;
+        let user = required_object(self.user, "user")?;
+        let account = required_object(self.account, "account")?;
+        let user_id = required_non_empty(user.id, "user.id")?;
+        let account_id = required_non_empty(account.id, "account.id")?;
+        let mut warnings = Vec::new();
+        // Documented, never used: the login name is personal data.
+        optional_str(user.other, OptionalField::LoginName, &mut warnings);
+        optional_str(account.other, OptionalField::Provider, &mut warnings);
+
+        let kind = match hook.as_ref() {
+            "SyncAccount" => EventKind::SyncAccount,
+            "SyncError" => {
+                EventKind::SyncError(ErrorCode::parse(&required_str(self.error, "error")?)?)
+            }
+            other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
+            _ => return Err(ParseError::UnreadableHook),
+        };
+        Ok(Event {
+            kind,
+            user_id: user_id.into_owned(),
+            account_id: account_id.into_owned(),
+            warnings,
+        })
     }
 }
 
@@ -665,15 +677,12 @@ mod tests {
             ]
         }
 
-        /// The rule as it was written on a whole `serde_json::Value`, before
-        /// `Event::parse` kept only its fields: the oracle the typed reading
-        /// must agree with on every body, answer and reason alike.
+        /// The fields as they were read from a whole `serde_json::Value`,
+        /// before `Event::parse` kept only its fields: the oracle the direct
+        /// reading must agree with on every body, answer and reason alike.
         fn parse_from_tree(body: &[u8]) -> Result<Event, ParseError> {
             use serde_json::{Map, Value};
-            let value = crate::strict_json::tree(body).map_err(|err| match err {
-                StrictError::Syntax(err) => syntax_error(err),
-                StrictError::DuplicateKey(path) => ParseError::DuplicateKey(path),
-            })?;
+            let value = crate::strict_json::tree(body)?;
             let root = value.as_object().ok_or(ParseError::NotAnObject)?;
             let field = |obj: &Map<String, Value>, key: &str| match obj.get(key) {
                 None => Found::Missing,
@@ -693,29 +702,13 @@ mod tests {
                 }),
                 Some(_) => Found::Other,
             };
-            let hook = required_str(field(root, "hook"), "hook")?;
-            let user = required_object(party("user", "loginName"), "user")?;
-            let account = required_object(party("account", "provider"), "account")?;
-            let user_id = required_non_empty(user.id, "user.id")?;
-            let account_id = required_non_empty(account.id, "account.id")?;
-            let mut warnings = Vec::new();
-            optional_str(user.other, OptionalField::LoginName, &mut warnings);
-            optional_str(account.other, OptionalField::Provider, &mut warnings);
-            let kind = match hook.as_ref() {
-                "SyncAccount" => EventKind::SyncAccount,
-                "SyncError" => EventKind::SyncError(ErrorCode::parse(&required_str(
-                    field(root, "error"),
-                    "error",
-                )?)?),
-                other if is_word(other) => return Err(ParseError::UnknownHook(other.to_owned())),
-                _ => return Err(ParseError::UnreadableHook),
-            };
-            Ok(Event {
-                kind,
-                user_id: user_id.into_owned(),
-                account_id: account_id.into_owned(),
-                warnings,
-            })
+            Root {
+                hook: field(root, "hook"),
+                user: party("user", "loginName"),
+                account: party("account", "provider"),
+                error: field(root, "error"),
+            }
+            .event()
         }
 
         /// Any JSON value, with the keys the rule reads at any depth.
