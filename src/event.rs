@@ -624,6 +624,22 @@ mod tests {
     }
 
     #[test]
+    fn a_body_nested_past_the_reader_limit_is_refused_not_overflowed() {
+        // serde_json stops at 128 levels; every value is walked, so a deep
+        // body must end in that error, not in a stack overflow.
+        for (open, close) in [("[", "]"), (r#"{"x":"#, "}")] {
+            let body = format!("{}1{}", open.repeat(100_000), close.repeat(100_000));
+            let err = Event::parse(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, ParseError::Syntax { .. }), "{err:?}");
+            let body = format!("{}1{}", open.repeat(100), close.repeat(100));
+            assert!(!matches!(
+                Event::parse(body.as_bytes()),
+                Err(ParseError::Syntax { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn reasons_never_quote_payload_values() {
         let bodies = [
             r#"{"hook":"SyncAccount","user":{"id":12345,"loginName":"alice"},"account":{"id":"a1","provider":"p"}}"#,
