@@ -5,14 +5,13 @@
 //! others the first or an error). The relay publishes the body byte for byte,
 //! so if it read `{"hook":"SyncAccount","hook":"SyncError"}` one way and a
 //! consumer the other, the routing key and what the consumer acts on would
-//! disagree. The check is the lookup that inserting into an object does
-//! anyway, and the path of a duplicate is only built when there is one.
-
+//! disagree. The check is a lookup among the object's keys so far, borrowed
+//! from the body, and the path of a duplicate is only built when there is one.
 //!
 //! No document tree is built. A reader ([`Event::parse`](crate::event::Event::parse))
 //! reads the fields it needs through [`Text`] and [`Object`], and every other
 //! value is walked by [`Skip`], which checks it the same way and keeps nothing:
-//! building a `serde_json::Value` first was 10 % of the relay's instructions
+//! building a `serde_json::Value` first cost 7 % of the relay's instructions
 //! per webhook (BENCHMARKS.md).
 
 use std::borrow::Cow;
