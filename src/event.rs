@@ -342,11 +342,7 @@ impl<'de> Fields<'de> for Party<'de> {
         if key == "id" {
             self.id = map.next_value_seed(Text(duplicates))?;
         } else if key == self.other_key {
-            self.other = match map.next_value_seed(Text(duplicates))? {
-                Found::Is(_) => Found::Is(()),
-                Found::Missing => Found::Missing,
-                Found::Other => Found::Other,
-            };
+            self.other = map.next_value_seed(Text(duplicates))?.map(drop);
         } else {
             map.next_value_seed(Skip(duplicates))?;
         }
@@ -710,11 +706,7 @@ mod tests {
                 Some(Value::Object(obj)) => Found::Is(Party {
                     other_key,
                     id: field(obj, "id"),
-                    other: match field(obj, other_key) {
-                        Found::Is(_) => Found::Is(()),
-                        Found::Missing => Found::Missing,
-                        Found::Other => Found::Other,
-                    },
+                    other: field(obj, other_key).map(drop),
                 }),
                 Some(_) => Found::Other,
             };
@@ -801,7 +793,7 @@ mod tests {
         /// A webhook body, valid or nearly: every field the rule reads, each
         /// right or wrong in one of the ways it can be; sometimes not an
         /// object at all, cut short, or followed by something.
-        fn body() -> impl Strategy<Value = String> {
+        fn body() -> impl Strategy<Value = Vec<u8>> {
             // A string from `good` most of the time, else from `bad`, else any value.
             let text = |good: &'static [&'static str], bad: &'static [&'static str]| {
                 let quoted = |list: &[&str]| -> Vec<String> {
@@ -843,13 +835,14 @@ mod tests {
                 prop_oneof![36 => Just(""), 2 => Just(" "), 1 => Just("x"), 1 => Just("}")],
             )
                 .prop_map(|(value, cut, tail)| {
-                    // One body in twenty is cut short somewhere.
-                    let value = if cut == 0 {
-                        value[..value.len() / 2].to_owned()
-                    } else {
-                        value
-                    };
-                    format!("{value}{tail}")
+                    // One body in twenty is cut short somewhere, as bytes: the
+                    // cut may fall inside a character.
+                    let mut body = value.into_bytes();
+                    if cut == 0 {
+                        body.truncate(body.len() / 2);
+                    }
+                    body.extend_from_slice(tail.as_bytes());
+                    body
                 })
         }
 
@@ -858,7 +851,7 @@ mod tests {
 
             #[test]
             fn fields_are_read_as_from_the_whole_tree(body in body()) {
-                prop_assert_eq!(Event::parse(body.as_bytes()), parse_from_tree(body.as_bytes()), "{}", body);
+                prop_assert_eq!(Event::parse(&body), parse_from_tree(&body), "{}", String::from_utf8_lossy(&body));
             }
         }
 

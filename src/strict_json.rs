@@ -155,6 +155,17 @@ pub enum Found<T> {
     Other,
 }
 
+impl<T> Found<T> {
+    /// The same finding, with what was found turned into something else.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Found<U> {
+        match self {
+            Found::Missing => Found::Missing,
+            Found::Is(value) => Found::Is(f(value)),
+            Found::Other => Found::Other,
+        }
+    }
+}
+
 /// The fields of an object that a reader keeps; the rest it skips.
 pub trait Fields<'de> {
     /// Reads the value under `key`, with [`Text`], another [`Object`], or [`Skip`].
