@@ -13,6 +13,7 @@
 # and rabbitmqctl; valgrind for --callgrind. Installs oha (crates.io) if
 # missing. Uses an exchange of its own and deletes what the relay declared.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 callgrind=""
 [ "${1:-}" = "--callgrind" ] && { callgrind=1; shift; }
 binary=${1:?usage: bench/cpu.sh [--callgrind] BINARY [N] [RATE]}
@@ -21,28 +22,11 @@ rate=${3:-}
 command -v oha >/dev/null || cargo install --locked oha
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 work=$(mktemp -d) exchange="bench-cpu-$(date +%s)" port=18380 admin=19390
-cat > "$work/relay.toml" <<TOML
-[ingress]
-allowed_ips = ["127.0.0.1"]
-client_ids = ["bench-client"]
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-[amqp]
-exchange = "$exchange"
-[spool]
-path = "$work/spool.sqlite"
-[[queues]]
-name = "$exchange.all"
-bindings = ["#"]
-TOML
+relay_config "$work/relay.toml" "$exchange" "$port" "$admin" "$work/spool.sqlite"
 pid=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$exchange.$q" >/dev/null 2>&1 || true; done
-  for x in "" .in .unrouted .dlx; do
-    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
-  done
+  delete_topology "$exchange"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -13,6 +13,7 @@
 # rabbitmqctl, python3; installs oha (crates.io) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 MESSAGES=${MESSAGES:-20000}       # per saturation run
 CONNECTIONS=${CONNECTIONS:-32}    # HTTP connections = baseline messages in flight
@@ -60,13 +61,7 @@ cleanup() {
   if [ "$mode" = cluster ]; then
     scripts/rabbitmq-cluster.sh stop  # and everything in it
   else
-    for name in "$exchange" "$nohist" "$searched" "$drained"; do
-      for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$name.$q" >/dev/null 2>&1 || true; done
-      # rabbitmqctl has no delete_exchange: ask the broker's own function.
-      for x in "" .in .unrouted .dlx; do
-        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$name$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
-      done
-    done
+    for name in "$exchange" "$nohist" "$searched" "$drained"; do delete_topology "$name"; done
   fi
   mkdir -p bench/last-run && cp "$work"/*.json bench/last-run/ 2>/dev/null || true
   rm -rf "$work"
@@ -81,24 +76,7 @@ cargo build --release -j2 --quiet --bin hookrelay --example baseline_publisher -
 baseline=target/release/examples/baseline_publisher
 
 config() { # NAME EXCHANGE PORT ADMIN_PORT HISTORY [SPOOL]: a relay config in $work/NAME.toml
-  cat > "$work/$1.toml" <<TOML
-[ingress]
-allowed_ips = ["127.0.0.1"]
-client_ids = ["bench-client"]
-[server]
-listen = "127.0.0.1:$3"
-admin_listen = "127.0.0.1:$4"
-[amqp]
-exchange = "$2"
-queue_type = "$queue_type"
-[spool]
-path = "$work/${6:-$1}.sqlite"
-[history]
-enabled = $5
-[[queues]]
-name = "$2.all"
-bindings = ["#"]
-TOML
+  relay_config "$work/$1.toml" "$2" "$3" "$4" "$work/${6:-$1}.sqlite" "$5" "$queue_type"
 }
 config relay "$exchange" "$PORT" "$ADMIN_PORT" true
 config nohist "$nohist" $((PORT + 1)) $((ADMIN_PORT + 1)) false
