@@ -49,7 +49,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -195,18 +195,12 @@ impl Consumer {
         for conflict in report.own_conflicts.iter().chain(&report.queue_conflicts) {
             warn!(%conflict, "RabbitMQ refuses a declaration (the relay reports it too)");
         }
-        let channel = connection
-            .create_channel()
-            .await
-            .context("cannot open a channel")?;
+        // In confirm mode: retries and dead letters are published on it.
+        let channel = broker::browse::confirming_channel(connection).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .context("cannot set the prefetch")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("cannot enable publisher confirms")?;
         let consumer = channel
             .basic_consume(
                 self.queue.name.as_str().into(),
