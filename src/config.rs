@@ -124,9 +124,14 @@ pub struct SpoolSettings {
     pub enabled: bool,
     pub path: PathBuf,
     pub max_bytes: u64,
-    /// How many times RabbitMQ may refuse one spooled message (nack, return,
-    /// channel error) before it is parked, so that it stops holding up the rest.
+    /// How many times RabbitMQ may refuse one message (nack, return, channel
+    /// error) before it is parked: each attempt copies it again into every
+    /// other queue bound to its routing key, so the attempts are bounded.
     pub max_refusals: u32,
+    /// The pause before a refused message is tried again; four times longer
+    /// after each next refusal.
+    #[serde(with = "human_duration")]
+    pub refused_retry_delay: Duration,
 }
 
 /// The event history: a RabbitMQ stream that keeps every event.
@@ -157,6 +162,15 @@ pub struct QueueSettings {
     /// message that keeps coming back (a consumer that crashes on it).
     #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
+    /// A length bound the relay sets on the queue (`x-max-length`), with
+    /// `x-overflow: drop-head`: a full queue sheds its oldest message to the
+    /// dead letters instead of refusing the publish (README, "Slow and full
+    /// consumers").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    /// The same in bytes of message bodies (`x-max-length-bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length_bytes: Option<u64>,
 }
 
 /// RabbitMQ 4.0's own default for quorum queues.
@@ -173,7 +187,14 @@ impl QueueSettings {
             kind: Some(kind),
             retry: Vec::new(),
             delivery_limit: default_delivery_limit(),
+            max_length: None,
+            max_length_bytes: None,
         }
+    }
+
+    /// Whether the relay bounds the queue's length (messages or bytes).
+    pub fn is_bounded(&self) -> bool {
+        self.max_length.is_some() || self.max_length_bytes.is_some()
     }
 
     /// Classic or quorum.
@@ -335,6 +356,12 @@ impl Settings {
         if self.spool.enabled && self.spool.max_refusals == 0 {
             return invalid("spool.max_refusals", "must be greater than 0");
         }
+        if self.spool.enabled && self.spool.refused_retry_delay < Duration::from_millis(10) {
+            return invalid(
+                "spool.refused_retry_delay",
+                "must be at least 10ms (e.g. \"1s\")",
+            );
+        }
         // Derived names add up to 12 characters; AMQP names are at most 255 bytes.
         if self.amqp.exchange.is_empty() || self.amqp.exchange.len() > 200 {
             return invalid("amqp.exchange", "must be 1 to 200 characters");
@@ -373,6 +400,13 @@ impl Settings {
             }
             if queue.delivery_limit == 0 {
                 return invalid("queues.delivery_limit", "must be greater than 0");
+            }
+            if queue.max_length == Some(0) || queue.max_length_bytes == Some(0) {
+                return invalid(
+                    "queues.max_length",
+                    "max_length and max_length_bytes must be greater than 0 (leave them out \
+                     for an unbounded queue)",
+                );
             }
         }
         Ok(())

@@ -361,21 +361,52 @@ impl HistoryStream {
     }
 }
 
-/// Arguments of a consumer queue: dead-lettering into the DLX, and for quorum
-/// queues at-least-once dead-lettering (the default, at-most-once, drops a dead
-/// letter whenever the DLX target is unavailable), which RabbitMQ only allows
-/// together with `reject-publish` overflow, and a delivery limit, after which
-/// a message that keeps coming back (its consumer crashes on it) is
-/// dead-lettered instead of redelivered forever.
+/// Arguments of a consumer queue: dead-lettering into the DLX, and how a full
+/// queue overflows. The rule is that a full queue must never push back on the
+/// relay (a nack holds nothing else up, but each retry copies the event into
+/// every other queue bound to its key), and must lose nothing:
+///
+/// - bounded by the relay (`max_length`, `max_length_bytes`), of either type:
+///   `x-overflow: drop-head`, so the oldest message is dead-lettered (reason
+///   `maxlen`) and every publish is confirmed. For a quorum queue this makes
+///   dead-lettering at-most-once (RabbitMQ allows at-least-once only with
+///   `reject-publish`), so `x-dead-letter-strategy` is left out.
+/// - unbounded classic: no `x-overflow`, which is RabbitMQ's `drop-head`, so
+///   that queues declared by earlier versions (or by a consumer, as the README
+///   shows) still match. Only an operator's policy can bound it; one that
+///   sets `overflow: reject-publish` makes it nack (the relay's refused lane
+///   handles that).
+/// - unbounded quorum: at-least-once dead-lettering (the default,
+///   at-most-once, drops a dead letter whenever the DLX target is unavailable),
+///   which requires `reject-publish`. Without a bound it never overflows; an
+///   operator's `max-length` policy makes it nack, unless the policy also sets
+///   `overflow: drop-head` (on a quorum queue a policy's `overflow` wins over
+///   the argument). A delivery limit dead-letters a message that keeps coming
+///   back (its consumer crashes on it) instead of redelivering it forever.
+///
+/// Checked on RabbitMQ 3.10.8 (README, "Slow and full consumers").
 pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), string(dlx));
     if queue.kind() == QueueType::Quorum {
-        quorum_arguments(&mut args);
+        args.insert("x-queue-type".into(), string("quorum"));
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(queue.delivery_limit)),
         );
+        if !queue.is_bounded() {
+            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+            args.insert("x-overflow".into(), string("reject-publish"));
+        }
+    }
+    if let Some(max) = queue.max_length {
+        args.insert("x-max-length".into(), long(max));
+    }
+    if let Some(max) = queue.max_length_bytes {
+        args.insert("x-max-length-bytes".into(), long(max));
+    }
+    if queue.is_bounded() {
+        args.insert("x-overflow".into(), string("drop-head"));
     }
     args
 }
@@ -404,6 +435,10 @@ fn quorum_arguments(args: &mut FieldTable) {
     args.insert("x-queue-type".into(), string("quorum"));
     args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
     args.insert("x-overflow".into(), string("reject-publish"));
+}
+
+fn long(value: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(value.min(i64::MAX as u64) as i64)
 }
 
 fn string(value: &str) -> AMQPValue {
