@@ -6,8 +6,9 @@
 //! otherwise, so a load balancer can route around us. Its body tells the whole
 //! truth: `ready` only when nothing needs a human, `degraded` (still 200) while
 //! webhooks are accepted but something does (running on the spool, a consumer
-//! queue RabbitMQ refuses, parked webhooks), with RabbitMQ's own reasons, and
-//! which node of `amqp.uri` it is connected to.
+//! queue RabbitMQ refuses, a routing key whose events RabbitMQ refuses, parked
+//! webhooks), with RabbitMQ's own reasons, and which node of `amqp.uri` it is
+//! connected to.
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
@@ -38,10 +39,16 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
     let broker = admin.broker.status();
     let spool_takes_writes = admin.spool.as_ref().is_some_and(Spool::has_room);
     let parked = admin.spool.as_ref().map_or(0, Spool::parked);
+    let refused = admin
+        .spool
+        .as_ref()
+        .map(Spool::refused_keys)
+        .unwrap_or_default();
     let connected = broker.state == BrokerState::Connected;
     let status = if !connected && !spool_takes_writes {
         "not_ready"
-    } else if !connected || !broker.queue_conflicts.is_empty() || parked > 0 {
+    } else if !connected || !broker.queue_conflicts.is_empty() || parked > 0 || !refused.is_empty()
+    {
         "degraded"
     } else {
         "ready"
@@ -60,6 +67,13 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
             BrokerState::Disconnected => "disconnected",
         },
         "queue_conflicts": conflicts,
+        "refused": refused.iter().map(|key| json!({
+            "routing_key": key.routing_key,
+            "waiting": key.waiting,
+            "since": humantime::format_rfc3339_millis(key.since).to_string(),
+            "reason": key.reason,
+            "queues": key.queues,
+        })).collect::<Vec<_>>(),
     });
     if let Some(reason) = &broker.reason {
         body["reason"] = json!(reason);
@@ -70,6 +84,7 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
     if let Some(spool) = &admin.spool {
         body["spool"] = json!({
             "depth": spool.depth(),
+            "refused": spool.refused(),
             "parked": parked,
             "accepting": spool_takes_writes,
         });

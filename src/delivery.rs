@@ -2,8 +2,14 @@
 //! spool and publish it later. Either way it is durable before the sender
 //! hears 200.
 //!
-//! While the spool holds anything, new messages queue behind it instead of
-//! overtaking it, so RabbitMQ receives them in arrival order.
+//! Which lane of the spool depends on why RabbitMQ did not take it. When it
+//! could not (down, blocked, no confirm), the message joins the backlog, and
+//! while the backlog holds anything new messages queue behind it instead of
+//! overtaking it, so RabbitMQ receives them in arrival order. When RabbitMQ
+//! refused this one message while it takes the rest (a full queue bound to
+//! its routing key pushes back), the message goes to the refused lane and is
+//! retried beside the flow: the next webhooks are published at once, so one
+//! full queue costs only its own consumer.
 
 use std::fmt;
 
@@ -23,9 +29,12 @@ pub struct Delivery {
 pub enum Delivered {
     /// Confirmed by RabbitMQ.
     Published,
-    /// On local disk; the drainer publishes it. The publish error, if one was
-    /// tried first.
+    /// On local disk, in the backlog; the drainer publishes it. The publish
+    /// error, if one was tried first.
     Spooled(Option<PublishError>),
+    /// RabbitMQ refused it: on local disk, in the refused lane, retried
+    /// beside the flow.
+    Refused(PublishError),
 }
 
 /// The message is not durable anywhere: the sender must retry.
@@ -82,20 +91,22 @@ impl Delivery {
                 Err(err) => Err(DeliveryError::Unconfirmed(err)),
             };
         };
-        let publish_error = if spool.is_empty() {
+        let publish_error = if spool.has_backlog() {
+            None
+        } else {
             match self.publisher.publish(build()).await {
                 Ok(()) => return Ok(Delivered::Published),
                 Err(err) => Some(err),
             }
-        } else {
-            None
         };
-        match spool.append(&build()).await {
-            Ok(()) => Ok(Delivered::Spooled(publish_error)),
-            Err(spool) => Err(DeliveryError::NotSpooled {
-                publish: publish_error,
-                spool,
-            }),
+        let stored = match &publish_error {
+            Some(err) if err.is_refusal() => spool.append_refused(&build(), err.to_string()).await,
+            _ => spool.append(&build()).await,
+        };
+        match (stored, publish_error) {
+            (Ok(()), Some(err)) if err.is_refusal() => Ok(Delivered::Refused(err)),
+            (Ok(()), publish_error) => Ok(Delivered::Spooled(publish_error)),
+            (Err(spool), publish) => Err(DeliveryError::NotSpooled { publish, spool }),
         }
     }
 }

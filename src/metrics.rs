@@ -14,7 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::broker::BrokerState;
-use crate::event::SchemaWarning;
+use crate::envelope::Kind;
+use crate::event::{KNOWN_ERROR_CODES, SchemaWarning};
 
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +44,10 @@ pub enum Outcome {
     BodyTimeout,
     /// RabbitMQ could not confirm, so it was written to the local spool: 200.
     Spooled,
+    /// RabbitMQ refused it (a queue bound to its routing key pushes back), so
+    /// it was written to the spool's refused lane and is retried beside the
+    /// flow: 200.
+    Refused,
     /// RabbitMQ could not confirm and there is no spool (or it failed to write): 503.
     BrokerUnavailable,
     /// RabbitMQ could not confirm and the spool is full: 503.
@@ -64,6 +69,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::Spooled => "spooled",
+            Outcome::Refused => "refused",
             Outcome::BrokerUnavailable => "broker_unavailable",
             Outcome::SpoolFull => "spool_full",
         }
@@ -101,6 +107,37 @@ struct WarningLabel {
     problem: &'static str,
 }
 
+/// A routing key, from a fixed set (see [`routing_key_label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RoutingKeyLabel {
+    routing_key: &'static str,
+}
+
+/// The label of a message's routing key: `sync.account`, `sync.error.<code>`
+/// for the codes the sender documents, `sync.error.other` for any other code
+/// (the sender may add codes: the set must stay bounded), `quarantine` for a
+/// body that is not an event.
+pub fn routing_key_label(kind: &Kind) -> &'static str {
+    const ERROR_KEYS: [&str; KNOWN_ERROR_CODES.len()] = [
+        "sync.error.LoginFailedError",
+        "sync.error.SecurityQuestionError",
+        "sync.error.TemporaryFailureError",
+        "sync.error.UnhandledConnectorError",
+        "sync.error.UnknownConnectorError",
+    ];
+    let Kind::Event(key) = kind else {
+        return "quarantine";
+    };
+    let key = key.as_str();
+    if key == "sync.account" {
+        return "sync.account";
+    }
+    ERROR_KEYS
+        .into_iter()
+        .find(|known| *known == key)
+        .unwrap_or("sync.error.other")
+}
+
 /// A consumer queue's name: from the configuration, never from a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QueueLabel {
@@ -123,8 +160,10 @@ struct Inner {
     queue_conflict: Family<QueueLabel, Gauge>,
     topology_redeclared: Counter,
     channels_replaced: Counter,
+    publish_refused: Family<RoutingKeyLabel, Counter>,
     schema_warnings: Family<WarningLabel, Counter>,
     spool_depth: Gauge,
+    spool_refused: Gauge,
     spool_parked: Gauge,
     spool_bytes: Gauge,
     spool_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -186,6 +225,14 @@ impl Metrics {
             "Publishing channels replaced by new ones after RabbitMQ nacked a publish on them",
             channels_replaced.clone(),
         );
+        let publish_refused = Family::<RoutingKeyLabel, Counter>::default();
+        registry.register(
+            "publish_refused",
+            "Publishes RabbitMQ refused (a nack, a return), by routing key: each one has also \
+             left a copy in the other queues bound to that key. The webhook is retried beside \
+             the flow, at most spool.max_refusals times in all",
+            publish_refused.clone(),
+        );
         let schema_warnings = Family::<WarningLabel, Counter>::default();
         registry.register(
             "schema_warnings",
@@ -196,13 +243,20 @@ impl Metrics {
         let spool_depth = Gauge::default();
         registry.register(
             "spool_depth",
-            "Webhooks waiting in the local spool",
+            "Webhooks waiting in the local spool (the outage backlog and the refused ones)",
             spool_depth.clone(),
+        );
+        let spool_refused = Gauge::default();
+        registry.register(
+            "spool_refused",
+            "Webhooks RabbitMQ refused (a queue bound to their routing key pushes back), waiting \
+             in the spool for a retry beside the flow",
+            spool_refused.clone(),
         );
         let spool_parked = Gauge::default();
         registry.register(
             "spool_parked",
-            "Spooled webhooks RabbitMQ refused spool.max_refusals times, set aside on disk \
+            "Webhooks RabbitMQ refused spool.max_refusals times, set aside on disk \
              (hookrelay spool list)",
             spool_parked.clone(),
         );
@@ -248,8 +302,10 @@ impl Metrics {
                 queue_conflict,
                 topology_redeclared,
                 channels_replaced,
+                publish_refused,
                 schema_warnings,
                 spool_depth,
+                spool_refused,
                 spool_parked,
                 spool_bytes,
                 spool_oldest_age,
@@ -315,8 +371,17 @@ impl Metrics {
         self.inner.channels_replaced.inc();
     }
 
-    pub fn spool_state(&self, depth: u64, parked: u64, bytes: u64) {
+    /// One refused publish of a message of this kind.
+    pub fn publish_refused(&self, kind: &Kind) {
+        let label = RoutingKeyLabel {
+            routing_key: routing_key_label(kind),
+        };
+        self.inner.publish_refused.get_or_create(&label).inc();
+    }
+
+    pub fn spool_state(&self, depth: u64, refused: u64, parked: u64, bytes: u64) {
         self.inner.spool_depth.set(depth as i64);
+        self.inner.spool_refused.set(refused as i64);
         self.inner.spool_parked.set(parked as i64);
         self.inner.spool_bytes.set(bytes as i64);
     }
@@ -398,5 +463,24 @@ mod tests {
             text.contains(r#"hookrelay_queue_conflict{queue="reprompt"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn routing_key_labels_are_a_fixed_set() {
+        let label = |key: &str| routing_key_label(&Kind::Event(key.parse().unwrap()));
+
+        assert_eq!(label("sync.account"), "sync.account");
+        assert_eq!(
+            label("sync.error.LoginFailedError"),
+            "sync.error.LoginFailedError"
+        );
+        assert_eq!(label("sync.error.BrandNewError"), "sync.error.other");
+        assert_eq!(routing_key_label(&Kind::Quarantine), "quarantine");
+        for code in KNOWN_ERROR_CODES {
+            assert_eq!(
+                label(&format!("sync.error.{code}")),
+                format!("sync.error.{code}")
+            );
+        }
     }
 }

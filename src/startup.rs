@@ -78,9 +78,7 @@ impl Application {
         let admin_port = admin_listener.local_addr()?.port();
         let metrics = Metrics::new();
         let spool = match &settings.spool {
-            spool if spool.enabled => {
-                Some(Spool::open(&spool.path, spool.max_bytes, metrics.clone())?)
-            }
+            spool if spool.enabled => Some(Spool::open(spool, &settings.queues, metrics.clone())?),
             _ => None,
         };
 
@@ -132,7 +130,6 @@ impl Application {
                     spool.clone(),
                     publisher,
                     broker.clone(),
-                    settings.spool.max_refusals,
                     stop_draining.subscribe(),
                 ),
             );

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use super::connection::{Broker, Session};
 use super::status::BrokerState;
 use super::topology::Address;
-use crate::envelope::Message;
+use crate::envelope::{Kind, Message};
 use tracing::debug;
 
 /// A message addressed by name, for the tools that republish what they read
@@ -110,7 +110,7 @@ impl Publisher {
         .await;
         let result = settle(confirmation, self.confirm_timeout);
         self.broker.metrics().observe_publish(started.elapsed());
-        self.notice(&result, &session, channel);
+        self.notice(&result, &message.kind, &session, channel);
         result
     }
 
@@ -129,10 +129,11 @@ impl Publisher {
         for message in messages {
             let address = topology.address(&message.kind);
             let sent = send(&channel, address, &message.body, message.properties);
-            in_flight.push(tokio::time::timeout_at(deadline, sent).await);
+            let sent = tokio::time::timeout_at(deadline, sent).await;
+            in_flight.push((message.kind, sent));
         }
         let mut results = Vec::with_capacity(in_flight.len());
-        for sent in in_flight {
+        for (kind, sent) in in_flight {
             let result = match sent {
                 Ok(Ok(confirm)) => settle(
                     tokio::time::timeout_at(deadline, confirm).await,
@@ -141,7 +142,7 @@ impl Publisher {
                 Ok(Err(err)) => Err(PublishError::Channel(err)),
                 Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
             };
-            self.notice(&result, &session, channel.clone());
+            self.notice(&result, &kind, &session, channel.clone());
             results.push(result);
         }
         Ok(results)
@@ -163,8 +164,19 @@ impl Publisher {
     /// A channel-level failure means the session is broken, and a returned
     /// message means the topology is: tell the supervisor either way. A nack
     /// may mean the channel is (see [`super::channels`]): replace it, in the
-    /// background, so the caller can spool the message at once.
-    fn notice(&self, result: &Result<(), PublishError>, session: &Arc<Session>, channel: Channel) {
+    /// background, so the caller can spool the message at once. Every
+    /// refusal is counted by routing key: each left copies in the queues that
+    /// did take it.
+    fn notice(
+        &self,
+        result: &Result<(), PublishError>,
+        kind: &Kind,
+        session: &Arc<Session>,
+        channel: Channel,
+    ) {
+        if result.as_ref().is_err_and(PublishError::is_refusal) {
+            self.broker.metrics().publish_refused(kind);
+        }
         match result {
             Err(err @ (PublishError::Channel(_) | PublishError::NotConfirmed)) => {
                 self.broker.report_trouble(err.to_string())

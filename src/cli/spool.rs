@@ -10,7 +10,8 @@ use crate::spool::listing::{self, Listed, State};
 
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
-    /// List parked webhooks, then spooled ones, oldest first (no bodies).
+    /// List parked webhooks, then spooled ones (waiting in the backlog, or
+    /// refused by RabbitMQ and waiting for a retry), oldest first (no bodies).
     List {
         /// Only parked webhooks.
         #[arg(long)]
@@ -49,8 +50,13 @@ pub(super) fn run(settings: Settings, command: SpoolCommand) -> anyhow::Result<(
                 }
             }
             if !json {
-                let parked = listed.iter().filter(|l| l.state == State::Parked).count();
-                println!("{parked} parked, {} spooled", listed.len() - parked);
+                let count = |state| listed.iter().filter(|l| l.state == state).count();
+                println!(
+                    "{} parked, {} refused (waiting for a retry), {} spooled",
+                    count(State::Parked),
+                    count(State::Refused),
+                    count(State::Spooled)
+                );
             }
             Ok(())
         }
@@ -77,6 +83,7 @@ fn line(entry: &Listed) -> String {
         State::Parked if entry.retry_requested => "parked(retry)",
         State::Parked => "parked",
         State::Spooled => "spooled",
+        State::Refused => "refused",
     };
     let mut line = format!(
         "{state:<13} seq={} {} {} spooled={} refusals={}",
@@ -86,6 +93,10 @@ fn line(entry: &Listed) -> String {
         entry.spooled_at,
         entry.refusals,
     );
+    if let Some(at) = &entry.retry_at {
+        line.push_str(" retry_at=");
+        line.push_str(at);
+    }
     if let Some(error) = &entry.last_error {
         line.push_str(": ");
         line.push_str(error);

@@ -136,6 +136,9 @@ async fn accept(
             let message = || event_message(&event, &receipt, body.clone());
             let outcome = match ingress.delivery.deliver(message).await {
                 Ok(Delivered::Published) => Outcome::Accepted,
+                // Said once per routing key by the spool's refused lane, not
+                // once per webhook.
+                Ok(Delivered::Refused(_)) => Outcome::Refused,
                 Ok(Delivered::Spooled(why)) => {
                     if let Some(why) = why {
                         known

@@ -1,23 +1,28 @@
-//! The drainer: one task that moves spooled messages into RabbitMQ, oldest
-//! first, and deletes each only after its confirm.
+//! The drainer: one task that moves spooled messages into RabbitMQ and
+//! deletes each only after its confirm. It serves both lanes of the spool.
 //!
-//! A batch is published on one channel with every message in flight at once
-//! (RabbitMQ keeps a channel's publish order), then the confirmed ones up to
-//! the first failure are deleted in one transaction. The batch stops counting
-//! at its first failure, so nothing overtakes a message that failed: a message
-//! after it that RabbitMQ did confirm stays in the spool and is published again
-//! (a duplicate with the same `message_id`, never a reordering). After a
-//! failure the drainer sends only the head, with a growing pause, until it goes
-//! through; a head that RabbitMQ itself refuses `spool.max_refusals` times (a
-//! nack, a return, a channel error: not an outage) is parked, and the rest
-//! drain.
+//! **The backlog** (what RabbitMQ could not take: an outage) goes oldest
+//! first. A batch is published on one channel with every message in flight
+//! at once (RabbitMQ keeps a channel's publish order). What RabbitMQ refuses
+//! in a batch moves to the refused lane and holds up nothing. At the first
+//! other failure (no confirm, a lost channel) the batch stops counting: a
+//! message after it that RabbitMQ did confirm stays in the spool and is
+//! published again after it, a duplicate with the same `message_id`, so the
+//! last copy a consumer gets of each is in arrival order, though the first
+//! may not be. After such a failure the drainer sends only the head, with a
+//! growing pause, until it goes through.
+//!
+//! **The refused lane** (what RabbitMQ refused while it took the rest: a full
+//! queue bound to the routing key pushes back) goes as each message falls
+//! due, on its own schedule ([`super::RetryPolicy`]); a message refused
+//! `spool.max_refusals` times in all is parked.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{Spool, Spooled};
+use super::{Refusal, Spool, Spooled};
 use crate::broker::{Broker, PublishError, Publisher};
 use crate::envelope::Message;
 
@@ -36,26 +41,25 @@ pub async fn run(
     spool: Spool,
     publisher: Publisher,
     broker: Broker,
-    max_refusals: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !spool.is_empty() {
         info!(
-            depth = spool.depth(),
+            backlog = spool.backlog(),
+            refused = spool.refused(),
             "spooled webhooks from an earlier run will be published first"
         );
     }
     let mut drainer = Drainer {
         spool,
         publisher,
-        max_refusals,
         failures: 0,
         last_error: None,
         last_retry_check: Instant::now(),
     };
     while !*shutdown.borrow_and_update() {
         tokio::select! {
-            _ = drainer.spool.wait_for_entries(RETRY_CHECK) => {}
+            _ = drainer.spool.wait_for_work(RETRY_CHECK) => {}
             _ = shutdown.changed() => break,
         }
         drainer.take_back_retries().await;
@@ -65,7 +69,14 @@ pub async fn run(
         if !broker.wait_until_connected(CONNECT_WAIT).await {
             continue;
         }
-        if let Some(pause) = drainer.drain_batch().await {
+        let mut pause = None;
+        if drainer.spool.has_backlog() {
+            pause = drainer.drain_batch().await;
+        }
+        if pause.is_none() {
+            pause = drainer.retry_refused().await;
+        }
+        if let Some(pause) = pause {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => break,
@@ -77,8 +88,8 @@ pub async fn run(
 struct Drainer {
     spool: Spool,
     publisher: Publisher,
-    max_refusals: u32,
-    /// Failed attempts in a row; while non-zero, only the head is sent.
+    /// Failed attempts in a row that were not refusals (an outage); while
+    /// non-zero, only the head of the backlog is sent.
     failures: u32,
     /// The last failure logged, so a repeated one is not logged again.
     last_error: Option<String>,
@@ -96,7 +107,7 @@ impl Drainer {
         }
     }
 
-    /// Publishes the next batch; `Some(pause)` when it failed.
+    /// Publishes the next batch of the backlog; `Some(pause)` after an outage.
     async fn drain_batch(&mut self) -> Option<Duration> {
         let limit = if self.failures > 0 { 1 } else { BATCH };
         let batch = match self.spool.oldest(limit).await {
@@ -104,61 +115,73 @@ impl Drainer {
             Ok(batch) => batch,
             Err(err) => return Some(self.failed(err.to_string())),
         };
-        // The batch stays for its sequence numbers and, if the head is
-        // refused, its message id; the publish consumes its own copy.
-        let messages: Vec<Message> = batch.iter().map(|s| s.message.clone()).collect();
-        let results = match self.publisher.publish_batch(messages).await {
+        let results = match self.publish(&batch).await {
             Ok(results) => results,
             Err(err) => return Some(self.failed(err.to_string())),
         };
-        let (confirmed, failure) = confirmed_prefix(&batch, results);
-        if let Err(err) = self.spool.remove(confirmed).await {
-            return Some(self.failed(err.to_string()));
+        let settled = settle(&batch, results);
+        if let Some(pause) = self.record(settled).await {
+            return Some(pause);
         }
-        let Some((head, err)) = failure else {
-            self.failures = 0;
-            if self.last_error.take().is_some() {
-                info!(depth = self.spool.depth(), "the spool drains again");
-            }
-            if self.spool.is_empty() {
-                info!("spool drained");
-            }
-            return None;
-        };
-        if err.is_refusal() && self.refused_too_often(head, &err).await {
-            return None;
+        self.failures = 0;
+        if self.last_error.take().is_some() {
+            info!(backlog = self.spool.backlog(), "the spool drains again");
         }
-        Some(self.failed(err.to_string()))
+        if !self.spool.has_backlog() {
+            info!("spool drained");
+        }
+        None
     }
 
-    /// Counts a refusal of `head`; parks it after `max_refusals`. True when parked.
-    async fn refused_too_often(&mut self, head: &Spooled, err: &PublishError) -> bool {
-        let refusals = match self.spool.refused(head.seq, err.to_string()).await {
-            Ok(refusals) => refusals,
-            Err(_) => return false,
+    /// Publishes the refused messages that are due; `Some(pause)` after an outage.
+    async fn retry_refused(&mut self) -> Option<Duration> {
+        let due = match self.spool.due(BATCH).await {
+            Ok(due) if due.is_empty() => return None,
+            Ok(due) => due,
+            Err(err) => return Some(self.failed(err.to_string())),
         };
-        if refusals < self.max_refusals {
-            return false;
+        let results = match self.publish(&due).await {
+            Ok(results) => results,
+            Err(err) => return Some(self.failed(err.to_string())),
+        };
+        self.record(settle(&due, results)).await
+    }
+
+    /// Publishes `batch` in order on one channel; one result per message.
+    async fn publish(
+        &self,
+        batch: &[Spooled],
+    ) -> Result<Vec<Result<(), PublishError>>, PublishError> {
+        // The batch stays for its sequence numbers; the publish consumes its own copy.
+        let messages: Vec<Message> = batch.iter().map(|s| s.message.clone()).collect();
+        self.publisher.publish_batch(messages).await
+    }
+
+    /// Deletes what was delivered, moves what was refused to the refused lane
+    /// (or parks it), and keeps the rest; `Some(pause)` after an outage.
+    async fn record(&mut self, settled: Settled<'_>) -> Option<Duration> {
+        if let Err(err) = self.spool.remove(settled.delivered).await {
+            return Some(self.failed(err.to_string()));
         }
-        if let Err(park) = self.spool.park(head.seq).await {
-            warn!(error = %park, "cannot park a refused webhook");
-            return false;
+        for (spooled, err) in settled.refused {
+            let message_id = spooled.message.properties.message_id().clone();
+            match self.spool.was_refused(spooled.seq, err.to_string()).await {
+                Ok(Refusal::RetryIn(retry_in)) => debug!(
+                    message_id = message_id.as_ref().map(|id| id.as_str()),
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    reason = %err,
+                    "RabbitMQ refused a spooled webhook again"
+                ),
+                Ok(Refusal::Parked { refusals }) => debug!(
+                    message_id = message_id.as_ref().map(|id| id.as_str()),
+                    refusals,
+                    reason = %err,
+                    "RabbitMQ keeps refusing a webhook: parked"
+                ),
+                Err(store) => return Some(self.failed(store.to_string())),
+            }
         }
-        let message_id = head
-            .message
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string());
-        warn!(
-            message_id = message_id.as_deref().unwrap_or("-"),
-            refusals,
-            reason = %err,
-            "RabbitMQ keeps refusing a spooled webhook: parked (kept on disk, out of the way) so \
-             the rest drain; `hookrelay spool list` shows it, `hookrelay spool retry` sends it again"
-        );
-        self.failures = 0;
-        true
+        settled.outage.map(|err| self.failed(err.to_string()))
     }
 
     /// Notes a failure and says how long to pause; logs it unless it repeats.
@@ -175,19 +198,37 @@ impl Drainer {
     }
 }
 
-/// The sequence numbers confirmed before the first failure, and that failure.
-fn confirmed_prefix(
-    batch: &[Spooled],
-    results: Vec<Result<(), PublishError>>,
-) -> (Vec<i64>, Option<(&Spooled, PublishError)>) {
-    let mut confirmed = Vec::with_capacity(batch.len());
+/// What became of one published batch.
+#[derive(Debug)]
+struct Settled<'a> {
+    /// Confirmed, before the first outage: delete them.
+    delivered: Vec<i64>,
+    /// Refused by RabbitMQ itself, before the first outage: retry them beside the flow.
+    refused: Vec<(&'a Spooled, PublishError)>,
+    /// The first failure that was not a refusal: it and everything after it stay.
+    outage: Option<PublishError>,
+}
+
+/// Sorts a batch's results: nothing after the first outage counts, so that
+/// nothing overtakes a message that RabbitMQ could not take; a refusal
+/// overtakes nothing and stops nothing.
+fn settle(batch: &[Spooled], results: Vec<Result<(), PublishError>>) -> Settled<'_> {
+    let mut settled = Settled {
+        delivered: Vec::with_capacity(batch.len()),
+        refused: Vec::new(),
+        outage: None,
+    };
     for (spooled, result) in batch.iter().zip(results) {
         match result {
-            Ok(()) => confirmed.push(spooled.seq),
-            Err(err) => return (confirmed, Some((spooled, err))),
+            Ok(()) => settled.delivered.push(spooled.seq),
+            Err(err) if err.is_refusal() => settled.refused.push((spooled, err)),
+            Err(err) => {
+                settled.outage = Some(err);
+                break;
+            }
         }
     }
-    (confirmed, None)
+    settled
 }
 
 #[cfg(test)]
@@ -210,23 +251,39 @@ mod tests {
     }
 
     #[test]
-    fn nothing_after_the_first_failure_counts_as_delivered() {
+    fn nothing_after_the_first_outage_counts_as_delivered() {
+        let batch: Vec<Spooled> = (1..=4).map(spooled).collect();
+        let timeout = PublishError::ConfirmTimeout(Duration::from_secs(5));
+        let results = vec![Ok(()), Err(timeout), Ok(()), Ok(())];
+
+        let settled = settle(&batch, results);
+
+        assert_eq!(settled.delivered, [1]);
+        assert!(settled.refused.is_empty());
+        assert!(matches!(
+            settled.outage,
+            Some(PublishError::ConfirmTimeout(_))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_in_a_batch_holds_up_nothing_after_it() {
         let batch: Vec<Spooled> = (1..=4).map(spooled).collect();
         let results = vec![Ok(()), Err(PublishError::Nack), Ok(()), Ok(())];
 
-        let (confirmed, failure) = confirmed_prefix(&batch, results);
+        let settled = settle(&batch, results);
 
-        assert_eq!(confirmed, [1]);
-        let (head, err) = failure.expect("a failure");
-        assert_eq!(head.seq, 2);
-        assert!(matches!(err, PublishError::Nack));
+        assert_eq!(settled.delivered, [1, 3, 4]);
+        let refused: Vec<i64> = settled.refused.iter().map(|(s, _)| s.seq).collect();
+        assert_eq!(refused, [2]);
+        assert!(settled.outage.is_none());
     }
 
     #[test]
     fn a_whole_confirmed_batch_is_delivered() {
         let batch: Vec<Spooled> = (1..=3).map(spooled).collect();
-        let (confirmed, failure) = confirmed_prefix(&batch, vec![Ok(()), Ok(()), Ok(())]);
-        assert_eq!(confirmed, [1, 2, 3]);
-        assert!(failure.is_none());
+        let settled = settle(&batch, vec![Ok(()), Ok(()), Ok(())]);
+        assert_eq!(settled.delivered, [1, 2, 3]);
+        assert!(settled.refused.is_empty() && settled.outage.is_none());
     }
 }

@@ -32,6 +32,9 @@ pub struct Listed {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parked_at: Option<String>,
+    /// A refused message's next attempt, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
     /// Marked by `hookrelay spool retry`, not yet taken back by the relay.
     pub retry_requested: bool,
 }
@@ -39,13 +42,16 @@ pub struct Listed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Waiting its turn to be published.
+    /// In the backlog, waiting its turn to be published.
     Spooled,
+    /// Refused by RabbitMQ, waiting for a retry beside the flow.
+    Refused,
     /// Refused `spool.max_refusals` times and moved aside.
     Parked,
 }
 
-/// Every parked message, then every spooled one, each oldest first.
+/// Every parked message, then every spooled one (backlog and refused), each
+/// oldest first.
 pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
     let db = store::open(path, false)?;
     let mut listed = Vec::new();
@@ -64,6 +70,7 @@ pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
             refusals: row.get(5)?,
             last_error: non_empty(row.get(6)?),
             parked_at: Some(rfc3339(row.get(7)?)),
+            retry_at: None,
             retry_requested: row.get(8)?,
         })
     })?;
@@ -71,13 +78,17 @@ pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
         listed.push(row?);
     }
     let mut spooled = db.prepare(
-        "SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error
+        "SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error, retry_at
          FROM spool ORDER BY seq",
     )?;
     let rows = spooled.query_map([], |row| {
+        let retry_at: Option<i64> = row.get(7)?;
         Ok(Listed {
             seq: row.get(0)?,
-            state: State::Spooled,
+            state: match retry_at {
+                Some(_) => State::Refused,
+                None => State::Spooled,
+            },
             message_id: message_id(&row.get::<_, Vec<u8>>(3)?),
             kind: row.get(1)?,
             routing_key: non_empty(row.get(2)?),
@@ -85,6 +96,7 @@ pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
             refusals: row.get(5)?,
             last_error: row.get::<_, Option<String>>(6)?.and_then(non_empty),
             parked_at: None,
+            retry_at: retry_at.map(rfc3339),
             retry_requested: false,
         })
     })?;

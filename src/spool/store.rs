@@ -20,8 +20,9 @@ use super::SpoolError;
 use crate::envelope::{Kind, Message};
 
 /// The schema this version writes. Version 0 (before `PRAGMA user_version`
-/// was set) stored an exchange name instead of a kind, and had no parking.
-const VERSION: i32 = 2;
+/// was set) stored an exchange name instead of a kind, and had no parking;
+/// version 2 had no refused lane (`retry_at`).
+const VERSION: i32 = 3;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS spool (
@@ -33,7 +34,10 @@ const SCHEMA: &str = "
         size        INTEGER NOT NULL, -- bytes counted against spool.max_bytes
         spooled_at  INTEGER NOT NULL, -- milliseconds since the epoch
         refusals    INTEGER NOT NULL DEFAULT 0, -- times RabbitMQ refused it
-        last_error  TEXT              -- the last refusal, in RabbitMQ's words
+        last_error  TEXT,             -- the last refusal, in RabbitMQ's words
+        retry_at    INTEGER           -- NULL: in the backlog, published in order;
+                                      -- else refused, retried beside the flow at
+                                      -- this time (milliseconds since the epoch)
     );
     -- Messages RabbitMQ refused spool.max_refusals times: kept, out of the way.
     CREATE TABLE IF NOT EXISTS parked (
@@ -85,6 +89,15 @@ fn migrate(db: &mut Connection) -> Result<(), SpoolError> {
         tx.execute_batch("ALTER TABLE spool RENAME TO spool_v0;")?;
     }
     tx.execute_batch(SCHEMA)?;
+    let has_lane = tx
+        .prepare("SELECT 1 FROM pragma_table_info('spool') WHERE name = 'retry_at'")?
+        .exists([])?;
+    if !has_lane {
+        tx.execute_batch("ALTER TABLE spool ADD COLUMN retry_at INTEGER;")?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS spool_refused ON spool (retry_at) WHERE retry_at IS NOT NULL;",
+    )?;
     if from_v0 {
         // Version 0 sent quarantined bodies to the default exchange (an empty
         // exchange name) and events to the topic exchange.
@@ -112,6 +125,11 @@ pub(super) struct Row {
 }
 
 impl Row {
+    /// The routing key, as the refused lane names it.
+    pub fn lane_key(&self) -> &str {
+        super::lane_key(self.kind, &self.routing_key)
+    }
+
     pub fn of(message: &Message) -> Result<Row, SpoolError> {
         let (kind, routing_key) = match &message.kind {
             Kind::Event(key) => ("event", key.as_str().to_owned()),
@@ -130,18 +148,22 @@ impl Row {
     }
 }
 
-/// The message a row stores; `Corrupt` when it is not one this relay writes.
+/// The message a row stores; `Corrupt`, saying why, when it is not one this
+/// relay writes.
 pub(super) fn message(
     kind: &str,
     routing_key: &str,
     properties: &[u8],
     body: Vec<u8>,
 ) -> Result<Message, SpoolError> {
-    let kind = match kind {
-        "event" => Kind::Event(routing_key.parse().map_err(|_| SpoolError::Corrupt)?),
-        "quarantine" => Kind::Quarantine,
-        _ => return Err(SpoolError::Corrupt),
-    };
+    let kind =
+        match kind {
+            "event" => Kind::Event(routing_key.parse().map_err(|err| {
+                SpoolError::Corrupt(format!("routing key {routing_key:?}: {err}"))
+            })?),
+            "quarantine" => Kind::Quarantine,
+            other => return Err(SpoolError::Corrupt(format!("unknown kind {other:?}"))),
+        };
     Ok(Message {
         kind,
         body: Bytes::from(body),
@@ -152,7 +174,7 @@ pub(super) fn message(
 pub(super) fn decode_properties(bytes: &[u8]) -> Result<BasicProperties, SpoolError> {
     parse_properties(bytes)
         .map(|(_, properties)| properties)
-        .map_err(|_| SpoolError::Corrupt)
+        .map_err(|_| SpoolError::Corrupt("the AMQP properties cannot be decoded".to_owned()))
 }
 
 #[cfg(test)]
@@ -256,11 +278,11 @@ mod tests {
                 .0;
         assert!(matches!(
             message("event", "not.a.key", &properties, vec![]),
-            Err(SpoolError::Corrupt)
+            Err(SpoolError::Corrupt(_))
         ));
         assert!(matches!(
             message("other", "", &properties, vec![]),
-            Err(SpoolError::Corrupt)
+            Err(SpoolError::Corrupt(_))
         ));
     }
 }
