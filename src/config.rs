@@ -115,6 +115,10 @@ pub struct AmqpSettings {
     /// The type of the relay's own queues (unrouted, dead-letter, quarantine),
     /// of retry tiers, and of consumer queues that do not say.
     pub queue_type: QueueType,
+    /// RabbitMQ's management API (`http://host:15672`), for what AMQP cannot
+    /// tell: the policies in effect on a queue. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
 }
 
 /// The local spool that keeps accepted webhooks while RabbitMQ cannot.
@@ -329,6 +333,16 @@ impl Settings {
         if self.amqp.uri.is_empty() {
             return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
         }
+        if let Some(url) = &self.amqp.management_url
+            && !url.starts_with("http://")
+        {
+            return invalid(
+                "amqp.management_url",
+                "must be an http:// URL of RabbitMQ's management API, e.g. \
+                 http://127.0.0.1:15672 (https is not supported yet: reach it on the \
+                 broker's private network)",
+            );
+        }
         if self.spool.enabled && self.spool.max_bytes == 0 {
             return invalid("spool.max_bytes", "must be greater than 0");
         }
@@ -474,6 +488,18 @@ impl AmqpSettings {
 }
 
 impl AmqpUri {
+    /// The user, password and virtual host, for RabbitMQ's management API.
+    pub fn credentials(&self) -> (String, Secret, String) {
+        match lapin::uri::AMQPUri::from_str(&self.0) {
+            Ok(uri) => (
+                uri.authority.userinfo.username,
+                Secret::new(uri.authority.userinfo.password),
+                uri.vhost,
+            ),
+            Err(_) => (String::new(), Secret::new(""), "/".to_owned()),
+        }
+    }
+
     /// The URI itself, password included: only for connecting.
     pub fn expose(&self) -> &str {
         &self.0

@@ -38,7 +38,9 @@ use hookrelay::spool::listing::{self, State};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use helpers::{TestApp, eventually, spawn_app_unready, sync_account, sync_error, test_settings};
+use helpers::{
+    Policy, TestApp, eventually, spawn_app_unready, sync_account, sync_error, test_settings,
+};
 
 /// The bound on retries this test configures: copies per refused event.
 const MAX_REFUSALS: u32 = 3;
@@ -91,40 +93,6 @@ const FULL: [Full; 5] = [
         policy: r#"{"max-length":1,"overflow":"reject-publish"}"#,
     },
 ];
-
-/// An operator's policy on the shared broker, cleared when dropped (also when
-/// the test fails).
-struct Policy(String);
-
-impl Policy {
-    fn set(name: String, queue: &str, definition: &str) -> Policy {
-        let pattern = format!("^{}$", queue.replace('.', "\\."));
-        rabbitmqctl(&[
-            "set_policy",
-            &name,
-            &pattern,
-            definition,
-            "--apply-to",
-            "queues",
-        ]);
-        Policy(name)
-    }
-}
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        rabbitmqctl(&["clear_policy", &self.0]);
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
-}
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -4,6 +4,7 @@
 pub mod browse;
 mod channels;
 mod connection;
+pub mod management;
 mod publisher;
 mod status;
 mod topology;

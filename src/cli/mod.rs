@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::broker;
+use crate::broker::management::{Management, SetBy};
 use crate::config::Settings;
 use crate::history::{Filter, PointInTime, Start};
 use crate::startup::{Application, shutdown_signal};
@@ -191,6 +192,68 @@ async fn declare(settings: Settings) -> anyhow::Result<()> {
         topology.dead_letter_queue(),
         topology.quarantine_queue(),
         topology.consumer_queues().len()
+    );
+    check_overflow(&settings).await
+}
+
+/// Says which queues would refuse events when full (and push back on the
+/// relay), from the policies in effect: only the management API knows them.
+async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
+    let Some(management) = Management::new(&settings.amqp) else {
+        println!(
+            "policies not checked: set amqp.management_url for `declare` to report queues that \
+             would refuse events when full (README, \"Slow and full consumers\")"
+        );
+        return Ok(());
+    };
+    let topology = settings.topology();
+    let mut queues = management
+        .queues_bound_to(topology.exchange())
+        .await
+        .context("cannot read the queues bound to the exchange")?;
+    let own = [
+        topology.unrouted(),
+        topology.dead_letter_queue(),
+        topology.quarantine_queue(),
+    ];
+    queues.extend(own.iter().map(|q| (*q).to_owned()));
+    let mut pushing_back = 0;
+    for queue in &queues {
+        let state = management
+            .queue(queue)
+            .await
+            .with_context(|| format!("cannot read queue {queue}"))?;
+        let overflow = state.overflow();
+        if own.contains(&queue.as_str()) && !overflow.limits.is_empty() {
+            pushing_back += 1;
+            eprintln!(
+                "limited: the relay's own queue {queue} has {}: what does not fit is refused or \
+                 dropped (overflow {}). Remove the limit from its policy",
+                overflow.limits.join(", "),
+                overflow.mode
+            );
+        } else if overflow.pushes_back() {
+            pushing_back += 1;
+            let set_by = match &overflow.set_by {
+                SetBy::Argument => "its own x-overflow argument".to_owned(),
+                SetBy::Policy(name) => format!("policy {name}"),
+                SetBy::Default => "the default".to_owned(),
+            };
+            eprintln!(
+                "pushes back: queue {queue} ({}) overflows by {} (set by {set_by}) with {}: when \
+                 it is full, RabbitMQ refuses the events routed to it. Each is retried beside the \
+                 flow, copied again into the other queues bound to its key at each attempt, then \
+                 parked. To make it shed its oldest messages to the dead letters instead, see \
+                 README, \"Slow and full consumers\"",
+                state.kind,
+                overflow.mode,
+                overflow.limits.join(", ")
+            );
+        }
+    }
+    println!(
+        "checked the overflow of {} queue(s): {pushing_back} would refuse events when full",
+        queues.len()
     );
     Ok(())
 }

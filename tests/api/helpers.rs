@@ -26,6 +26,11 @@ use uuid::Uuid;
 pub const CLIENT_ID: &str = "test-client";
 pub const SENDER_IP: &str = "52.60.234.183";
 
+/// RabbitMQ's management API, for tests of what only it can tell.
+pub static MANAGEMENT_URL: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+});
+
 pub static AMQP_URL: LazyLock<String> = LazyLock::new(|| {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 });
@@ -233,18 +238,24 @@ impl TestApp {
         tail
     }
 
-    /// The `hookrelay` binary, configured for this relay's broker, exchange
-    /// and spool.
+    /// The `hookrelay` binary with this relay's whole configuration: its
+    /// settings as a TOML file (secrets masked there), and the secrets in the
+    /// environment, which nothing else of the test's environment reaches.
     pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let folder = self.settings.spool.path.parent().expect("a spool folder");
+        std::fs::create_dir_all(folder).expect("the test's folder");
+        let config = folder.join("hookrelay.toml");
+        std::fs::write(&config, self.settings.to_masked_toml()).expect("write the config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
         command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID)
-            .env("HOOKRELAY__AMQP__URI", AMQP_URL.as_str())
-            .env("HOOKRELAY__AMQP__EXCHANGE", self.exchange())
-            .env("HOOKRELAY__SPOOL__PATH", &self.settings.spool.path);
+            .env("HOOKRELAY_CONFIG", &config)
+            .env("HOOKRELAY__AMQP__URI", AMQP_URL.as_str());
+        if let Some(token) = &self.settings.server.path_token {
+            command.env("HOOKRELAY__SERVER__PATH_TOKEN", token.expose());
+        }
         command
     }
 
@@ -494,6 +505,44 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
+}
+
+/// An operator's policy on the shared broker, cleared when dropped (also when
+/// the test fails).
+pub struct Policy(String);
+
+impl Policy {
+    pub fn set(name: String, queue: &str, definition: &str) -> Policy {
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        rabbitmqctl(&[
+            "set_policy",
+            &name,
+            &pattern,
+            definition,
+            "--apply-to",
+            "queues",
+        ]);
+        Policy(name)
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        // No assertion: this may run while a failed test unwinds.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "clear_policy", &self.0])
+            .output();
+    }
+}
+
+/// Runs `rabbitmqctl -q ARGS`, which must succeed. Blocking.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
 }
 
 /// The type (`classic`, `quorum`, `stream`) of every queue whose name starts

@@ -10,6 +10,7 @@ mod helpers;
 mod history;
 mod hostile;
 mod inspect;
+mod overflow;
 mod quarantine;
 mod replay;
 mod spool;
