@@ -126,6 +126,8 @@ pub struct AmqpSettings {
 #[serde(deny_unknown_fields)]
 pub struct SpoolSettings {
     pub enabled: bool,
+    /// Unset: [`SpoolSettings::default_path`], filled in by [`Settings::load`].
+    #[serde(default)]
     pub path: PathBuf,
     pub max_bytes: u64,
     /// How many times RabbitMQ may refuse one message (nack, return, channel
@@ -265,11 +267,14 @@ impl Settings {
         let environment = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .source(Some(env.into_iter().collect()));
+            .source(Some(env.clone().into_iter().collect()));
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         let default_type = settings.amqp.queue_type;
         for queue in &mut settings.queues {
             queue.kind.get_or_insert(default_type);
+        }
+        if settings.spool.path.as_os_str().is_empty() {
+            settings.spool.path = SpoolSettings::default_path(|name| env.get(name).cloned());
         }
         settings.validate()?;
         Ok(settings)
@@ -439,6 +444,22 @@ impl Settings {
     /// The settings as TOML, with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+impl SpoolSettings {
+    /// Where the spool is kept when `spool.path` is not set: where the system
+    /// keeps a service's state, never the working directory (two relays
+    /// started from one folder would otherwise share a spool by accident).
+    /// systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/hookrelay`, else
+    /// `~/.local/state/hookrelay`, else `/var/lib/hookrelay`.
+    pub fn default_path(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+        let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let folder = set("STATE_DIRECTORY")
+            .or_else(|| set("XDG_STATE_HOME").map(|state| state.join("hookrelay")))
+            .or_else(|| set("HOME").map(|home| home.join(".local/state/hookrelay")))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hookrelay"));
+        folder.join("spool.sqlite")
     }
 }
 
@@ -708,6 +729,33 @@ mod tests {
     }
 
     const WITH_ID: (&str, &str) = ("HOOKRELAY__INGRESS__CLIENT_IDS", "app-1");
+
+    #[test]
+    fn the_default_spool_is_where_the_system_keeps_state_never_the_working_directory() {
+        let path = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> = env(vars);
+            SpoolSettings::default_path(|name| vars.get(name).cloned())
+        };
+        assert_eq!(
+            path(&[("STATE_DIRECTORY", "/var/lib/hr"), ("HOME", "/home/u")]),
+            PathBuf::from("/var/lib/hr/spool.sqlite")
+        );
+        assert_eq!(
+            path(&[("XDG_STATE_HOME", "/s"), ("HOME", "/home/u")]),
+            PathBuf::from("/s/hookrelay/spool.sqlite")
+        );
+        assert_eq!(
+            path(&[("HOME", "/home/u")]),
+            PathBuf::from("/home/u/.local/state/hookrelay/spool.sqlite")
+        );
+        assert_eq!(path(&[]), PathBuf::from("/var/lib/hookrelay/spool.sqlite"));
+        let settings = load(&[WITH_ID, ("HOME", "/home/u")]).unwrap();
+        assert!(
+            settings.spool.path.is_absolute(),
+            "{:?}",
+            settings.spool.path
+        );
+    }
 
     #[test]
     fn defaults_are_the_documented_ones() {

@@ -156,6 +156,7 @@ struct Inner {
     publish_seconds: Histogram,
     broker_connected: Gauge,
     broker_connects: Counter,
+    broker_connect_failures: Counter,
     broker_state: Family<StateLabel, Gauge>,
     queue_conflict: Family<QueueLabel, Gauge>,
     topology_redeclared: Counter,
@@ -199,6 +200,13 @@ impl Metrics {
             "broker_connects",
             "Successful connections to RabbitMQ, the first one included",
             broker_connects.clone(),
+        );
+        let broker_connect_failures = Counter::default();
+        registry.register(
+            "broker_connect_failures",
+            "Attempts to connect to RabbitMQ (and declare the topology) that failed; the relay \
+             retries with backoff",
+            broker_connect_failures.clone(),
         );
         let broker_state = Family::<StateLabel, Gauge>::default();
         registry.register(
@@ -298,6 +306,7 @@ impl Metrics {
                 publish_seconds,
                 broker_connected,
                 broker_connects,
+                broker_connect_failures,
                 broker_state,
                 queue_conflict,
                 topology_redeclared,
@@ -332,6 +341,11 @@ impl Metrics {
         if connected {
             self.inner.broker_connects.inc();
         }
+    }
+
+    /// One failed attempt to connect and declare.
+    pub fn broker_connect_failed(&self) {
+        self.inner.broker_connect_failures.inc();
     }
 
     /// Sets `hookrelay_broker_state`: 1 for `state`, 0 for the others.

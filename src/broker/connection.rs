@@ -92,6 +92,9 @@ pub enum ConnectError {
 enum Down {
     /// No node answered, or the connection broke.
     Lost(String),
+    /// RabbitMQ refuses the relay's login (user, password, or the vhost):
+    /// retrying cannot fix it, a human must.
+    LoginRefused(String),
     /// RabbitMQ refuses the relay's own topology.
     Misconfigured(Vec<Conflict>),
 }
@@ -220,6 +223,26 @@ impl Session {
 
 /// Opens a connection under `name` (operators, and tests, see it in
 /// `rabbitmqctl list_connections`) to the first node of `amqp.uri` that answers.
+impl ConnectError {
+    /// Whether RabbitMQ refused the login itself (`ACCESS_REFUSED`: the user
+    /// or password; `NOT_ALLOWED`: no access to the vhost), as opposed to a
+    /// node that is down or unreachable.
+    pub fn is_login_refused(&self) -> bool {
+        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let ConnectError::Connect { source, .. } = self else {
+            return false;
+        };
+        match source.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub async fn connect(amqp: &AmqpSettings, name: String) -> Result<Connection, ConnectError> {
     connect_from(amqp, name, 0)
         .await
@@ -273,6 +296,7 @@ async fn supervise(inner: Arc<Inner>) {
         let (session, events, node) = match opened {
             Ok(opened) => opened,
             Err(down) => {
+                inner.metrics.broker_connect_failed();
                 record(&inner, down);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -314,6 +338,7 @@ fn record(inner: &Inner, down: Down) {
         Down::Lost(reason) => inner
             .status
             .set_state(BrokerState::Disconnected, Some(reason)),
+        Down::LoginRefused(reason) => inner.status.set_login_refused(reason),
         Down::Misconfigured(conflicts) => {
             let reason = conflicts
                 .iter()
@@ -334,7 +359,10 @@ async fn open_session(
 ) -> Result<(Arc<Session>, BoxStream<'static, Event>, usize), Down> {
     let (connection, node) = connect_from(&inner.amqp, inner.amqp.connection_name(), first_node)
         .await
-        .map_err(|err| Down::Lost(err.to_string()))?;
+        .map_err(|err| match err.is_login_refused() {
+            true => Down::LoginRefused(err.to_string()),
+            false => Down::Lost(err.to_string()),
+        })?;
     let events = connection.events_listener().boxed();
     match prepare(inner, &connection, retries).await {
         Ok(channels) => {

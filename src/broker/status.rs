@@ -116,6 +116,28 @@ impl StatusBoard {
         }
     }
 
+    /// Records that RabbitMQ refuses the relay's login: disconnected, and the
+    /// one state of it that only a human can fix, so it is logged as an
+    /// error (once, while the reason stays the same).
+    pub fn set_login_refused(&self, reason: String) {
+        let reason = Some(reason);
+        let changed = self.status.send_if_modified(|status| {
+            let changed = status.state != BrokerState::Disconnected || status.reason != reason;
+            status.state = BrokerState::Disconnected;
+            status.reason.clone_from(&reason);
+            changed
+        });
+        self.metrics.broker_state(BrokerState::Disconnected);
+        if changed {
+            error!(
+                reason = reason.as_deref().unwrap_or_default(),
+                "RabbitMQ refuses the relay's login: webhooks are spooled until it is fixed. Check \
+                 the user, password and vhost in amqp.uri, and that the user may use that vhost \
+                 (rabbitmqctl list_permissions); the relay keeps retrying with backoff"
+            );
+        }
+    }
+
     /// Records the node connected to, or none. The supervisor logs it.
     pub fn set_node(&self, node: Option<String>) {
         self.status.send_if_modified(|status| {

@@ -28,6 +28,7 @@ mod refused;
 mod store;
 mod writer;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,6 +51,9 @@ pub struct Spool {
     inner: Arc<Inner>,
     /// To the writer thread; it ends when the last handle is dropped.
     appends: mpsc::Sender<Append>,
+    /// One relay per spool file: held while any handle lives (not by the
+    /// writer thread, which ends a moment after the last handle).
+    _lock: Arc<std::fs::File>,
 }
 
 struct Inner {
@@ -128,6 +132,7 @@ impl Spool {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create the spool folder {}", parent.display()))?;
         }
+        let held = lock_spool(path)?;
         let connection = store::open(path, true)
             .with_context(|| format!("cannot open the spool {}", path.display()))?;
         let policy = RetryPolicy {
@@ -155,7 +160,11 @@ impl Spool {
             .name("spool-writer".to_owned())
             .spawn(move || writer::run(&writer, waiting))
             .context("cannot start the spool's writer thread")?;
-        let spool = Spool { inner, appends };
+        let spool = Spool {
+            inner,
+            appends,
+            _lock: Arc::new(held),
+        };
         {
             let mut db = lock(&spool.inner.db);
             spool.inner.restore_counts(&db.connection)?;
@@ -574,6 +583,54 @@ impl Inner {
     }
 }
 
+/// Locks `<path>.lock` for the life of the process, and writes who holds it
+/// there. Two relays draining one spool would publish everything twice, and
+/// disagree about what is in it, so a second one refuses to start, naming
+/// the holder. The lock is the kernel's (`flock`): it goes with the process,
+/// however it ends. `hookrelay spool list` and `spool retry` do not take it:
+/// they only read, or mark rows for the relay to take back.
+fn lock_spool(path: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::io::{Read, Seek, Write};
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the spool's lock file {}", lock_path.display()))?;
+    if let Err(err) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(match err {
+            std::fs::TryLockError::WouldBlock => anyhow::anyhow!(
+                "the spool {} is in use by another relay ({}): two relays on one spool would \
+                 publish everything twice. Give each relay its own spool.path",
+                path.display(),
+                holder.trim()
+            ),
+            std::fs::TryLockError::Error(err) => anyhow::Error::new(err).context(format!(
+                "cannot lock the spool's lock file {}",
+                lock_path.display()
+            )),
+        });
+    }
+    let host = gethostname::gethostname();
+    let since = humantime::format_rfc3339_seconds(SystemTime::now());
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(
+        file,
+        "pid {} on {} since {since}",
+        std::process::id(),
+        host.to_string_lossy()
+    )?;
+    Ok(file)
+}
+
 /// Room taken in the spool's byte count for one append. It travels with the
 /// append to the writer: given back when dropped, unless the writer committed
 /// the row (then the row holds the room until it is drained).
@@ -760,6 +817,30 @@ mod tests {
                 .with_timestamp(1_700_000_000)
                 .with_headers(headers),
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_spool_on_the_same_file_is_refused_naming_the_holder() {
+        let path = temp_path();
+        let first = open_at(&path, 1 << 20, Metrics::new());
+        let settings = SpoolSettings {
+            enabled: true,
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            max_refusals: 3,
+            refused_retry_delay: Duration::from_secs(1),
+        };
+
+        let second = Spool::open(&settings, &[], Metrics::new());
+
+        let err = format!("{:#}", second.err().expect("refused"));
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        Spool::open(&settings, &[], Metrics::new()).expect("free again once the first is gone");
     }
 
     #[tokio::test]

@@ -665,3 +665,102 @@ async fn a_returned_message_is_logged_without_its_body() {
     delete_topology(&channel, &settings).await;
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// The ERROR lines among what `relay` wrote.
+fn errors(relay: &Relay) -> Vec<&String> {
+    relay
+        .seen
+        .iter()
+        .filter(|line| json(line).is_some_and(|entry| entry["level"] == "ERROR"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_start_on_a_clean_broker_logs_no_error_at_any_verbosity() {
+    for rust_log in [None, Some("info"), Some("debug")] {
+        // A new exchange each time: everything is declared from nothing,
+        // after passive declares that find nothing (lapin logs those as
+        // errors, which are never written).
+        let settings = test_settings(&[]);
+        let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
+        let env: Vec<(&str, &str)> = rust_log
+            .map(|level| ("RUST_LOG", level))
+            .into_iter()
+            .collect();
+
+        let (mut relay, _) = serve(&settings, &env);
+        relay.child.kill().unwrap();
+        relay.lines_for(Duration::from_millis(200));
+
+        assert!(
+            errors(&relay).is_empty(),
+            "RUST_LOG={rust_log:?}: {:#?}",
+            errors(&relay)
+        );
+        let (connection, channel) = amqp().await;
+        delete_topology(&channel, &settings).await;
+        let _ = connection.close(200, "done".into()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_is_one_error_line_not_one_per_retry() {
+    let settings = test_settings(&[]);
+    let wrong = AMQP_URL.replacen("guest:guest", "guest:wrong-password", 1);
+    let spool = settings.spool.path.to_str().unwrap().to_owned();
+    let mut relay = Relay::start(&[
+        ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
+        ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY__AMQP__URI", wrong.as_str()),
+        ("HOOKRELAY__AMQP__EXCHANGE", settings.amqp.exchange.as_str()),
+        ("HOOKRELAY__LOG_FORMAT", "json"),
+        ("HOOKRELAY__SPOOL__PATH", spool.as_str()),
+        ("RUST_LOG", "info"),
+    ]);
+    let admin_port = relay.wait_for(|line| json(line)?.get("admin_port")?.as_u64());
+
+    // Act: let it retry a few times (backoff 0.1 s, doubling).
+    let failures = || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("hookrelay_broker_connect_failures_total "))?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    };
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(20), || async {
+            failures().await.unwrap_or(0.0) >= 4.0
+        })
+        .await,
+        "the relay retried"
+    );
+    relay.child.kill().unwrap();
+    relay.lines_for(Duration::from_millis(200));
+
+    // Assert: one ERROR, the relay's own, saying what to check.
+    let errors = errors(&relay);
+    assert_eq!(errors.len(), 1, "{:#?}", relay.seen);
+    let entry = json(errors[0]).unwrap();
+    assert_eq!(entry["target"], "hookrelay::broker::status");
+    assert!(
+        entry["message"]
+            .as_str()
+            .unwrap()
+            .contains("refuses the relay's login")
+    );
+    assert!(entry["reason"].as_str().unwrap().contains("ACCESS_REFUSED"));
+    assert!(
+        !relay
+            .seen
+            .iter()
+            .any(|line| line.contains("wrong-password"))
+    );
+    let _ = std::fs::remove_dir_all(settings.spool.path.parent().unwrap());
+}

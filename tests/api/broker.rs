@@ -94,8 +94,10 @@ async fn declaring_the_topology_again_is_harmless() {
     let first = spawn_app_unready(settings.clone()).await;
     first.wait_until_ready().await;
 
-    // A second relay (a replica, or a restart) declares the same names.
-    let second = spawn_app_unready(settings).await;
+    // A second relay (a replica, with a spool of its own) declares the same names.
+    let mut replica = settings;
+    replica.spool.path = test_settings(&[]).spool.path;
+    let second = spawn_app_unready(replica).await;
     second.wait_until_ready().await;
 
     assert_eq!(second.post_webhook(sync_account()).await.status(), 200);

@@ -159,3 +159,24 @@ async fn while_a_refused_message_waits_for_its_retry_the_others_go_through() {
         .unwrap();
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_second_relay_on_the_same_spool_file_refuses_to_start_naming_the_holder() {
+    let first = crate::helpers::spawn_app(&[]).await;
+    let mut settings = test_settings(&[]);
+    settings.spool.path = first.settings.spool.path.clone();
+
+    let second = hookrelay::startup::Application::build(settings).await;
+
+    let err = format!(
+        "{:#}",
+        second.err().expect("the second relay refuses to start")
+    );
+    assert!(
+        err.contains(&first.settings.spool.path.display().to_string())
+            && err.contains(&format!("pid {}", std::process::id()))
+            && err.contains("publish everything twice"),
+        "{err}"
+    );
+    first.stop().await.unwrap();
+}
