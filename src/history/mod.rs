@@ -14,7 +14,10 @@
 //!
 //! Without `follow`, a read ends at the end of the stream as it was when the
 //! read began: the offset of its last message is looked up first (a consumer
-//! at `last` gets the last chunk). With `follow`, it goes on with new events.
+//! at `last` gets the last chunk), and the read waits for it however long
+//! RabbitMQ pauses, unless nothing comes for [`STALL`]: then it fails, saying
+//! where it stopped, rather than end as if it had read everything. With
+//! `follow`, it goes on with new events.
 
 pub mod replay;
 
@@ -33,9 +36,9 @@ use crate::topic::TopicPattern;
 const PREFETCH: u16 = 1000;
 /// Acknowledge (grant credit) after this many deliveries, all at once.
 const ACK_EVERY: u64 = 250;
-/// How long a read without `follow` waits for a delivery before deciding
-/// that there is nothing more (a starting time after the last event).
-const IDLE_END: Duration = Duration::from_secs(2);
+/// How long a read without `follow` waits for the next delivery before it
+/// gives up, short of the end it knows of.
+pub const STALL: Duration = Duration::from_secs(60);
 /// How long to wait for the last chunk of a stream, and for more of it.
 const LAST_CHUNK_WAIT: Duration = Duration::from_secs(1);
 const LAST_CHUNK_GAP: Duration = Duration::from_millis(150);
@@ -97,9 +100,12 @@ pub struct Reader {
     consumer: Consumer,
     filter: Filter,
     follow: bool,
+    stream: String,
     /// The offset of the last event when the read began; `None` when the
     /// stream was empty (then only `follow` reads anything).
     end: Option<u64>,
+    /// The offset of the last delivery.
+    seen: Option<u64>,
     done: bool,
     unacked: u64,
     last_tag: u64,
@@ -116,10 +122,16 @@ impl Reader {
         follow: bool,
         filter: Filter,
     ) -> anyhow::Result<Reader> {
-        let end = if follow {
+        let last = if follow {
             None
         } else {
-            last_offset(connection, stream).await?
+            last_event(connection, stream).await?
+        };
+        // A start after the last event: RabbitMQ sends nothing, so there is
+        // nothing to wait for (and nothing would pass the filter's `since`).
+        let after_the_end = match (start, &last) {
+            (Start::At(at), Some(last)) => last.received_at.is_some_and(|last| last < at),
+            _ => false,
         };
         let channel = connection
             .create_channel()
@@ -131,8 +143,10 @@ impl Reader {
             consumer,
             filter,
             follow,
-            done: !follow && end.is_none(),
-            end,
+            stream: stream.to_owned(),
+            done: !follow && (last.is_none() || after_the_end),
+            end: last.map(|last| last.offset),
+            seen: None,
             unacked: 0,
             last_tag: 0,
         })
@@ -146,6 +160,7 @@ impl Reader {
                 break;
             };
             let offset = offset(delivery.properties.headers().as_ref()).unwrap_or(0);
+            self.seen = Some(offset);
             if let Some(end) = self.end {
                 if offset > end {
                     self.done = true;
@@ -182,9 +197,9 @@ impl Reader {
                 None => next.await,
             }
         } else {
-            match tokio::time::timeout(IDLE_END, next).await {
+            match tokio::time::timeout(STALL, next).await {
                 Ok(delivery) => delivery,
-                Err(_) => return Ok(None),
+                Err(_) => return stalled(&self.stream, self.seen, self.end),
             }
         };
         let Some(delivery) = delivery else {
@@ -308,23 +323,54 @@ async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Resul
         })
 }
 
-/// The offset of the last event in `stream`, or `None` when it is empty: a
-/// consumer at `last` gets the whole last chunk, whose highest offset it is.
-async fn last_offset(connection: &Connection, stream: &str) -> anyhow::Result<Option<u64>> {
+/// The last event in `stream` when a read began.
+#[derive(Debug, Clone, Copy)]
+struct LastEvent {
+    offset: u64,
+    received_at: Option<SystemTime>,
+}
+
+/// The last event in `stream`, or `None` when it is empty: a consumer at
+/// `last` gets the whole last chunk, whose highest offset it is.
+async fn last_event(connection: &Connection, stream: &str) -> anyhow::Result<Option<LastEvent>> {
     let channel = connection
         .create_channel()
         .await
         .context("cannot open a channel")?;
     let mut consumer = consume(&channel, stream, Start::Last).await?;
-    let mut last = None;
+    let mut last: Option<LastEvent> = None;
     let mut wait = LAST_CHUNK_WAIT;
     while let Ok(Some(delivery)) = tokio::time::timeout(wait, consumer.next()).await {
         let delivery = delivery.context("the connection to RabbitMQ was lost")?;
-        last = last.max(offset(delivery.properties.headers().as_ref()));
+        let headers = delivery.properties.headers().as_ref();
+        if let Some(offset) = offset(headers)
+            && last.is_none_or(|last| offset > last.offset)
+        {
+            let received_at =
+                text(headers, "x-received-at").and_then(|at| humantime::parse_rfc3339(&at).ok());
+            last = Some(LastEvent {
+                offset,
+                received_at,
+            });
+        }
         wait = LAST_CHUNK_GAP;
     }
     let _ = channel.close(200, "found the end".into()).await;
     Ok(last)
+}
+
+/// Nothing came for [`STALL`]: the end, if the read had reached it (or knew
+/// of none); else an error that says where it stopped.
+fn stalled<T>(stream: &str, seen: Option<u64>, end: Option<u64>) -> anyhow::Result<Option<T>> {
+    match end {
+        Some(end) if seen.is_none_or(|seen| seen < end) => anyhow::bail!(
+            "the read of {stream} stalled: RabbitMQ sent nothing for {}s, at offset {} of {end}. \
+             What was printed is only part of it; run it again (narrow it with --since/--until)",
+            STALL.as_secs(),
+            seen.map_or_else(|| "none read yet".to_owned(), |seen| seen.to_string()),
+        ),
+        _ => Ok(None),
+    }
 }
 
 fn offset(headers: Option<&FieldTable>) -> Option<u64> {
@@ -370,6 +416,23 @@ mod tests {
 
     fn at(rfc3339: &str) -> SystemTime {
         humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn a_read_that_stalls_short_of_its_end_fails_saying_where() {
+        let err = stalled::<()>("hooks.history", Some(41), Some(99)).unwrap_err();
+        assert!(err.to_string().contains("at offset 41 of 99"), "{err}");
+        assert!(stalled::<()>("hooks.history", None, Some(0)).is_err());
+        assert!(
+            stalled::<()>("hooks.history", Some(99), Some(99))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            stalled::<()>("hooks.history", None, None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

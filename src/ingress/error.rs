@@ -18,8 +18,13 @@ const RETRY_AFTER_SECS: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
+    /// The address the request came from (the TCP peer, or what trusted
+    /// proxies saw), and the peer itself: for the log, never for the answer.
     #[error("source address not allowed")]
-    Forbidden,
+    Forbidden {
+        source_ip: Option<std::net::IpAddr>,
+        peer: Option<std::net::IpAddr>,
+    },
     #[error("only POST is accepted here")]
     MethodNotAllowed,
     #[error("missing or unknown x-client-id")]
@@ -56,7 +61,7 @@ struct ErrorBody<'a> {
 impl IngressError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            IngressError::Forbidden => Outcome::Forbidden,
+            IngressError::Forbidden { .. } => Outcome::Forbidden,
             IngressError::MethodNotAllowed => Outcome::MethodNotAllowed,
             IngressError::Unauthorized => Outcome::Unauthorized,
             IngressError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
@@ -84,7 +89,7 @@ impl IngressError {
 impl ResponseError for IngressError {
     fn status_code(&self) -> StatusCode {
         match self {
-            IngressError::Forbidden => StatusCode::FORBIDDEN,
+            IngressError::Forbidden { .. } => StatusCode::FORBIDDEN,
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,7 +117,7 @@ impl ResponseError for IngressError {
             }
             // A stranger gets one answer per connection, not a kept-alive
             // connection to probe with.
-            IngressError::Forbidden => {
+            IngressError::Forbidden { .. } => {
                 response.force_close();
             }
             _ => {}

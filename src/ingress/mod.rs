@@ -58,11 +58,13 @@ impl Ingress {
     /// The caller's address, if it is on the allowlist: the first check for
     /// every request on the webhook path, whatever its method.
     fn allowed_client(&self, req: &HttpRequest) -> Result<IpAddr, IngressError> {
-        let source_ip = self.client_ip(req).ok_or(IngressError::Forbidden)?;
-        if self.allowed_ips.contains(source_ip) {
-            Ok(source_ip)
-        } else {
-            Err(IngressError::Forbidden)
+        let source_ip = self.client_ip(req);
+        match source_ip {
+            Some(ip) if self.allowed_ips.contains(ip) => Ok(ip),
+            _ => Err(IngressError::Forbidden {
+                source_ip,
+                peer: req.peer_addr().map(|peer| peer.ip()),
+            }),
         }
     }
 

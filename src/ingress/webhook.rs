@@ -95,6 +95,14 @@ fn log_outcome(result: &Result<(HttpResponse, Outcome), IngressError>, dropped: 
             warn!(error = %err, "webhook refused: it could not be stored")
         }
         Err(IngressError::Quarantined { reason, .. }) => warn!(%reason, "webhook quarantined"),
+        // Named, so a sender whose addresses changed, or a proxy missing from
+        // ingress.trusted_proxies, can be told from a scanner.
+        Err(err @ IngressError::Forbidden { source_ip, peer }) => info!(
+            reason = %err,
+            source_ip = source_ip.map(field::display),
+            peer = peer.map(field::display),
+            "webhook refused"
+        ),
         Err(err) => info!(reason = %err, "webhook refused"),
     }
 }

@@ -764,3 +764,43 @@ async fn a_wrong_password_is_one_error_line_not_one_per_retry() {
     );
     let _ = std::fs::remove_dir_all(settings.spool.path.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_sender_is_logged_with_its_address_and_the_peer() {
+    // The relay sits behind a proxy on 127.0.0.1, which says the request came
+    // from 203.0.113.7: not on the allowlist (a sender whose addresses changed).
+    let settings = test_settings(&[]);
+    let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
+    let (mut relay, port) = serve(
+        &settings,
+        &[
+            ("HOOKRELAY__INGRESS__ALLOWED_IPS", "52.60.234.183"),
+            ("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    );
+
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-client-id", CLIENT_ID)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(answer.status(), 403);
+    let body = answer.text().await.unwrap();
+    assert!(
+        !body.contains("203.0.113.7"),
+        "the stranger learns nothing: {body}"
+    );
+    let line = relay.wait_for(|line| {
+        let entry = json(line)?;
+        (entry["message"] == "webhook refused").then_some(entry)
+    });
+    assert_eq!(line["source_ip"], "203.0.113.7", "{line}");
+    assert_eq!(line["peer"], "127.0.0.1", "{line}");
+    drop(relay);
+    let (connection, channel) = amqp().await;
+    delete_topology(&channel, &settings).await;
+    let _ = connection.close(200, "done".into()).await;
+}

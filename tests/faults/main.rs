@@ -159,3 +159,90 @@ async fn relay_started_while_the_broker_is_down() {
     )
     .await;
 }
+
+/// RabbitMQ frozen (SIGSTOP) this long, in the middle of a history read.
+const PAUSE: Duration = Duration::from_secs(3);
+
+/// Thaws RabbitMQ (SIGCONT) when dropped, also when the test fails.
+struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_read_waits_out_a_broker_that_pauses() {
+    // Arrange: 5,000 events in the history.
+    let (setup, relay, load) = connected().await;
+    load.run(setup.port, 5000, CONNECTIONS).await;
+    relay.wait_drained(DRAINED_WITHIN).await;
+    let pid = String::from_utf8(
+        std::process::Command::new("rabbitmqctl")
+            .args(["eval", "os:getpid()."])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .trim_matches('"')
+    .to_owned();
+
+    // Act: read them all; once the first has arrived, RabbitMQ freezes for
+    // longer than a delivery ever takes.
+    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["events", "--json"])
+        .env("HOOKRELAY_CONFIG", setup.dir.join("relay.toml"))
+        .env("HOOKRELAY__INGRESS__CLIENT_IDS", harness::CLIENT_ID)
+        .env("HOOKRELAY__AMQP__URI", &setup.amqp_uri)
+        .env("HOOKRELAY__AMQP__EXCHANGE", &setup.exchange)
+        .env("HOOKRELAY__SPOOL__PATH", setup.dir.join("events.sqlite"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read every line as it comes, so the read never waits on its own output.
+    let stdout = std::io::BufReader::new(events.stdout.take().unwrap());
+    let (first_line, first_arrived) = std::sync::mpsc::channel();
+    let reading = std::thread::spawn(move || {
+        let mut count = 0;
+        for _ in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+            count += 1;
+            if count == 1 {
+                let _ = first_line.send(());
+            }
+        }
+        (count, events.wait_with_output().unwrap())
+    });
+    tokio::task::spawn_blocking(move || first_arrived.recv())
+        .await
+        .unwrap()
+        .expect("the first event arrives");
+    let frozen = Frozen(pid.clone());
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    tokio::time::sleep(PAUSE).await; // the fault: RabbitMQ frozen
+    drop(frozen);
+    let (read, output) = tokio::task::spawn_blocking(move || reading.join().unwrap())
+        .await
+        .unwrap();
+
+    // Assert: every event was read, the pause notwithstanding.
+    println!(
+        "history read across a {} s broker pause: {read} events read, exit {:?}, {} s in all",
+        PAUSE.as_secs(),
+        output.status.code(),
+        started.elapsed().as_secs()
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(read, 5000, "{}", String::from_utf8_lossy(&output.stderr));
+    drop(relay);
+    setup.clean_up().await;
+}
