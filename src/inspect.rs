@@ -6,8 +6,12 @@
 //! unacknowledged, shown, and all put back with one `basic.nack` (`multiple`,
 //! `requeue`): RabbitMQ returns requeued messages to their original places, so
 //! the queue keeps its order and its depth. Two traces remain: the messages'
-//! `redelivered` flag, and on a quorum queue one more delivery attempt each
-//! (`x-delivery-count`), which counts toward a `delivery-limit`.
+//! `redelivered` flag, and on a quorum queue one more delivery each
+//! (`x-delivery-count`), which counts toward its delivery limit: RabbitMQ
+//! dead-letters a message (or drops it, without a dead-letter target) when it
+//! comes back after its limit-th delivery. So each message shown says how
+//! many deliveries it has had, this one included, and which ones this look
+//! pushed over the limit; the command warns before it starts.
 
 use anyhow::Context;
 use lapin::types::{AMQPValue, FieldTable};
@@ -30,9 +34,15 @@ pub struct Inspected {
     /// Why it is here: `x-quarantine-reason`, or the newest `x-death` entry.
     pub reason: Option<String>,
     pub redelivered: bool,
+    /// On a queue that counts deliveries (quorum): how many this message has
+    /// had, this inspection included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<i64>,
+    /// Putting it back dead-letters it: this inspection was its last delivery.
+    pub over_the_limit: bool,
     pub headers: Value,
     /// The body as JSON when it is JSON, else as text; `loginName` redacted unless raw.
-    pub body: Value,
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// What one run saw.
@@ -41,14 +51,22 @@ pub struct Summary {
     pub shown: u32,
     /// Messages in the queue when the run started.
     pub depth: u32,
+    /// Whether the queue counts deliveries (a quorum queue).
+    pub counts_deliveries: bool,
+    /// Messages this inspection pushed over their delivery limit: putting
+    /// them back dead-lettered them.
+    pub pushed_over: u32,
 }
 
-/// Shows up to `limit` messages of `queue`, oldest first, and puts them all back.
+/// Shows up to `limit` messages of `queue`, oldest first, and puts them all
+/// back. `delivery_limit` is the queue's, when known (see
+/// [`Topology::delivery_limit`](crate::broker::Topology::delivery_limit)).
 pub async fn inspect(
     amqp: &AmqpSettings,
     queue: &str,
     limit: Option<u32>,
     raw: bool,
+    delivery_limit: Option<i64>,
     mut on_message: impl FnMut(Inspected),
 ) -> anyhow::Result<Summary> {
     let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-inspect")).await?;
@@ -58,7 +76,7 @@ pub async fn inspect(
         .context("cannot open a channel")?;
     let depth = browse::depth(&channel, queue).await?;
 
-    let mut shown = 0;
+    let (mut shown, mut pushed_over, mut counts_deliveries) = (0, 0, false);
     let mut last_tag = None;
     while shown < limit.map_or(depth, |limit| limit.min(depth)) {
         let Some(delivery) = browse::next(&channel, queue).await? else {
@@ -67,6 +85,13 @@ pub async fn inspect(
         last_tag = Some(delivery.delivery_tag);
         shown += 1;
         let headers = delivery.properties.headers().as_ref();
+        // RabbitMQ counts deliveries before this one; returning it counts this one.
+        let deliveries = delivery_count(headers).map(|before| before + 1);
+        counts_deliveries |= deliveries.is_some();
+        let over_the_limit = deliveries
+            .zip(delivery_limit)
+            .is_some_and(|(deliveries, limit)| deliveries > limit);
+        pushed_over += u32::from(over_the_limit);
         on_message(Inspected {
             position: shown,
             message_id: delivery
@@ -77,6 +102,8 @@ pub async fn inspect(
             routing_key: delivery.routing_key.to_string(),
             reason: reason(headers),
             redelivered: delivery.redelivered,
+            deliveries,
+            over_the_limit,
             headers: render::headers(headers),
             body: render::body(&delivery.data, raw),
         });
@@ -87,7 +114,24 @@ pub async fn inspect(
             .context("cannot put the messages back (closing the connection returns them)")?;
     }
     let _ = connection.close(200, "inspect done".into()).await;
-    Ok(Summary { shown, depth })
+    Ok(Summary {
+        shown,
+        depth,
+        counts_deliveries,
+        pushed_over,
+    })
+}
+
+/// `x-delivery-count`, as a quorum queue writes it: deliveries so far.
+fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
+    match headers?.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
 }
 
 /// Why a message is where it is, from what the relay or RabbitMQ wrote on it.

@@ -1,24 +1,35 @@
-//! How the operator's commands (`tail`, `inspect`) show a message: AMQP
-//! headers as plain JSON, the body as JSON when it is JSON (key order kept),
-//! and `user.loginName` redacted unless asked for raw output. Output of these
-//! commands tends to end up in terminals, tickets and logs, and the login name
-//! is personal data.
+//! How the operator's commands (`tail`, `events`, `inspect`) show a message:
+//! AMQP headers as plain JSON, the body as JSON when it is JSON (key order
+//! kept), and `user.loginName` redacted unless asked for raw output. Output
+//! of these commands tends to end up in terminals, tickets and logs, and the
+//! login name is personal data. Raw output is the body exactly as received,
+//! byte for byte: a quarantined body with a duplicate key must show the very
+//! duplicate its reason names, which parsing and printing again would hide.
 
 use lapin::types::{AMQPValue, FieldTable};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Stands in for `user.loginName` unless raw output is asked for.
 const REDACTED: &str = "[redacted]";
 
-/// The body as JSON when it is JSON, else as text; `user.loginName` redacted unless `raw`.
-pub fn body(data: &[u8], raw: bool) -> Value {
-    let Ok(mut body) = serde_json::from_slice::<Value>(data) else {
-        return Value::String(String::from_utf8_lossy(data).into_owned());
-    };
-    if !raw && let Some(login) = body.pointer_mut("/user/loginName") {
-        *login = Value::String(REDACTED.to_owned());
+/// The body as JSON when it is JSON, else as a JSON string of its text.
+/// Raw: exactly as received. Otherwise `user.loginName` is redacted.
+pub fn body(data: &[u8], raw: bool) -> Box<RawValue> {
+    let text = String::from_utf8_lossy(data);
+    if raw && let Ok(verbatim) = RawValue::from_string(text.clone().into_owned()) {
+        return verbatim;
     }
-    body
+    let shown = match serde_json::from_slice::<Value>(data) {
+        Ok(mut body) => {
+            if let Some(login) = body.pointer_mut("/user/loginName") {
+                *login = Value::String(REDACTED.to_owned());
+            }
+            body
+        }
+        Err(_) => Value::String(text.into_owned()),
+    };
+    serde_json::value::to_raw_value(&shown).expect("a JSON value serialises")
 }
 
 /// AMQP headers as plain JSON (lapin's own serde form is tagged by type).
@@ -67,21 +78,30 @@ mod tests {
 
     #[test]
     fn the_login_name_is_redacted_unless_raw() {
-        let shown = body(BODY, false).to_string();
+        let shown = body(BODY, false).get().to_owned();
         assert_eq!(
             shown,
             r#"{"hook":"SyncAccount","user":{"id":"u1","loginName":"[redacted]"},"account":{"id":"a1","provider":"p"}}"#,
             "redacted, key order kept"
         );
-        assert_eq!(body(BODY, true).to_string().as_bytes(), BODY);
+        assert_eq!(body(BODY, true).get().as_bytes(), BODY);
+    }
+
+    #[test]
+    fn raw_is_the_body_as_received_duplicates_and_spacing_included() {
+        let received = br#"{"hook":"SyncAccount", "hook":"SyncError","user":{"id":"u1"}}"#;
+        assert_eq!(body(received, true).get().as_bytes(), received);
+        assert_eq!(
+            body(received, false).get(),
+            r#"{"hook":"SyncError","user":{"id":"u1"}}"#,
+            "not raw: parsed, so one hook"
+        );
     }
 
     #[test]
     fn a_body_that_is_not_json_is_shown_as_text() {
-        assert_eq!(
-            body(b"{not json", false),
-            Value::String("{not json".to_owned())
-        );
+        assert_eq!(body(b"{not json", false).get(), r#""{not json""#);
+        assert_eq!(body(b"{not json", true).get(), r#""{not json""#);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct Tailed {
     pub message_id: Option<String>,
     pub headers: Value,
     /// The body as JSON when it is JSON (key order kept), else as text.
-    pub body: Value,
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// Tails until `count` events were seen (or forever). `on_ready` runs once

@@ -391,6 +391,15 @@ async fn prepare(
     if !report.created.is_empty() {
         info!(objects = ?report.created, "declared RabbitMQ objects that did not exist");
     }
+    for outdated in &report.outdated {
+        warn!(
+            queue = %outdated.queue,
+            "this queue of the relay's own was declared by an earlier version, without {}. It \
+             works as it is; to update it, delete it while it is empty (rabbitmqctl \
+             delete_queue) and the relay declares it again",
+            outdated.lacks
+        );
+    }
     Channels::open(connection, inner.amqp.channels)
         .await
         .map_err(|err| {

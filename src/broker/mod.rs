@@ -12,4 +12,6 @@ mod topology;
 pub use connection::{Broker, ConnectError, connect};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
 pub use status::{BrokerState, Status};
-pub use topology::{Address, Conflict, Declared, Topology, consumer_queue_arguments, refusal_text};
+pub use topology::{
+    Address, Conflict, Declared, Outdated, Topology, consumer_queue_arguments, refusal_text,
+};

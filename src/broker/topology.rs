@@ -32,6 +32,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{
@@ -56,6 +57,9 @@ pub struct Topology {
     /// The type of the relay's own queues and of retry tiers.
     queue_type: QueueType,
     history: Option<HistoryStream>,
+    /// Own queues this broker holds in an earlier version's form: declared
+    /// that way from then on, so RabbitMQ does not log a refusal at every check.
+    outdated: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The stream every event is kept in, and its retention.
@@ -96,7 +100,22 @@ pub struct Declared {
     pub queue_conflicts: Vec<Conflict>,
     /// Consumer queues with a known conflict that were not declared again.
     pub skipped: Vec<String>,
+    /// The relay's own queues found as an earlier version declared them:
+    /// accepted (they work), and reported once, with how to update them.
+    pub outdated: Vec<Outdated>,
 }
+
+/// One of the relay's own queues, declared by an earlier version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outdated {
+    pub queue: String,
+    /// What it lacks, and what that costs.
+    pub lacks: &'static str,
+}
+
+/// The relay's own quorum queues' delivery limit: never reached in practice.
+const OWN_DELIVERY_LIMIT: i64 = 1_000_000;
+const OWN_DELIVERY_LIMIT_ARG: &str = "x-delivery-limit";
 
 const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     passive: false,
@@ -126,6 +145,7 @@ impl Topology {
             queues: queues.to_vec(),
             queue_type: QueueType::Classic,
             history: None,
+            outdated: Arc::default(),
         }
     }
 
@@ -244,7 +264,7 @@ impl Topology {
         // The alternate exchange before the exchange that names it.
         let own = [
             Object::Exchange(&self.unrouted, ExchangeKind::Fanout, FieldTable::default()),
-            Object::Queue(&self.unrouted, self.own_queue_arguments()),
+            self.own_queue(&self.unrouted),
             Object::QueueBinding(&self.unrouted, &self.unrouted, ""),
             Object::Exchange(&self.exchange, ExchangeKind::Topic, {
                 let mut args = FieldTable::default();
@@ -258,14 +278,36 @@ impl Topology {
                 ExchangeKind::Topic,
                 FieldTable::default(),
             ),
-            Object::Queue(&self.dead_letter_queue, self.own_queue_arguments()),
+            self.own_queue(&self.dead_letter_queue),
             Object::QueueBinding(&self.dead_letter_queue, &self.dead_letter_exchange, "#"),
-            Object::Queue(&self.quarantine, self.own_queue_arguments()),
+            self.own_queue(&self.quarantine),
         ];
         for object in own {
-            if let Some(conflict) = declarer.ensure(object, &mut report.created).await? {
-                report.own_conflicts.push(conflict);
+            let earlier = match &object {
+                Object::Queue(name, _) => self.earlier_own_queue_arguments().map(|a| (*name, a)),
+                _ => None,
+            };
+            let Some(conflict) = declarer.ensure(object, &mut report.created).await? else {
+                continue;
+            };
+            // Refused: perhaps the queue an earlier version declared. It works;
+            // accept it, and say once how to update it.
+            if let Some((name, arguments)) = earlier
+                && conflict.reason.contains(OWN_DELIVERY_LIMIT_ARG)
+                && declarer
+                    .ensure(Object::Queue(name, arguments), &mut report.created)
+                    .await?
+                    .is_none()
+            {
+                self.lock_outdated().insert(name.to_owned());
+                report.outdated.push(Outdated {
+                    queue: name.to_owned(),
+                    lacks: "an explicit delivery limit: on RabbitMQ 4 it would get the default \
+                            of 20, and a message inspected or replayed 20 times would be dropped",
+                });
+                continue;
             }
+            report.own_conflicts.push(conflict);
         }
 
         // Not fatal when refused (a retention changed in the configuration
@@ -325,14 +367,62 @@ impl Topology {
         Ok(report)
     }
 
+    /// The unrouted, dead-letter or quarantine queue, as this version
+    /// declares it, or as an earlier one did if that is what the broker holds.
+    fn own_queue<'a>(&self, name: &'a str) -> Object<'a> {
+        let earlier = self.lock_outdated().contains(name);
+        match self.earlier_own_queue_arguments().filter(|_| earlier) {
+            Some(arguments) => Object::Queue(name, arguments),
+            None => Object::Queue(name, self.own_queue_arguments()),
+        }
+    }
+
     /// Arguments of the unrouted, dead-letter and quarantine queues: nothing
     /// for classic (so that queues declared by earlier versions still match).
+    /// A quorum queue gets an explicit delivery limit so large it never
+    /// matters: these queues have no dead-letter target, so a message over
+    /// the limit would be dropped, and RabbitMQ 4 gives every quorum queue a
+    /// limit of 20 (inspect and replay count as deliveries). Not `-1`: on
+    /// 3.10 that dead-letters a message at its first return (checked).
     fn own_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
             args.insert("x-queue-type".into(), string("quorum"));
+            args.insert(
+                OWN_DELIVERY_LIMIT_ARG.into(),
+                AMQPValue::LongLongInt(OWN_DELIVERY_LIMIT),
+            );
         }
         args
+    }
+
+    /// How versions before the explicit delivery limit declared own queues.
+    fn earlier_own_queue_arguments(&self) -> Option<FieldTable> {
+        (self.queue_type == QueueType::Quorum).then(|| {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), string("quorum"));
+            args
+        })
+    }
+
+    /// The delivery limit of `queue`, when the relay declares it as a quorum
+    /// queue: each delivery that comes back (a consumer's reject with
+    /// requeue, `inspect` putting it back) counts, and on the return after
+    /// the limit-th the message is dead-lettered. `None` for a classic queue
+    /// or one the relay does not declare.
+    pub fn delivery_limit(&self, queue: &str) -> Option<i64> {
+        let own = [&self.unrouted, &self.dead_letter_queue, &self.quarantine];
+        if own.contains(&&queue.to_owned()) {
+            return (self.queue_type == QueueType::Quorum).then_some(OWN_DELIVERY_LIMIT);
+        }
+        self.queues
+            .iter()
+            .find(|q| q.name == queue && q.kind() == QueueType::Quorum)
+            .map(|q| i64::from(q.delivery_limit))
+    }
+
+    fn lock_outdated(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.outdated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A retry tier is quorum when its queue is, or when the relay's own

@@ -7,6 +7,7 @@
 //! Every command logs the same way (`log_format`, `RUST_LOG`) to stderr, so
 //! their warnings are seen and their output on stdout stays clean.
 
+mod output;
 mod replay;
 mod spool;
 mod watch;
@@ -24,6 +25,7 @@ use crate::history::{Filter, PointInTime, Start};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
 use crate::topic::TopicPattern;
+use output::say;
 
 /// Relays sync webhooks into RabbitMQ: allowlisted, typed, durable, confirmed.
 #[derive(Debug, Parser)]
@@ -167,7 +169,7 @@ async fn declare(settings: Settings) -> anyhow::Result<()> {
         .context("cannot declare the topology")?;
     let _ = connection.close(200, "topology declared".into()).await;
     for created in &report.created {
-        println!("created {created}");
+        say!("created {created}");
     }
     let refused: Vec<_> = report
         .own_conflicts
@@ -184,7 +186,7 @@ async fn declare(settings: Settings) -> anyhow::Result<()> {
             refused.len()
         );
     }
-    println!(
+    say!(
         "declared exchange {} (entry {}) with {}, {}, {} and {} consumer queue(s)",
         topology.exchange(),
         topology.entry_exchange(),
@@ -200,7 +202,7 @@ async fn declare(settings: Settings) -> anyhow::Result<()> {
 /// relay), from the policies in effect: only the management API knows them.
 async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
     let Some(management) = Management::new(&settings.amqp) else {
-        println!(
+        say!(
             "policies not checked: set amqp.management_url for `declare` to report queues that \
              would refuse events when full (README, \"Slow and full consumers\")"
         );
@@ -251,7 +253,7 @@ async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
             );
         }
     }
-    println!(
+    say!(
         "checked the overflow of {} queue(s): {pushing_back} would refuse events when full",
         queues.len()
     );

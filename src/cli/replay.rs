@@ -3,6 +3,7 @@
 //! `--from-quarantine`, quarantined bodies that parse now.
 
 use super::HistoryFilterArgs;
+use super::output::say;
 use crate::config::Settings;
 use crate::history::replay::{self as history_replay, Destination, Sent};
 use crate::quarantine::{self, Redrive};
@@ -90,23 +91,28 @@ pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<
     let json = args.json;
     let summary = replay::replay(&settings, &options, |entry| {
         if json {
-            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            say!("{}", serde_json::to_string(entry).unwrap_or_default());
         } else {
-            println!("{}", entry_line(entry));
+            say!("{}", entry_line(entry));
         }
     })
     .await?;
     if json {
-        println!("{}", serde_json::json!({ "summary": summary }));
+        say!("{}", serde_json::json!({ "summary": summary }));
     } else if options.dry_run {
-        println!(
+        say!(
             "would replay {}, skipped {}, left {}",
-            summary.would_replay, summary.skipped, summary.left
+            summary.would_replay,
+            summary.skipped,
+            summary.left
         );
     } else {
-        println!(
+        say!(
             "replayed {}, skipped {}, failed {}, left {}",
-            summary.replayed, summary.skipped, summary.failed, summary.left
+            summary.replayed,
+            summary.skipped,
+            summary.failed,
+            summary.left
         );
     }
     if summary.failed > 0 {
@@ -137,18 +143,18 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
     let json = args.json;
     let summary = history_replay::replay(&settings, &options, |sent| {
         if json {
-            println!("{}", serde_json::to_string(sent).unwrap_or_default());
+            say!("{}", serde_json::to_string(sent).unwrap_or_default());
         } else {
-            println!("{}", sent_line(sent));
+            say!("{}", sent_line(sent));
         }
     })
     .await?;
     if json {
-        println!("{}", serde_json::json!({ "summary": summary }));
+        say!("{}", serde_json::json!({ "summary": summary }));
     } else if options.dry_run {
-        println!("would replay {}", summary.would_replay);
+        say!("would replay {}", summary.would_replay);
     } else {
-        println!("replayed {}, failed {}", summary.replayed, summary.failed);
+        say!("replayed {}, failed {}", summary.replayed, summary.failed);
     }
     if summary.failed > 0 {
         anyhow::bail!(
@@ -171,23 +177,28 @@ async fn from_quarantine(settings: Settings, args: ReplayArgs) -> anyhow::Result
     let json = args.json;
     let summary = quarantine::redrive(&settings, options, |entry| {
         if json {
-            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            say!("{}", serde_json::to_string(entry).unwrap_or_default());
         } else {
-            println!("{}", redrive_line(entry));
+            say!("{}", redrive_line(entry));
         }
     })
     .await?;
     if json {
-        println!("{}", serde_json::json!({ "summary": summary }));
+        say!("{}", serde_json::json!({ "summary": summary }));
     } else if options.dry_run {
-        println!(
+        say!(
             "would re-drive {}, stays {}, left {}",
-            summary.would_redrive, summary.stays, summary.left
+            summary.would_redrive,
+            summary.stays,
+            summary.left
         );
     } else {
-        println!(
+        say!(
             "re-driven {}, stays {}, failed {}, left {}",
-            summary.redriven, summary.stays, summary.failed, summary.left
+            summary.redriven,
+            summary.stays,
+            summary.failed,
+            summary.left
         );
     }
     if summary.failed > 0 {

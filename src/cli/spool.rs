@@ -2,6 +2,7 @@
 //! parked and why, and sending parked webhooks again. Reads the spool file
 //! (`spool.path`) directly, so it works whether the relay runs or not.
 
+use super::output::say;
 use anyhow::Context;
 use clap::Subcommand;
 
@@ -44,14 +45,14 @@ pub(super) fn run(settings: Settings, command: SpoolCommand) -> anyhow::Result<(
                 .collect();
             for entry in &shown {
                 if json {
-                    println!("{}", serde_json::to_string(entry).unwrap_or_default());
+                    say!("{}", serde_json::to_string(entry).unwrap_or_default());
                 } else {
-                    println!("{}", line(entry));
+                    say!("{}", line(entry));
                 }
             }
             if !json {
                 let count = |state| listed.iter().filter(|l| l.state == state).count();
-                println!(
+                say!(
                     "{} parked, {} refused (waiting for a retry), {} spooled",
                     count(State::Parked),
                     count(State::Refused),
@@ -63,7 +64,7 @@ pub(super) fn run(settings: Settings, command: SpoolCommand) -> anyhow::Result<(
         SpoolCommand::Retry { seqs, all } => {
             let seqs = if all { Vec::new() } else { seqs };
             let marked = listing::request_retry(path, &seqs).with_context(context)?;
-            println!(
+            say!(
                 "marked {marked} parked webhook(s) to be sent again; the relay takes them back \
                  within a second (or when it next starts)"
             );

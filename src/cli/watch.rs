@@ -2,6 +2,7 @@
 //! that look at messages without changing where they go; their flags and
 //! their output.
 
+use super::output::say;
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
@@ -62,7 +63,7 @@ struct Listed {
     /// Its place in the history stream.
     offset: u64,
     headers: Value,
-    body: Value,
+    body: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,9 +102,9 @@ pub(super) async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<(
         },
         |message: Tailed| {
             if json {
-                println!("{}", serde_json::to_string(&message).unwrap_or_default());
+                say!("{}", serde_json::to_string(&message).unwrap_or_default());
             } else {
-                println!(
+                say!(
                     "{} {} headers={} body={}",
                     message.routing_key,
                     message.message_id.as_deref().unwrap_or("-"),
@@ -166,7 +167,7 @@ fn print_event(event: &Recorded, json: bool, raw: bool) {
             headers: render::headers(headers),
             body,
         };
-        println!("{}", serde_json::to_string(&listed).unwrap_or_default());
+        say!("{}", serde_json::to_string(&listed).unwrap_or_default());
     } else {
         let header = |key: &str| {
             render::headers(headers)[key]
@@ -174,7 +175,7 @@ fn print_event(event: &Recorded, json: bool, raw: bool) {
                 .unwrap_or("-")
                 .to_owned()
         };
-        println!(
+        say!(
             "{} {} {} user={} account={} client={} body={}",
             event.received_at_text().as_deref().unwrap_or("-"),
             event.message_id().as_deref().unwrap_or("-"),
@@ -189,17 +190,34 @@ fn print_event(event: &Recorded, json: bool, raw: bool) {
 
 pub(super) async fn inspect(settings: Settings, args: InspectArgs) -> anyhow::Result<()> {
     let json = args.json;
+    let delivery_limit = settings.topology().delivery_limit(&args.queue);
+    if let Some(limit) = delivery_limit {
+        eprintln!(
+            "warning: {} is a quorum queue with a delivery limit of {limit}: inspecting it counts \
+             one delivery of every message shown, and RabbitMQ dead-letters a message that comes \
+             back after its {limit}th. Each message shown says how many it has had",
+            args.queue
+        );
+    }
     let summary = inspect::inspect(
         &settings.amqp,
         &args.queue,
         args.limit,
         args.raw,
+        delivery_limit,
         |message: Inspected| {
             if json {
-                println!("{}", serde_json::to_string(&message).unwrap_or_default());
+                say!("{}", serde_json::to_string(&message).unwrap_or_default());
             } else {
-                println!(
-                    "#{} {} {} reason={}{}\n    headers={}\n    body={}",
+                let deliveries = match (message.deliveries, message.over_the_limit) {
+                    (Some(_), true) => {
+                        " OVER ITS DELIVERY LIMIT: putting it back dead-letters it".to_owned()
+                    }
+                    (Some(n), false) => format!(" deliveries={n}"),
+                    (None, _) => String::new(),
+                };
+                say!(
+                    "#{} {} {} reason={}{}{deliveries}\n    headers={}\n    body={}",
                     message.position,
                     message.message_id.as_deref().unwrap_or("-"),
                     if message.routing_key.is_empty() {
@@ -221,11 +239,27 @@ pub(super) async fn inspect(settings: Settings, args: InspectArgs) -> anyhow::Re
     )
     .await?;
     if json {
-        println!("{}", serde_json::json!({ "summary": summary }));
+        say!("{}", serde_json::json!({ "summary": summary }));
     } else {
-        println!(
+        say!(
             "shown {} of {} message(s) in {}; all left in place",
-            summary.shown, summary.depth, args.queue
+            summary.shown,
+            summary.depth,
+            args.queue
+        );
+    }
+    if summary.pushed_over > 0 {
+        eprintln!(
+            "warning: {} message(s) had reached their delivery limit: putting them back \
+             dead-lettered them (see <exchange>.dead-letter, reason delivery_limit)",
+            summary.pushed_over
+        );
+    } else if summary.counts_deliveries && delivery_limit.is_none() {
+        eprintln!(
+            "warning: {} counts deliveries (a quorum queue): this inspection counted one for each \
+             message shown. Its delivery limit is not the relay's to know (on RabbitMQ 4 the \
+             default is 20)",
+            args.queue
         );
     }
     Ok(())

@@ -566,6 +566,31 @@ pub async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, Str
         .collect()
 }
 
+/// The arguments of `queue`, as `rabbitmqctl list_queues` prints them.
+pub async fn queue_arguments(queue: &str) -> String {
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "arguments",
+            ])
+            .output()
+            .expect("rabbitmqctl runs")
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let (name, arguments) = line.split_once('\t')?;
+            (name == queue).then(|| arguments.to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// The names every binding from the exchange `source` leads to, sorted, as
 /// `rabbitmqctl list_bindings` reports them.
 pub async fn bindings_from(source: &str) -> Vec<String> {

@@ -132,3 +132,130 @@ async fn inspecting_a_queue_that_does_not_exist_fails_clearly() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn inspect_warns_before_it_counts_deliveries_and_says_which_it_pushed_over_the_limit() {
+    // A quorum queue whose messages are dead-lettered after two deliveries.
+    let mut settings = test_settings(&[]);
+    let queue = format!("{}.reprompt", settings.amqp.exchange);
+    let mut reprompt = QueueSettings::new(&queue, &["sync.error.#"], QueueType::Quorum);
+    reprompt.delivery_limit = 2;
+    settings.queues = vec![reprompt];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let id = app.send(sync_error("LoginFailedError")).await;
+
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let output = app.run(&["inspect", &queue]).await;
+        assert!(output.status.success(), "{output:?}");
+        runs.push((
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
+    }
+
+    for (stdout, stderr) in &runs {
+        assert!(
+            stderr.contains("is a quorum queue with a delivery limit of 2"),
+            "warned before: {stderr}"
+        );
+        assert!(stdout.contains(&id), "{stdout}");
+    }
+    assert!(runs[0].0.contains("deliveries=1"), "{}", runs[0].0);
+    assert!(runs[1].0.contains("deliveries=2"), "{}", runs[1].0);
+    assert!(
+        runs[2].0.contains("OVER ITS DELIVERY LIMIT"),
+        "{}",
+        runs[2].0
+    );
+    assert!(
+        runs[2]
+            .1
+            .contains("1 message(s) had reached their delivery limit"),
+        "{}",
+        runs[2].1
+    );
+    let dead_letters = app.topology.dead_letter_queue().to_owned();
+    assert!(
+        crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+            app.depth(&dead_letters).await == 1
+        })
+        .await,
+        "RabbitMQ dead-lettered it, as the third inspect said"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_relays_own_quorum_queues_never_lose_a_message_to_inspection() {
+    // Quorum own queues have no dead-letter target: over a delivery limit, a
+    // message would be dropped. Their limit is explicit and out of reach
+    // (RabbitMQ 4 would otherwise give them 20).
+    let app = spawn_app(&[("HOOKRELAY__AMQP__QUEUE_TYPE", "quorum")]).await;
+    let quarantine = app.topology.quarantine_queue().to_owned();
+    assert_eq!(app.post_webhook("not json").await.status(), 422);
+
+    for _ in 0..25 {
+        let (shown, _) = inspect(&app, &quarantine).await;
+        assert_eq!(shown.len(), 1);
+    }
+
+    let arguments = crate::helpers::queue_arguments(&quarantine).await;
+    assert!(
+        arguments.contains("x-delivery-limit") && arguments.contains("1000000"),
+        "{arguments}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn inspect_raw_shows_the_body_as_received_duplicate_keys_included() {
+    let app = spawn_app(&[]).await;
+    let quarantine = app.topology.quarantine_queue().to_owned();
+    let body = r#"{"hook":"SyncAccount", "hook":"SyncError","user":{"id":"u1","loginName":"alice"},"account":{"id":"a1"},"error":"LoginFailedError"}"#;
+    assert_eq!(app.post_webhook(body).await.status(), 422);
+
+    let output = app.run(&["inspect", &quarantine, "--raw"]).await;
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("body={body}")), "{stdout}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn inspect_into_a_reader_that_goes_away_ends_quietly() {
+    let app = spawn_app(&[]).await;
+    let quarantine = app.topology.quarantine_queue().to_owned();
+    for _ in 0..20 {
+        assert_eq!(app.post_webhook("not json").await.status(), 422);
+    }
+    let mut inspect = app.command(&["inspect", &quarantine]);
+    let mut child = inspect
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // What `| head -1` does: read one line, then close the pipe.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+
+    assert!(first.starts_with("#1 "), "{first}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+            app.depth(&quarantine).await == 20
+        })
+        .await,
+        "everything is back in the queue"
+    );
+    app.stop().await.unwrap();
+}

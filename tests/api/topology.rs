@@ -350,3 +350,30 @@ async fn on_a_cluster_the_relays_own_queues_and_retry_tiers_are_quorum() {
     assert_eq!(types, expected);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn own_quorum_queues_an_earlier_version_declared_are_accepted_not_misconfigured() {
+    // The quarantine queue as versions before the explicit delivery limit
+    // declared it: quorum, nothing else. RabbitMQ refuses to change it.
+    let settings = test_settings(&[("HOOKRELAY__AMQP__QUEUE_TYPE", "quorum")]);
+    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let (connection, channel) = crate::helpers::amqp().await;
+    let mut earlier = FieldTable::default();
+    earlier.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(quarantine.as_str().into(), durable(), earlier)
+        .await
+        .unwrap();
+
+    let app = spawn_app_unready(settings).await;
+
+    assert!(app.broker_ready().await, "{}", app.readiness().await);
+    assert_eq!(app.readiness().await["status"], "ready");
+    assert_eq!(app.post_webhook("not json").await.status(), 422);
+    assert_eq!(app.depth(&quarantine).await, 1, "it is used as it is");
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await.unwrap();
+}
