@@ -25,7 +25,10 @@ node_name() { echo "hookrelay-n$1@localhost"; }
 amqp_port() { echo $((CLUSTER_PORT + $1 - 1)); }
 dir() { echo "$CLUSTER_DIR/n$1"; }
 
-as_rabbitmq() { runuser -u rabbitmq -- "$@"; }
+# As the rabbitmq user, from a folder it owns: the Erlang VM reads its working
+# directory at boot, and a checkout in a private folder (mode 700, as
+# `mktemp -d` makes) is not readable by that user ("eacces ... Target: .").
+as_rabbitmq() { (cd "$CLUSTER_DIR" 2>/dev/null || cd /; runuser -u rabbitmq -- "$@"); }
 ctl() { # N ARGS...: rabbitmqctl against node N, bounded
   local n=$1; shift
   as_rabbitmq timeout "$WAIT" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "$(node_name "$n")" "$@"
@@ -84,6 +87,7 @@ case "${1:-}" in
   start)
     [ -d "$CLUSTER_DIR" ] && { echo "$CLUSTER_DIR exists: stop the cluster first" >&2; exit 1; }
     command -v rabbitmq-server >/dev/null || { echo "needs Debian's rabbitmq-server" >&2; exit 1; }
+    mkdir -p "$CLUSTER_DIR" && chown rabbitmq:rabbitmq "$CLUSTER_DIR" && chmod 755 "$CLUSTER_DIR"
     # A start that fails half-way leaves nothing running behind it.
     trap '"$0" stop' ERR
     for n in "${NODES[@]}"; do start_node "$n" >&2; done

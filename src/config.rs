@@ -215,11 +215,27 @@ impl QueueSettings {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum QueueType {
     #[default]
     Classic,
     Quorum,
+}
+
+/// Read by hand, so a typo is answered in the user's terms (serde's own
+/// message is "enum QueueType does not have variant constructor qorum").
+impl TryFrom<String> for QueueType {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<QueueType, String> {
+        match value.as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!(
+                "`{other}` is not a queue type: use \"classic\" or \"quorum\""
+            )),
+        }
+    }
 }
 
 /// An AMQP URI whose password never reaches a log line or `check-config`.
@@ -400,6 +416,21 @@ impl Settings {
             }
             if queue.bindings.iter().any(|b| b.is_empty() || b.len() > 255) {
                 return invalid("queues.bindings", "patterns must be 1 to 255 characters");
+            }
+            let cannot_match = queue.bindings.iter().find(|binding| {
+                binding
+                    .parse::<crate::topic::TopicPattern>()
+                    .is_ok_and(|pattern| !pattern.can_match_an_event())
+            });
+            if let Some(binding) = cannot_match {
+                return Err(ConfigError::Invalid {
+                    key: "queues.bindings",
+                    problem: format!(
+                        "`{binding}` (queue {}) matches no routing key the relay publishes: \
+                         sync.account, or sync.error.<code> (see README, \"Routing keys\")",
+                        queue.name
+                    ),
+                });
             }
             if queue
                 .retry

@@ -180,7 +180,7 @@ impl Consumer {
             Ok((channel, consumer)) => self.consume(&channel, consumer, handler, shutdown).await,
             Err(err) => Ended::Lost(err),
         };
-        let _ = connection.close(200, "consumer done".into()).await;
+        crate::broker::close(&connection, "consumer done").await;
         ended
     }
 

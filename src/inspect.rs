@@ -113,7 +113,7 @@ pub async fn inspect(
             .await
             .context("cannot put the messages back (closing the connection returns them)")?;
     }
-    let _ = connection.close(200, "inspect done".into()).await;
+    crate::broker::close(&connection, "inspect done").await;
     Ok(Summary {
         shown,
         depth,

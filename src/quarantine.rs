@@ -169,6 +169,6 @@ pub async fn redrive(
         }
     }
     summary.left = browse::put_back(&reader, last_held, &publisher, queue).await?;
-    let _ = connection.close(200, "redrive done".into()).await;
+    crate::broker::close(&connection, "redrive done").await;
     Ok(summary)
 }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use lapin::Connection;
 use serde::Serialize;
 
+use crate::broker::Topology;
 use crate::broker::{self, Outgoing, PublishError, browse};
 use crate::config::{AmqpSettings, Settings};
 use crate::dead_letter::{Death, replay_headers};
@@ -92,7 +93,7 @@ pub async fn replay(
         .clone()
         .unwrap_or_else(|| settings.topology().dead_letter_queue().to_owned());
     let result = replay_on(&connection, amqp, &queue, options, &mut report).await;
-    let _ = connection.close(200, "replay done".into()).await;
+    crate::broker::close(&connection, "replay done").await;
     result
 }
 
@@ -105,6 +106,14 @@ async fn replay_on(
 ) -> anyhow::Result<Summary> {
     let (reader, publisher) = browse::reader_and_publisher(connection).await?;
     let at_start = browse::depth(&reader, queue).await?;
+    let topology = Topology::new(&amqp.exchange, &[]);
+    let destination = match options.to_exchange {
+        true => Destination::Exchange {
+            entry: topology.entry_exchange(),
+            topic: topology.exchange(),
+        },
+        false => Destination::Queue,
+    };
 
     let mut summary = Summary::default();
     let mut last_held = None;
@@ -165,7 +174,7 @@ async fn replay_on(
             continue;
         }
 
-        let outgoing = replayed_message(&death, options.to_exchange, delivery.data.into(), {
+        let outgoing = replayed_message(&death, destination, delivery.data.into(), {
             let properties = delivery.properties.clone();
             let headers = replay_headers(properties.headers().as_ref(), &death);
             properties.with_headers(headers).with_delivery_mode(2)
@@ -222,19 +231,34 @@ fn selected(death: &Death, options: &ReplayOptions) -> bool {
             .is_none_or(|reason| *reason == death.reason)
 }
 
+/// Where a replayed dead letter goes.
+#[derive(Debug, Clone, Copy)]
+enum Destination<'a> {
+    /// Back to the queue it died in, alone (through the default exchange).
+    Queue,
+    /// Its original exchange and routing key. An event the relay published
+    /// entered through the entry fanout; it goes to the topic exchange
+    /// instead, which routes it the same way without a second copy in the
+    /// history stream (and in watchers' queues).
+    Exchange { entry: &'a str, topic: &'a str },
+}
+
 fn replayed_message(
     death: &Death,
-    to_exchange: bool,
+    destination: Destination<'_>,
     body: Bytes,
     properties: lapin::BasicProperties,
 ) -> Outgoing {
-    let (exchange, routing_key) = if to_exchange {
-        (
-            death.original_exchange.clone(),
+    let (exchange, routing_key) = match destination {
+        Destination::Exchange { entry, topic } => (
+            if death.original_exchange == entry {
+                topic.to_owned()
+            } else {
+                death.original_exchange.clone()
+            },
             death.original_routing_key.clone(),
-        )
-    } else {
-        (String::new(), death.queue.clone())
+        ),
+        Destination::Queue => (String::new(), death.queue.clone()),
     };
     Outgoing {
         exchange,

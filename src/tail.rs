@@ -64,7 +64,7 @@ pub async fn tail(
             from_entry_exchange(&connection, entry, options, on_ready, on_message).await
         }
     };
-    let _ = connection.close(200, "tail done".into()).await;
+    crate::broker::close(&connection, "tail done").await;
     result
 }
 

@@ -17,6 +17,23 @@ impl TopicPattern {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether some routing key the relay publishes can match: `sync.account`,
+    /// or `sync.error.<code>` for any code (the sender adds codes, so any word
+    /// counts). A binding that cannot (`sync.acount`) is a typo that would
+    /// leave its queue empty forever.
+    pub fn can_match_an_event(&self) -> bool {
+        if self.matches("sync.account") {
+            return true;
+        }
+        // The code is the one free word: only equality with a word of the
+        // pattern (or a wildcard) can decide, so those words, and one more,
+        // are every case there is.
+        let words = self.0.split('.').filter(|w| !matches!(*w, "*" | "#"));
+        std::iter::once("AnyCode")
+            .chain(words)
+            .any(|code| self.matches(&format!("sync.error.{code}")))
+    }
 }
 
 fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
@@ -81,6 +98,38 @@ mod tests {
         for (pattern, key, expected) in cases {
             let pattern: TopicPattern = pattern.parse().unwrap();
             assert_eq!(pattern.matches(key), expected, "{pattern} vs {key}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_must_be_able_to_match_an_event() {
+        let can = |pattern: &str| {
+            pattern
+                .parse::<TopicPattern>()
+                .unwrap()
+                .can_match_an_event()
+        };
+        for pattern in [
+            "#",
+            "sync.#",
+            "sync.account",
+            "sync.error.*",
+            "sync.error.LoginFailedError",
+            "sync.error.BrandNewError",
+            "#.LoginFailedError",
+            "*.*.Foo",
+            "sync.*",
+        ] {
+            assert!(can(pattern), "{pattern}");
+        }
+        for pattern in [
+            "sync.acount",
+            "sync.errors.*",
+            "sync.error",
+            "account.#",
+            "sync.error.*.x",
+        ] {
+            assert!(!can(pattern), "{pattern}");
         }
     }
 

@@ -153,7 +153,8 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
             seen.append((attempt, time.monotonic(), properties.message_id))
             return ACK if attempt == 3 else RETRY
 
-        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", flaky, stop=lambda: len(seen) == 3)
+        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", flaky, stop=lambda: len(seen) == 3,
+                give_up_after=60)
         attempts = [a for a, _, _ in seen]
         if attempts != [1, 2, 3] or {m for _, _, m in seen} != {recovers}:
             raise SystemExit(f"expected attempts [1, 2, 3] of {recovers}, saw {seen}")
@@ -170,7 +171,8 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
             seen.append((attempt, time.monotonic(), properties.message_id))
             return RETRY
 
-        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", broken, stop=lambda: len(seen) == 3)
+        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", broken, stop=lambda: len(seen) == 3,
+                give_up_after=60)
         dead_letters = f"{exchange}.dead-letter"
         for _ in range(100):
             if channel.queue_declare(dead_letters, passive=True).method.message_count == 1:

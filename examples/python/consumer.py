@@ -19,6 +19,7 @@ The handler below is the example's business logic; `consume` is the protocol.
 import argparse
 import json
 import sys
+import time
 import tomllib
 
 import pika
@@ -44,15 +45,24 @@ def retry_copy_headers(headers, attempt, exchange, routing_key):
     return copied
 
 
-def consume(channel, queue, tiers, entry_exchange, handle, stop=lambda: False, prefetch=10):
-    """Consumes `queue` until `stop()` is true after a message; `handle(event,
-    properties, attempt)` returns ACK, RETRY or (DEAD_LETTER, reason).
-    `tiers` is how many retry tiers the queue has."""
+def consume(channel, queue, tiers, entry_exchange, handle, stop=lambda: False, prefetch=10,
+            give_up_after=None):
+    """Consumes `queue`, waiting as long as it stays quiet, until `stop()` is
+    true; `handle(event, properties, attempt)` returns ACK, RETRY or
+    (DEAD_LETTER, reason). `tiers` is how many retry tiers the queue has.
+    `give_up_after` (seconds without a message) is for tests only: a consumer
+    runs until it is stopped."""
     channel.confirm_delivery()
     channel.basic_qos(prefetch_count=prefetch)
-    for method, properties, body in channel.consume(queue, inactivity_timeout=30):
-        if method is None:
-            raise TimeoutError(f"no message from {queue} for 30 s")
+    last_message = time.monotonic()
+    for method, properties, body in channel.consume(queue, inactivity_timeout=1):
+        if method is None:  # a quiet second: normal, keep waiting
+            if stop():
+                break
+            if give_up_after is not None and time.monotonic() - last_message > give_up_after:
+                raise TimeoutError(f"no message from {queue} for {give_up_after} s")
+            continue
+        last_message = time.monotonic()
         headers = properties.headers or {}
         attempt = int(headers.get("x-retry-attempt", 0)) + 1
         try:

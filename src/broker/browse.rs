@@ -109,6 +109,6 @@ pub async fn put_back(
             .await
             .with_context(|| format!("cannot return the messages that stay to {queue}"))?;
     }
-    let _ = reader.close(200, "done".into()).await;
+    super::close_channel(reader, "done").await;
     depth(counter, queue).await
 }

@@ -79,8 +79,10 @@ pub(crate) struct Session {
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to RabbitMQ at {uri}: {source}")]
-    Connect { uri: String, source: lapin::Error },
+    /// Not a `#[source]`: the message already says it, and anyhow's `{:#}`
+    /// would print it, and its own source, again (three times in all).
+    #[error("cannot connect to RabbitMQ at {uri}: {reason}")]
+    Connect { uri: String, reason: lapin::Error },
     #[error("no answer from RabbitMQ at {uri} within {CONNECT_TIMEOUT:?}")]
     Timeout { uri: String },
     #[error("no RabbitMQ node is configured (amqp.uri)")]
@@ -223,16 +225,30 @@ impl Session {
 
 /// Opens a connection under `name` (operators, and tests, see it in
 /// `rabbitmqctl list_connections`) to the first node of `amqp.uri` that answers.
+/// Closes a command's connection, waiting at most [`CLOSE_TIMEOUT`]: lapin's
+/// close can wait forever for RabbitMQ's close-ok when the socket went first
+/// (seen under load: `hookrelay replay` finished its work, and hung there).
+pub async fn close(connection: &Connection, why: &str) {
+    let closing = connection.close(200, why.into());
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+/// Closes a channel the same way: at most [`CLOSE_TIMEOUT`].
+pub async fn close_channel(channel: &Channel, why: &str) {
+    let closing = channel.close(200, why.into());
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+}
+
 impl ConnectError {
     /// Whether RabbitMQ refused the login itself (`ACCESS_REFUSED`: the user
     /// or password; `NOT_ALLOWED`: no access to the vhost), as opposed to a
     /// node that is down or unreachable.
     pub fn is_login_refused(&self) -> bool {
         use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-        let ConnectError::Connect { source, .. } = self else {
+        let ConnectError::Connect { reason, .. } = self else {
             return false;
         };
-        match source.kind() {
+        match reason.kind() {
             lapin::ErrorKind::ProtocolError(amqp) => matches!(
                 amqp.kind(),
                 AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
@@ -269,9 +285,9 @@ async fn connect_from(
         .await
         {
             Ok(Ok(connection)) => return Ok((connection, index)),
-            Ok(Err(source)) => ConnectError::Connect {
+            Ok(Err(reason)) => ConnectError::Connect {
                 uri: uri.masked(),
-                source,
+                reason,
             },
             Err(_) => ConnectError::Timeout { uri: uri.masked() },
         };

@@ -9,7 +9,7 @@ mod publisher;
 mod status;
 mod topology;
 
-pub use connection::{Broker, ConnectError, connect};
+pub use connection::{Broker, ConnectError, close, close_channel, connect};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
 pub use status::{BrokerState, Status};
 pub use topology::{

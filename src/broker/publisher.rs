@@ -102,6 +102,7 @@ impl Publisher {
         let channel = session.channel();
         let started = Instant::now();
         let address = self.broker.topology().address(&message.kind);
+        let copy = self.history_copy(&message);
         let confirmation = tokio::time::timeout(self.confirm_timeout, async {
             send(&channel, address, &message.body, message.properties)
                 .await?
@@ -109,9 +110,34 @@ impl Publisher {
         })
         .await;
         let result = settle(confirmation, self.confirm_timeout);
+        if let (Ok(()), Some(copy)) = (&result, copy) {
+            self.keep_in_history(&channel, copy).await;
+        }
         self.broker.metrics().observe_publish(started.elapsed());
         self.notice(&result, &message.kind, &session, channel);
         result
+    }
+
+    /// A quarantined body goes straight to its queue, not through the entry
+    /// fanout (no consumer must get it), so the history stream would not
+    /// have it, and neither `events` nor `tail` could show a 422'd webhook.
+    /// It is copied there too, through the default exchange.
+    fn history_copy(&self, message: &Message) -> Option<Outgoing> {
+        let stream = self.broker.topology().history_stream()?;
+        matches!(message.kind, Kind::Quarantine).then(|| Outgoing {
+            exchange: String::new(),
+            routing_key: stream.to_owned(),
+            body: message.body.clone(),
+            properties: message.properties.clone(),
+        })
+    }
+
+    /// Publishes the history's copy of a quarantined body. The body is already
+    /// safe in its queue, so a failure here costs only the history's view.
+    async fn keep_in_history(&self, channel: &Channel, copy: Outgoing) {
+        if let Err(err) = publish_confirmed(channel, &copy, self.confirm_timeout).await {
+            debug!(error = %err, "a quarantined body is in its queue but not in the history");
+        }
     }
 
     /// Publishes `messages` in order on one channel, all in flight at once, then
@@ -126,8 +152,10 @@ impl Publisher {
         let topology = self.broker.topology();
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let mut in_flight = Vec::with_capacity(messages.len());
+        let mut copies = Vec::new();
         for message in messages {
             let address = topology.address(&message.kind);
+            copies.push(self.history_copy(&message));
             let sent = send(&channel, address, &message.body, message.properties);
             let sent = tokio::time::timeout_at(deadline, sent).await;
             in_flight.push((message.kind, sent));
@@ -144,6 +172,11 @@ impl Publisher {
             };
             self.notice(&result, &kind, &session, channel.clone());
             results.push(result);
+        }
+        for (result, copy) in results.iter().zip(copies) {
+            if let (Ok(()), Some(copy)) = (result, copy) {
+                self.keep_in_history(&channel, copy).await;
+            }
         }
         Ok(results)
     }

@@ -10,7 +10,7 @@
 //!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
 //!                                                          (fanout) ─► queue <exchange>.unrouted
 //! consumer queues ─ rejected/expired ─► <exchange>.dlx (topic) ─#─► queue <exchange>.dead-letter
-//! quarantined bodies ─► default exchange ─► queue <exchange>.quarantine
+//! quarantined bodies ─► default exchange ─► queue <exchange>.quarantine (+ a copy to the history)
 //! ```
 //!
 //! Watchers bind to the entry fanout, never to the topic exchange: a queue
@@ -341,6 +341,7 @@ impl Topology {
                 let declared =
                     declarer.ensure(Object::Queue(&queue.name, arguments), &mut report.created);
                 if let Some(conflict) = declared.await? {
+                    let conflict = self.explain(&mut declarer, queue, conflict).await?;
                     report.queue_conflicts.push(conflict.for_queue(&queue.name));
                 }
             }
@@ -365,6 +366,61 @@ impl Topology {
         }
         declarer.close().await;
         Ok(report)
+    }
+
+    /// RabbitMQ names only the first argument that differs, so a queue that
+    /// exists as classic while the configuration says quorum is refused for
+    /// `x-overflow`. If the queue takes the other type's arguments as this
+    /// version declares them, say that instead.
+    async fn explain(
+        &self,
+        declarer: &mut Declarer<'_>,
+        queue: &QueueSettings,
+        conflict: Conflict,
+    ) -> Result<Conflict, lapin::Error> {
+        if !conflict.reason.contains("inequivalent arg") {
+            return Ok(conflict);
+        }
+        let (configured, other) = match queue.kind() {
+            QueueType::Classic => ("classic", QueueType::Quorum),
+            QueueType::Quorum => ("quorum", QueueType::Classic),
+        };
+        let mut as_other = queue.clone();
+        as_other.kind = Some(other);
+        let mut probes = vec![consumer_queue_arguments(
+            &as_other,
+            &self.dead_letter_exchange,
+        )];
+        // A classic queue a consumer declared itself, with no arguments.
+        if other == QueueType::Classic {
+            probes.push(FieldTable::default());
+        }
+        let mut is_other = false;
+        for arguments in probes {
+            let mut ignored = Vec::new();
+            let probe = Object::Queue(&queue.name, arguments);
+            if declarer.ensure(probe, &mut ignored).await?.is_none() {
+                is_other = true;
+                break;
+            }
+        }
+        if !is_other {
+            return Ok(conflict);
+        }
+        let other = match other {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        };
+        Ok(Conflict {
+            reason: format!(
+                "the queue exists as a {other} queue and [[queues]] says {configured}: RabbitMQ \
+                 cannot change a queue's type. Set type = \"{other}\", or let its consumer \
+                 drain it, delete it, and the relay declares it as {configured} (RabbitMQ's \
+                 words: {})",
+                conflict.reason
+            ),
+            ..conflict
+        })
     }
 
     /// The unrouted, dead-letter or quarantine queue, as this version
@@ -699,7 +755,7 @@ impl<'c> Declarer<'c> {
     }
 
     async fn close(self) {
-        let _ = self.channel.close(200, "declared".into()).await;
+        super::close_channel(&self.channel, "declared").await;
     }
 }
 

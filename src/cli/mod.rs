@@ -62,8 +62,9 @@ pub enum Command {
     /// letter is acknowledged: a crash may duplicate a message, never lose one.
     /// Messages that are not replayed stay in the queue in their order.
     Replay(replay::ReplayArgs),
-    /// Print events as they enter the relay's exchange, from a temporary queue
-    /// on its entry fanout (watching changes no routing).
+    /// Print events as they enter the relay: from the end of the history
+    /// stream (with [history] on), else from a temporary queue on the entry
+    /// fanout. Either way watching changes no routing and takes nothing.
     Tail(watch::TailArgs),
     /// List events from the history (the stream <exchange>.history), oldest
     /// first, filtered; to the end of the history, or on with --follow.
@@ -167,7 +168,7 @@ async fn declare(settings: Settings) -> anyhow::Result<()> {
         .declare(&connection, &HashSet::new())
         .await
         .context("cannot declare the topology")?;
-    let _ = connection.close(200, "topology declared".into()).await;
+    crate::broker::close(&connection, "topology declared").await;
     for created in &report.created {
         say!("created {created}");
     }

@@ -152,9 +152,18 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
     if json {
         say!("{}", serde_json::json!({ "summary": summary }));
     } else if options.dry_run {
-        say!("would replay {}", summary.would_replay);
+        say!(
+            "would replay {}, skipped {}",
+            summary.would_replay,
+            summary.skipped
+        );
     } else {
-        say!("replayed {}, failed {}", summary.replayed, summary.failed);
+        say!(
+            "replayed {}, skipped {}, failed {}",
+            summary.replayed,
+            summary.skipped,
+            summary.failed
+        );
     }
     if summary.failed > 0 {
         anyhow::bail!(
@@ -237,6 +246,7 @@ fn sent_line(sent: &Sent) -> String {
         history_replay::Action::Replayed => "replayed",
         history_replay::Action::WouldReplay => "would-replay",
         history_replay::Action::Failed => "FAILED",
+        history_replay::Action::Skipped => "skipped",
     };
     let mut line = format!(
         "{action:<12} {} {} received={} offset={}",

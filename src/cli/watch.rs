@@ -151,7 +151,13 @@ pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Resu
         result = reading => result.context("reading the history")?,
         _ = tokio::signal::ctrl_c() => {}
     }
-    let _ = connection.close(200, "events done".into()).await;
+    // On stderr, so that stdout stays one event per line; said even when
+    // nothing matched, so an empty answer is told from a read that did not run.
+    eprintln!(
+        "shown {shown} event(s); {} read from {stream}",
+        reader.read()
+    );
+    crate::broker::close(&connection, "events done").await;
     Ok(())
 }
 

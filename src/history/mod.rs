@@ -30,6 +30,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
+use crate::envelope::QUARANTINE_REASON;
 use crate::topic::TopicPattern;
 
 /// Deliveries RabbitMQ may send ahead of our acks.
@@ -42,6 +43,8 @@ pub const STALL: Duration = Duration::from_secs(60);
 /// How long to wait for the last chunk of a stream, and for more of it.
 const LAST_CHUNK_WAIT: Duration = Duration::from_secs(1);
 const LAST_CHUNK_GAP: Duration = Duration::from_millis(150);
+/// The routing key events shows for a quarantined body (a 422'd webhook).
+pub const QUARANTINED: &str = "quarantine";
 /// The header RabbitMQ puts on every message read from a stream.
 const STREAM_OFFSET: &str = "x-stream-offset";
 
@@ -106,6 +109,8 @@ pub struct Reader {
     end: Option<u64>,
     /// The offset of the last delivery.
     seen: Option<u64>,
+    /// Deliveries so far, filtered out or not.
+    read: u64,
     done: bool,
     unacked: u64,
     last_tag: u64,
@@ -147,9 +152,15 @@ impl Reader {
             done: !follow && (last.is_none() || after_the_end),
             end: last.map(|last| last.offset),
             seen: None,
+            read: 0,
             unacked: 0,
             last_tag: 0,
         })
+    }
+
+    /// How many events were read so far, whether they passed the filter or not.
+    pub fn read(&self) -> u64 {
+        self.read
     }
 
     /// The next event that passes the filter; `None` at the end.
@@ -161,6 +172,7 @@ impl Reader {
             };
             let offset = offset(delivery.properties.headers().as_ref()).unwrap_or(0);
             self.seen = Some(offset);
+            self.read += 1;
             if let Some(end) = self.end {
                 if offset > end {
                     self.done = true;
@@ -168,9 +180,19 @@ impl Reader {
                 }
                 self.done = offset == end;
             }
+            let quarantined = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(QUARANTINE_REASON));
             let recorded = Recorded {
                 offset,
-                routing_key: delivery.routing_key.to_string(),
+                // A quarantined body's copy came through the default exchange,
+                // its routing key the stream's name: say what it is instead.
+                routing_key: match quarantined {
+                    true => QUARANTINED.to_owned(),
+                    false => delivery.routing_key.to_string(),
+                },
                 properties: delivery.properties,
                 body: delivery.data,
             };
@@ -227,7 +249,7 @@ impl Reader {
 
     pub async fn close(mut self) {
         let _ = self.ack().await;
-        let _ = self.channel.close(200, "history read".into()).await;
+        crate::broker::close_channel(&self.channel, "history read").await;
     }
 }
 
@@ -355,7 +377,7 @@ async fn last_event(connection: &Connection, stream: &str) -> anyhow::Result<Opt
         }
         wait = LAST_CHUNK_GAP;
     }
-    let _ = channel.close(200, "found the end".into()).await;
+    crate::broker::close_channel(&channel, "found the end").await;
     Ok(last)
 }
 

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Serialize;
 
-use super::{Filter, Reader, Recorded, STREAM_OFFSET, Start};
+use super::{Filter, QUARANTINED, Reader, Recorded, STREAM_OFFSET, Start};
 use crate::broker::{self, Outgoing, PublishError, browse, publish_confirmed};
 use crate::config::Settings;
-use crate::dead_letter::REPLAY_COUNT;
+use crate::dead_letter::{ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, replay_count};
 
 /// The header that says a message came back from the history.
 pub const REPLAYED_FROM: &str = "x-replayed-from";
@@ -59,6 +59,8 @@ pub enum Action {
     Replayed,
     WouldReplay,
     Failed,
+    /// A quarantined body the history keeps for the record: not an event.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -66,6 +68,7 @@ pub struct Summary {
     pub replayed: usize,
     pub would_replay: usize,
     pub failed: usize,
+    pub skipped: usize,
 }
 
 /// Runs one replay from the history; `report` sees each event as it goes.
@@ -117,6 +120,17 @@ pub async fn replay(
             offset: event.offset,
             detail: None,
         };
+        if event.routing_key == QUARANTINED {
+            summary.skipped += 1;
+            sent.action = Action::Skipped;
+            sent.detail = Some(
+                "a quarantined body, not an event: `replay --from-quarantine` sends on those \
+                 that parse now"
+                    .to_owned(),
+            );
+            report(&sent);
+            continue;
+        }
         if options.dry_run {
             summary.would_replay += 1;
             report(&sent);
@@ -125,7 +139,7 @@ pub async fn replay(
         let outgoing = Outgoing {
             exchange: exchange.clone(),
             routing_key: queue.clone().unwrap_or_else(|| event.routing_key.clone()),
-            properties: replayed_properties(&event),
+            properties: replayed_properties(&event, topology.entry_exchange()),
             body: Bytes::from(event.body),
         };
         match publish_confirmed(&publisher, &outgoing, amqp.confirm_timeout()).await {
@@ -146,35 +160,43 @@ pub async fn replay(
         }
     }
     reader.close().await;
-    let _ = connection.close(200, "replay done".into()).await;
+    crate::broker::close(&connection, "replay done").await;
     Ok(summary)
 }
 
-/// The event's properties, persistent, with the replay recorded in its headers.
-fn replayed_properties(event: &Recorded) -> lapin::BasicProperties {
+/// The event's properties, persistent, with the replay recorded in its
+/// headers, and the route it first took (`x-original-exchange`: the entry
+/// exchange it was published to; `x-original-routing-key`) unless an earlier
+/// replay recorded it: sent to a queue through the default exchange, the
+/// message's own routing key is then that queue's name, and consumers
+/// dispatch on the original.
+fn replayed_properties(event: &Recorded, entry_exchange: &str) -> lapin::BasicProperties {
     let mut headers = FieldTable::default();
-    let mut replays = 0;
-    if let Some(kept) = event.properties.headers() {
-        for (key, value) in kept.inner() {
-            match key.as_str() {
-                // RabbitMQ's, on every message read from a stream.
-                STREAM_OFFSET => {}
-                REPLAY_COUNT => {
-                    if let AMQPValue::LongLongInt(n) = value {
-                        replays = *n;
-                    }
-                }
-                _ => {
-                    headers.insert(key.clone(), value.clone());
-                }
-            }
+    let kept = event.properties.headers().as_ref();
+    for (key, value) in kept.map(|h| h.inner().iter()).into_iter().flatten() {
+        // RabbitMQ's, on every message read from a stream; and ours, set below.
+        if key.as_str() != STREAM_OFFSET && key.as_str() != REPLAY_COUNT {
+            headers.insert(key.clone(), value.clone());
         }
     }
-    headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays + 1));
+    headers.insert(
+        REPLAY_COUNT.into(),
+        AMQPValue::LongLongInt(replay_count(kept) + 1),
+    );
     headers.insert(
         REPLAYED_FROM.into(),
         AMQPValue::LongString(LongString::from("history")),
     );
+    if !headers.contains_key(ORIGINAL_ROUTING_KEY) {
+        headers.insert(
+            ORIGINAL_EXCHANGE.into(),
+            AMQPValue::LongString(LongString::from(entry_exchange)),
+        );
+        headers.insert(
+            ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString(LongString::from(event.routing_key.as_str())),
+        );
+    }
     event
         .properties
         .clone()
@@ -203,7 +225,7 @@ mod tests {
             body: b"{}".to_vec(),
         };
 
-        let properties = replayed_properties(&event);
+        let properties = replayed_properties(&event, "hooks.in");
 
         assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "id-1");
         assert_eq!(properties.delivery_mode(), &Some(2));
@@ -215,5 +237,14 @@ mod tests {
             AMQPValue::LongString("history".into())
         );
         assert!(!headers.contains_key(STREAM_OFFSET));
+        assert_eq!(
+            headers[ORIGINAL_ROUTING_KEY],
+            AMQPValue::LongString("sync.account".into()),
+            "sent to a queue, its routing key is the queue's: the original is kept"
+        );
+        assert_eq!(
+            headers[ORIGINAL_EXCHANGE],
+            AMQPValue::LongString("hooks.in".into())
+        );
     }
 }

@@ -255,10 +255,10 @@ async fn declare_names_every_conflict_and_exits_non_zero() {
         .collect();
     assert_eq!(refused.len(), 2, "{stderr}");
     assert!(
-        refused
-            .iter()
-            .any(|l| l.contains(&format!("queue {queue}")) && l.contains("PRECONDITION_FAILED")),
-        "{stderr}"
+        refused.iter().any(|l| l.contains(&format!("queue {queue}"))
+            && l.contains("exists as a classic queue and [[queues]] says quorum")
+            && l.contains("PRECONDITION_FAILED")),
+        "says what differs, not only RabbitMQ's first inequivalent argument: {stderr}"
     );
     assert!(
         refused
@@ -292,7 +292,42 @@ fn declare_fails_clearly_when_rabbitmq_is_unreachable() {
         stderr.contains("cannot connect to RabbitMQ at amqp://guest:****@127.0.0.1:1"),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        1,
+        "said once: {stderr}"
+    );
     assert!(!stderr.contains("secret"));
+}
+
+#[test]
+fn a_typo_in_the_configuration_is_answered_in_its_own_terms() {
+    let dir = std::env::temp_dir().join(format!("hookrelay-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "type = \"qorum\"\nbindings = [\"sync.#\"]",
+            "`qorum` is not a queue type: use \"classic\" or \"quorum\"",
+        ),
+        (
+            "bindings = [\"sync.acount\"]",
+            "`sync.acount` (queue q) matches no routing key the relay publishes",
+        ),
+    ];
+    for (n, (queue, said)) in cases.iter().enumerate() {
+        let file = dir.join(format!("{n}.toml"));
+        std::fs::write(&file, format!("[[queues]]\nname = \"q\"\n{queue}\n")).unwrap();
+
+        let output = run(
+            &["check-config", "--config", file.to_str().unwrap()],
+            &[("HOOKRELAY__INGRESS__CLIENT_IDS", "a")],
+        );
+
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A running `hookrelay serve`, its stderr lines arriving on a channel.
@@ -473,9 +508,22 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
     for _ in 0..300 {
         assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
     }
-    // Past the one-second window, the next refusal reports what was left out.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(post(secret, "wrong").await.unwrap().status(), 401);
+    // Past the one-second window, the next refusal logged reports what was
+    // left out: keep refusing until a line says so.
+    let mut sent = 300;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reported = |relay: &Relay| {
+        relay
+            .seen
+            .iter()
+            .any(|line| json(line).is_some_and(|entry| entry["dropped"].as_u64() > Some(0)))
+    };
+    while !reported(&relay) {
+        assert!(Instant::now() < deadline, "no line said what was left out");
+        assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
+        sent += 1;
+        relay.lines_for(Duration::from_millis(50));
+    }
 
     let _ = Command::new("kill")
         .args(["-TERM", &relay.child.id().to_string()])
@@ -491,8 +539,12 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         .iter()
         .filter_map(|line| json(line)?["dropped"].as_u64())
         .sum();
-    assert!(refused < 100, "{refused} lines for 301 refusals");
-    assert_eq!(refused + dropped, 301, "every refusal is logged or counted");
+    assert!(refused < 100, "{refused} lines for {sent} refusals");
+    assert_eq!(
+        refused + dropped,
+        sent,
+        "every refusal is logged or counted"
+    );
     for line in &relay.seen {
         assert!(
             !line.contains(&TOKEN[..16]),

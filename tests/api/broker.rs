@@ -205,9 +205,14 @@ async fn wait_for_queue_bound_after_connect(app: &TestApp) -> String {
     assert!(app.broker_ready().await, "the relay connected within 10 s");
     // The spool drains in arrival order into <exchange>.unrouted (no queue was
     // bound while RabbitMQ was away); bind a probe for what comes next.
-    while app.depth_of_spool().await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(30), || async {
+            app.depth_of_spool().await == 0
+        })
+        .await,
+        "the spool drained: {}",
+        app.readiness().await
+    );
     app.bind_queue(&["#"]).await
 }
 
@@ -352,7 +357,7 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
     }
     assert!(!accepted.is_empty());
     let mut delivered = Vec::new();
-    while let Some(message) = app.next_message(&queue).await {
+    for message in app.take_all(&queue).await {
         delivered.push(message_id(&message));
     }
     for id in &accepted {
@@ -409,14 +414,20 @@ async fn a_failed_startup_leaves_no_connection_behind() {
         format!("{error:#}").contains("server.admin_listen"),
         "{error:#}"
     );
-    // Long enough for a stray supervisor to have connected.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !open_connections()
-            .await
-            .contains(&settings.amqp.connection_name()),
+    // A relay built right after it, under the same connection name, connects:
+    // a stray supervisor of the failed one, with its head start, would have
+    // connected too by then.
+    let mut good = settings.clone();
+    good.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let app = spawn_app_unready(good).await;
+    app.wait_until_ready().await;
+    let name = settings.amqp.connection_name();
+    assert_eq!(
+        open_connections().await.matches(name.as_str()).count(),
+        1,
         "a failed startup left a RabbitMQ connection behind"
     );
+    app.stop().await.unwrap();
 }
 
 /// Waits for the relay's second successful connection.
@@ -545,16 +556,16 @@ async fn a_nacked_webhook_is_spooled_its_channel_replaced_and_it_follows_once_th
     );
     let taken = app.next_message(&full).await.expect("the first arrived");
     assert_eq!(message_id(&taken), first);
-    // The drainer backs off between attempts: give it a few seconds.
-    let mut drained = None;
-    for _ in 0..10 {
-        drained = app.next_message(&full).await;
-        if drained.is_some() {
-            break;
-        }
-    }
+    // Retried beside the flow (after 1 s), it follows once there is room.
+    let drained = app.next_message(&full).await;
     let drained = drained.expect("the spooled webhook followed once there was room");
     assert_eq!(message_id(&drained), second);
-    assert_eq!(app.depth_of_spool().await, 0);
+    // Deleted from the spool once its confirm is in: a moment after it arrived.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            app.depth_of_spool().await == 0
+        })
+        .await
+    );
     app.stop().await.unwrap();
 }

@@ -222,6 +222,11 @@ impl TestApp {
     /// Starts `hookrelay tail ARGS` for this relay and waits until it is
     /// bound (its first line on stderr).
     pub fn start_tail(&self, args: &[&str]) -> std::process::Child {
+        self.start_tail_saying(args).0
+    }
+
+    /// [`TestApp::start_tail`], and the line in which tail said what it watches.
+    pub fn start_tail_saying(&self, args: &[&str]) -> (std::process::Child, String) {
         use std::io::BufRead;
         let mut tail = self
             .command(&[&["tail"], args].concat())
@@ -235,7 +240,7 @@ impl TestApp {
         assert!(ready.starts_with("tailing"), "{ready}");
         // Keep reading, so that a later log line never meets a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        tail
+        (tail, ready)
     }
 
     /// The `hookrelay` binary with this relay's whole configuration: its
@@ -350,20 +355,36 @@ impl TestApp {
         name
     }
 
-    /// The next message in `queue`, waiting up to a second for one to arrive.
+    /// The next message in `queue`, waiting for one to arrive (up to 10 s,
+    /// checking every 10 ms): for a message that must come.
     pub async fn next_message(&self, queue: &str) -> Option<BasicGetMessage> {
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let message = self
-                .channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get");
+            let message = self.take(queue).await;
             if message.is_some() || Instant::now() > deadline {
                 return message;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The next message in `queue` now, if any, without waiting: for what
+    /// must not be there (a publish is routed before its confirm), and for
+    /// taking what is known to have arrived.
+    pub async fn take(&self, queue: &str) -> Option<BasicGetMessage> {
+        self.channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+    }
+
+    /// Every message in `queue` now, in order, taken.
+    pub async fn take_all(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut taken = Vec::new();
+        while let Some(message) = self.take(queue).await {
+            taken.push(message);
+        }
+        taken
     }
 
     /// Whether `queue` exists, asked on a channel of its own (RabbitMQ closes

@@ -116,9 +116,13 @@ async fn events_lists_every_event_kept_and_each_filter_narrows_it() {
 async fn since_and_until_select_by_when_the_relay_received_the_webhook() {
     let app = relay().await;
     let before = app.send(event(None, "u-1", "a-1")).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let cut = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Received before its answer: at or before the cut, to the millisecond.
+    let cut_at = SystemTime::now();
+    let cut = humantime::format_rfc3339_millis(cut_at).to_string();
+    // The next one is received in a later millisecond: wait for the clock.
+    while SystemTime::now() < cut_at + Duration::from_millis(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let after = app.send(event(None, "u-1", "a-1")).await;
 
     assert_eq!(
@@ -154,10 +158,9 @@ async fn follow_waits_for_new_events() {
         "--limit",
         "1",
     ]);
+    // It prints the event sent after it started: so it did not stop at the
+    // end of the history, but waited.
     let following = tokio::task::spawn_blocking(move || command.output().unwrap());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!following.is_finished(), "nothing new yet: it waits");
-
     let new = app.send(event(None, "u-1", "a-new")).await;
 
     let output = tokio::time::timeout(Duration::from_secs(10), following)
@@ -262,7 +265,7 @@ async fn relay_with_accounts_queue(extra: &[(&str, &str)]) -> (TestApp, String) 
 /// The ids in `queue`, taking them, with the messages themselves.
 async fn take_all(app: &TestApp, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
     let mut taken = Vec::new();
-    while let Some(message) = app.next_message(queue).await {
+    for message in app.take_all(queue).await {
         taken.push(message);
     }
     taken
@@ -324,7 +327,7 @@ async fn replay_from_history_fills_one_queue_with_what_the_filters_select() {
         .run(&[&["replay", "--to-queue", &fresh], &selection[..]].concat())
         .await;
     assert!(replayed.status.success(), "{replayed:?}");
-    assert!(String::from_utf8_lossy(&replayed.stdout).contains("replayed 2, failed 0"));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("replayed 2, skipped 0, failed 0"));
 
     let got = take_all(&app, &fresh).await;
     let ids: Vec<String> = got.iter().map(message_id).collect();
@@ -340,6 +343,15 @@ async fn replay_from_history_fills_one_queue_with_what_the_filters_select() {
     );
     assert_eq!(text_header(&got[0], "hook"), "SyncError");
     assert_eq!(got[0].delivery.properties.delivery_mode(), &Some(2));
+    // It arrives with the queue's name as its routing key: the original is kept.
+    assert_eq!(
+        text_header(&got[0], "x-original-routing-key"),
+        "sync.error.LoginFailedError"
+    );
+    assert_eq!(
+        text_header(&got[0], "x-original-exchange"),
+        app.topology.entry_exchange()
+    );
     assert_eq!(
         take_all(&app, &accounts).await.len(),
         1,
@@ -449,5 +461,46 @@ async fn without_history_the_history_commands_say_so() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("history is off"));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_quarantined_body_is_in_the_history_and_events_says_what_it_read() {
+    let app = relay().await;
+    let kept = app.send(event(None, "u-1", "a-1")).await;
+    let answer = app.post_webhook(r#"{"hook":"SyncAccount"}"#).await;
+    assert_eq!(answer.status(), 422);
+    let quarantined = answer.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let all = app.run(&["events", "--json"]).await;
+    let none = app.run(&["events", "--account-id", "nobody"]).await;
+    let replayed = app
+        .run(&["replay", "--from-history", "--to-exchange", "--dry-run"])
+        .await;
+
+    let listed = json_lines(&all);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["message_id"], kept.as_str());
+    assert_eq!(listed[1]["message_id"], quarantined.as_str());
+    assert_eq!(listed[1]["routing_key"], "quarantine");
+    assert!(
+        listed[1]["headers"]["x-quarantine-reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("`user` is missing")),
+        "{}",
+        listed[1]
+    );
+    assert!(none.status.success());
+    assert!(none.stdout.is_empty(), "nothing matched");
+    let said = String::from_utf8_lossy(&none.stderr);
+    assert!(said.contains("shown 0 event(s); 2 read from"), "{said}");
+    let replay = String::from_utf8_lossy(&replayed.stdout);
+    assert!(
+        replay.contains("would replay 1, skipped 1"),
+        "a quarantined body is not an event to replay: {replay}"
+    );
     app.stop().await.unwrap();
 }

@@ -230,8 +230,14 @@ async fn hundreds_of_idle_connections_do_not_keep_the_sender_out() {
 #[tokio::test]
 async fn max_connections_holds_back_connections_beyond_it() {
     let (app, idle) = full_of_idle_connections(5, "30000").await;
-    // Let the relay accept all five before the sixth arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The relay has accepted all five before the sixth arrives.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(10), || async {
+            not_yet_accepted(app.port) == Some(0)
+        })
+        .await,
+        "the relay accepts the first five"
+    );
 
     let held_back = tokio::time::timeout(
         Duration::from_millis(1500),
@@ -246,6 +252,21 @@ async fn max_connections_holds_back_connections_beyond_it() {
     drop(idle);
     assert_eq!(app.post_webhook(sync_account()).await.status(), 200);
     app.stop().await.unwrap();
+}
+
+/// Connections the kernel completed on the listening socket of `port` that
+/// the relay has not accepted yet: the `rx_queue` of a socket in state LISTEN
+/// (`0A`) in `/proc/net/tcp`.
+fn not_yet_accepted(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit(':').next()?;
+        let listening = fields.get(3)? == &"0A";
+        (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+            .then(|| u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok())
+            .flatten()
+    })
 }
 
 #[tokio::test]

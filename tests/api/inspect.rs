@@ -22,7 +22,7 @@ async fn inspect(app: &TestApp, queue: &str) -> (Vec<Value>, Value) {
 /// The ids in `queue`, in order, taking them.
 async fn drain(app: &TestApp, queue: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    while let Some(message) = app.next_message(queue).await {
+    for message in app.take_all(queue).await {
         ids.push(message_id(&message));
     }
     ids

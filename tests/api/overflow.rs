@@ -102,7 +102,7 @@ async fn a_bounded_queue_sheds_its_oldest_to_the_dead_letters_and_a_replay_retur
         "the two oldest were shed to the dead letters"
     );
     let mut kept = Vec::new();
-    while let Some(message) = app.next_message(&slow).await {
+    for message in app.take_all(&slow).await {
         kept.push(crate::helpers::message_id(&message));
     }
     assert_eq!(kept, sent[2..], "the queue kept the newest two");
@@ -114,7 +114,7 @@ async fn a_bounded_queue_sheds_its_oldest_to_the_dead_letters_and_a_replay_retur
     // nowhere else: audit got each event once, and no refusal happened.
     assert!(replayed.status.success(), "{replayed:?}");
     let mut returned = Vec::new();
-    while let Some(message) = app.next_message(&slow).await {
+    for message in app.take_all(&slow).await {
         returned.push(crate::helpers::message_id(&message));
     }
     assert_eq!(returned, sent[..2]);

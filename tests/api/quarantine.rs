@@ -65,7 +65,7 @@ async fn a_body_with_a_key_twice_is_quarantined_naming_the_key() {
         .expect("quarantined");
     assert_eq!(message_id(&kept), id);
     assert_eq!(text_header(&kept, "x-quarantine-reason"), reason);
-    assert!(app.next_message(app.topology.unrouted()).await.is_none());
+    assert!(app.take(app.topology.unrouted()).await.is_none());
     app.stop().await.unwrap();
 }
 

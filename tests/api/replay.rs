@@ -67,16 +67,21 @@ impl TestApp {
         id
     }
 
-    /// Waits until `queue` holds `expected` messages (or, with `None`, any).
+    /// Waits (up to 10 s) until `queue` holds `expected` messages (or, with
+    /// `None`, any).
     async fn wait_for_depth(&self, queue: &str, expected: Option<u32>) -> u32 {
-        for _ in 0..100 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
             let depth = self.depth(queue).await;
             if expected.map_or(depth > 0, |e| depth == e) {
                 return depth;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} never reached {expected:?} messages (has {depth})"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("{queue} never reached {expected:?} messages");
     }
 
     async fn replay(&self, options: ReplayOptions) -> (Summary, Vec<Entry>) {
@@ -180,6 +185,12 @@ async fn to_exchange_republishes_through_the_original_route() {
         app.depth(&audit).await,
         1,
         "every bound queue gets it again"
+    );
+    let history = app.run(&["events", "--json"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&history.stdout).lines().count(),
+        1,
+        "through the topic exchange, not the entry fanout: the history holds it once"
     );
     app.stop().await.unwrap();
 }

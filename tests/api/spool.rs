@@ -51,7 +51,7 @@ async fn relay_with_a_poisoned_route(max_refusals: &str) -> (TestApp, String, St
 /// The ids in `queue`, in order, first occurrences only.
 async fn distinct_ids(app: &TestApp, queue: &str) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
-    while let Some(message) = app.next_message(queue).await {
+    for message in app.take_all(queue).await {
         let id = message_id(&message);
         if !ids.contains(&id) {
             ids.push(id);

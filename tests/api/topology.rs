@@ -41,11 +41,14 @@ async fn arrives(app: &TestApp, queue: &str, id: &str) {
         "{queue} was not declared again"
     );
     while std::time::Instant::now() < deadline {
-        if let Some(message) = app.next_message(queue).await {
-            seen.push(message_id(&message));
-            if seen.last().map(String::as_str) == Some(id) {
-                return;
+        match app.take(queue).await {
+            Some(message) => {
+                seen.push(message_id(&message));
+                if seen.last().map(String::as_str) == Some(id) {
+                    return;
+                }
             }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
     panic!(
@@ -56,19 +59,28 @@ async fn arrives(app: &TestApp, queue: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watching_with_tail_changes_no_routing() {
-    // No consumer queue: a SyncAccount can only fall through to unrouted.
-    let app = spawn_app(&[]).await;
-    let tail = app.start_tail(&["--count", "1", "--json", "#"]);
+    // Both ways tail watches: from the history stream, and (history off) from
+    // a temporary queue bound to the entry fanout.
+    for history in ["true", "false"] {
+        // No consumer queue: a SyncAccount can only fall through to unrouted.
+        let app = spawn_app(&[("HOOKRELAY__HISTORY__ENABLED", history)]).await;
+        let (tail, said) = app.start_tail_saying(&["--count", "1", "--json", "#"]);
+        let expected = match history {
+            "true" => app.topology.history_stream().unwrap().to_owned(),
+            _ => app.topology.entry_exchange().to_owned(),
+        };
+        assert!(said.contains(&expected), "history {history}: {said}");
 
-    let id = app.send(sync_account()).await;
+        let id = app.send(sync_account()).await;
 
-    let output = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let shown: Value = serde_json::from_slice(&output.stdout).expect("tail printed the event");
-    assert_eq!(shown["message_id"], id.as_str(), "tail shows it");
-    arrives(&app, app.topology.unrouted(), &id).await;
-    app.stop().await.unwrap();
+        let output = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let shown: Value = serde_json::from_slice(&output.stdout).expect("tail printed the event");
+        assert_eq!(shown["message_id"], id.as_str(), "tail shows it");
+        arrives(&app, app.topology.unrouted(), &id).await;
+        app.stop().await.unwrap();
+    }
 }
 
 #[tokio::test]

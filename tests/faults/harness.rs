@@ -623,10 +623,22 @@ impl Reckoning {
     }
 }
 
+/// A port for a relay that must keep it across restarts (the load goes on
+/// sending to it), so not port 0. Chosen below the kernel's ephemeral range:
+/// outgoing connections (the load's, AMQP's) take their ports from that range,
+/// so none of them can take this one between the pick and the relay's bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = 20000..ephemeral_from.max(20001);
+    let span = u128::from(below.end - below.start);
+    loop {
+        // A UUIDv7's low 62 bits are random.
+        let port = below.start + (Uuid::now_v7().as_u128() % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
