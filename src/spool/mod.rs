@@ -279,8 +279,13 @@ impl Spool {
         .await
     }
 
-    /// Refused messages whose retry is due, oldest first.
+    /// Refused messages whose retry is due, oldest first. Free while none
+    /// waits: the drainer asks after every batch of the backlog, and a query
+    /// would wait for the writer's fsync'd commit to release the file.
     pub async fn due(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
+        if self.refused() == 0 {
+            return Ok(Vec::new());
+        }
         self.read(
             "SELECT seq, kind, routing_key, properties, body FROM spool
              WHERE retry_at IS NOT NULL AND retry_at <= ?2 ORDER BY seq LIMIT ?1",
