@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The relay next to RabbitMQ's own ceiling, measured side by side on this machine.
 #
-#   bench/run.sh            the full run (a few minutes); results in bench/last-run.md
+#   bench/run.sh            the full run (a few minutes); results in bench/last-run.md,
+#                           ending with the latency tail (bench/tail.sh)
 #   bench/run.sh --smoke    seconds, to keep the script from rotting; no targets
 #   bench/run.sh --spool    one saturation pair, then the spool's part only
 #                           (spooled with RabbitMQ unreachable, and the drain)
@@ -368,3 +369,10 @@ for name, label, rate in runs:
     b, bw = (f"{broker:.0f}", f"{broker_wait:.0f}") if broker_seen else ("n/a", "n/a")
     print(f"| {label} | {b} | {relay:.0f} | {client:.0f} | {total:.0f} | {total * rate / 1e6:.2f} | {bw} | {relay_wait:.0f} |")
 PY
+
+if [ "$mode" != cluster ]; then
+  # Issue 28: relay and baseline at 8 and 64 in flight, classic and quorum
+  # queues, every request timed; draws bench/latency-over-time.png.
+  echo
+  bash bench/tail.sh "$([ "$MESSAGES" -ge 20000 ] && echo 20000 || echo "$MESSAGES")" | tee -a "$report"
+fi

@@ -45,6 +45,10 @@ struct Args {
     /// Open loop at this many messages per second instead of closed loop.
     #[arg(long)]
     rate: Option<u64>,
+    /// Also write every message's start (seconds from the first) and latency
+    /// (ms) to this CSV file, for latency over time.
+    #[arg(long, value_name = "FILE")]
+    timings: Option<std::path::PathBuf>,
 }
 
 const BODY: &[u8] = br#"{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}"#;
@@ -99,7 +103,16 @@ async fn main() -> anyhow::Result<()> {
         task.await?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut latencies = run.latencies.lock().await.clone();
+    let timed = run.latencies.lock().await.clone();
+    if let Some(file) = &args.timings {
+        let mut csv = String::from("start_s,latency_ms\n");
+        for (began, took) in &timed {
+            let start = began.duration_since(started).as_secs_f64();
+            csv.push_str(&format!("{start:.6},{:.3}\n", took.as_secs_f64() * 1000.0));
+        }
+        std::fs::write(file, csv)?;
+    }
+    let mut latencies: Vec<Duration> = timed.iter().map(|(_, took)| *took).collect();
     latencies.sort();
     let percentile = |p: f64| {
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -115,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             "p50_ms": percentile(0.50),
             "p99_ms": percentile(0.99),
             "p999_ms": percentile(0.999),
+            "max_ms": latencies.last().map_or(0.0, |max| max.as_secs_f64() * 1000.0),
         })
     );
     connection.close(200, "done".into()).await?;
@@ -125,7 +139,8 @@ async fn main() -> anyhow::Result<()> {
 struct Run {
     channels: Vec<lapin::Channel>,
     message: Outgoing,
-    latencies: Mutex<Vec<Duration>>,
+    /// When each publish began, and how long it took to its confirm.
+    latencies: Mutex<Vec<(Instant, Duration)>>,
     errors: AtomicUsize,
 }
 
@@ -140,7 +155,7 @@ impl Run {
         {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.latencies.lock().await.push(began.elapsed());
+        self.latencies.lock().await.push((began, began.elapsed()));
     }
 }
 

@@ -153,6 +153,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     requests: Family<OutcomeLabel, Counter>,
+    webhook_seconds: Histogram,
     publish_seconds: Histogram,
     broker_connected: Gauge,
     broker_connects: Counter,
@@ -181,6 +182,15 @@ impl Metrics {
             "webhook_requests",
             "Webhook requests by outcome",
             requests.clone(),
+        );
+        // 0.25 ms to about 4 s, as the publish below: most of a webhook's time.
+        let webhook_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        registry.register(
+            "webhook_duration_seconds",
+            "Time the relay spent on a webhook it accepted, from its handler's start (the \
+             request head read) to the answer: the body, the checks and the confirmed publish or \
+             spool write",
+            webhook_seconds.clone(),
         );
         // 0.25 ms to about 4 s: a confirmed persistent publish is usually a few ms.
         let publish_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
@@ -303,6 +313,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 requests,
+                webhook_seconds,
                 publish_seconds,
                 broker_connected,
                 broker_connects,
@@ -330,6 +341,11 @@ impl Metrics {
             .requests
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// How long an accepted webhook took, handler start to answer.
+    pub fn observe_webhook(&self, elapsed: Duration) {
+        self.inner.webhook_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_publish(&self, elapsed: Duration) {

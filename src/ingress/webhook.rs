@@ -7,7 +7,7 @@
 //! RabbitMQ, or fsync'd to the spool) do we answer 200.
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -57,12 +57,16 @@ pub async fn receive(
     payload: web::Payload,
     ingress: web::Data<Ingress>,
 ) -> Result<HttpResponse, IngressError> {
+    let started = Instant::now();
     let mut known = Known::default();
     let result = accept(&req, payload, &ingress, &mut known).await;
     let outcome = result
         .as_ref()
         .map_or_else(IngressError::outcome, |(_, outcome)| *outcome);
     ingress.metrics.request(outcome);
+    if result.is_ok() {
+        ingress.metrics.observe_webhook(started.elapsed());
+    }
     if outcome == Outcome::Accepted {
         // At debug: one info line per accepted webhook cost 30% of the relay's
         // CPU in the benchmark (BENCHMARKS.md); the metrics count them, and
