@@ -20,6 +20,8 @@ const TOTAL: usize = 3000;
 const CONNECTIONS: usize = 8;
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const DRAINED_WITHIN: Duration = Duration::from_secs(60);
+/// How long RabbitMQ stays stopped in the middle of the load.
+const OUTAGE: Duration = Duration::from_secs(1);
 
 /// A fresh setup with its relay connected, and a load not yet started.
 async fn connected() -> (Setup, harness::Relay, Load) {
@@ -63,7 +65,7 @@ async fn broker_stopped_and_started_mid_load() {
     let fault = async {
         load.reached(TOTAL / 4).await;
         broker.stop_app().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(OUTAGE).await; // the fault: RabbitMQ away this long
         broker.start_app().await;
         relay.wait_connected(READY_WITHIN).await
     };
@@ -87,8 +89,13 @@ async fn broker_connections_force_closed_mid_load() {
         load.reached(TOTAL / 3).await;
         rabbitmqctl(&["close_all_connections", "fault test: forced close"]).await;
         let closed_at = Instant::now();
-        // The relay may not have noticed yet; give it its health-check interval.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Connected again: a second successful connection, not the first one
+        // the relay may not have seen close yet.
+        let deadline = Instant::now() + READY_WITHIN;
+        while relay.metric("hookrelay_broker_connects_total ").await < 2.0 {
+            assert!(Instant::now() < deadline, "the relay did not reconnect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         relay.wait_connected(READY_WITHIN).await;
         closed_at.elapsed()
     };
