@@ -301,7 +301,7 @@ cluster() {
   "${compose[@]}" kill rabbit1
   wait "$load1" "$load2"
   local accepted; accepted=$(cat /tmp/compose-check-cluster-1.txt /tmp/compose-check-cluster-2.txt | grep -c '^200 ' || true)
-  echo "answered 200: $accepted of 600; others: $(cat /tmp/compose-check-cluster-*.txt | cut -d' ' -f1 | grep -v '^200$' | sort | uniq -c | tr '\n' ' ')"
+  echo "answered 200: $accepted of 600; others: $(cat /tmp/compose-check-cluster-[12].txt | cut -d' ' -f1 | grep -v '^200$' | sort | uniq -c | tr '\n' ' ')"
   within 120 depth_is "$ADMIN" 0 || fail "relay 1's spool did not drain: $(curl -s "$ADMIN/readyz")"
   within 120 depth_is "$admin2" 0 || fail "relay 2's spool did not drain: $(curl -s "$admin2/readyz")"
   "${compose[@]}" exec -T hookrelay2 hookrelay inspect reprompt-credentials --json 2>/dev/null | inspected_ids > /tmp/compose-check-cluster-queue.txt
