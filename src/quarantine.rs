@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::broker::{self, Outgoing, PublishError, browse};
 use crate::config::Settings;
+use crate::dead_letter::{ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY};
 use crate::envelope::{QUARANTINE_REASON, Receipt, event_message};
 use crate::event::Event;
 use crate::history::replay::REPLAYED_FROM;
@@ -129,13 +130,18 @@ pub async fn redrive(
             report(&entry);
             continue;
         }
-        let mut headers = message.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            REPLAYED_FROM.into(),
-            AMQPValue::LongString(LongString::from("quarantine")),
-        );
-        message.properties = message.properties.with_headers(headers);
         let address = topology.address(&message.kind);
+        // Like every replay: where it came from, and its route, on which
+        // consumers dispatch whatever way it travelled.
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        for (key, value) in [
+            (REPLAYED_FROM, "quarantine"),
+            (ORIGINAL_EXCHANGE, address.exchange),
+            (ORIGINAL_ROUTING_KEY, address.routing_key),
+        ] {
+            headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+        }
+        message.properties = message.properties.with_headers(headers);
         let outgoing = Outgoing {
             exchange: address.exchange.to_owned(),
             routing_key: address.routing_key.to_owned(),
