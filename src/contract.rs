@@ -76,9 +76,12 @@ pub struct Account {
     pub provider: Option<Value>,
 }
 
-/// The AMQP headers the relay sets on every event (RabbitMQ adds its own,
-/// such as `x-death`, to dead letters).
+/// The AMQP headers of an event: the relay's, on every event (which of them
+/// a `SyncAccount` and a `SyncError` carry: [`required_headers`]), those of a
+/// retry or a replay, and those RabbitMQ adds on the way. Nothing else: a
+/// test compares real messages of every kind with this type, both ways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Headers {
     pub hook: Hook,
     /// `user.id`.
@@ -87,11 +90,16 @@ pub struct Headers {
     /// `account.id`.
     #[serde(rename = "account-id")]
     pub account_id: String,
-    /// A `SyncError`'s `error`.
+    /// A `SyncError`'s `error`: always there on a `SyncError`, never on a
+    /// `SyncAccount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String", regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"))]
     pub error: Option<String>,
-    /// Whether the sender documents that `error` (a `SyncError` only).
+    /// Whether the sender documents that `error`: always there on a
+    /// `SyncError`. False for a code the sender added since: the event is
+    /// routed like any other (`sync.error.<code>`); treat it as you would
+    /// `UnknownConnectorError` (the sender's support should hear of it), not
+    /// as a failure of yours to retry.
     #[serde(
         rename = "x-error-known",
         default,
@@ -105,7 +113,9 @@ pub struct Headers {
     /// The address the webhook came from, IPv4 or IPv6.
     #[serde(rename = "x-source-ip")]
     pub source_ip: String,
-    /// When the relay received it, RFC 3339 with milliseconds.
+    /// When the relay received it, RFC 3339 with milliseconds: finer than
+    /// the `timestamp` property (whole seconds), for ordering an account's
+    /// events.
     #[serde(rename = "x-received-at")]
     #[schemars(extend("format" = "date-time"))]
     pub received_at: String,
@@ -118,7 +128,11 @@ pub struct Headers {
     )]
     #[schemars(with = "String")]
     pub schema_warnings: Option<String>,
-    /// Which retry this copy is, from 1 (set by the consumer that retried it).
+    /// Which retry this copy is, from 1: set by the consumer that sent it to
+    /// a retry tier (`<queue>.retry.<n>`, see the retry tier channel). An AMQP
+    /// integer whose width is the writer's (hookrelay's consumer library
+    /// writes 64 bits, pika 32): read any width. A replay removes it: a
+    /// replayed message starts its retries again at 1.
     #[serde(
         rename = "x-retry-attempt",
         default,
@@ -126,7 +140,7 @@ pub struct Headers {
     )]
     #[schemars(schema_with = "count")]
     pub retry_attempt: Option<u32>,
-    /// How many times an operator replayed it.
+    /// How many times an operator replayed it (a 64-bit integer).
     #[serde(
         rename = "x-replay-count",
         default,
@@ -134,7 +148,8 @@ pub struct Headers {
     )]
     #[schemars(schema_with = "count")]
     pub replay_count: Option<u32>,
-    /// Where a replay took it from.
+    /// Where a replay took it from: the history stream or the quarantine
+    /// (absent for a replayed dead letter, which has `x-death`).
     #[serde(
         rename = "x-replayed-from",
         default,
@@ -142,8 +157,10 @@ pub struct Headers {
     )]
     #[schemars(with = "ReplayedFrom")]
     pub replayed_from: Option<ReplayedFrom>,
-    /// The exchange it was first published to, once it travelled another way
-    /// (a retry, a replay).
+    /// The exchange it was first published to (the entry fanout,
+    /// `<exchange>.in`), on every message that travelled another way: back
+    /// from a retry tier, or replayed (from the dead letters, the history or
+    /// the quarantine). With `x-original-routing-key`.
     #[serde(
         rename = "x-original-exchange",
         default,
@@ -151,7 +168,10 @@ pub struct Headers {
     )]
     #[schemars(with = "String")]
     pub original_exchange: Option<String>,
-    /// Its first routing key, likewise.
+    /// Its routing key as the relay published it. A message sent to one
+    /// queue (a retry, `replay --to-queue`) arrives with that queue's name
+    /// as its routing key: dispatch on this header when it is there, else on
+    /// the routing key.
     #[serde(
         rename = "x-original-routing-key",
         default,
@@ -159,6 +179,89 @@ pub struct Headers {
     )]
     #[schemars(with = "String")]
     pub original_routing_key: Option<String>,
+    /// RabbitMQ's: every time the message died (rejected, expired in a retry
+    /// tier, `maxlen`, `delivery_limit`), newest first. On dead letters, and
+    /// on copies back from a retry tier (they expired there).
+    #[serde(rename = "x-death", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<Value>")]
+    pub death: Option<Vec<Value>>,
+    /// RabbitMQ's, with `x-death`: where and why it first died.
+    #[serde(
+        rename = "x-first-death-exchange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub first_death_exchange: Option<String>,
+    #[serde(
+        rename = "x-first-death-queue",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub first_death_queue: Option<String>,
+    #[serde(
+        rename = "x-first-death-reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub first_death_reason: Option<String>,
+    /// RabbitMQ's, with `x-death` (3.10 writes them from the second death).
+    #[serde(
+        rename = "x-last-death-exchange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub last_death_exchange: Option<String>,
+    #[serde(
+        rename = "x-last-death-queue",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub last_death_queue: Option<String>,
+    #[serde(
+        rename = "x-last-death-reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub last_death_reason: Option<String>,
+    /// RabbitMQ's, on a quorum queue: deliveries before this one (a classic
+    /// queue does not write it; nor, on some versions, a first delivery).
+    #[serde(
+        rename = "x-delivery-count",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "u32")]
+    pub delivery_count: Option<u64>,
+}
+
+/// The headers every event carries, and those only a `SyncError` carries.
+pub fn required_headers(hook: Hook) -> &'static [&'static str] {
+    match hook {
+        Hook::SyncAccount => &[
+            "hook",
+            "user-id",
+            "account-id",
+            "x-client-id",
+            "x-source-ip",
+            "x-received-at",
+        ],
+        Hook::SyncError => &[
+            "hook",
+            "user-id",
+            "account-id",
+            "x-client-id",
+            "x-source-ip",
+            "x-received-at",
+            "error",
+            "x-error-known",
+        ],
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -177,9 +280,14 @@ pub enum ReplayedFrom {
 /// The AMQP basic properties of every event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Properties {
-    /// A UUIDv7, unique per webhook, the `id` the sender was answered with:
-    /// de-duplicate on it (delivery is at-least-once).
-    #[schemars(extend("format" = "uuid"))]
+    /// A UUIDv7, unique per webhook, the `id` the sender was answered with;
+    /// its first 48 bits are the receipt time in milliseconds. Delivery is
+    /// at-least-once: de-duplicate on it (see the document's description for
+    /// how long, and when to record it).
+    #[schemars(
+        extend("format" = "uuid"),
+        regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    )]
     pub message_id: String,
     /// When the relay received it, in seconds since the epoch.
     #[schemars(with = "i64", range(min = 0))]
@@ -208,8 +316,13 @@ fn count(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "minimum": 1})
 }
 
-/// The AsyncAPI 3.0 document of the events published to the topic exchange
-/// `exchange`, with the AMQP 0-9-1 bindings 0.3.0.
+/// What a consumer must know and AsyncAPI has no field for: the document's
+/// description.
+const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. The names use the default `amqp.exchange`, `webhooks`: with another, replace it everywhere.\n\n**Where events are.** The relay publishes every event to the fanout exchange `webhooks.in` (the `entry` channel), which feeds the topic exchange `webhooks` (and the history stream `webhooks.history`). Bind your queue to `webhooks` with the routing keys you want: `sync.account`, `sync.error.<code>` (`sync.error.*`, `sync.#`).\n\n**Which routing key.** A message sent to one queue (back from a retry tier, or by `hookrelay replay`) arrives with that queue's name as its routing key; it then carries `x-original-routing-key` (and `x-original-exchange`, the entry exchange). Dispatch on `x-original-routing-key` when it is there, else on the routing key.\n\n**At least once: de-duplicate on `message_id`.** Record an id once you have *handled* the event, not when you receive it: a replayed dead letter keeps its id, and recording on receipt would throw the replay away. Keep ids at least as long as the relay's history (`history.max_age`, 7 days by default): `hookrelay replay --from-history` can bring back ids that old.\n\n**Order.** Events reach a queue in the order the relay accepted them (webhooks in flight at the same moment have no order between them), except that a message that travelled again (from a retry tier, a replay, or a retry by the relay after RabbitMQ refused it) arrives after later ones. There is no sequence number per account: to order one account's events compare `x-received-at` (milliseconds) or `message_id` (a UUIDv7, time-ordered to the millisecond); `timestamp` has whole seconds only.\n\n**Acknowledge, retry, dead-letter.** Handled: ack. Failed for now (a dependency down): publish a copy (same body and properties, persistent) to the default exchange with routing key `<queue>.retry.<n>`, header `x-retry-attempt` = n (one more than the message's own, from 1) and `x-original-exchange`/`x-original-routing-key` kept or set, wait for the publisher confirm, then ack the original; after the tier's delay RabbitMQ puts the copy back into `<queue>` (with `x-death`). Learn how many tiers your queue has by declaring `<queue>.retry.1`, `.2`, … passively until one does not exist. Past the last tier, or for what you cannot handle: reject without requeue, and RabbitMQ dead-letters it into `webhooks.dead-letter`, where an operator replays it to your queue once fixed.\n\n**Unknown error codes.** The sender adds codes over time; an unknown one is routed like any (`sync.error.<code>`) with `x-error-known: false`. Treat it as `UnknownConnectorError` (the account needs the sender's support): handle or ack it, do not retry it.\n\nGenerated from hookrelay's Rust types (src/contract.rs): do not edit by hand.";
+
+/// The AsyncAPI 3.0 document of the events published through `exchange`
+/// (its entry fanout `<exchange>.in` and the topic exchange itself), with
+/// the AMQP 0-9-1 bindings 0.3.0.
 pub fn asyncapi(exchange: &str) -> Value {
     let mut schemas = Map::new();
     let mut generator = SchemaGenerator::new(
@@ -227,14 +340,40 @@ pub fn asyncapi(exchange: &str) -> Value {
         }
     }
     schemas.extend(generator.take_definitions(true));
+    // Which headers each kind of event carries: `Headers` says what each
+    // means, these what each kind must have.
+    for (hook, name) in [
+        (Hook::SyncAccount, "SyncAccount"),
+        (Hook::SyncError, "SyncError"),
+    ] {
+        let mut kind = json!({
+            "allOf": [{"$ref": "#/components/schemas/Headers"}],
+            "properties": {"hook": {"const": name}},
+            "required": required_headers(hook),
+        });
+        if hook == Hook::SyncAccount {
+            kind["not"] =
+                json!({"anyOf": [{"required": ["error"]}, {"required": ["x-error-known"]}]});
+        }
+        schemas.insert(format!("{name}Headers"), kind);
+    }
 
-    let exchange_binding = json!({
+    let topic = json!({
         "amqp": {
             "is": "routingKey",
             "exchange": {"name": exchange, "type": "topic", "durable": true, "autoDelete": false, "vhost": "/"},
             "bindingVersion": "0.3.0",
         }
     });
+    let queue = |name: String| {
+        json!({
+            "amqp": {
+                "is": "queue",
+                "queue": {"name": name, "durable": true, "exclusive": false, "autoDelete": false, "vhost": "/"},
+                "bindingVersion": "0.3.0",
+            }
+        })
+    };
     let receive_binding = json!({
         "amqp": {"deliveryMode": 2, "mandatory": true, "timestamp": true, "ack": true, "bindingVersion": "0.3.0"}
     });
@@ -244,10 +383,17 @@ pub fn asyncapi(exchange: &str) -> Value {
             "title": name,
             "summary": summary,
             "contentType": "application/json",
-            "headers": {"$ref": "#/components/schemas/Headers"},
+            "headers": {"$ref": format!("#/components/schemas/{name}Headers")},
             "payload": {"$ref": format!("#/components/schemas/{name}")},
             "x-amqp-properties": {"$ref": "#/components/schemas/Properties"},
             "bindings": {"amqp": {"messageType": name, "bindingVersion": "0.3.0"}},
+        })
+    };
+    // A channel that carries both kinds of event.
+    let both = || {
+        json!({
+            "syncAccount": {"$ref": "#/components/messages/SyncAccount"},
+            "syncError": {"$ref": "#/components/messages/SyncError"},
         })
     };
     json!({
@@ -255,7 +401,7 @@ pub fn asyncapi(exchange: &str) -> Value {
         "info": {
             "title": "hookrelay events",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. Bind a queue to the topic exchange with the routing keys you want (`sync.error.*`, `sync.#`); delivery is at-least-once, so de-duplicate on `message_id`. Generated from hookrelay's Rust types (src/contract.rs): do not edit by hand.",
+            "description": GUIDE,
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -267,18 +413,47 @@ pub fn asyncapi(exchange: &str) -> Value {
             }
         },
         "channels": {
+            "entry": {
+                "address": null,
+                "title": "Where the relay publishes every event",
+                "description": format!("The fanout exchange `{exchange}.in`: bound to the topic exchange `{exchange}` (and to the history stream `{exchange}.history`). `x-original-exchange` names it. Consumers bind to the topic exchange, not here."),
+                "messages": both(),
+                "bindings": {"amqp": {
+                    "is": "routingKey",
+                    "exchange": {"name": format!("{exchange}.in"), "type": "fanout", "durable": true, "autoDelete": false, "vhost": "/"},
+                    "bindingVersion": "0.3.0",
+                }},
+            },
             "syncAccount": {
                 "address": "sync.account",
                 "title": "An account synced",
                 "messages": {"syncAccount": {"$ref": "#/components/messages/SyncAccount"}},
-                "bindings": exchange_binding,
+                "bindings": topic,
             },
             "syncError": {
                 "address": "sync.error.{code}",
                 "title": "An account failed to sync",
-                "parameters": {"code": {"description": "The SyncError's `error`: one word, `^[A-Za-z][A-Za-z0-9_]{0,63}$`, so it cannot add `.`, `*` or `#` to the routing key."}},
+                "parameters": {"code": {"description": "The SyncError's `error`: one word, `^[A-Za-z][A-Za-z0-9_]{0,63}$`, so it cannot add `.`, `*` or `#` to the routing key. The sender documents LoginFailedError, SecurityQuestionError, TemporaryFailureError, UnhandledConnectorError and UnknownConnectorError; another word is routed the same way, with `x-error-known: false`."}},
                 "messages": {"syncError": {"$ref": "#/components/messages/SyncError"}},
-                "bindings": exchange_binding,
+                "bindings": topic,
+            },
+            "retryTier": {
+                "address": "{queue}.retry.{n}",
+                "title": "A retry tier of a consumer queue",
+                "description": "Declared by the relay for a `[[queues]]` entry with `retry` delays: a queue whose messages wait that tier's delay, then are dead-lettered back into `{queue}` through the default exchange. A consumer publishes a copy here (default exchange, routing key = the tier's name) to retry it later. Find a queue's tiers by declaring `{queue}.retry.1`, `.2`, … passively until one does not exist.",
+                "parameters": {
+                    "queue": {"description": "The consumer queue's name."},
+                    "n": {"description": "The tier, from 1; `x-retry-attempt` of the copy."},
+                },
+                "messages": both(),
+                "bindings": queue("{queue}.retry.{n}".to_owned()),
+            },
+            "deadLetters": {
+                "address": format!("{exchange}.dead-letter"),
+                "title": "What consumers rejected, or what expired or overflowed",
+                "description": format!("Bound to the dead-letter exchange `{exchange}.dlx` with `#`: every consumer queue the relay declares dead-letters there. Messages carry `x-death` (which queue, why: rejected, expired, maxlen, delivery_limit). `hookrelay replay` sends them back to the queue they died in."),
+                "messages": both(),
+                "bindings": queue(format!("{exchange}.dead-letter")),
             },
         },
         "operations": {
@@ -293,6 +468,16 @@ pub fn asyncapi(exchange: &str) -> Value {
                 "channel": {"$ref": "#/channels/syncError"},
                 "messages": [{"$ref": "#/channels/syncError/messages/syncError"}],
                 "bindings": receive_binding,
+            },
+            "sendToRetryTier": {
+                "action": "send",
+                "title": "Retry a message later",
+                "channel": {"$ref": "#/channels/retryTier"},
+                "messages": [
+                    {"$ref": "#/channels/retryTier/messages/syncAccount"},
+                    {"$ref": "#/channels/retryTier/messages/syncError"},
+                ],
+                "bindings": {"amqp": {"deliveryMode": 2, "mandatory": true, "ack": true, "bindingVersion": "0.3.0"}},
             },
         },
         "components": {

@@ -6,6 +6,7 @@ mod admin;
 mod binary;
 mod broker;
 mod consumer;
+mod contract;
 mod helpers;
 mod history;
 mod hostile;

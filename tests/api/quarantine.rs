@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, header, message_id, spawn_app, text_header};
 
-const WITHOUT_LOGIN: &str =
+pub(crate) const WITHOUT_LOGIN: &str =
     r#"{"hook":"SyncAccount","user":{"id":"u-1"},"account":{"id":"a-1","provider":"Wallet"}}"#;
 
 /// The message id and reason of a webhook answered 422.
@@ -71,7 +71,11 @@ async fn a_body_with_a_key_twice_is_quarantined_naming_the_key() {
 
 /// Publishes `body` into the quarantine queue as an older relay, with a
 /// stricter rule, did: its receipt headers and the reason it gave then.
-async fn quarantined_by_an_older_relay(app: &TestApp, body: &str, reason: &str) -> String {
+pub(crate) async fn quarantined_by_an_older_relay(
+    app: &TestApp,
+    body: &str,
+    reason: &str,
+) -> String {
     let id = Uuid::now_v7().to_string();
     let mut headers = FieldTable::default();
     for (key, value) in [

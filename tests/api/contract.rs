@@ -1,0 +1,293 @@
+//! The event contract against real messages: every kind a consumer can meet
+//! (an event as published, from a quorum queue, a dead letter, a replayed
+//! dead letter, a copy back from a retry tier, an event replayed from the
+//! history to a queue and to the exchange, a body redriven from the
+//! quarantine) is read into `hookrelay::contract`'s types, from which
+//! `docs/asyncapi.yaml` is generated (a unit test holds the two equal). Both
+//! ways: no header outside the contract, and no header of the relay's in the
+//! contract that no real message carried. Every replayed one keeps its
+//! original route.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hookrelay::config::{QueueSettings, QueueType};
+use hookrelay::contract::{Headers, Hook, Payload, Properties, required_headers};
+use hookrelay::dead_letter::retry_headers;
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    TestApp, eventually, spawn_app_unready, sync_account, sync_error, test_settings,
+};
+
+/// Headers RabbitMQ writes, not the relay: checked one way only (a message
+/// carrying one must find it in the contract), since which a broker writes
+/// depends on its version (3.10 writes no `x-last-death-*`).
+const RABBITMQS: [&str; 8] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-delivery-count",
+];
+
+/// Reads `message` into the contract, saying what does not fit; returns the
+/// header names it carried.
+fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
+    let properties = &message.delivery.properties;
+    let headers = hookrelay::render::headers(properties.headers().as_ref());
+    let parsed: Headers = serde_json::from_value(headers.clone())
+        .unwrap_or_else(|err| panic!("{kind}: headers outside the contract: {err}\n{headers}"));
+    for required in required_headers(parsed.hook) {
+        assert!(
+            headers.get(required).is_some(),
+            "{kind}: a {:?} without `{required}`: {headers}",
+            parsed.hook
+        );
+    }
+    if parsed.hook == Hook::SyncAccount {
+        assert!(headers.get("error").is_none() && headers.get("x-error-known").is_none());
+    }
+    let props = json!({
+        "message_id": properties.message_id().as_ref().map(|id| id.to_string()),
+        "timestamp": properties.timestamp(),
+        "content_type": properties.content_type().as_ref().map(|c| c.to_string()),
+        "app_id": properties.app_id().as_ref().map(|a| a.to_string()),
+        "delivery_mode": properties.delivery_mode(),
+    });
+    let _: Properties = serde_json::from_value(props.clone())
+        .unwrap_or_else(|err| panic!("{kind}: properties outside the contract: {err}\n{props}"));
+    let id = props["message_id"].as_str().unwrap_or_default();
+    let version = id.as_bytes().get(14).copied();
+    assert_eq!(version, Some(b'7'), "{kind}: a UUIDv7 message_id: {id}");
+    let _: Payload = serde_json::from_slice(&message.delivery.data)
+        .unwrap_or_else(|err| panic!("{kind}: a body outside the contract: {err}"));
+    headers
+        .as_object()
+        .map(|h| h.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A replayed message keeps the route the relay first gave it, whichever way
+/// it travelled: consumers dispatch on it.
+fn kept_its_route(kind: &str, message: &BasicGetMessage, app: &TestApp, routing_key: &str) {
+    let headers = hookrelay::render::headers(message.delivery.properties.headers().as_ref());
+    assert_eq!(
+        (
+            headers["x-original-exchange"].as_str(),
+            headers["x-original-routing-key"].as_str()
+        ),
+        (Some(app.topology.entry_exchange()), Some(routing_key)),
+        "{kind}: {headers}"
+    );
+}
+
+async fn taken(app: &TestApp, queue: &str, kind: &str) -> BasicGetMessage {
+    app.next_message(queue)
+        .await
+        .unwrap_or_else(|| panic!("{kind}: nothing in {queue}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_ways() {
+    // Arrange: a quorum queue with a retry tier, and a classic queue bound
+    // to everything.
+    let mut settings = test_settings(&[]);
+    let exchange = settings.amqp.exchange.clone();
+    let (reprompt, all) = (format!("{exchange}.reprompt"), format!("{exchange}.all"));
+    let mut queue = QueueSettings::new(&reprompt, &["sync.error.#"], QueueType::Quorum);
+    queue.retry = vec![Duration::from_millis(100)];
+    settings.queues = vec![queue, QueueSettings::new(&all, &["#"], QueueType::Classic)];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let dead_letters = app.topology.dead_letter_queue().to_owned();
+    let mut seen = BTreeSet::new();
+
+    // Events as published: each kind of body, one with a documented field missing.
+    app.send(sync_account()).await;
+    app.send(sync_error("LoginFailedError")).await;
+    app.send(sync_error("BrandNewError")).await;
+    app.send(r#"{"hook":"SyncAccount","user":{"id":"u-2"},"account":{"id":"a-2"}}"#)
+        .await;
+    for n in 0..4 {
+        seen.extend(fits(
+            "published",
+            &taken(&app, &all, &format!("published #{n}")).await,
+        ));
+    }
+
+    // From a quorum queue (RabbitMQ counts deliveries there).
+    seen.extend(fits(
+        "from a quorum queue",
+        &taken(&app, &reprompt, "quorum").await,
+    ));
+
+    // A copy back from a retry tier, made as the consumer library makes it.
+    let original = taken(&app, &reprompt, "to retry").await;
+    let properties = &original.delivery.properties;
+    let headers = retry_headers(
+        properties.headers().as_ref(),
+        1,
+        original.delivery.exchange.as_str(),
+        original.delivery.routing_key.as_str(),
+    );
+    app.channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    app.channel
+        .basic_publish(
+            "".into(),
+            format!("{reprompt}.retry.1").as_str().into(),
+            BasicPublishOptions::default(),
+            &original.delivery.data,
+            properties.clone().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    seen.extend(fits(
+        "back from a retry tier",
+        &taken(&app, &reprompt, "retried").await,
+    ));
+
+    // A dead letter (rejected by reprompt's consumer), looked at where it
+    // waits, then replayed.
+    app.send(sync_error("TemporaryFailureError")).await;
+    app.take_all(&all).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.depth(&reprompt).await == 1
+        })
+        .await
+    );
+    app.reject_next(&reprompt).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.depth(&dead_letters).await == 1
+        })
+        .await
+    );
+    let dead = app
+        .channel
+        .basic_get(
+            dead_letters.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    seen.extend(fits("a dead letter", &dead));
+    dead.delivery
+        .acker
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+        .unwrap();
+    let replayed = app.run(&["replay"]).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    let message = taken(&app, &reprompt, "replayed").await;
+    seen.extend(fits("a replayed dead letter", &message));
+    kept_its_route(
+        "a replayed dead letter",
+        &message,
+        &app,
+        "sync.error.TemporaryFailureError",
+    );
+
+    // Replayed from the history, to one queue.
+    let from_history = app
+        .run(&[
+            "replay",
+            "--from-history",
+            "--routing-key",
+            "sync.account",
+            "--limit",
+            "1",
+            "--to-queue",
+            &all,
+        ])
+        .await;
+    assert!(from_history.status.success(), "{from_history:?}");
+    let message = taken(&app, &all, "from history").await;
+    seen.extend(fits("replayed from the history to a queue", &message));
+    kept_its_route(
+        "from the history to a queue",
+        &message,
+        &app,
+        "sync.account",
+    );
+
+    // Replayed from the history to the exchange: every bound queue gets it
+    // with its own routing key, and the same headers.
+    let to_exchange = app
+        .run(&[
+            "replay",
+            "--from-history",
+            "--routing-key",
+            "sync.error.BrandNewError",
+            "--to-exchange",
+        ])
+        .await;
+    assert!(to_exchange.status.success(), "{to_exchange:?}");
+    let message = taken(&app, &all, "to the exchange").await;
+    assert_eq!(
+        message.delivery.routing_key.as_str(),
+        "sync.error.BrandNewError"
+    );
+    seen.extend(fits("replayed from the history to the exchange", &message));
+    kept_its_route(
+        "from the history to the exchange",
+        &message,
+        &app,
+        "sync.error.BrandNewError",
+    );
+    taken(&app, &reprompt, "to the exchange, reprompt's copy").await;
+
+    // Redriven from the quarantine once it parses.
+    crate::quarantine::quarantined_by_an_older_relay(
+        &app,
+        crate::quarantine::WITHOUT_LOGIN,
+        "`user.loginName` is missing",
+    )
+    .await;
+    let redriven = app.run(&["replay", "--from-quarantine"]).await;
+    assert!(redriven.status.success(), "{redriven:?}");
+    let message = taken(&app, &all, "redriven").await;
+    seen.extend(fits("redriven from the quarantine", &message));
+    kept_its_route(
+        "redriven from the quarantine",
+        &message,
+        &app,
+        "sync.account",
+    );
+
+    // Assert, the other way: every header of the relay's that the contract
+    // names was on a real message.
+    let schema: Value = serde_json::to_value(schemars::schema_for!(Headers)).unwrap();
+    let named: BTreeSet<String> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let never: Vec<&String> = named
+        .iter()
+        .filter(|h| !RABBITMQS.contains(&h.as_str()) && !seen.contains(*h))
+        .collect();
+    assert!(
+        never.is_empty(),
+        "the contract names headers no message carried: {never:?}; seen {seen:?}"
+    );
+    app.stop().await.unwrap();
+}
