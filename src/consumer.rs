@@ -36,6 +36,10 @@
 //!   on a quorum queue RabbitMQ dead-letters it after `delivery_limit`;
 //! - reconnects by itself; on shutdown stops taking messages and lets the
 //!   handlers in flight finish.
+//!
+//! Not de-duplication: delivery is at least once, and only the handler knows
+//! where its work is recorded, so it records `message_id` there, in the same
+//! transaction, and acks an id it already has.
 
 use std::collections::HashMap;
 use std::collections::HashSet;

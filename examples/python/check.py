@@ -4,11 +4,18 @@ the real RabbitMQ and the real relay (run by .ci/run):
     python check.py --relay target/debug/hookrelay
 
 It starts the relay with a queue that has two retry tiers, sends webhooks,
-and consumes them with consumer.py's `consume`:
-- a handler that fails twice handles the event on attempt 3, after both delays;
+and consumes them with consumer.py's `consume` (which learns the tiers from
+RabbitMQ, not from the relay's configuration):
+- a handler that fails twice (transiently) handles the event on attempt 3,
+  after both delays;
 - a handler that always fails leaves the event dead-lettered after the last tier;
-- every message consumed (body, headers, properties) is valid against the
-  schemas of docs/asyncapi.yaml.
+- an event replayed from the history (`hookrelay replay --from-history
+  --to-queue`) keeps its id and its original routing key, and is acked as a
+  duplicate of the one already handled, without calling the handler again;
+- an undocumented error code is handled, not dead-lettered;
+- every message (body, headers, properties), from the queue, back from a
+  tier, and replayed, is valid against the schemas of docs/asyncapi.yaml
+  (the headers against the schema of its kind).
 It deletes what it declared, and exits 1 saying why on any failure.
 """
 
@@ -28,7 +35,7 @@ import jsonschema
 import pika
 import yaml
 
-from consumer import ACK, DEAD_LETTER, RETRY, consume
+from consumer import ACK, Handled, Transient, consume
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT = os.path.join(HERE, "..", "..", "docs", "asyncapi.yaml")
@@ -70,7 +77,7 @@ def main():
         contract = yaml.safe_load(file)
     validators = {
         name: jsonschema.Draft7Validator(schema(contract, name), format_checker=jsonschema.FormatChecker())
-        for name in ("SyncAccount", "SyncError", "Headers", "Properties")
+        for name in ("SyncAccount", "SyncError", "SyncAccountHeaders", "SyncErrorHeaders", "Properties")
     }
 
     exchange = f"py-{uuid.uuid4()}"
@@ -132,7 +139,8 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         def check_contract(event, properties):
             nonlocal checked
             problems = [str(e.message) for e in validators[event["hook"]].iter_errors(event)]
-            problems += [f"header: {e.message}" for e in validators["Headers"].iter_errors(properties.headers)]
+            headers = validators[event["hook"] + "Headers"]
+            problems += [f"header: {e.message}" for e in headers.iter_errors(properties.headers)]
             props = {
                 "message_id": properties.message_id,
                 "timestamp": properties.timestamp,
@@ -145,19 +153,24 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
                 raise SystemExit(f"{properties.message_id} breaks the contract: {problems}")
             checked += 1
 
-        # 1. Fails twice, then succeeds on attempt 3.
+        handled = Handled()
+
+        # 1. Fails twice, transiently, then succeeds on attempt 3.
         recovers = send("LoginFailedError", "u-1")
 
-        def flaky(event, properties, attempt):
+        def flaky(event, routing_key, properties, attempt):
             check_contract(event, properties)
-            seen.append((attempt, time.monotonic(), properties.message_id))
-            return ACK if attempt == 3 else RETRY
+            seen.append((attempt, time.monotonic(), properties.message_id, routing_key))
+            if attempt < 3:
+                raise Transient("the reconnect service is down")
+            return ACK
 
-        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", flaky, stop=lambda: len(seen) == 3,
-                give_up_after=60)
-        attempts = [a for a, _, _ in seen]
-        if attempts != [1, 2, 3] or {m for _, _, m in seen} != {recovers}:
+        consume(connection, queue, flaky, handled, stop=lambda: len(seen) == 3, give_up_after=60)
+        attempts = [a for a, _, _, _ in seen]
+        if attempts != [1, 2, 3] or {m for _, _, m, _ in seen} != {recovers}:
             raise SystemExit(f"expected attempts [1, 2, 3] of {recovers}, saw {seen}")
+        if {k for _, _, _, k in seen} != {"sync.error.LoginFailedError"}:
+            raise SystemExit(f"the original routing key was lost on a retry: {seen}")
         waits = [round((seen[i + 1][1] - seen[i][1]) * 1000) for i in range(2)]
         if any(wait < tier for wait, tier in zip(waits, TIERS_MS)):
             raise SystemExit(f"retried before the tier's delay: waited {waits} ms, tiers {TIERS_MS}")
@@ -166,13 +179,12 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         seen.clear()
         doomed = send("SecurityQuestionError", "u-2")
 
-        def broken(event, properties, attempt):
+        def broken(event, routing_key, properties, attempt):
             check_contract(event, properties)
-            seen.append((attempt, time.monotonic(), properties.message_id))
-            return RETRY
+            seen.append((attempt, time.monotonic(), properties.message_id, routing_key))
+            raise Transient("still down")
 
-        consume(channel, queue, len(TIERS_MS), f"{exchange}.in", broken, stop=lambda: len(seen) == 3,
-                give_up_after=60)
+        consume(connection, queue, broken, handled, stop=lambda: len(seen) == 3, give_up_after=60)
         dead_letters = f"{exchange}.dead-letter"
         for _ in range(100):
             if channel.queue_declare(dead_letters, passive=True).method.message_count == 1:
@@ -185,9 +197,53 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         if properties.message_id != doomed or death["queue"] != queue or death["reason"] != "rejected":
             raise SystemExit(f"unexpected dead letter: {properties.message_id} {death}")
 
+        # 3. Replayed from the history: same id, original routing key, a duplicate.
+        replayed = subprocess.run(
+            [args.relay, "replay", "--config", config, "--from-history", "--to-queue", queue,
+             "--routing-key", "sync.error.LoginFailedError"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if replayed.returncode != 0:
+            raise SystemExit(f"replay --from-history failed: {replayed.stderr}")
+        for _ in range(100):
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is not None:
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("the replayed event did not arrive")
+        check_contract(json.loads(body), properties)
+        original = (properties.headers or {}).get("x-original-routing-key")
+        if properties.message_id != recovers or original != "sync.error.LoginFailedError":
+            raise SystemExit(f"replayed: {properties.message_id} with x-original-routing-key {original}")
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        called = []
+        consume(connection, queue, lambda *a: called.append(a) or ACK, handled,
+                stop=lambda: channel.queue_declare(queue, passive=True).method.message_count == 0,
+                give_up_after=60)
+        if called:
+            raise SystemExit(f"a duplicate of a handled id reached the handler: {called}")
+
+        # 4. An undocumented code: handled (the sender's support should hear
+        #    of it), not dead-lettered.
+        seen.clear()
+        novel = send("BrandNewError", "u-3")
+
+        def thorough(event, routing_key, properties, attempt):
+            check_contract(event, properties)
+            seen.append((attempt, time.monotonic(), properties.message_id, routing_key))
+            if properties.headers.get("x-error-known") is not False:
+                raise SystemExit(f"{routing_key} without x-error-known: false")
+            return ACK
+
+        consume(connection, queue, thorough, handled, stop=lambda: len(seen) == 1, give_up_after=60)
+        if seen[0][2] != novel or channel.queue_declare(dead_letters, passive=True).method.message_count:
+            raise SystemExit(f"the undocumented code was not handled: {seen}")
+
         print(
-            f"python consumer: retried on attempts {attempts} after {waits} ms (tiers {TIERS_MS}); "
-            f"dead-lettered after {len(TIERS_MS)} tiers; {checked} messages valid against docs/asyncapi.yaml"
+            f"python consumer: retried on attempts {attempts} after {waits} ms (tiers {TIERS_MS}, found "
+            f"by passive declares); dead-lettered after {len(TIERS_MS)} tiers; a history replay acked as a "
+            f"duplicate; an undocumented code handled; {checked} messages valid against docs/asyncapi.yaml"
         )
     finally:
         relay.terminate()

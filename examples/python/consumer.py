@@ -1,34 +1,79 @@
-"""A consumer of hookrelay's events in Python (pika), following the protocol
-the README documents for consumers in any language ("Writing a consumer"):
+"""A consumer of hookrelay's events in Python (pika), written from the event
+contract alone (docs/asyncapi.yaml, its description above all), not from the
+relay's configuration:
 
-- consume with a prefetch and manual acks;
-- handled: ack;
-- failed for now: publish a copy to the default exchange with routing key
-  `<queue>.retry.<n>` (same body and properties, header `x-retry-attempt` = n,
-  one more than the message's own, from 1; `x-original-exchange` and
-  `x-original-routing-key` kept or set), persistent, wait for the publisher
-  confirm, then ack the original. Past the last tier: reject without requeue,
-  so RabbitMQ dead-letters it;
-- cannot be handled: reject without requeue.
+- consume one queue with a prefetch and manual acks;
+- dispatch on `x-original-routing-key` when the message carries it (a retried
+  or replayed copy arrives with its queue's name as routing key), else on the
+  routing key;
+- de-duplicate on `message_id`: an id is recorded once the event is handled,
+  not on receipt (a replayed dead letter keeps its id), and kept as long as
+  the relay's history (7 days by default);
+- a transient failure (the handler raises `Transient`: a dependency is down)
+  is retried through the queue's retry tiers: a copy to the default exchange
+  with routing key `<queue>.retry.<n>`, `x-retry-attempt` = n, the original
+  route kept in `x-original-*`, confirmed, then the original is acked. The
+  tiers are found by declaring `<queue>.retry.1`, `.2`, ... passively;
+- past the last tier, or what it cannot handle (a bug, a body it cannot
+  use): reject without requeue, so RabbitMQ dead-letters it for an operator.
 
-    python consumer.py --config relay.toml --queue reprompt-credentials
+    python consumer.py --queue reprompt-credentials [--url amqp://...]
 
-The handler below is the example's business logic; `consume` is the protocol.
+It runs until stopped (Ctrl-C). `handle` below is the example's business
+logic: the rest is the protocol, reusable as it is.
 """
 
 import argparse
 import json
 import sys
 import time
-import tomllib
 
 import pika
+import pika.exceptions
 
 # Headers RabbitMQ owns: never copied into a retry.
 BROKER_OWNED = ("x-death", "x-delivery-count")
 BROKER_OWNED_PREFIXES = ("x-first-death-", "x-last-death-")
+# How long a handled id is remembered: the relay's history.max_age default.
+KEEP_IDS_FOR = 7 * 24 * 3600
 
 ACK, RETRY, DEAD_LETTER = "ack", "retry", "dead_letter"
+
+
+class Transient(Exception):
+    """A failure worth retrying later: a dependency is down, a timeout."""
+
+
+class Handled:
+    """The ids of events handled in the last `keep` seconds. In memory here;
+    a real consumer records them where it records the work (same transaction),
+    so that a crash cannot separate the two."""
+
+    def __init__(self, keep=KEEP_IDS_FOR):
+        self.keep, self.ids = keep, {}
+
+    def __contains__(self, message_id):
+        return message_id in self.ids
+
+    def add(self, message_id):
+        now = time.monotonic()
+        self.ids[message_id] = now
+        if len(self.ids) % 1000 == 0:
+            self.ids = {i: at for i, at in self.ids.items() if now - at < self.keep}
+
+
+def retry_tiers(connection, queue):
+    """How many retry tiers `queue` has: declares `<queue>.retry.1`, `.2`, ...
+    passively until one does not exist (each miss closes its channel)."""
+    tiers = 0
+    while True:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(f"{queue}.retry.{tiers + 1}", passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return tiers
+        channel.close()
+        tiers += 1
 
 
 def retry_copy_headers(headers, attempt, exchange, routing_key):
@@ -39,19 +84,21 @@ def retry_copy_headers(headers, attempt, exchange, routing_key):
         if key not in BROKER_OWNED and not key.startswith(BROKER_OWNED_PREFIXES)
     }
     copied["x-retry-attempt"] = attempt
-    if "x-original-exchange" not in copied:
+    if "x-original-routing-key" not in copied:
         copied["x-original-exchange"] = exchange
         copied["x-original-routing-key"] = routing_key
     return copied
 
 
-def consume(channel, queue, tiers, entry_exchange, handle, stop=lambda: False, prefetch=10,
-            give_up_after=None):
-    """Consumes `queue`, waiting as long as it stays quiet, until `stop()` is
-    true; `handle(event, properties, attempt)` returns ACK, RETRY or
-    (DEAD_LETTER, reason). `tiers` is how many retry tiers the queue has.
-    `give_up_after` (seconds without a message) is for tests only: a consumer
-    runs until it is stopped."""
+def consume(connection, queue, handle, handled=None, stop=lambda: False, prefetch=10, give_up_after=None):
+    """Consumes `queue` until `stop()` is true, waiting as long as it stays
+    quiet. `handle(event, routing_key, properties, attempt)` returns ACK,
+    RETRY or DEAD_LETTER, or raises (`Transient`: retried; anything else:
+    dead-lettered). Duplicates of handled ids are acked without calling it.
+    `give_up_after` (seconds without a message) is for tests only."""
+    tiers = retry_tiers(connection, queue)
+    handled = Handled() if handled is None else handled
+    channel = connection.channel()
     channel.confirm_delivery()
     channel.basic_qos(prefetch_count=prefetch)
     last_message = time.monotonic()
@@ -64,54 +111,64 @@ def consume(channel, queue, tiers, entry_exchange, handle, stop=lambda: False, p
             continue
         last_message = time.monotonic()
         headers = properties.headers or {}
-        attempt = int(headers.get("x-retry-attempt", 0)) + 1
-        try:
-            event = json.loads(body)
-            outcome = handle(event, properties, attempt)
-        except Exception as error:  # the handler's bug: dead-letter, do not loop
-            outcome = (DEAD_LETTER, f"handler raised {error!r}")
-        if outcome == RETRY and attempt <= tiers:
-            exchange = method.exchange or entry_exchange
-            copy = pika.BasicProperties(
-                content_type=properties.content_type,
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=properties.message_id,
-                timestamp=properties.timestamp,
-                app_id=properties.app_id,
-                headers=retry_copy_headers(headers, attempt, exchange, method.routing_key),
-            )
-            # Confirmed: raises if RabbitMQ nacks or returns it.
-            channel.basic_publish("", f"{queue}.retry.{attempt}", body, copy, mandatory=True)
-            channel.basic_ack(method.delivery_tag)
-        elif outcome == ACK:
-            channel.basic_ack(method.delivery_tag)
+        if properties.message_id in handled:
+            channel.basic_ack(method.delivery_tag)  # a duplicate: already handled
         else:
-            channel.basic_reject(method.delivery_tag, requeue=False)
+            routing_key = headers.get("x-original-routing-key", method.routing_key)
+            attempt = int(headers.get("x-retry-attempt", 0)) + 1
+            try:
+                outcome = handle(json.loads(body), routing_key, properties, attempt)
+            except Transient:
+                outcome = RETRY
+            except Exception:  # a bug, or a body it cannot use: for an operator
+                outcome = DEAD_LETTER
+            if outcome == ACK:
+                handled.add(properties.message_id)
+                channel.basic_ack(method.delivery_tag)
+            elif outcome == RETRY and attempt <= tiers:
+                copy = pika.BasicProperties(
+                    content_type=properties.content_type,
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=properties.message_id,
+                    timestamp=properties.timestamp,
+                    app_id=properties.app_id,
+                    headers=retry_copy_headers(headers, attempt, method.exchange, method.routing_key),
+                )
+                # Confirmed: raises if RabbitMQ nacks or returns it.
+                channel.basic_publish("", f"{queue}.retry.{attempt}", body, copy, mandatory=True)
+                channel.basic_ack(method.delivery_tag)
+            else:
+                channel.basic_reject(method.delivery_tag, requeue=False)
         if stop():
             break
     channel.cancel()
+    channel.close()
+
+
+def handle(event, routing_key, properties, attempt):
+    """The example's business logic, by what the sender's spec asks of the app."""
+    account, user = event["account"]["id"], event["user"]["id"]
+    if routing_key == "sync.account":
+        print(f"{properties.message_id}: account {account} synced")
+    elif routing_key in ("sync.error.LoginFailedError", "sync.error.SecurityQuestionError"):
+        print(f"{properties.message_id}: asking user {user} to reconnect account {account}")
+    elif routing_key == "sync.error.TemporaryFailureError":
+        print(f"{properties.message_id}: account {account} will be retried by the sender")
+    else:  # Unhandled/UnknownConnectorError, and codes the sender added since
+        known = (properties.headers or {}).get("x-error-known", False)
+        print(f"{properties.message_id}: account {account} needs the sender's support "
+              f"({event.get('error')}{'' if known else ', an undocumented code'})")
+    return ACK
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the relay's TOML file")
-    parser.add_argument("--queue", required=True, help="a [[queues]] entry of it")
+    parser.add_argument("--queue", required=True, help="the queue to consume, e.g. reprompt-credentials")
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2f")
     args = parser.parse_args()
-    with open(args.config, "rb") as file:
-        config = tomllib.load(file)
-    exchange = config.get("amqp", {}).get("exchange", "webhooks")
-    queue = next(q for q in config["queues"] if q["name"] == args.queue)
-
-    def handle(event, properties, attempt):
-        if event.get("error") == "LoginFailedError":
-            print(f"{properties.message_id}: asking user {event['user']['id']} to reconnect")
-            return ACK
-        return (DEAD_LETTER, f"no handler for {event.get('hook')} {event.get('error')}")
-
     connection = pika.BlockingConnection(pika.URLParameters(args.url))
     try:
-        consume(connection.channel(), args.queue, len(queue.get("retry", [])), f"{exchange}.in", handle)
+        consume(connection, args.queue, handle)
     except KeyboardInterrupt:
         pass
     finally:
