@@ -15,7 +15,6 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::broker::Topology;
 use crate::ip_ranges::IpRanges;
 
 /// The documented defaults, compiled in.
@@ -206,11 +205,6 @@ impl QueueSettings {
     /// Classic or quorum.
     pub fn kind(&self) -> QueueType {
         self.kind.unwrap_or_default()
-    }
-
-    /// The name of retry tier `n` (1-based).
-    pub fn retry_queue(&self, n: usize) -> String {
-        format!("{}.retry.{n}", self.name)
     }
 }
 
@@ -419,7 +413,7 @@ impl Settings {
             }
             let cannot_match = queue.bindings.iter().find(|binding| {
                 binding
-                    .parse::<crate::topic::TopicPattern>()
+                    .parse::<crate::wire::topic::TopicPattern>()
                     .is_ok_and(|pattern| !pattern.can_match_an_event())
             });
             if let Some(binding) = cannot_match {
@@ -460,16 +454,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    /// Every RabbitMQ name the relay uses, its consumer queues and history.
-    pub fn topology(&self) -> Topology {
-        let topology =
-            Topology::new(&self.amqp.exchange, &self.queues).with_queue_type(self.amqp.queue_type);
-        match self.history.enabled {
-            true => topology.with_history(&self.history),
-            false => topology,
-        }
     }
 
     /// The settings as TOML, with secrets masked.

@@ -62,8 +62,10 @@ use tracing::{info, warn};
 
 use crate::broker::{self, Outgoing, Topology, publish_confirmed};
 use crate::config::{QueueSettings, Settings};
-use crate::dead_letter::{replay_count, retry_attempt, retry_headers};
 use crate::event::Event;
+use crate::wire::death::replay_count;
+use crate::wire::headers::{self, ORIGINAL_ROUTING_KEY, RECEIVED_AT};
+use crate::wire::retry::{retry_attempt, retry_headers, tier_queue};
 
 /// Messages in flight at once, unless [`Consumer::prefetch`] says otherwise.
 const DEFAULT_PREFETCH: u16 = 10;
@@ -191,7 +193,7 @@ impl Consumer {
     /// Declares the topology, then starts consuming on a channel in confirm
     /// mode (for the retry copies).
     async fn open(&self, connection: &Connection) -> anyhow::Result<(Channel, lapin::Consumer)> {
-        let topology = self.settings.topology();
+        let topology = Topology::of(&self.settings);
         let report = topology
             .declare(connection, &HashSet::new())
             .await
@@ -229,7 +231,7 @@ impl Consumer {
         H: Fn(Incoming) -> F + Send + Sync + 'static,
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let topology = self.settings.topology();
+        let topology = Topology::of(&self.settings);
         let mut running: JoinSet<Outcome> = JoinSet::new();
         // Each running handler's delivery, and the event's first routing key.
         let mut in_flight: HashMap<tokio::task::Id, (Delivery, String)> = HashMap::new();
@@ -324,7 +326,7 @@ impl Consumer {
                         };
                         let copy = Outgoing {
                             exchange: String::new(),
-                            routing_key: self.queue.retry_queue(next as usize),
+                            routing_key: tier_queue(&self.queue.name, next as usize),
                             body: Bytes::from(delivery.data.clone()),
                             properties: delivery
                                 .properties
@@ -367,12 +369,8 @@ impl Consumer {
 fn incoming(delivery: &Delivery) -> Result<Incoming, String> {
     let headers = delivery.properties.headers().as_ref();
     let event = Event::parse(&delivery.data).map_err(|err| format!("not an event: {err}"))?;
-    let text = |key: &str| match headers?.inner().get(key)? {
-        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-        _ => None,
-    };
     Ok(Incoming {
-        routing_key: text(crate::dead_letter::ORIGINAL_ROUTING_KEY)
+        routing_key: headers::text(headers, ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| event.routing_key().as_str().to_owned()),
         event,
         body: Bytes::from(delivery.data.clone()),
@@ -383,7 +381,7 @@ fn incoming(delivery: &Delivery) -> Result<Incoming, String> {
             .map_or_else(String::new, |id| id.to_string()),
         attempt: u32::try_from(retry_attempt(headers) + 1).unwrap_or(u32::MAX),
         replays: u32::try_from(replay_count(headers)).unwrap_or(u32::MAX),
-        received_at: text("x-received-at").and_then(|at| humantime::parse_rfc3339(&at).ok()),
+        received_at: headers::time(headers, RECEIVED_AT),
         redelivered: delivery.redelivered,
     })
 }

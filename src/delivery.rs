@@ -14,8 +14,8 @@
 use std::fmt;
 
 use crate::broker::{PublishError, Publisher};
-use crate::envelope::Message;
 use crate::spool::{Spool, SpoolError};
+use crate::wire::envelope::Message;
 
 /// Publishes through the broker, falling back to the spool when there is one.
 #[derive(Clone)]

@@ -14,15 +14,15 @@
 //! pushed over the limit; the command warns before it starts.
 
 use anyhow::Context;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::broker::{self, browse};
 use crate::config::AmqpSettings;
-use crate::dead_letter::Death;
-use crate::envelope::QUARANTINE_REASON;
 use crate::render;
+use crate::wire::death::Death;
+use crate::wire::headers::{self, DELIVERY_COUNT, QUARANTINE_REASON};
 
 /// One message as `inspect` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -124,21 +124,12 @@ pub async fn inspect(
 
 /// `x-delivery-count`, as a quorum queue writes it: deliveries so far.
 fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
-    match headers?.inner().get("x-delivery-count")? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
+    headers::integer(headers, DELIVERY_COUNT)
 }
 
 /// Why a message is where it is, from what the relay or RabbitMQ wrote on it.
 fn reason(headers: Option<&FieldTable>) -> Option<String> {
-    if let Some(AMQPValue::LongString(reason)) =
-        headers.and_then(|h| h.inner().get(QUARANTINE_REASON))
-    {
+    if let Some(reason) = headers::text(headers, QUARANTINE_REASON) {
         return Some(format!("quarantined: {reason}"));
     }
     Death::from_headers(headers).map(|death| {

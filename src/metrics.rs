@@ -14,8 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::broker::BrokerState;
-use crate::envelope::Kind;
 use crate::event::{KNOWN_ERROR_CODES, SchemaWarning};
+use crate::wire::envelope::Kind;
 
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -26,7 +26,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info};
 
 use crate::admin::{self, Admin};
-use crate::broker::{Broker, Publisher};
+use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress, WebhookPath};
@@ -82,7 +82,11 @@ impl Application {
             _ => None,
         };
 
-        let broker = Broker::new(settings.amqp.clone(), settings.topology(), metrics.clone());
+        let broker = Broker::new(
+            settings.amqp.clone(),
+            Topology::of(&settings),
+            metrics.clone(),
+        );
         let publisher = Publisher::new(broker.clone());
         let delivery = Delivery::new(publisher.clone(), spool.clone());
         let ingress = web::Data::new(Ingress::new(&settings, delivery, metrics.clone()));

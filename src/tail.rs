@@ -19,11 +19,11 @@ use serde_json::Value;
 
 use lapin::Connection;
 
-use crate::broker;
+use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::history::{Filter, Reader, Start};
 use crate::render;
-use crate::topic::TopicPattern;
+use crate::wire::topic::TopicPattern;
 
 /// What to watch.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub async fn tail(
     on_ready: impl FnOnce(&str),
     on_message: impl FnMut(Tailed),
 ) -> anyhow::Result<()> {
-    let topology = settings.topology();
+    let topology = Topology::of(settings);
     let name = settings.amqp.tool_connection_name("hookrelay-tail");
     let connection = broker::connect(&settings.amqp, name).await?;
     let result = match topology.history_stream() {

@@ -4,31 +4,18 @@
 //! "peek"; an unacknowledged message stays the queue's until it is acked or
 //! nacked, and a requeued one returns to its original position.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use lapin::{Acker, Channel, Connection};
+use lapin::{Channel, Connection};
 
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 
-use super::publisher::{Outgoing, PublishError, publish_confirmed};
 use super::refusal_text;
 
-/// Two channels on `connection` for a pass that sends messages on: one to
-/// read the queue, one in confirm mode to publish.
-pub async fn reader_and_publisher(connection: &Connection) -> anyhow::Result<(Channel, Channel)> {
-    let reader = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    Ok((reader, confirming_channel(connection).await?))
-}
-
-/// A channel on `connection` in confirm mode, for [`forward`] and the like.
+/// A channel on `connection` in confirm mode, to publish with confirms.
 pub async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let publisher = connection
         .create_channel()
@@ -71,28 +58,6 @@ pub async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
         requeue: true,
     };
     channel.basic_nack(tag, options).await
-}
-
-/// Sends `outgoing` on with a confirm, and only then acknowledges (`acker`)
-/// the delivery it was made from: at every moment one of the two queues holds
-/// it. The inner `Err` is the publish's: the delivery is then still
-/// unacknowledged, for the caller to put back. The outer one is a failed ack,
-/// after which the message is in both places (`source` names the original).
-pub async fn forward(
-    publisher: &Channel,
-    acker: &Acker,
-    outgoing: &Outgoing,
-    timeout: Duration,
-    source: &str,
-) -> anyhow::Result<Result<(), PublishError>> {
-    if let Err(err) = publish_confirmed(publisher, outgoing, timeout).await {
-        return Ok(Err(err));
-    }
-    acker
-        .ack(BasicAckOptions::default())
-        .await
-        .with_context(|| format!("sent on, but cannot acknowledge {source}"))?;
-    Ok(Ok(()))
 }
 
 /// Ends a pass over `queue` read on `reader`: puts back every message up to

@@ -233,6 +233,20 @@ pub async fn close(connection: &Connection, why: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
 }
 
+/// Runs `work` on a connection of its own for `tool` (a command, not the
+/// relay: its name in RabbitMQ's list says which), closed whatever `work`
+/// returns.
+pub async fn with_tool_connection<T>(
+    amqp: &AmqpSettings,
+    tool: &str,
+    work: impl AsyncFnOnce(&Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let connection = connect(amqp, amqp.tool_connection_name(tool)).await?;
+    let result = work(&connection).await;
+    close(&connection, &format!("{tool} done")).await;
+    result
+}
+
 /// Closes a channel the same way: at most [`CLOSE_TIMEOUT`].
 pub async fn close_channel(channel: &Channel, why: &str) {
     let closing = channel.close(200, why.into());

@@ -9,7 +9,7 @@ mod publisher;
 mod status;
 mod topology;
 
-pub use connection::{Broker, ConnectError, close, close_channel, connect};
+pub use connection::{Broker, ConnectError, close, close_channel, connect, with_tool_connection};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
 pub use status::{BrokerState, Status};
 pub use topology::{

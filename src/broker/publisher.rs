@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use super::connection::{Broker, Session};
 use super::status::BrokerState;
 use super::topology::Address;
-use crate::envelope::{Kind, Message};
+use crate::wire::envelope::{Kind, Message};
 use tracing::debug;
 
 /// A message addressed by name, for the tools that republish what they read

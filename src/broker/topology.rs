@@ -1,6 +1,6 @@
 //! The one place that knows RabbitMQ names: the relay's own exchanges and
 //! queues, the consumer queues of the configuration, and where each kind of
-//! [`Message`](crate::envelope::Message) is published.
+//! [`Message`](crate::wire::envelope::Message) is published.
 //!
 //! ```text
 //! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
@@ -41,8 +41,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::{HistorySettings, QueueSettings, QueueType};
-use crate::envelope::Kind;
+use crate::config::{HistorySettings, QueueSettings, QueueType, Settings};
+use crate::wire::envelope::Kind;
 
 /// The relay's RabbitMQ names, derived from `amqp.exchange`, and its consumer queues.
 #[derive(Debug, Clone)]
@@ -134,6 +134,17 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 };
 
 impl Topology {
+    /// Every RabbitMQ name the relay with these settings uses: its own, its
+    /// consumer queues', and the history's when it is on.
+    pub fn of(settings: &Settings) -> Topology {
+        let topology = Topology::new(&settings.amqp.exchange, &settings.queues)
+            .with_queue_type(settings.amqp.queue_type);
+        match settings.history.enabled {
+            true => topology.with_history(&settings.history),
+            false => topology,
+        }
+    }
+
     pub fn new(exchange: &str, queues: &[QueueSettings]) -> Topology {
         Topology {
             entry: format!("{exchange}.in"),
@@ -355,7 +366,7 @@ impl Topology {
                 }
             }
             for (n, delay) in queue.retry.iter().enumerate() {
-                let tier = queue.retry_queue(n + 1);
+                let tier = crate::wire::retry::tier_queue(&queue.name, n + 1);
                 let arguments = retry_tier_arguments(queue, self.tier_type(queue), *delay);
                 let declared =
                     declarer.ensure(Object::Queue(&tier, arguments), &mut report.created);

@@ -19,12 +19,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::broker;
+use crate::broker::Topology;
 use crate::broker::management::{Management, SetBy};
 use crate::config::Settings;
 use crate::history::{Filter, PointInTime, Start};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
-use crate::topic::TopicPattern;
+use crate::wire::topic::TopicPattern;
 use output::say;
 
 /// Relays sync webhooks into RabbitMQ: allowlisted, typed, durable, confirmed.
@@ -161,7 +162,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn declare(settings: Settings) -> anyhow::Result<()> {
-    let topology = settings.topology();
+    let topology = Topology::of(&settings);
     let name = settings.amqp.tool_connection_name("hookrelay-declare");
     let connection = broker::connect(&settings.amqp, name).await?;
     let report = topology
@@ -209,7 +210,7 @@ async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let topology = settings.topology();
+    let topology = Topology::of(settings);
     let mut queues = management
         .queues_bound_to(topology.exchange())
         .await

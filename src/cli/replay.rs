@@ -5,10 +5,10 @@
 use super::HistoryFilterArgs;
 use super::output::say;
 use crate::config::Settings;
-use crate::history::replay::{self as history_replay, Destination, Sent};
-use crate::quarantine::{self, Redrive};
-use crate::replay::{self, Action, Entry, ReplayOptions};
-use crate::topic::TopicPattern;
+use crate::replay::dead_letters::{self, Action, Entry, ReplayOptions};
+use crate::replay::history::{self as history_replay, Destination, Sent};
+use crate::replay::quarantine::{self, Redrive};
+use crate::wire::topic::TopicPattern;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -89,7 +89,7 @@ pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<
         dry_run: args.dry_run,
     };
     let json = args.json;
-    let summary = replay::replay(&settings, &options, |entry| {
+    let summary = dead_letters::replay(&settings, &options, |entry| {
         if json {
             say!("{}", serde_json::to_string(entry).unwrap_or_default());
         } else {

@@ -9,12 +9,14 @@ use serde_json::Value;
 
 use super::HistoryFilterArgs;
 use crate::broker;
+use crate::broker::Topology;
 use crate::config::Settings;
 use crate::history::{Reader, Recorded};
 use crate::inspect::{self, Inspected};
 use crate::render;
 use crate::tail::{self, TailOptions, Tailed};
-use crate::topic::TopicPattern;
+use crate::wire::headers::{ACCOUNT_ID, CLIENT_ID, USER_ID};
+use crate::wire::topic::TopicPattern;
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -121,7 +123,7 @@ pub(super) async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<(
 }
 
 pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Result<()> {
-    let topology = settings.topology();
+    let topology = Topology::of(&settings);
     let Some(stream) = topology.history_stream() else {
         anyhow::bail!("the history is off ([history] enabled = false)");
     };
@@ -186,9 +188,9 @@ fn print_event(event: &Recorded, json: bool, raw: bool) {
             event.received_at_text().as_deref().unwrap_or("-"),
             event.message_id().as_deref().unwrap_or("-"),
             event.routing_key,
-            header("user-id"),
-            header("account-id"),
-            header("x-client-id"),
+            header(USER_ID),
+            header(ACCOUNT_ID),
+            header(CLIENT_ID),
             body
         );
     }
@@ -196,7 +198,7 @@ fn print_event(event: &Recorded, json: bool, raw: bool) {
 
 pub(super) async fn inspect(settings: Settings, args: InspectArgs) -> anyhow::Result<()> {
     let json = args.json;
-    let delivery_limit = settings.topology().delivery_limit(&args.queue);
+    let delivery_limit = Topology::of(&settings).delivery_limit(&args.queue);
     if let Some(limit) = delivery_limit {
         eprintln!(
             "warning: {} is a quorum queue with a delivery limit of {limit}: inspecting it counts \

@@ -19,8 +19,6 @@
 //! where it stopped, rather than end as if it had read everything. With
 //! `follow`, it goes on with new events.
 
-pub mod replay;
-
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -30,8 +28,10 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
-use crate::envelope::QUARANTINE_REASON;
-use crate::topic::TopicPattern;
+use crate::wire::headers::{
+    self, ACCOUNT_ID, CLIENT_ID, QUARANTINE_REASON, RECEIVED_AT, STREAM_OFFSET, USER_ID, text,
+};
+use crate::wire::topic::TopicPattern;
 
 /// Deliveries RabbitMQ may send ahead of our acks.
 const PREFETCH: u16 = 1000;
@@ -45,8 +45,6 @@ const LAST_CHUNK_WAIT: Duration = Duration::from_secs(1);
 const LAST_CHUNK_GAP: Duration = Duration::from_millis(150);
 /// The routing key events shows for a quarantined body (a 422'd webhook).
 pub const QUARANTINED: &str = "quarantine";
-/// The header RabbitMQ puts on every message read from a stream.
-const STREAM_OFFSET: &str = "x-stream-offset";
 
 /// Where in the stream a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,9 +266,9 @@ impl Filter {
                 .routing_keys
                 .iter()
                 .any(|p| p.matches(&event.routing_key)))
-            && same(&self.user_id, "user-id")
-            && same(&self.account_id, "account-id")
-            && same(&self.client_id, "x-client-id")
+            && same(&self.user_id, USER_ID)
+            && same(&self.account_id, ACCOUNT_ID)
+            && same(&self.client_id, CLIENT_ID)
             && self
                 .since
                 .is_none_or(|since| received().is_some_and(|at| at >= since))
@@ -290,13 +288,12 @@ impl Recorded {
 
     /// When the relay received the webhook (`x-received-at`).
     pub fn received_at(&self) -> Option<SystemTime> {
-        let at = text(self.properties.headers().as_ref(), "x-received-at")?;
-        humantime::parse_rfc3339(&at).ok()
+        headers::time(self.properties.headers().as_ref(), RECEIVED_AT)
     }
 
     /// `x-received-at` as written.
     pub fn received_at_text(&self) -> Option<String> {
-        text(self.properties.headers().as_ref(), "x-received-at")
+        text(self.properties.headers().as_ref(), RECEIVED_AT)
     }
 }
 
@@ -368,8 +365,7 @@ async fn last_event(connection: &Connection, stream: &str) -> anyhow::Result<Opt
         if let Some(offset) = offset(headers)
             && last.is_none_or(|last| offset > last.offset)
         {
-            let received_at =
-                text(headers, "x-received-at").and_then(|at| humantime::parse_rfc3339(&at).ok());
+            let received_at = headers::time(headers, RECEIVED_AT);
             last = Some(LastEvent {
                 offset,
                 received_at,
@@ -396,20 +392,7 @@ fn stalled<T>(stream: &str, seen: Option<u64>, end: Option<u64>) -> anyhow::Resu
 }
 
 fn offset(headers: Option<&FieldTable>) -> Option<u64> {
-    match headers?.inner().get(STREAM_OFFSET)? {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        _ => None,
-    }
-}
-
-fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    match headers?.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
+    u64::try_from(headers::integer(headers, STREAM_OFFSET)?).ok()
 }
 
 #[cfg(test)]

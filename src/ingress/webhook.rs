@@ -19,9 +19,9 @@ use uuid::Uuid;
 use super::Ingress;
 use super::error::IngressError;
 use crate::delivery::Delivered;
-use crate::envelope::{Receipt, event_message, quarantine_message};
 use crate::event::Event;
 use crate::metrics::Outcome;
+use crate::wire::envelope::{Receipt, event_message, quarantine_message};
 
 #[derive(Serialize)]
 struct Accepted {

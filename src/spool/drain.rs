@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{Refusal, Spool, Spooled};
 use crate::broker::{Broker, PublishError, Publisher};
-use crate::envelope::Message;
+use crate::wire::envelope::Message;
 
 /// Messages per batch: enough to fill the pipe, few enough to bound memory.
 const BATCH: usize = 256;
@@ -237,7 +237,7 @@ mod tests {
     use lapin::BasicProperties;
 
     use super::*;
-    use crate::envelope::Kind;
+    use crate::wire::envelope::Kind;
 
     fn spooled(seq: i64) -> Spooled {
         Spooled {

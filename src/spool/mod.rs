@@ -38,8 +38,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::{QueueSettings, SpoolSettings};
-use crate::envelope::Message;
 use crate::metrics::Metrics;
+use crate::wire::envelope::Message;
 use refused::{Lane, Left};
 pub use refused::{QUARANTINE, RefusedKey, RetryPolicy};
 use store::Row;
@@ -768,7 +768,7 @@ mod tests {
     use lapin::types::{AMQPValue, FieldTable};
 
     use super::*;
-    use crate::envelope::Kind;
+    use crate::wire::envelope::Kind;
 
     fn key(message: &Message) -> String {
         match &message.kind {

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 use crate::config::QueueSettings;
-use crate::topic::TopicPattern;
+use crate::wire::topic::TopicPattern;
 
 /// The key the lane's bookkeeping uses for a quarantined body, which has no
 /// routing key (it goes straight to the quarantine queue).

@@ -17,7 +17,7 @@ use lapin::BasicProperties;
 use rusqlite::{Connection, OpenFlags};
 
 use super::SpoolError;
-use crate::envelope::{Kind, Message};
+use crate::wire::envelope::{Kind, Message};
 
 /// The schema this version writes. Version 0 (before `PRAGMA user_version`
 /// was set) stored an exchange name instead of a kind, and had no parking;

@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 use uuid::Uuid;
 
+use hookrelay::broker::Topology;
 use hookrelay::config::Settings;
 
 use crate::helpers::{
@@ -159,7 +160,7 @@ async fn declare_creates_the_topology_and_exits() {
 
     assert!(output.status.success(), "{output:?}");
     let (connection, channel) = amqp().await;
-    let topology = settings.topology();
+    let topology = Topology::of(&settings);
     for exchange in topology.own_exchanges() {
         let passive = ExchangeDeclareOptions {
             passive: true,
@@ -228,7 +229,7 @@ async fn declare_names_every_conflict_and_exits_non_zero() {
     };
     let mut limited = FieldTable::default();
     limited.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
-    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let quarantine = Topology::of(&settings).quarantine_queue().to_owned();
     channel
         .queue_declare(quarantine.as_str().into(), durable, limited)
         .await
@@ -616,7 +617,7 @@ async fn a_refused_consumer_queue_is_logged_once_not_at_every_check() {
 async fn every_command_logs_like_serve() {
     let settings = test_settings(&[]);
     let _cleanup = CleanUpIfFailed(settings.amqp.exchange.clone());
-    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let quarantine = Topology::of(&settings).quarantine_queue().to_owned();
     let base = [
         ("HOOKRELAY__INGRESS__CLIENT_IDS", "a"),
         ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
@@ -676,7 +677,7 @@ async fn a_returned_message_is_logged_without_its_body() {
         ],
     );
     let (connection, channel) = amqp().await;
-    let unrouted = settings.topology().unrouted().to_owned();
+    let unrouted = Topology::of(&settings).unrouted().to_owned();
     channel
         .queue_delete(unrouted.as_str().into(), Default::default())
         .await

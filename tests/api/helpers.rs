@@ -119,7 +119,7 @@ pub async fn spawn_app_unready(settings: Settings) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         admin_address: format!("http://127.0.0.1:{admin_port}"),
         port,
-        topology: settings.topology(),
+        topology: Topology::of(&settings),
         settings,
         http: reqwest::Client::new(),
         channel,
@@ -510,9 +510,9 @@ pub fn delete_everything_named(prefix: &str) {
 
 /// Deletes the exchanges and queues a relay with `settings` declares.
 pub async fn delete_topology(channel: &Channel, settings: &Settings) {
-    let topology = settings.topology();
+    let topology = Topology::of(settings);
     let consumer_queues = topology.consumer_queues().iter().flat_map(|q| {
-        let tiers = (1..=q.retry.len()).map(|n| q.retry_queue(n));
+        let tiers = (1..=q.retry.len()).map(|n| hookrelay::wire::retry::tier_queue(&q.name, n));
         std::iter::once(q.name.clone()).chain(tiers)
     });
     let own = topology.own_queues().into_iter().map(str::to_owned);

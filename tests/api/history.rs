@@ -5,6 +5,7 @@
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
+use hookrelay::broker::Topology;
 use hookrelay::config::{QueueSettings, QueueType};
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -203,7 +204,7 @@ async fn with_history_tail_reads_the_stream_and_binds_nothing() {
 #[tokio::test]
 async fn a_history_stream_with_other_retention_is_reported_and_still_used() {
     let settings = test_settings(&[("HOOKRELAY__HISTORY__MAX_AGE", "7d")]);
-    let stream = settings.topology().history_stream().unwrap().to_owned();
+    let stream = Topology::of(&settings).history_stream().unwrap().to_owned();
     let (connection, channel) = crate::helpers::amqp().await;
     let mut args = FieldTable::default();
     args.insert(

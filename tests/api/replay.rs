@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use hookrelay::config::{QueueSettings, QueueType};
-use hookrelay::replay::{Action, Entry, ReplayOptions, Summary, replay};
+use hookrelay::replay::dead_letters::{Action, Entry, ReplayOptions, Summary, replay};
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;

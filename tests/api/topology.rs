@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use hookrelay::broker::Topology;
 use hookrelay::broker::consumer_queue_arguments;
 use hookrelay::config::{QueueSettings, QueueType};
 use lapin::options::{
@@ -95,7 +96,7 @@ async fn a_consumer_queue_rabbitmq_refuses_is_named_and_publishing_goes_on() {
     );
     let (connection, channel) = crate::helpers::amqp().await;
     let classic = consumer_queue(&reprompt, "sync.error.LoginFailedError", QueueType::Classic);
-    let dlx = settings.topology().dead_letter_exchange().to_owned();
+    let dlx = Topology::of(&settings).dead_letter_exchange().to_owned();
     channel
         .queue_declare(
             reprompt.as_str().into(),
@@ -143,7 +144,7 @@ async fn a_consumer_queue_rabbitmq_refuses_is_named_and_publishing_goes_on() {
 async fn a_refused_object_of_the_relays_own_is_misconfigured_and_loses_nothing() {
     // The quarantine queue exists with a length limit the relay does not set.
     let settings = test_settings(&[]);
-    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let quarantine = Topology::of(&settings).quarantine_queue().to_owned();
     let (connection, channel) = crate::helpers::amqp().await;
     let mut limited = FieldTable::default();
     limited.insert("x-max-length".into(), AMQPValue::LongInt(10));
@@ -368,7 +369,7 @@ async fn own_quorum_queues_an_earlier_version_declared_are_accepted_not_misconfi
     // The quarantine queue as versions before the explicit delivery limit
     // declared it: quorum, nothing else. RabbitMQ refuses to change it.
     let settings = test_settings(&[("HOOKRELAY__AMQP__QUEUE_TYPE", "quorum")]);
-    let quarantine = settings.topology().quarantine_queue().to_owned();
+    let quarantine = Topology::of(&settings).quarantine_queue().to_owned();
     let (connection, channel) = crate::helpers::amqp().await;
     let mut earlier = FieldTable::default();
     earlier.insert(

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hookrelay::broker::Topology;
 use hookrelay::config::Settings;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -139,7 +140,7 @@ impl Setup {
         ]);
         let settings = Settings::load_with_env(Some(&self.dir.join("relay.toml")), env)
             .expect("the setup's configuration");
-        let topology = settings.topology();
+        let topology = Topology::of(&settings);
         let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
         for queue in topology.own_queues().into_iter().chain(consumer_queues) {
             let _ = channel

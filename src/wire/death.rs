@@ -1,6 +1,5 @@
 //! What RabbitMQ recorded about a dead letter, and the headers a message gets
-//! when it is sent again: replayed from the dead letters, or retried by a
-//! consumer through a retry tier.
+//! when an operator replays it.
 //!
 //! RabbitMQ keeps `x-death`: one entry per (queue, reason), the most recent
 //! first, so the entry for the original publish is the last one. A replay
@@ -10,17 +9,12 @@
 //! on: after a replay through the default exchange, `x-death` alone would only
 //! know the queue's name.
 
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 
-/// Headers RabbitMQ owns; never copied into a replayed message.
-const BROKER_OWNED: [&str; 2] = ["x-death", "x-delivery-count"];
-const BROKER_OWNED_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
-
-pub const REPLAY_COUNT: &str = "x-replay-count";
-/// Which retry this copy is, from 1: set by the consumer that retries.
-pub const RETRY_ATTEMPT: &str = "x-retry-attempt";
-pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
-pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+use super::headers::{
+    self, DEATH, FIRST_DEATH_EXCHANGE, FIRST_DEATH_QUEUE, FIRST_DEATH_REASON, LAST_DEATH_QUEUE,
+    LAST_DEATH_REASON, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, RETRY_ATTEMPT,
+};
 
 /// The facts about one dead letter that a replay needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +37,12 @@ impl Death {
     /// `x-last-death-*` headers). `None` when the message carries no record
     /// of having died.
     pub fn from_headers(headers: Option<&FieldTable>) -> Option<Death> {
-        let headers = headers?;
-        let mut death = from_x_death(headers).or_else(|| from_death_headers(headers))?;
-        if let Some(exchange) = string(headers, ORIGINAL_EXCHANGE) {
+        let table = headers?;
+        let mut death = from_x_death(table).or_else(|| from_death_headers(headers))?;
+        if let Some(exchange) = headers::text(headers, ORIGINAL_EXCHANGE) {
             death.original_exchange = exchange;
         }
-        if let Some(routing_key) = string(headers, ORIGINAL_ROUTING_KEY) {
+        if let Some(routing_key) = headers::text(headers, ORIGINAL_ROUTING_KEY) {
             death.original_routing_key = routing_key;
         }
         Some(death)
@@ -56,7 +50,7 @@ impl Death {
 }
 
 fn from_x_death(headers: &FieldTable) -> Option<Death> {
-    let AMQPValue::FieldArray(entries) = headers.inner().get("x-death")? else {
+    let AMQPValue::FieldArray(entries) = headers.inner().get(DEATH)? else {
         return None;
     };
     let tables: Vec<&FieldTable> = entries
@@ -67,150 +61,77 @@ fn from_x_death(headers: &FieldTable) -> Option<Death> {
             _ => None,
         })
         .collect();
-    let newest = tables.first()?;
-    let oldest = tables.last()?;
+    let newest = Some(*tables.first()?);
+    let oldest = Some(*tables.last()?);
     Some(Death {
-        queue: string(newest, "queue")?,
-        reason: string(newest, "reason").unwrap_or_default(),
-        count: integer(newest.inner().get("count")).unwrap_or(1),
-        time: match newest.inner().get("time") {
+        queue: headers::text(newest, "queue")?,
+        reason: headers::text(newest, "reason").unwrap_or_default(),
+        count: headers::integer(newest, "count").unwrap_or(1),
+        time: match headers::get(newest, "time") {
             Some(AMQPValue::Timestamp(t)) => Some(*t),
             _ => None,
         },
-        original_exchange: string(oldest, "exchange").unwrap_or_default(),
+        original_exchange: headers::text(oldest, "exchange").unwrap_or_default(),
         original_routing_key: first_routing_key(oldest).unwrap_or_default(),
     })
 }
 
 /// The fallback: headers RabbitMQ also sets, but not reliably across versions.
-fn from_death_headers(headers: &FieldTable) -> Option<Death> {
-    let queue =
-        string(headers, "x-last-death-queue").or_else(|| string(headers, "x-first-death-queue"))?;
+fn from_death_headers(headers: Option<&FieldTable>) -> Option<Death> {
+    let text = |key| headers::text(headers, key);
     Some(Death {
-        queue,
-        reason: string(headers, "x-last-death-reason")
-            .or_else(|| string(headers, "x-first-death-reason"))
+        queue: text(LAST_DEATH_QUEUE).or_else(|| text(FIRST_DEATH_QUEUE))?,
+        reason: text(LAST_DEATH_REASON)
+            .or_else(|| text(FIRST_DEATH_REASON))
             .unwrap_or_default(),
         count: 1,
         time: None,
-        original_exchange: string(headers, "x-first-death-exchange").unwrap_or_default(),
+        original_exchange: text(FIRST_DEATH_EXCHANGE).unwrap_or_default(),
         original_routing_key: String::new(),
     })
 }
 
-/// The headers of a replayed message: everything the message had, less what
-/// RabbitMQ owns, with `x-replay-count` incremented and the original route kept.
-pub fn replay_headers(headers: Option<&FieldTable>, death: &Death) -> FieldTable {
-    let mut replayed = FieldTable::default();
-    let mut previous_replays = 0;
-    if let Some(headers) = headers {
-        for (key, value) in headers.inner() {
-            let key_str = key.as_str();
-            if key_str == REPLAY_COUNT {
-                previous_replays = integer(Some(value)).unwrap_or(0);
-            } else if !is_broker_owned(key_str) && key_str != RETRY_ATTEMPT {
-                // A replayed message starts its retries again at attempt 1.
-                replayed.insert(key.clone(), value.clone());
-            }
-        }
+fn first_routing_key(entry: Option<&FieldTable>) -> Option<String> {
+    match headers::get(entry, "routing-keys")? {
+        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(headers::value_text),
+        _ => None,
     }
+}
+
+/// The headers of a replayed message: everything the message had, less what
+/// RabbitMQ owns and `x-retry-attempt` (a replayed message starts its retries
+/// again at attempt 1), with `x-replay-count` incremented and the original
+/// route kept.
+pub fn replay_headers(headers: Option<&FieldTable>, death: &Death) -> FieldTable {
+    let mut replayed = headers::copied(headers, &[REPLAY_COUNT, RETRY_ATTEMPT]);
     replayed.insert(
         REPLAY_COUNT.into(),
-        AMQPValue::LongLongInt(previous_replays + 1),
+        AMQPValue::LongLongInt(replay_count(headers) + 1),
     );
-    replayed.insert(
-        ORIGINAL_EXCHANGE.into(),
-        long_string(&death.original_exchange),
-    );
-    replayed.insert(
-        ORIGINAL_ROUTING_KEY.into(),
-        long_string(&death.original_routing_key),
+    headers::set_text(&mut replayed, ORIGINAL_EXCHANGE, &death.original_exchange);
+    headers::set_text(
+        &mut replayed,
+        ORIGINAL_ROUTING_KEY,
+        &death.original_routing_key,
     );
     replayed
 }
 
-/// The headers of the copy a consumer publishes into a retry tier: the
-/// message's own, less what RabbitMQ owns, with `x-retry-attempt` set to
-/// `attempt` and the route it first took kept in `x-original-exchange` /
-/// `x-original-routing-key` (after a retry it arrives through the default
-/// exchange, and `x-death` would only know the tier).
-pub fn retry_headers(
-    headers: Option<&FieldTable>,
-    attempt: i64,
-    exchange: &str,
-    routing_key: &str,
-) -> FieldTable {
-    let mut copied = FieldTable::default();
-    if let Some(headers) = headers {
-        for (key, value) in headers.inner() {
-            if !is_broker_owned(key.as_str()) {
-                copied.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    copied.insert(RETRY_ATTEMPT.into(), AMQPValue::LongLongInt(attempt));
-    if !copied.inner().contains_key(ORIGINAL_EXCHANGE) {
-        copied.insert(ORIGINAL_EXCHANGE.into(), long_string(exchange));
-        copied.insert(ORIGINAL_ROUTING_KEY.into(), long_string(routing_key));
-    }
-    copied
-}
-
-/// `x-retry-attempt` as a number (0 when absent: not retried yet).
-pub fn retry_attempt(headers: Option<&FieldTable>) -> i64 {
-    integer(headers.and_then(|h| h.inner().get(RETRY_ATTEMPT))).unwrap_or(0)
-}
-
 /// `x-replay-count` as a number (0 when absent).
 pub fn replay_count(headers: Option<&FieldTable>) -> i64 {
-    integer(headers.and_then(|h| h.inner().get(REPLAY_COUNT))).unwrap_or(0)
-}
-
-fn is_broker_owned(key: &str) -> bool {
-    BROKER_OWNED.contains(&key) || BROKER_OWNED_PREFIXES.iter().any(|p| key.starts_with(p))
-}
-
-fn string(table: &FieldTable, key: &str) -> Option<String> {
-    match table.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn first_routing_key(entry: &FieldTable) -> Option<String> {
-    match entry.inner().get("routing-keys")? {
-        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(|key| match key {
-            AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
-
-/// Any integer type: brokers and clients disagree on widths.
-fn integer(value: Option<&AMQPValue>) -> Option<i64> {
-    match value? {
-        AMQPValue::ShortShortInt(n) => Some((*n).into()),
-        AMQPValue::ShortShortUInt(n) => Some((*n).into()),
-        AMQPValue::ShortInt(n) => Some((*n).into()),
-        AMQPValue::ShortUInt(n) => Some((*n).into()),
-        AMQPValue::LongInt(n) => Some((*n).into()),
-        AMQPValue::LongUInt(n) => Some((*n).into()),
-        AMQPValue::LongLongInt(n) => Some(*n),
-        _ => None,
-    }
-}
-
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
+    headers::integer(headers, REPLAY_COUNT).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use lapin::types::FieldArray;
+    use lapin::types::{FieldArray, LongString};
 
     use super::*;
+    use crate::wire::headers::DELIVERY_COUNT;
+
+    fn long_string(value: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(value))
+    }
 
     fn entry(queue: &str, reason: &str, count: i64, exchange: &str, key: &str) -> AMQPValue {
         let mut table = FieldTable::default();
@@ -229,7 +150,7 @@ mod tests {
     fn headers(entries: Vec<AMQPValue>, extra: &[(&str, AMQPValue)]) -> FieldTable {
         let mut table = FieldTable::default();
         table.insert(
-            "x-death".into(),
+            DEATH.into(),
             AMQPValue::FieldArray(FieldArray::from(entries)),
         );
         for (key, value) in extra {
@@ -294,9 +215,9 @@ mod tests {
     #[test]
     fn without_x_death_the_death_headers_are_a_fallback() {
         let mut h = FieldTable::default();
-        h.insert("x-first-death-queue".into(), long_string("reprompt"));
-        h.insert("x-first-death-reason".into(), long_string("rejected"));
-        h.insert("x-first-death-exchange".into(), long_string("webhooks"));
+        h.insert(FIRST_DEATH_QUEUE.into(), long_string("reprompt"));
+        h.insert(FIRST_DEATH_REASON.into(), long_string("rejected"));
+        h.insert(FIRST_DEATH_EXCHANGE.into(), long_string("webhooks"));
         let death = Death::from_headers(Some(&h)).unwrap();
         assert_eq!(death.queue, "reprompt");
         assert_eq!(death.reason, "rejected");
@@ -317,9 +238,9 @@ mod tests {
             vec![entry("reprompt", "rejected", 1, "webhooks", "sync.error.X")],
             &[
                 ("hook", long_string("SyncError")),
-                ("x-first-death-queue", long_string("reprompt")),
-                ("x-last-death-reason", long_string("rejected")),
-                ("x-delivery-count", AMQPValue::LongLongInt(2)),
+                (FIRST_DEATH_QUEUE, long_string("reprompt")),
+                (LAST_DEATH_REASON, long_string("rejected")),
+                (DELIVERY_COUNT, AMQPValue::LongLongInt(2)),
             ],
         );
         let death = Death::from_headers(Some(&h)).unwrap();

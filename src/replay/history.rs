@@ -3,23 +3,25 @@
 //! of `sync.error.*`), or through the topic exchange, so every queue bound to
 //! the event's routing key gets it again.
 //!
-//! Each event is republished persistent, `mandatory`, with a publisher
-//! confirm, with its `message_id` and headers, plus `x-replayed-from:
-//! history` and `x-replay-count` one higher. The history itself is not
+//! One [`Pass`] over the history stream: each event is republished with its
+//! `message_id` and headers, plus `x-replayed-from: history`, `x-replay-count`
+//! one higher and its route in `x-original-*`. The history itself is not
 //! touched (nothing leaves a stream), and a replayed event does not enter it
-//! a second time: it is published past the entry exchange.
+//! a second time: it is published past the entry exchange. A quarantined body
+//! the history keeps is skipped: it is not an event.
 
 use bytes::Bytes;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::AMQPValue;
 use serde::Serialize;
 
-use super::{Filter, QUARANTINED, Reader, Recorded, STREAM_OFFSET, Start};
-use crate::broker::{self, Outgoing, PublishError, browse, publish_confirmed};
+use super::{Pass, Source, Step, Verdict};
+use crate::broker::{self, Outgoing, Topology, browse};
 use crate::config::Settings;
-use crate::dead_letter::{ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, replay_count};
-
-/// The header that says a message came back from the history.
-pub const REPLAYED_FROM: &str = "x-replayed-from";
+use crate::history::{Filter, QUARANTINED, Reader, Recorded, Start};
+use crate::wire::death::replay_count;
+use crate::wire::headers::{
+    self, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_FROM, STREAM_OFFSET,
+};
 
 /// Where replayed events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,96 +74,112 @@ pub struct Summary {
 }
 
 /// Runs one replay from the history; `report` sees each event as it goes.
-/// Stops at the first event RabbitMQ does not take, which is reported.
 pub async fn replay(
     settings: &Settings,
     options: &Options,
     mut report: impl FnMut(&Sent),
 ) -> anyhow::Result<Summary> {
-    let topology = settings.topology();
+    let topology = Topology::of(settings);
     let Some(stream) = topology.history_stream() else {
         anyhow::bail!(
             "the history is off ([history] enabled = false): there is nothing to replay from"
         );
     };
-    let amqp = &settings.amqp;
-    let connection =
-        broker::connect(amqp, amqp.tool_connection_name("hookrelay-replay-history")).await?;
-    let publisher = browse::confirming_channel(&connection).await?;
-    let (exchange, queue) = match &options.destination {
-        Destination::Queue(queue) => {
-            browse::depth(&publisher, queue).await?;
-            (String::new(), Some(queue.clone()))
-        }
-        Destination::Exchange => (topology.exchange().to_owned(), None),
+    let pass = Pass {
+        limit: options.limit,
+        dry_run: options.dry_run,
+        confirm_timeout: settings.amqp.confirm_timeout(),
     };
+    let name = "hookrelay-replay-history";
+    broker::with_tool_connection(&settings.amqp, name, async |connection| {
+        let publisher = browse::confirming_channel(connection).await?;
+        if let Destination::Queue(queue) = &options.destination {
+            browse::depth(&publisher, queue).await?;
+        }
+        let reader = Reader::open(
+            connection,
+            stream,
+            options.start,
+            false,
+            options.filter.clone(),
+        )
+        .await?;
+        let mut source = HistorySource(reader);
+        let decide = |event: &Recorded| decide(event, &options.destination, &topology);
+        let tally = pass
+            .run(&mut source, &publisher, decide, |mut sent, step| {
+                sent.action = match step {
+                    Step::Kept => Action::Skipped,
+                    Step::WouldSend => Action::WouldReplay,
+                    Step::Sent => Action::Replayed,
+                    Step::Failed(err) => {
+                        sent.detail = Some(err.to_string());
+                        Action::Failed
+                    }
+                };
+                report(&sent);
+            })
+            .await;
+        source.0.close().await;
+        let tally = tally?;
+        Ok(Summary {
+            replayed: tally.sent,
+            would_replay: tally.would_send,
+            failed: tally.failed,
+            skipped: tally.kept,
+        })
+    })
+    .await
+}
 
-    let mut reader = Reader::open(
-        &connection,
-        stream,
-        options.start,
-        false,
-        options.filter.clone(),
-    )
-    .await?;
-    let mut summary = Summary::default();
-    while options
-        .limit
-        .is_none_or(|limit| summary.replayed + summary.would_replay < limit)
-    {
-        let Some(event) = reader.next().await? else {
-            break;
-        };
-        let mut sent = Sent {
-            action: Action::WouldReplay,
-            message_id: event.message_id(),
-            routing_key: event.routing_key.clone(),
-            received_at: event.received_at_text(),
-            offset: event.offset,
-            detail: None,
-        };
-        if event.routing_key == QUARANTINED {
-            summary.skipped += 1;
-            sent.action = Action::Skipped;
-            sent.detail = Some(
-                "a quarantined body, not an event: `replay --from-quarantine` sends on those \
-                 that parse now"
-                    .to_owned(),
-            );
-            report(&sent);
-            continue;
-        }
-        if options.dry_run {
-            summary.would_replay += 1;
-            report(&sent);
-            continue;
-        }
-        let outgoing = Outgoing {
-            exchange: exchange.clone(),
-            routing_key: queue.clone().unwrap_or_else(|| event.routing_key.clone()),
-            properties: replayed_properties(&event, topology.entry_exchange()),
-            body: Bytes::from(event.body),
-        };
-        match publish_confirmed(&publisher, &outgoing, amqp.confirm_timeout()).await {
-            Ok(()) => {
-                summary.replayed += 1;
-                sent.action = Action::Replayed;
-                report(&sent);
-            }
-            Err(err) => {
-                summary.failed += 1;
-                sent.action = Action::Failed;
-                sent.detail = Some(err.to_string());
-                report(&sent);
-                if matches!(err, PublishError::Channel(_)) {
-                    break;
-                }
-            }
-        }
+/// The history as a pass's source: nothing leaves a stream, so nothing is
+/// kept or taken.
+struct HistorySource(Reader);
+
+impl Source for HistorySource {
+    type Item = Recorded;
+
+    async fn next(&mut self) -> anyhow::Result<Option<Recorded>> {
+        self.0.next().await
     }
-    reader.close().await;
-    crate::broker::close(&connection, "replay done").await;
-    Ok(summary)
+
+    fn keep(&mut self, _: &Recorded) {}
+
+    async fn taken(&mut self, _: Recorded) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every event goes, as it was published; a quarantined body the history
+/// keeps for the record stays.
+fn decide(event: &Recorded, destination: &Destination, topology: &Topology) -> (Verdict, Sent) {
+    let mut sent = Sent {
+        action: Action::WouldReplay,
+        message_id: event.message_id(),
+        routing_key: event.routing_key.clone(),
+        received_at: event.received_at_text(),
+        offset: event.offset,
+        detail: None,
+    };
+    if event.routing_key == QUARANTINED {
+        sent.detail = Some(
+            "a quarantined body, not an event: `replay --from-quarantine` sends on those that \
+             parse now"
+                .to_owned(),
+        );
+        return (Verdict::Keep, sent);
+    }
+    let (exchange, routing_key) = match destination {
+        Destination::Queue(queue) => (String::new(), queue.clone()),
+        Destination::Exchange => (topology.exchange().to_owned(), event.routing_key.clone()),
+    };
+    let outgoing = Outgoing {
+        exchange,
+        routing_key,
+        properties: replayed_properties(event, topology.entry_exchange()),
+        body: Bytes::from(event.body.clone()),
+    };
+    (Verdict::Send(Box::new(outgoing)), sent)
 }
 
 /// The event's properties, persistent, with the replay recorded in its
@@ -171,31 +189,17 @@ pub async fn replay(
 /// message's own routing key is then that queue's name, and consumers
 /// dispatch on the original.
 fn replayed_properties(event: &Recorded, entry_exchange: &str) -> lapin::BasicProperties {
-    let mut headers = FieldTable::default();
     let kept = event.properties.headers().as_ref();
-    for (key, value) in kept.map(|h| h.inner().iter()).into_iter().flatten() {
-        // RabbitMQ's, on every message read from a stream; and ours, set below.
-        if key.as_str() != STREAM_OFFSET && key.as_str() != REPLAY_COUNT {
-            headers.insert(key.clone(), value.clone());
-        }
-    }
+    // The stream offset is RabbitMQ's, on every message read from a stream.
+    let mut headers = headers::copied(kept, &[STREAM_OFFSET, REPLAY_COUNT]);
     headers.insert(
         REPLAY_COUNT.into(),
         AMQPValue::LongLongInt(replay_count(kept) + 1),
     );
-    headers.insert(
-        REPLAYED_FROM.into(),
-        AMQPValue::LongString(LongString::from("history")),
-    );
+    headers::set_text(&mut headers, REPLAYED_FROM, "history");
     if !headers.contains_key(ORIGINAL_ROUTING_KEY) {
-        headers.insert(
-            ORIGINAL_EXCHANGE.into(),
-            AMQPValue::LongString(LongString::from(entry_exchange)),
-        );
-        headers.insert(
-            ORIGINAL_ROUTING_KEY.into(),
-            AMQPValue::LongString(LongString::from(event.routing_key.as_str())),
-        );
+        headers::set_text(&mut headers, ORIGINAL_EXCHANGE, entry_exchange);
+        headers::set_text(&mut headers, ORIGINAL_ROUTING_KEY, &event.routing_key);
     }
     event
         .properties
@@ -207,6 +211,7 @@ fn replayed_properties(event: &Recorded, entry_exchange: &str) -> lapin::BasicPr
 #[cfg(test)]
 mod tests {
     use lapin::BasicProperties;
+    use lapin::types::FieldTable;
 
     use super::*;
 

@@ -12,22 +12,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use uuid::Uuid;
 
+use super::headers::{
+    ACCOUNT_ID, CLIENT_ID, ERROR, ERROR_KNOWN, HOOK, QUARANTINE_REASON, RECEIVED_AT,
+    SCHEMA_WARNINGS, SOURCE_IP, USER_ID, set_text, text, time,
+};
 use crate::event::{Event, ParseError, RoutingKey};
 
 /// `delivery_mode` 2: RabbitMQ writes the message to disk in durable queues.
 const PERSISTENT: u8 = 2;
 const APP_ID: &str = "hookrelay";
 const CONTENT_TYPE: &str = "application/json";
-/// The header that says why a body was quarantined.
-pub const QUARANTINE_REASON: &str = "x-quarantine-reason";
-/// The header that lists the documented fields an event goes without.
-pub const SCHEMA_WARNINGS: &str = "x-schema-warnings";
-const CLIENT_ID: &str = "x-client-id";
-const SOURCE_IP: &str = "x-source-ip";
-const RECEIVED_AT: &str = "x-received-at";
 
 /// The facts about one accepted request that travel with its message.
 #[derive(Debug, Clone)]
@@ -59,22 +56,17 @@ impl Receipt {
     /// `x-client-id`, `x-source-ip`, `x-received-at`): how a quarantined body
     /// is sent on, later, as the event it now parses to.
     pub fn of(properties: &BasicProperties) -> Result<Receipt, NoReceipt> {
-        let header = |key: &'static str| match properties.headers().as_ref()?.inner().get(key)? {
-            AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        };
+        let headers = properties.headers().as_ref();
         let message_id = properties
             .message_id()
             .as_ref()
             .and_then(|id| id.as_str().parse().ok())
             .ok_or(NoReceipt("message_id"))?;
-        let client_id = header(CLIENT_ID).ok_or(NoReceipt(CLIENT_ID))?;
-        let source_ip = header(SOURCE_IP)
+        let client_id = text(headers, CLIENT_ID).ok_or(NoReceipt(CLIENT_ID))?;
+        let source_ip = text(headers, SOURCE_IP)
             .and_then(|ip| ip.parse().ok())
             .ok_or(NoReceipt(SOURCE_IP))?;
-        let received_at = header(RECEIVED_AT)
-            .and_then(|at| humantime::parse_rfc3339(&at).ok())
-            .ok_or(NoReceipt(RECEIVED_AT))?;
+        let received_at = time(headers, RECEIVED_AT).ok_or(NoReceipt(RECEIVED_AT))?;
         Ok(Receipt {
             message_id,
             client_id,
@@ -105,16 +97,16 @@ pub enum Kind {
 /// The message for a valid event, routed by what happened.
 pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
     let mut headers = receipt_headers(receipt);
-    insert(&mut headers, "hook", event.hook());
+    set_text(&mut headers, HOOK, event.hook());
     if let Some(code) = event.error_code() {
-        insert(&mut headers, "error", code.as_str());
-        headers.insert("x-error-known".into(), AMQPValue::Boolean(code.is_known()));
+        set_text(&mut headers, ERROR, code.as_str());
+        headers.insert(ERROR_KNOWN.into(), AMQPValue::Boolean(code.is_known()));
     }
-    insert(&mut headers, "account-id", event.account_id());
-    insert(&mut headers, "user-id", event.user_id());
+    set_text(&mut headers, ACCOUNT_ID, event.account_id());
+    set_text(&mut headers, USER_ID, event.user_id());
     if !event.warnings().is_empty() {
         let warnings: Vec<String> = event.warnings().iter().map(|w| w.to_string()).collect();
-        insert(&mut headers, SCHEMA_WARNINGS, &warnings.join("; "));
+        set_text(&mut headers, SCHEMA_WARNINGS, &warnings.join("; "));
     }
     Message {
         kind: Kind::Event(event.routing_key()),
@@ -126,7 +118,7 @@ pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
 /// The message for a body that is not a valid event, with the reason.
 pub fn quarantine_message(reason: &ParseError, receipt: &Receipt, body: Bytes) -> Message {
     let mut headers = receipt_headers(receipt);
-    insert(&mut headers, QUARANTINE_REASON, &reason.reason());
+    set_text(&mut headers, QUARANTINE_REASON, &reason.reason());
     Message {
         kind: Kind::Quarantine,
         body,
@@ -136,9 +128,9 @@ pub fn quarantine_message(reason: &ParseError, receipt: &Receipt, body: Bytes) -
 
 fn receipt_headers(receipt: &Receipt) -> FieldTable {
     let mut headers = FieldTable::default();
-    insert(&mut headers, CLIENT_ID, &receipt.client_id);
-    insert(&mut headers, SOURCE_IP, &receipt.source_ip.to_string());
-    insert(
+    set_text(&mut headers, CLIENT_ID, &receipt.client_id);
+    set_text(&mut headers, SOURCE_IP, &receipt.source_ip.to_string());
+    set_text(
         &mut headers,
         RECEIVED_AT,
         &humantime::format_rfc3339_millis(receipt.received_at).to_string(),
@@ -158,10 +150,6 @@ fn properties(receipt: &Receipt, headers: FieldTable) -> BasicProperties {
         .with_timestamp(timestamp)
         .with_app_id(ShortString::from(APP_ID))
         .with_headers(headers)
-}
-
-fn insert(headers: &mut FieldTable, key: &str, value: &str) {
-    headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! The wire protocol: what a message of hookrelay's looks like on RabbitMQ,
+//! for the relay, its tools and every consumer.
+//!
+//! * [`headers`]: every header name, and typed readers for them.
+//! * [`envelope`]: the message the relay publishes for a webhook.
+//! * [`contract`]: the same as Rust types, from which `docs/asyncapi.yaml`
+//!   is generated.
+//! * [`topic`]: routing keys' topic patterns, as RabbitMQ matches them.
+//! * [`death`]: reading `x-death`, and the headers of a replayed dead letter.
+//! * [`retry`]: the retry protocol between a consumer and its retry tiers.
+
+pub mod contract;
+pub mod death;
+pub mod envelope;
+pub mod headers;
+pub mod retry;
+pub mod topic;
