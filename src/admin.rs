@@ -60,12 +60,7 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
         .collect();
     let mut body = json!({
         "status": status,
-        "broker": match broker.state {
-            BrokerState::Connected => "connected",
-            BrokerState::Blocked => "blocked",
-            BrokerState::Misconfigured => "misconfigured",
-            BrokerState::Disconnected => "disconnected",
-        },
+        "broker": broker.state.as_str(),
         "queue_conflicts": conflicts,
         "refused": refused.iter().map(|key| json!({
             "routing_key": key.routing_key,

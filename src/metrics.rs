@@ -13,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::broker::BrokerState;
 use crate::event::{KNOWN_ERROR_CODES, SchemaWarning};
 use crate::wire::envelope::Kind;
 
@@ -86,14 +85,6 @@ impl EncodeLabelValue for Outcome {
 struct OutcomeLabel {
     outcome: Outcome,
 }
-
-/// The broker states, as labels of `hookrelay_broker_state`.
-const BROKER_STATES: [(BrokerState, &str); 4] = [
-    (BrokerState::Connected, "connected"),
-    (BrokerState::Blocked, "blocked"),
-    (BrokerState::Misconfigured, "misconfigured"),
-    (BrokerState::Disconnected, "disconnected"),
-];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabel {
@@ -364,13 +355,20 @@ impl Metrics {
         self.inner.broker_connect_failures.inc();
     }
 
-    /// Sets `hookrelay_broker_state`: 1 for `state`, 0 for the others.
-    pub fn broker_state(&self, state: BrokerState) {
-        for (each, label) in BROKER_STATES {
+    /// Sets `hookrelay_broker_state`: 1 for `state`, 0 for every other
+    /// variant (all of them, by construction: a state added to the enum is
+    /// reported too).
+    pub fn broker_state<S>(&self, state: S)
+    where
+        S: strum::VariantArray + Copy + PartialEq + Into<&'static str>,
+    {
+        for each in S::VARIANTS {
             self.inner
                 .broker_state
-                .get_or_create(&StateLabel { state: label })
-                .set(i64::from(each == state));
+                .get_or_create(&StateLabel {
+                    state: (*each).into(),
+                })
+                .set(i64::from(*each == state));
         }
     }
 
@@ -455,6 +453,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::BrokerState;
 
     #[test]
     fn recorded_values_appear_in_the_exposition() {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
 use hookrelay::ingress::client_ip::{parse_entry, resolve};
-use hookrelay::ip_ranges::IpRanges;
+use hookrelay::config::ip_ranges::IpRanges;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

@@ -22,7 +22,8 @@ use crate::config::{AmqpSettings, Secret};
 
 /// How long to wait for RabbitMQ to collect a queue's statistics (a queue
 /// or a policy a few seconds old has none yet: its policy is not shown).
-const STATS_WAIT: Duration = Duration::from_secs(20);
+/// RabbitMQ collects every 5 s; a loaded broker can take several rounds.
+const STATS_WAIT: Duration = Duration::from_secs(60);
 const STATS_POLL: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

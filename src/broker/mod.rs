@@ -1,17 +1,34 @@
-//! Talking to RabbitMQ: the supervised connection and its state, the topology
-//! (every name the relay uses), the publishing channels, one confirmed publish.
+//! Talking to RabbitMQ.
+//!
+//! * [`Topology`] (`names`): every RabbitMQ name the relay uses, pure;
+//!   `arguments`: what each object is declared with; `declare`: declaring
+//!   them all and reporting what RabbitMQ refused.
+//! * `connect`: opening and closing connections, the relay's and the commands'.
+//! * `session`: one connection, ready to publish; `channels`: its pool of
+//!   confirming channels.
+//! * [`Broker`] (`supervisor`): the relay's connection, kept up by a
+//!   supervisor task; `status`: the state it is in, the one place that
+//!   changes it (and the metrics and log lines that say so).
+//! * [`Publisher`]: one confirmed publish of a relay message; [`browse`]:
+//!   reading a queue without taking from it; [`management`]: RabbitMQ's
+//!   management API, for what AMQP cannot tell.
 
+mod arguments;
 pub mod browse;
 mod channels;
-mod connection;
+mod connect;
+mod declare;
 pub mod management;
+mod names;
 mod publisher;
+mod session;
 mod status;
-mod topology;
+mod supervisor;
 
-pub use connection::{Broker, ConnectError, close, close_channel, connect, with_tool_connection};
+pub use arguments::consumer_queue_arguments;
+pub use connect::{ConnectError, close, close_channel, connect, with_tool_connection};
+pub use declare::{Conflict, Declared, Outdated, refusal_text};
+pub use names::{Address, Topology};
 pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
 pub use status::{BrokerState, Status};
-pub use topology::{
-    Address, Conflict, Declared, Outdated, Topology, consumer_queue_arguments, refusal_text,
-};
+pub use supervisor::Broker;

@@ -18,9 +18,10 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
-use super::connection::{Broker, Session};
+use super::names::Address;
+use super::session::Session;
 use super::status::BrokerState;
-use super::topology::Address;
+use super::supervisor::Broker;
 use crate::wire::envelope::{Kind, Message};
 use tracing::debug;
 
@@ -188,7 +189,7 @@ impl Publisher {
                 _ => PublishError::Disconnected,
             });
         };
-        if session.is_blocked() {
+        if self.broker.is_blocked() {
             return Err(PublishError::Blocked);
         }
         Ok(session)

@@ -4,20 +4,24 @@
 //! retry.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::topology::{Conflict, Topology};
+use super::declare::Conflict;
+use super::names::Topology;
 use crate::metrics::Metrics;
 
 /// How often a consumer queue that RabbitMQ refused is declared again. Every
 /// refusal is an error line in RabbitMQ's own log, so not at every check.
 const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
-/// The broker's state as `/readyz` and the metrics report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The broker's state as `/readyz` and the metrics report it, by the name
+/// [`BrokerState::as_str`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum BrokerState {
     Connected,
     /// Connected, but RabbitMQ refuses publishes until an alarm clears.
@@ -26,6 +30,13 @@ pub enum BrokerState {
     /// published until an operator fixes them; webhooks are spooled.
     Misconfigured,
     Disconnected,
+}
+
+impl BrokerState {
+    /// `connected`, `blocked`, `misconfigured` or `disconnected`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// The broker's state, why, and the consumer queues RabbitMQ refused.
@@ -43,6 +54,8 @@ pub struct Status {
 /// The current [`Status`], and the one place that changes it.
 pub(super) struct StatusBoard {
     status: watch::Sender<Status>,
+    /// Whether the state is `blocked`, read on every publish.
+    blocked: AtomicBool,
     metrics: Metrics,
     /// Where events of a refused queue go when it does not exist.
     unrouted: String,
@@ -68,6 +81,7 @@ impl StatusBoard {
                 queue_conflicts: Vec::new(),
                 node: None,
             }),
+            blocked: AtomicBool::new(false),
             metrics,
             unrouted: topology.unrouted().to_owned(),
             reported,
@@ -78,6 +92,46 @@ impl StatusBoard {
         self.status.borrow().clone()
     }
 
+    pub fn state(&self) -> BrokerState {
+        self.status.borrow().state
+    }
+
+    /// Whether RabbitMQ blocks publishers now: cheap enough for every publish.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
+    }
+
+    /// Records that RabbitMQ blocks publishers on the connected session
+    /// (`Some(alarm)`) or accepts them again (`None`); logs each change.
+    pub fn set_blocked(&self, alarm: Option<String>) {
+        let (state, reason) = match &alarm {
+            Some(alarm) => (
+                BrokerState::Blocked,
+                Some(format!(
+                    "RabbitMQ blocks publishing (a resource alarm: {alarm})"
+                )),
+            ),
+            None => (BrokerState::Connected, None),
+        };
+        self.blocked.store(alarm.is_some(), Ordering::Relaxed);
+        let changed = self.status.send_if_modified(|status| {
+            let changed = status.state != state;
+            status.state = state;
+            status.reason.clone_from(&reason);
+            changed
+        });
+        self.metrics.broker_state(state);
+        match (changed, alarm) {
+            (true, Some(alarm)) => warn!(
+                %alarm,
+                "RabbitMQ blocks publishing (a memory or disk alarm): webhooks are spooled until \
+                 it clears (rabbitmq-diagnostics alarms says which)"
+            ),
+            (true, None) => info!("RabbitMQ accepts publishing again"),
+            (false, _) => {}
+        }
+    }
+
     /// The consumer queues RabbitMQ refuses now.
     pub fn queue_conflicts(&self) -> Vec<Conflict> {
         self.status.borrow().queue_conflicts.clone()
@@ -85,6 +139,8 @@ impl StatusBoard {
 
     /// Records a state; logs it only when it changed.
     pub fn set_state(&self, state: BrokerState, reason: Option<String>) {
+        self.blocked
+            .store(state == BrokerState::Blocked, Ordering::Relaxed);
         let changed = self.status.send_if_modified(|status| {
             let changed = status.state != state || status.reason != reason;
             status.state = state;
@@ -120,6 +176,7 @@ impl StatusBoard {
     /// one state of it that only a human can fix, so it is logged as an
     /// error (once, while the reason stays the same).
     pub fn set_login_refused(&self, reason: String) {
+        self.blocked.store(false, Ordering::Relaxed);
         let reason = Some(reason);
         let changed = self.status.send_if_modified(|status| {
             let changed = status.state != BrokerState::Disconnected || status.reason != reason;

@@ -163,13 +163,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 async fn declare(settings: Settings) -> anyhow::Result<()> {
     let topology = Topology::of(&settings);
-    let name = settings.amqp.tool_connection_name("hookrelay-declare");
-    let connection = broker::connect(&settings.amqp, name).await?;
-    let report = topology
-        .declare(&connection, &HashSet::new())
-        .await
-        .context("cannot declare the topology")?;
-    crate::broker::close(&connection, "topology declared").await;
+    let report = broker::with_tool_connection(&settings.amqp, "hookrelay-declare", async |c| {
+        let report = topology.declare(c, &HashSet::new()).await;
+        report.context("cannot declare the topology")
+    })
+    .await?;
     for created in &report.created {
         say!("created {created}");
     }

@@ -12,9 +12,9 @@ use crate::broker;
 use crate::broker::Topology;
 use crate::config::Settings;
 use crate::history::{Reader, Recorded};
-use crate::inspect::{self, Inspected};
-use crate::render;
-use crate::tail::{self, TailOptions, Tailed};
+use crate::watch::inspect::{self, Inspected};
+use crate::watch::render;
+use crate::watch::tail::{self, TailOptions, Tailed};
 use crate::wire::headers::{ACCOUNT_ID, CLIENT_ID, USER_ID};
 use crate::wire::topic::TopicPattern;
 
@@ -127,40 +127,34 @@ pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Resu
     let Some(stream) = topology.history_stream() else {
         anyhow::bail!("the history is off ([history] enabled = false)");
     };
-    let amqp = &settings.amqp;
-    let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-events")).await?;
-    let filter = args.filter.filter(args.routing_key.into_iter().collect());
-    let mut reader = Reader::open(
-        &connection,
-        stream,
-        args.filter.start(),
-        args.follow,
-        filter,
-    )
-    .await?;
-    let mut shown = 0;
-    let reading = async {
-        while args.limit.is_none_or(|limit| shown < limit) {
-            let Some(event) = reader.next().await? else {
-                break;
-            };
-            print_event(&event, args.json, args.raw);
-            shown += 1;
+    broker::with_tool_connection(&settings.amqp, "hookrelay-events", async |connection| {
+        let filter = args.filter.filter(args.routing_key.into_iter().collect());
+        let mut reader =
+            Reader::open(connection, stream, args.filter.start(), args.follow, filter).await?;
+        let mut shown = 0;
+        let reading = async {
+            while args.limit.is_none_or(|limit| shown < limit) {
+                let Some(event) = reader.next().await? else {
+                    break;
+                };
+                print_event(&event, args.json, args.raw);
+                shown += 1;
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            result = reading => result.context("reading the history")?,
+            _ = tokio::signal::ctrl_c() => {}
         }
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        result = reading => result.context("reading the history")?,
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    // On stderr, so that stdout stays one event per line; said even when
-    // nothing matched, so an empty answer is told from a read that did not run.
-    eprintln!(
-        "shown {shown} event(s); {} read from {stream}",
-        reader.read()
-    );
-    crate::broker::close(&connection, "events done").await;
-    Ok(())
+        // On stderr, so that stdout stays one event per line; said even when
+        // nothing matched, so an empty answer is told from a read that did not run.
+        eprintln!(
+            "shown {shown} event(s); {} read from {stream}",
+            reader.read()
+        );
+        Ok(())
+    })
+    .await
 }
 
 fn print_event(event: &Recorded, json: bool, raw: bool) {

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::ip_ranges::IpRanges;
+use crate::config::ip_ranges::IpRanges;
 
 /// Resolves the client address of a request that reached us from `peer`.
 ///

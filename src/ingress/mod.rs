@@ -15,9 +15,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, guard, web};
 use subtle::ConstantTimeEq;
 
+use crate::config::ip_ranges::IpRanges;
 use crate::config::{Secret, Settings};
 use crate::delivery::Delivery;
-use crate::ip_ranges::IpRanges;
 use crate::metrics::Metrics;
 use error::IngressError;
 use log_budget::LogBudget;

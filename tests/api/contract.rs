@@ -29,7 +29,7 @@ use crate::helpers::{
 /// header names it carried.
 fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
     let properties = &message.delivery.properties;
-    let headers = hookrelay::render::headers(properties.headers().as_ref());
+    let headers = hookrelay::watch::render::headers(properties.headers().as_ref());
     let parsed: Headers = serde_json::from_value(headers.clone())
         .unwrap_or_else(|err| panic!("{kind}: headers outside the contract: {err}\n{headers}"));
     for required in required_headers(parsed.hook) {
@@ -65,7 +65,7 @@ fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
 /// A replayed message keeps the route the relay first gave it, whichever way
 /// it travelled: consumers dispatch on it.
 fn kept_its_route(kind: &str, message: &BasicGetMessage, app: &TestApp, routing_key: &str) {
-    let headers = hookrelay::render::headers(message.delivery.properties.headers().as_ref());
+    let headers = hookrelay::watch::render::headers(message.delivery.properties.headers().as_ref());
     assert_eq!(
         (
             headers["x-original-exchange"].as_str(),

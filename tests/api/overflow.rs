@@ -42,7 +42,7 @@ async fn declare_names_the_queues_that_would_refuse_events_when_full() {
         .lines()
         .filter(|line| line.starts_with("pushes back:"))
         .collect();
-    assert_eq!(reported.len(), 1, "{stderr}");
+    assert_eq!(reported.len(), 1, "{stdout}{stderr}");
     assert!(
         reported[0].contains(&format!("queue {}", name("policed")))
             && reported[0].contains("reject-publish")

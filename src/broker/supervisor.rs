@@ -17,29 +17,22 @@
 //! process's main runtime, which outlives the HTTP workers' own runtimes.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
+use lapin::Event;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use super::channels::Channels;
+use super::declare::Conflict;
+use super::names::Topology;
+use super::session::{Context, Down, Session};
 use super::status::{BrokerState, ConflictRetries, Status, StatusBoard};
-use super::topology::{Conflict, Declared, Topology};
 use crate::config::AmqpSettings;
 use crate::metrics::Metrics;
 
-/// How long one connection attempt may take (TCP, TLS, AMQP handshake).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long declaring the whole topology may take: a broker that stops
-/// answering must not leave the supervisor waiting instead of reconnecting.
-const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long closing a connection may take before we give up on it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the supervisor double-checks a session it has heard nothing about.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The first reconnection delay, doubled after each failure up to the maximum.
@@ -66,39 +59,6 @@ struct Inner {
     /// Poked when RabbitMQ returned a message of ours: check the topology now.
     repair: Notify,
     shutdown: watch::Sender<bool>,
-}
-
-/// One connection with its topology declared and its publishing channels open.
-pub(crate) struct Session {
-    connection: Connection,
-    channels: Channels,
-    /// Set while RabbitMQ blocks publishers (a memory or disk alarm).
-    blocked: AtomicBool,
-}
-
-/// Why a connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Not a `#[source]`: the message already says it, and anyhow's `{:#}`
-    /// would print it, and its own source, again (three times in all).
-    #[error("cannot connect to RabbitMQ at {uri}: {reason}")]
-    Connect { uri: String, reason: lapin::Error },
-    #[error("no answer from RabbitMQ at {uri} within {CONNECT_TIMEOUT:?}")]
-    Timeout { uri: String },
-    #[error("no RabbitMQ node is configured (amqp.uri)")]
-    NoNodes,
-}
-
-/// Why there is no session.
-#[derive(Debug)]
-enum Down {
-    /// No node answered, or the connection broke.
-    Lost(String),
-    /// RabbitMQ refuses the relay's login (user, password, or the vhost):
-    /// retrying cannot fix it, a human must.
-    LoginRefused(String),
-    /// RabbitMQ refuses the relay's own topology.
-    Misconfigured(Vec<Conflict>),
 }
 
 enum Ended {
@@ -132,19 +92,17 @@ impl Broker {
     }
 
     pub fn state(&self) -> BrokerState {
-        self.status().state
+        self.inner.status.state()
     }
 
     /// The state, its reason and the refused consumer queues.
     pub fn status(&self) -> Status {
-        let mut status = self.inner.status.get();
-        if status.state == BrokerState::Connected
-            && self.session().is_some_and(|session| session.is_blocked())
-        {
-            status.state = BrokerState::Blocked;
-            status.reason = Some("RabbitMQ blocks publishing (a memory or disk alarm)".to_owned());
-        }
-        status
+        self.inner.status.get()
+    }
+
+    /// Whether RabbitMQ blocks publishers now (a memory or disk alarm).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.inner.status.is_blocked()
     }
 
     /// Waits until a session is up; false if `timeout` passes first.
@@ -191,126 +149,14 @@ impl Broker {
     }
 }
 
-impl Session {
-    /// The next publishing channel, round robin.
-    pub(crate) fn channel(&self) -> Channel {
-        self.channels.next()
-    }
-
-    /// RabbitMQ nacked a publish on `channel`: gives its slot a new channel
-    /// (see [`super::channels`] for why). `Ok(true)` when it did.
-    pub(crate) async fn replace_nacked(&self, channel: &Channel) -> lapin::Result<bool> {
-        self.channels.replace(&self.connection, channel).await
-    }
-
-    pub(crate) fn is_blocked(&self) -> bool {
-        self.blocked.load(Ordering::Relaxed)
-    }
-
-    /// What is wrong with this session, if anything.
-    fn problem(&self) -> Option<String> {
-        if !self.connection.status().connected() {
-            return Some("the connection is no longer open".to_owned());
-        }
-        self.channels
-            .closed()
-            .map(|id| format!("publishing channel {id} was closed"))
-    }
-
-    async fn close(&self) {
-        let closing = self.connection.close(200, "hookrelay closing".into());
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    }
-}
-
-/// Opens a connection under `name` (operators, and tests, see it in
-/// `rabbitmqctl list_connections`) to the first node of `amqp.uri` that answers.
-/// Closes a command's connection, waiting at most [`CLOSE_TIMEOUT`]: lapin's
-/// close can wait forever for RabbitMQ's close-ok when the socket went first
-/// (seen under load: `hookrelay replay` finished its work, and hung there).
-pub async fn close(connection: &Connection, why: &str) {
-    let closing = connection.close(200, why.into());
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-}
-
-/// Runs `work` on a connection of its own for `tool` (a command, not the
-/// relay: its name in RabbitMQ's list says which), closed whatever `work`
-/// returns.
-pub async fn with_tool_connection<T>(
-    amqp: &AmqpSettings,
-    tool: &str,
-    work: impl AsyncFnOnce(&Connection) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let connection = connect(amqp, amqp.tool_connection_name(tool)).await?;
-    let result = work(&connection).await;
-    close(&connection, &format!("{tool} done")).await;
-    result
-}
-
-/// Closes a channel the same way: at most [`CLOSE_TIMEOUT`].
-pub async fn close_channel(channel: &Channel, why: &str) {
-    let closing = channel.close(200, why.into());
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-}
-
-impl ConnectError {
-    /// Whether RabbitMQ refused the login itself (`ACCESS_REFUSED`: the user
-    /// or password; `NOT_ALLOWED`: no access to the vhost), as opposed to a
-    /// node that is down or unreachable.
-    pub fn is_login_refused(&self) -> bool {
-        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-        let ConnectError::Connect { reason, .. } = self else {
-            return false;
-        };
-        match reason.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => matches!(
-                amqp.kind(),
-                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
-            ),
-            _ => false,
+impl Inner {
+    fn context(&self) -> Context<'_> {
+        Context {
+            amqp: &self.amqp,
+            topology: &self.topology,
+            status: &self.status,
         }
     }
-}
-
-pub async fn connect(amqp: &AmqpSettings, name: String) -> Result<Connection, ConnectError> {
-    connect_from(amqp, name, 0)
-        .await
-        .map(|(connection, _)| connection)
-}
-
-/// Tries the nodes in order starting at `first`, wrapping around; returns the
-/// connection and the index of the node that answered.
-async fn connect_from(
-    amqp: &AmqpSettings,
-    name: String,
-    first: usize,
-) -> Result<(Connection, usize), ConnectError> {
-    let nodes = amqp.uri.len();
-    let mut last_error = None;
-    for offset in 0..nodes {
-        let index = (first + offset) % nodes;
-        let uri = &amqp.uri[index];
-        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
-        let error = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(uri.expose(), properties),
-        )
-        .await
-        {
-            Ok(Ok(connection)) => return Ok((connection, index)),
-            Ok(Err(reason)) => ConnectError::Connect {
-                uri: uri.masked(),
-                reason,
-            },
-            Err(_) => ConnectError::Timeout { uri: uri.masked() },
-        };
-        if nodes > 1 {
-            debug!(error = %error, "RabbitMQ node unavailable; trying the next");
-        }
-        last_error = Some(error);
-    }
-    Err(last_error.unwrap_or(ConnectError::NoNodes))
 }
 
 async fn supervise(inner: Arc<Inner>) {
@@ -319,8 +165,9 @@ async fn supervise(inner: Arc<Inner>) {
     let mut next_node = 0;
     let mut retries = ConflictRetries::default();
     while !*shutdown.borrow_and_update() {
+        let context = inner.context();
         let opened = tokio::select! {
-            opened = open_session(&inner, next_node, &mut retries) => opened,
+            opened = Session::open(&context, next_node, &mut retries) => opened,
             _ = shutdown.changed() => break,
         };
         let (session, events, node) = match opened {
@@ -340,6 +187,11 @@ async fn supervise(inner: Arc<Inner>) {
         inner.session.send_replace(Some(session.clone()));
         inner.metrics.broker_connected(true);
         inner.status.set_state(BrokerState::Connected, None);
+        if session.opened_blocked() {
+            inner
+                .status
+                .set_blocked(Some("already when connecting".to_owned()));
+        }
         inner.status.set_node(Some(inner.amqp.uri[node].masked()));
         info!(
             connection = %inner.amqp.connection_name(),
@@ -382,95 +234,6 @@ fn record(inner: &Inner, down: Down) {
     }
 }
 
-async fn open_session(
-    inner: &Inner,
-    first_node: usize,
-    retries: &mut ConflictRetries,
-) -> Result<(Arc<Session>, BoxStream<'static, Event>, usize), Down> {
-    let (connection, node) = connect_from(&inner.amqp, inner.amqp.connection_name(), first_node)
-        .await
-        .map_err(|err| match err.is_login_refused() {
-            true => Down::LoginRefused(err.to_string()),
-            false => Down::Lost(err.to_string()),
-        })?;
-    let events = connection.events_listener().boxed();
-    match prepare(inner, &connection, retries).await {
-        Ok(channels) => {
-            let session = Session {
-                blocked: AtomicBool::new(connection.status().blocked()),
-                connection,
-                channels,
-            };
-            Ok((Arc::new(session), events, node))
-        }
-        Err(down) => {
-            let closing = connection.close(200, "hookrelay giving up".into());
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-            Err(down)
-        }
-    }
-}
-
-/// Declares the topology, then opens the publishing channels.
-async fn prepare(
-    inner: &Inner,
-    connection: &Connection,
-    retries: &mut ConflictRetries,
-) -> Result<Channels, Down> {
-    let report = declare(inner, connection, retries).await?;
-    if !report.created.is_empty() {
-        info!(objects = ?report.created, "declared RabbitMQ objects that did not exist");
-    }
-    for outdated in &report.outdated {
-        warn!(
-            queue = %outdated.queue,
-            "this queue of the relay's own was declared by an earlier version, without {}. It \
-             works as it is; to update it, delete it while it is empty (rabbitmqctl \
-             delete_queue) and the relay declares it again",
-            outdated.lacks
-        );
-    }
-    Channels::open(connection, inner.amqp.channels)
-        .await
-        .map_err(|err| {
-            Down::Lost(format!(
-                "cannot open a publishing channel in confirm mode: {err}"
-            ))
-        })
-}
-
-/// Declares the topology and records what RabbitMQ refused: `Err` when the
-/// relay's own objects are refused (or the connection fails).
-async fn declare(
-    inner: &Inner,
-    connection: &Connection,
-    retries: &mut ConflictRetries,
-) -> Result<Declared, Down> {
-    let skip = retries.skip(&inner.status.queue_conflicts());
-    let report = tokio::time::timeout(DECLARE_TIMEOUT, inner.topology.declare(connection, &skip))
-        .await
-        .map_err(|_| {
-            Down::Lost(format!(
-                "RabbitMQ did not answer the topology declarations within {DECLARE_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(|err| Down::Lost(format!("cannot declare the topology: {err}")))?;
-    if !report.own_conflicts.is_empty() {
-        return Err(Down::Misconfigured(report.own_conflicts));
-    }
-    // A skipped queue keeps the conflict it had.
-    let mut conflicts = report.queue_conflicts.clone();
-    conflicts.extend(
-        inner
-            .status
-            .queue_conflicts()
-            .into_iter()
-            .filter(|c| c.queue.as_ref().is_some_and(|q| report.skipped.contains(q))),
-    );
-    inner.status.set_queue_conflicts(conflicts);
-    Ok(report)
-}
-
 async fn watch_session(
     inner: &Inner,
     session: &Session,
@@ -495,15 +258,11 @@ async fn watch_session(
                 Some(Event::Error(err)) if err.is_amqp_soft_error() => continue,
                 Some(Event::Error(err)) => return Ended::Down(Down::Lost(err.to_string())),
                 Some(Event::ConnectionBlocked(reason)) => {
-                    warn!(%reason, "RabbitMQ blocks publishing (resource alarm): webhooks are spooled until it clears");
-                    session.blocked.store(true, Ordering::Relaxed);
-                    inner.metrics.broker_state(BrokerState::Blocked);
+                    inner.status.set_blocked(Some(reason));
                     continue;
                 }
                 Some(Event::ConnectionUnblocked) => {
-                    info!("RabbitMQ accepts publishing again");
-                    session.blocked.store(false, Ordering::Relaxed);
-                    inner.metrics.broker_state(BrokerState::Connected);
+                    inner.status.set_blocked(None);
                     continue;
                 }
                 Some(_) => continue,
@@ -528,7 +287,7 @@ async fn watch_session(
             _ = inner.repair.notified() => "RabbitMQ returned a message as unroutable",
         };
         let started = Instant::now();
-        match declare(inner, &session.connection, retries).await {
+        match session.declare(&inner.context(), retries).await {
             Ok(report) if !report.created.is_empty() => {
                 inner
                     .metrics

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::broker::{self, browse};
 use crate::config::AmqpSettings;
-use crate::render;
+use crate::watch::render;
 use crate::wire::death::Death;
 use crate::wire::headers::{self, DELIVERY_COUNT, QUARANTINE_REASON};
 
@@ -69,57 +69,58 @@ pub async fn inspect(
     delivery_limit: Option<i64>,
     mut on_message: impl FnMut(Inspected),
 ) -> anyhow::Result<Summary> {
-    let connection = broker::connect(amqp, amqp.tool_connection_name("hookrelay-inspect")).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-    let depth = browse::depth(&channel, queue).await?;
-
-    let (mut shown, mut pushed_over, mut counts_deliveries) = (0, 0, false);
-    let mut last_tag = None;
-    while shown < limit.map_or(depth, |limit| limit.min(depth)) {
-        let Some(delivery) = browse::next(&channel, queue).await? else {
-            break;
-        };
-        last_tag = Some(delivery.delivery_tag);
-        shown += 1;
-        let headers = delivery.properties.headers().as_ref();
-        // RabbitMQ counts deliveries before this one; returning it counts this one.
-        let deliveries = delivery_count(headers).map(|before| before + 1);
-        counts_deliveries |= deliveries.is_some();
-        let over_the_limit = deliveries
-            .zip(delivery_limit)
-            .is_some_and(|(deliveries, limit)| deliveries > limit);
-        pushed_over += u32::from(over_the_limit);
-        on_message(Inspected {
-            position: shown,
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string()),
-            routing_key: delivery.routing_key.to_string(),
-            reason: reason(headers),
-            redelivered: delivery.redelivered,
-            deliveries,
-            over_the_limit,
-            headers: render::headers(headers),
-            body: render::body(&delivery.data, raw),
-        });
-    }
-    if let Some(tag) = last_tag {
-        browse::requeue_up_to(&channel, tag)
+    broker::with_tool_connection(amqp, "hookrelay-inspect", async |connection| {
+        let channel = connection
+            .create_channel()
             .await
-            .context("cannot put the messages back (closing the connection returns them)")?;
-    }
-    crate::broker::close(&connection, "inspect done").await;
-    Ok(Summary {
-        shown,
-        depth,
-        counts_deliveries,
-        pushed_over,
+            .context("cannot open a channel")?;
+        let depth = browse::depth(&channel, queue).await?;
+
+        let (mut shown, mut pushed_over, mut counts_deliveries) = (0, 0, false);
+        let mut last_tag = None;
+        while shown < limit.map_or(depth, |limit| limit.min(depth)) {
+            let Some(delivery) = browse::next(&channel, queue).await? else {
+                break;
+            };
+            last_tag = Some(delivery.delivery_tag);
+            shown += 1;
+            let headers = delivery.properties.headers().as_ref();
+            // RabbitMQ counts deliveries before this one; returning it counts this one.
+            let deliveries = delivery_count(headers).map(|before| before + 1);
+            counts_deliveries |= deliveries.is_some();
+            let over_the_limit = deliveries
+                .zip(delivery_limit)
+                .is_some_and(|(deliveries, limit)| deliveries > limit);
+            pushed_over += u32::from(over_the_limit);
+            on_message(Inspected {
+                position: shown,
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
+                routing_key: delivery.routing_key.to_string(),
+                reason: reason(headers),
+                redelivered: delivery.redelivered,
+                deliveries,
+                over_the_limit,
+                headers: render::headers(headers),
+                body: render::body(&delivery.data, raw),
+            });
+        }
+        if let Some(tag) = last_tag {
+            browse::requeue_up_to(&channel, tag)
+                .await
+                .context("cannot put the messages back (closing the connection returns them)")?;
+        }
+        Ok(Summary {
+            shown,
+            depth,
+            counts_deliveries,
+            pushed_over,
+        })
     })
+    .await
 }
 
 /// `x-delivery-count`, as a quorum queue writes it: deliveries so far.

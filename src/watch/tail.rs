@@ -22,7 +22,7 @@ use lapin::Connection;
 use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::history::{Filter, Reader, Start};
-use crate::render;
+use crate::watch::render;
 use crate::wire::topic::TopicPattern;
 
 /// What to watch.
@@ -55,17 +55,18 @@ pub async fn tail(
     on_message: impl FnMut(Tailed),
 ) -> anyhow::Result<()> {
     let topology = Topology::of(settings);
-    let name = settings.amqp.tool_connection_name("hookrelay-tail");
-    let connection = broker::connect(&settings.amqp, name).await?;
-    let result = match topology.history_stream() {
-        Some(stream) => from_history(&connection, stream, options, on_ready, on_message).await,
-        None => {
-            let entry = topology.entry_exchange();
-            from_entry_exchange(&connection, entry, options, on_ready, on_message).await
-        }
-    };
-    crate::broker::close(&connection, "tail done").await;
-    result
+    broker::with_tool_connection(
+        &settings.amqp,
+        "hookrelay-tail",
+        async |connection| match topology.history_stream() {
+            Some(stream) => from_history(connection, stream, options, on_ready, on_message).await,
+            None => {
+                let entry = topology.entry_exchange();
+                from_entry_exchange(connection, entry, options, on_ready, on_message).await
+            }
+        },
+    )
+    .await
 }
 
 /// Reads the history stream from its end.

@@ -1,82 +1,23 @@
-//! The one place that knows RabbitMQ names: the relay's own exchanges and
-//! queues, the consumer queues of the configuration, and where each kind of
-//! [`Message`](crate::wire::envelope::Message) is published.
-//!
-//! ```text
-//! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
-//!                  ├─► stream <exchange>.history (with [history] on): every event, kept for days
-//!                  ├─► watchers (hookrelay tail, without history) bind here: they see everything, route nothing
-//!                  └─► <exchange> (topic) ─► consumer queues ([[queues]], bound by routing key)
-//!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
-//!                                                          (fanout) ─► queue <exchange>.unrouted
-//! consumer queues ─ rejected/expired ─► <exchange>.dlx (topic) ─#─► queue <exchange>.dead-letter
-//! quarantined bodies ─► default exchange ─► queue <exchange>.quarantine (+ a copy to the history)
-//! ```
-//!
-//! Watchers bind to the entry fanout, never to the topic exchange: a queue
-//! bound to the topic exchange with `#` would match every event, and the
-//! alternate exchange would never fire.
-//!
-//! [`Topology::declare`] declares everything idempotently and reports instead
-//! of stopping at the first refusal: which objects were missing (deleted while
+//! Declaring the topology: everything idempotently, reporting instead of
+//! stopping at the first refusal: which objects were missing (deleted while
 //! the relay ran), which of the relay's own objects RabbitMQ refuses (the relay
 //! cannot publish: `misconfigured`), and which consumer queues, or history
 //! stream, it refuses (reported; publishing goes on).
-//!
-//! A trap of the entry fanout: while anything besides the topic exchange is
-//! bound to it (the history stream, a watcher), a `mandatory` publish counts
-//! as routed even when the topic exchange or `<exchange>.unrouted` was
-//! deleted. The event is then kept only in the history (or the watcher's
-//! queue), so the relay does not rely on returns alone: it declares its
-//! topology again every `amqp.topology_check_secs`.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::{HistorySettings, QueueSettings, QueueType, Settings};
-use crate::wire::envelope::Kind;
-
-/// The relay's RabbitMQ names, derived from `amqp.exchange`, and its consumer queues.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    entry: String,
-    exchange: String,
-    unrouted: String,
-    dead_letter_exchange: String,
-    dead_letter_queue: String,
-    quarantine: String,
-    queues: Vec<QueueSettings>,
-    /// The type of the relay's own queues and of retry tiers.
-    queue_type: QueueType,
-    history: Option<HistoryStream>,
-    /// Own queues this broker holds in an earlier version's form: declared
-    /// that way from then on, so RabbitMQ does not log a refusal at every check.
-    outdated: Arc<Mutex<HashSet<String>>>,
-}
-
-/// The stream every event is kept in, and its retention.
-#[derive(Debug, Clone)]
-struct HistoryStream {
-    name: String,
-    max_age_secs: u64,
-    max_bytes: u64,
-}
-
-/// Where one message is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Address<'a> {
-    /// Empty for the default exchange (straight to the queue named by the key).
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
-}
+use super::arguments::{
+    OWN_DELIVERY_LIMIT_ARG, consumer_queue_arguments, retry_tier_arguments, string,
+};
+use super::names::Topology;
+use crate::config::{QueueSettings, QueueType};
 
 /// What RabbitMQ refused to declare, in its own words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,10 +54,6 @@ pub struct Outdated {
     pub lacks: &'static str,
 }
 
-/// The relay's own quorum queues' delivery limit: never reached in practice.
-const OWN_DELIVERY_LIMIT: i64 = 1_000_000;
-const OWN_DELIVERY_LIMIT_ARG: &str = "x-delivery-limit";
-
 const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     passive: false,
     durable: true,
@@ -134,129 +71,6 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 };
 
 impl Topology {
-    /// Every RabbitMQ name the relay with these settings uses: its own, its
-    /// consumer queues', and the history's when it is on.
-    pub fn of(settings: &Settings) -> Topology {
-        let topology = Topology::new(&settings.amqp.exchange, &settings.queues)
-            .with_queue_type(settings.amqp.queue_type);
-        match settings.history.enabled {
-            true => topology.with_history(&settings.history),
-            false => topology,
-        }
-    }
-
-    pub fn new(exchange: &str, queues: &[QueueSettings]) -> Topology {
-        Topology {
-            entry: format!("{exchange}.in"),
-            exchange: exchange.to_owned(),
-            unrouted: format!("{exchange}.unrouted"),
-            dead_letter_exchange: format!("{exchange}.dlx"),
-            dead_letter_queue: format!("{exchange}.dead-letter"),
-            quarantine: format!("{exchange}.quarantine"),
-            queues: queues.to_vec(),
-            queue_type: QueueType::Classic,
-            history: None,
-            outdated: Arc::default(),
-        }
-    }
-
-    /// With the relay's own queues, and every retry tier, of type `kind`.
-    pub fn with_queue_type(mut self, kind: QueueType) -> Topology {
-        self.queue_type = kind;
-        self
-    }
-
-    /// With the event history stream `<exchange>.history`.
-    pub fn with_history(mut self, settings: &HistorySettings) -> Topology {
-        self.history = Some(HistoryStream {
-            name: format!("{}.history", self.exchange),
-            max_age_secs: settings.max_age.as_secs().max(1),
-            max_bytes: settings.max_bytes.as_u64(),
-        });
-        self
-    }
-
-    /// The history stream, when the history is on.
-    pub fn history_stream(&self) -> Option<&str> {
-        self.history.as_ref().map(|h| h.name.as_str())
-    }
-
-    /// Where a message of this kind is published.
-    pub fn address<'a>(&'a self, kind: &'a Kind) -> Address<'a> {
-        match kind {
-            Kind::Event(routing_key) => Address {
-                exchange: &self.entry,
-                routing_key: routing_key.as_str(),
-            },
-            Kind::Quarantine => Address {
-                exchange: "",
-                routing_key: &self.quarantine,
-            },
-        }
-    }
-
-    /// The fanout every event is published to; watchers bind here.
-    pub fn entry_exchange(&self) -> &str {
-        &self.entry
-    }
-
-    /// The topic exchange consumer queues bind to.
-    pub fn exchange(&self) -> &str {
-        &self.exchange
-    }
-
-    /// The alternate exchange of the topic exchange, and its queue (same name).
-    pub fn unrouted(&self) -> &str {
-        &self.unrouted
-    }
-
-    /// The exchange consumer queues dead-letter into.
-    pub fn dead_letter_exchange(&self) -> &str {
-        &self.dead_letter_exchange
-    }
-
-    pub fn dead_letter_queue(&self) -> &str {
-        &self.dead_letter_queue
-    }
-
-    /// Where bodies that fail to parse are kept for a human.
-    pub fn quarantine_queue(&self) -> &str {
-        &self.quarantine
-    }
-
-    pub fn consumer_queues(&self) -> &[QueueSettings] {
-        &self.queues
-    }
-
-    /// The relay's own exchanges.
-    pub fn own_exchanges(&self) -> [&str; 4] {
-        [
-            &self.entry,
-            &self.exchange,
-            &self.unrouted,
-            &self.dead_letter_exchange,
-        ]
-    }
-
-    /// The relay's own queues, the history stream included.
-    pub fn own_queues(&self) -> Vec<&str> {
-        let mut queues = vec![
-            self.unrouted.as_str(),
-            &self.dead_letter_queue,
-            &self.quarantine,
-        ];
-        queues.extend(self.history_stream());
-        queues
-    }
-
-    /// The queues whose refusal by RabbitMQ is reported, not fatal: the
-    /// consumer queues and the history stream.
-    pub fn reported_queues(&self) -> Vec<&str> {
-        let mut queues: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
-        queues.extend(self.history_stream());
-        queues
-    }
-
     /// Declares everything on channels of `connection`, and says what it found.
     /// Consumer queues named in `skip` (known conflicts: RabbitMQ logs every
     /// refusal, so they are retried less often) are only bound, unless they
@@ -443,163 +257,6 @@ impl Topology {
             None => Object::Queue(name, self.own_queue_arguments()),
         }
     }
-
-    /// Arguments of the unrouted, dead-letter and quarantine queues: nothing
-    /// for classic (so that queues declared by earlier versions still match).
-    /// A quorum queue gets an explicit delivery limit so large it never
-    /// matters: these queues have no dead-letter target, so a message over
-    /// the limit would be dropped, and RabbitMQ 4 gives every quorum queue a
-    /// limit of 20 (inspect and replay count as deliveries). Not `-1`: on
-    /// 3.10 that dead-letters a message at its first return (checked).
-    fn own_queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        if self.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), string("quorum"));
-            args.insert(
-                OWN_DELIVERY_LIMIT_ARG.into(),
-                AMQPValue::LongLongInt(OWN_DELIVERY_LIMIT),
-            );
-        }
-        args
-    }
-
-    /// How versions before the explicit delivery limit declared own queues.
-    fn earlier_own_queue_arguments(&self) -> Option<FieldTable> {
-        (self.queue_type == QueueType::Quorum).then(|| {
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), string("quorum"));
-            args
-        })
-    }
-
-    /// The delivery limit of `queue`, when the relay declares it as a quorum
-    /// queue: each delivery that comes back (a consumer's reject with
-    /// requeue, `inspect` putting it back) counts, and on the return after
-    /// the limit-th the message is dead-lettered. `None` for a classic queue
-    /// or one the relay does not declare.
-    pub fn delivery_limit(&self, queue: &str) -> Option<i64> {
-        let own = [&self.unrouted, &self.dead_letter_queue, &self.quarantine];
-        if own.contains(&&queue.to_owned()) {
-            return (self.queue_type == QueueType::Quorum).then_some(OWN_DELIVERY_LIMIT);
-        }
-        self.queues
-            .iter()
-            .find(|q| q.name == queue && q.kind() == QueueType::Quorum)
-            .map(|q| i64::from(q.delivery_limit))
-    }
-
-    fn lock_outdated(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.outdated.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A retry tier is quorum when its queue is, or when the relay's own
-    /// queues are: a tier holds messages too, and must survive a node loss.
-    fn tier_type(&self, queue: &QueueSettings) -> QueueType {
-        match (queue.kind(), self.queue_type) {
-            (QueueType::Quorum, _) | (_, QueueType::Quorum) => QueueType::Quorum,
-            _ => QueueType::Classic,
-        }
-    }
-}
-
-impl HistoryStream {
-    fn arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), string("stream"));
-        args.insert(
-            "x-max-age".into(),
-            string(&format!("{}s", self.max_age_secs)),
-        );
-        args.insert(
-            "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(self.max_bytes.min(i64::MAX as u64) as i64),
-        );
-        args
-    }
-}
-
-/// Arguments of a consumer queue: dead-lettering into the DLX, and how a full
-/// queue overflows. The rule is that a full queue must never push back on the
-/// relay (a nack holds nothing else up, but each retry copies the event into
-/// every other queue bound to its key), and must lose nothing:
-///
-/// - bounded by the relay (`max_length`, `max_length_bytes`), of either type:
-///   `x-overflow: drop-head`, so the oldest message is dead-lettered (reason
-///   `maxlen`) and every publish is confirmed. For a quorum queue this makes
-///   dead-lettering at-most-once (RabbitMQ allows at-least-once only with
-///   `reject-publish`), so `x-dead-letter-strategy` is left out.
-/// - unbounded classic: no `x-overflow`, which is RabbitMQ's `drop-head`, so
-///   that queues declared by earlier versions (or by a consumer, as the README
-///   shows) still match. Only an operator's policy can bound it; one that
-///   sets `overflow: reject-publish` makes it nack (the relay's refused lane
-///   handles that).
-/// - unbounded quorum: at-least-once dead-lettering (the default,
-///   at-most-once, drops a dead letter whenever the DLX target is unavailable),
-///   which requires `reject-publish`. Without a bound it never overflows; an
-///   operator's `max-length` policy makes it nack, unless the policy also sets
-///   `overflow: drop-head` (on a quorum queue a policy's `overflow` wins over
-///   the argument). A delivery limit dead-letters a message that keeps coming
-///   back (its consumer crashes on it) instead of redelivering it forever.
-///
-/// Checked on RabbitMQ 3.10.8 (README, "Slow and full consumers").
-pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-dead-letter-exchange".into(), string(dlx));
-    if queue.kind() == QueueType::Quorum {
-        args.insert("x-queue-type".into(), string("quorum"));
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(queue.delivery_limit)),
-        );
-        if !queue.is_bounded() {
-            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-            args.insert("x-overflow".into(), string("reject-publish"));
-        }
-    }
-    if let Some(max) = queue.max_length {
-        args.insert("x-max-length".into(), long(max));
-    }
-    if let Some(max) = queue.max_length_bytes {
-        args.insert("x-max-length-bytes".into(), long(max));
-    }
-    if queue.is_bounded() {
-        args.insert("x-overflow".into(), string("drop-head"));
-    }
-    args
-}
-
-/// Arguments of retry tier `<name>.retry.<n>`: every message waits `delay`
-/// (a queue-wide TTL, so they leave from the head in order: per-message TTLs
-/// would hold each other up), then is dead-lettered back into `<name>`
-/// through the default exchange.
-pub fn retry_tier_arguments(queue: &QueueSettings, kind: QueueType, delay: Duration) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(delay.as_millis().min(i64::MAX as u128) as i64),
-    );
-    args.insert("x-dead-letter-exchange".into(), string(""));
-    args.insert("x-dead-letter-routing-key".into(), string(&queue.name));
-    if kind == QueueType::Quorum {
-        quorum_arguments(&mut args);
-    }
-    args
-}
-
-/// A classic queue gets no `x-queue-type`, so one declared earlier without it
-/// (by a consumer, say) still matches.
-fn quorum_arguments(args: &mut FieldTable) {
-    args.insert("x-queue-type".into(), string("quorum"));
-    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-    args.insert("x-overflow".into(), string("reject-publish"));
-}
-
-fn long(value: u64) -> AMQPValue {
-    AMQPValue::LongLongInt(value.min(i64::MAX as u64) as i64)
-}
-
-fn string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }
 
 impl Conflict {
@@ -776,54 +433,5 @@ pub fn refusal_text(err: &lapin::Error) -> String {
     match err.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => err.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_enter_through_the_fanout_and_quarantine_goes_straight_to_its_queue() {
-        let topology = Topology::new("webhooks", &[]);
-        let event = Kind::Event("sync.error.LoginFailedError".parse().unwrap());
-
-        assert_eq!(
-            topology.address(&event),
-            Address {
-                exchange: "webhooks.in",
-                routing_key: "sync.error.LoginFailedError"
-            }
-        );
-        assert_eq!(
-            topology.address(&Kind::Quarantine),
-            Address {
-                exchange: "",
-                routing_key: "webhooks.quarantine"
-            }
-        );
-    }
-
-    #[test]
-    fn every_name_derives_from_the_exchange() {
-        let topology = Topology::new("hooks", &[]);
-        assert_eq!(
-            topology.own_exchanges(),
-            ["hooks.in", "hooks", "hooks.unrouted", "hooks.dlx"]
-        );
-        assert_eq!(
-            topology.own_queues(),
-            ["hooks.unrouted", "hooks.dead-letter", "hooks.quarantine"]
-        );
-        assert_eq!(topology.history_stream(), None);
-        let settings = crate::config::HistorySettings {
-            enabled: true,
-            max_age: std::time::Duration::from_secs(3600),
-            max_bytes: bytesize::ByteSize::mib(10),
-        };
-        let with_history = topology.with_history(&settings);
-        assert_eq!(with_history.history_stream(), Some("hooks.history"));
-        assert_eq!(with_history.own_queues().last(), Some(&"hooks.history"));
-        assert_eq!(with_history.reported_queues(), ["hooks.history"]);
     }
 }

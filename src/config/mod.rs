@@ -1,0 +1,359 @@
+//! `Settings`: built-in defaults, then an optional TOML file, then environment
+//! variables (`HOOKRELAY__<SECTION>__<KEY>`, lists comma-separated).
+//!
+//! The built-in defaults are `config/default.toml`, compiled into the binary, so
+//! the documented defaults and the real ones cannot drift apart. Every problem
+//! is reported as one line that names the key ([`validate`]).
+//!
+//! * [`secret`]: the settings that print masked (URIs, the path token).
+//! * [`ip_ranges`]: allowlists and trusted-proxy lists.
+//! * [`de`]: how values are read (human durations, comma-separated lists).
+
+mod de;
+pub mod ip_ranges;
+mod secret;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+use de::{amqp_uris, human_duration, human_durations, ip_ranges, optional_secret, string_list};
+pub use ip_ranges::IpRanges;
+pub use secret::{AmqpUri, InvalidAmqpUri, Secret};
+
+/// The documented defaults, compiled in.
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Prefix of the environment variables that override settings.
+const ENV_PREFIX: &str = "HOOKRELAY";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    pub server: ServerSettings,
+    pub ingress: IngressSettings,
+    pub amqp: AmqpSettings,
+    pub spool: SpoolSettings,
+    pub history: HistorySettings,
+    #[serde(default)]
+    pub queues: Vec<QueueSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The public listener: it serves the webhook path and nothing else.
+    pub listen: SocketAddr,
+    /// The private listener: health, readiness and metrics.
+    pub admin_listen: SocketAddr,
+    pub webhook_path: String,
+    pub max_body_bytes: usize,
+    /// How long a body may take to arrive once the headers are in; a slower
+    /// one gets 408 (actix's own timeout covers only the headers).
+    pub body_timeout_ms: u64,
+    /// How long a new connection may take to send its request head.
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive_secs: u64,
+    /// Open connections on the public listener, all workers together.
+    pub max_connections: usize,
+    /// The most request headers, and header bytes, a webhook may carry.
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// When set, the webhook path is `<webhook_path>/<token>`.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub path_token: Option<Secret>,
+    /// When set, the public listener speaks TLS only.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// The public listener's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSettings {
+    #[serde(deserialize_with = "ip_ranges")]
+    pub allowed_ips: IpRanges,
+    #[serde(deserialize_with = "ip_ranges")]
+    pub trusted_proxies: IpRanges,
+    #[serde(deserialize_with = "string_list")]
+    pub client_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// One URI, or the nodes of a cluster: the first that answers is used.
+    #[serde(deserialize_with = "amqp_uris")]
+    pub uri: Vec<AmqpUri>,
+    pub exchange: String,
+    pub confirm_timeout_ms: u64,
+    /// Publishing channels kept open, each in confirm mode.
+    pub channels: usize,
+    /// How often the relay declares its topology again while connected, so
+    /// that a queue or exchange deleted at runtime comes back.
+    pub topology_check_secs: u64,
+    /// The type of the relay's own queues (unrouted, dead-letter, quarantine),
+    /// of retry tiers, and of consumer queues that do not say.
+    pub queue_type: QueueType,
+    /// RabbitMQ's management API (`http://host:15672`), for what AMQP cannot
+    /// tell: the policies in effect on a queue. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
+}
+
+/// The local spool that keeps accepted webhooks while RabbitMQ cannot.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    pub enabled: bool,
+    /// Unset: [`SpoolSettings::default_path`], filled in by [`Settings::load`].
+    #[serde(default)]
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    /// How many times RabbitMQ may refuse one message (nack, return, channel
+    /// error) before it is parked: each attempt copies it again into every
+    /// other queue bound to its routing key, so the attempts are bounded.
+    pub max_refusals: u32,
+    /// The pause before a refused message is tried again; four times longer
+    /// after each next refusal.
+    #[serde(with = "human_duration")]
+    pub refused_retry_delay: Duration,
+}
+
+/// The event history: a RabbitMQ stream that keeps every event.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub enabled: bool,
+    /// Events older than this are dropped from the stream.
+    #[serde(with = "human_duration")]
+    pub max_age: Duration,
+    /// The stream is kept under about this size, oldest events dropped first.
+    pub max_bytes: bytesize::ByteSize,
+}
+
+/// A consumer queue the relay declares and binds for its users.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub name: String,
+    pub bindings: Vec<String>,
+    /// Unset: `amqp.queue_type` (filled in by [`Settings::load`]).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<QueueType>,
+    /// Delays of the retry tiers `<name>.retry.<n>`, in order (`["30s", "5m"]`).
+    #[serde(default, with = "human_durations")]
+    pub retry: Vec<Duration>,
+    /// For a quorum queue: deliveries after which RabbitMQ dead-letters a
+    /// message that keeps coming back (a consumer that crashes on it).
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// A length bound the relay sets on the queue (`x-max-length`), with
+    /// `x-overflow: drop-head`: a full queue sheds its oldest message to the
+    /// dead letters instead of refusing the publish (README, "Slow and full
+    /// consumers").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    /// The same in bytes of message bodies (`x-max-length-bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length_bytes: Option<u64>,
+}
+
+/// RabbitMQ 4.0's own default for quorum queues.
+fn default_delivery_limit() -> u32 {
+    20
+}
+
+impl QueueSettings {
+    /// A queue bound with `bindings`, without retry tiers.
+    pub fn new(name: &str, bindings: &[&str], kind: QueueType) -> QueueSettings {
+        QueueSettings {
+            name: name.to_owned(),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            kind: Some(kind),
+            retry: Vec::new(),
+            delivery_limit: default_delivery_limit(),
+            max_length: None,
+            max_length_bytes: None,
+        }
+    }
+
+    /// Whether the relay bounds the queue's length (messages or bytes).
+    pub fn is_bounded(&self) -> bool {
+        self.max_length.is_some() || self.max_length_bytes.is_some()
+    }
+
+    /// Classic or quorum.
+    pub fn kind(&self) -> QueueType {
+        self.kind.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+/// Read by hand, so a typo is answered in the user's terms (serde's own
+/// message is "enum QueueType does not have variant constructor qorum").
+impl TryFrom<String> for QueueType {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<QueueType, String> {
+        match value.as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!(
+                "`{other}` is not a queue type: use \"classic\" or \"quorum\""
+            )),
+        }
+    }
+}
+
+/// A setting that stops startup, in one line that names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // Not a `#[source]`: its message already says everything, and a source
+    // would print it twice in `{:#}`.
+    #[error("configuration: {0}")]
+    Load(config::ConfigError),
+    #[error("configuration: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(err: config::ConfigError) -> Self {
+        ConfigError::Load(err)
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with_env(file, std::env::vars().collect())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        // Values stay strings (no `try_parsing`: it would turn the client id
+        // "0012" into the number 12); lists are split by `string_list` below.
+        let environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env.clone().into_iter().collect()));
+        let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        let default_type = settings.amqp.queue_type;
+        for queue in &mut settings.queues {
+            queue.kind.get_or_insert(default_type);
+        }
+        if settings.spool.path.as_os_str().is_empty() {
+            settings.spool.path = SpoolSettings::default_path(|name| env.get(name).cloned());
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The settings as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+impl SpoolSettings {
+    /// Where the spool is kept when `spool.path` is not set: where the system
+    /// keeps a service's state, never the working directory (two relays
+    /// started from one folder would otherwise share a spool by accident).
+    /// systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/hookrelay`, else
+    /// `~/.local/state/hookrelay`, else `/var/lib/hookrelay`.
+    pub fn default_path(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+        let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let folder = set("STATE_DIRECTORY")
+            .or_else(|| set("XDG_STATE_HOME").map(|state| state.join("hookrelay")))
+            .or_else(|| set("HOME").map(|home| home.join(".local/state/hookrelay")))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hookrelay"));
+        folder.join("spool.sqlite")
+    }
+}
+
+impl ServerSettings {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// Worker threads the public listener will run.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// actix counts `max_connections` per worker; ours is for all of them.
+    pub fn max_connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.worker_count())
+    }
+}
+
+impl AmqpSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    pub fn topology_check_interval(&self) -> Duration {
+        Duration::from_secs(self.topology_check_secs)
+    }
+
+    /// The relay's connection name, as operators see it in the management UI
+    /// (and tests close it by): `hookrelay@<host>/<exchange>`.
+    pub fn connection_name(&self) -> String {
+        self.tool_connection_name("hookrelay")
+    }
+
+    /// The connection name of a command other than `serve`, e.g. `hookrelay-replay`.
+    pub fn tool_connection_name(&self, tool: &str) -> String {
+        let host = gethostname::gethostname();
+        format!("{tool}@{}/{}", host.to_string_lossy(), self.exchange)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The rules a loaded configuration must keep, each broken one reported in
+//! one line that names its key.
+
+use std::time::Duration;
+
+use super::{ConfigError, Settings};
+use crate::wire::topic::TopicPattern;
+
+/// A shorter path token could be guessed by a patient scanner.
+const MIN_PATH_TOKEN_LEN: usize = 16;
+
+impl Settings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.ingress.client_ids.is_empty() {
+            return invalid(
+                "ingress.client_ids",
+                "is empty: set the client app id(s) the sender puts in x-client-id \
+                 (HOOKRELAY__INGRESS__CLIENT_IDS)",
+            );
+        }
+        if self.ingress.allowed_ips.is_empty() {
+            return invalid(
+                "ingress.allowed_ips",
+                "is empty: nobody could send webhooks",
+            );
+        }
+        if !self.server.webhook_path.starts_with('/') {
+            return invalid("server.webhook_path", "must start with `/`");
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be greater than 0");
+        }
+        if self.server.body_timeout_ms == 0 {
+            return invalid("server.body_timeout_ms", "must be greater than 0");
+        }
+        if self.server.header_timeout_ms == 0 {
+            return invalid("server.header_timeout_ms", "must be greater than 0");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be greater than 0");
+        }
+        if self.server.max_headers == 0 || self.server.max_header_bytes == 0 {
+            return invalid(
+                "server.max_headers",
+                "max_headers and max_header_bytes must be greater than 0",
+            );
+        }
+        if let Some(token) = &self.server.path_token {
+            let token = token.expose();
+            if token.len() < MIN_PATH_TOKEN_LEN
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return invalid(
+                    "server.path_token",
+                    "must be at least 16 characters of A-Z, a-z, 0-9, `-` and `_` \
+                     (e.g. `openssl rand -hex 16`)",
+                );
+            }
+        }
+        if self.amqp.uri.is_empty() {
+            return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
+        }
+        if let Some(url) = &self.amqp.management_url
+            && !url.starts_with("http://")
+        {
+            return invalid(
+                "amqp.management_url",
+                "must be an http:// URL of RabbitMQ's management API, e.g. \
+                 http://127.0.0.1:15672 (https is not supported yet: reach it on the \
+                 broker's private network)",
+            );
+        }
+        if self.spool.enabled && self.spool.max_bytes == 0 {
+            return invalid("spool.max_bytes", "must be greater than 0");
+        }
+        if self.spool.enabled && self.spool.path.as_os_str().is_empty() {
+            return invalid("spool.path", "must name a file");
+        }
+        if self.amqp.confirm_timeout_ms == 0 {
+            return invalid("amqp.confirm_timeout_ms", "must be greater than 0");
+        }
+        if self.amqp.channels == 0 {
+            return invalid("amqp.channels", "must be greater than 0");
+        }
+        if self.history.enabled && self.history.max_age < Duration::from_secs(1) {
+            return invalid("history.max_age", "must be at least 1s (e.g. \"7d\")");
+        }
+        if self.history.enabled && self.history.max_bytes.as_u64() == 0 {
+            return invalid(
+                "history.max_bytes",
+                "must be greater than 0 (e.g. \"1GiB\")",
+            );
+        }
+        if self.amqp.topology_check_secs == 0 {
+            return invalid("amqp.topology_check_secs", "must be greater than 0");
+        }
+        if self.spool.enabled && self.spool.max_refusals == 0 {
+            return invalid("spool.max_refusals", "must be greater than 0");
+        }
+        if self.spool.enabled && self.spool.refused_retry_delay < Duration::from_millis(10) {
+            return invalid(
+                "spool.refused_retry_delay",
+                "must be at least 10ms (e.g. \"1s\")",
+            );
+        }
+        // Derived names add up to 12 characters; AMQP names are at most 255 bytes.
+        if self.amqp.exchange.is_empty() || self.amqp.exchange.len() > 200 {
+            return invalid("amqp.exchange", "must be 1 to 200 characters");
+        }
+        for queue in &self.queues {
+            if queue.name.is_empty() || queue.name.len() > 255 || queue.name.starts_with("amq.") {
+                return invalid(
+                    "queues.name",
+                    "must be 1 to 255 characters, not starting with `amq.`",
+                );
+            }
+            if queue.bindings.is_empty() {
+                return invalid(
+                    "queues.bindings",
+                    "must list at least one routing-key pattern",
+                );
+            }
+            if queue.bindings.iter().any(|b| b.is_empty() || b.len() > 255) {
+                return invalid("queues.bindings", "patterns must be 1 to 255 characters");
+            }
+            let cannot_match = queue.bindings.iter().find(|binding| {
+                binding
+                    .parse::<TopicPattern>()
+                    .is_ok_and(|pattern| !pattern.can_match_an_event())
+            });
+            if let Some(binding) = cannot_match {
+                return Err(ConfigError::Invalid {
+                    key: "queues.bindings",
+                    problem: format!(
+                        "`{binding}` (queue {}) matches no routing key the relay publishes: \
+                         sync.account, or sync.error.<code> (see README, \"Routing keys\")",
+                        queue.name
+                    ),
+                });
+            }
+            if queue
+                .retry
+                .iter()
+                .any(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128)
+            {
+                return invalid(
+                    "queues.retry",
+                    "each delay must be at least 1ms and at most 49 days (e.g. [\"30s\", \"5m\"])",
+                );
+            }
+            if queue.name.len() > 240 && !queue.retry.is_empty() {
+                return invalid(
+                    "queues.name",
+                    "with retry tiers, at most 240 characters (<name>.retry.<n> must fit 255)",
+                );
+            }
+            if queue.delivery_limit == 0 {
+                return invalid("queues.delivery_limit", "must be greater than 0");
+            }
+            if queue.max_length == Some(0) || queue.max_length_bytes == Some(0) {
+                return invalid(
+                    "queues.max_length",
+                    "max_length and max_length_bytes must be greater than 0 (leave them out \
+                     for an unbounded queue)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
