@@ -11,6 +11,7 @@
 //! ```
 //! Prints one JSON object: messages, errors, seconds, rate, p50/p99/p99.9 in ms.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -108,12 +109,14 @@ async fn main() -> anyhow::Result<()> {
         let mut csv = String::from("start_s,latency_ms\n");
         for (began, took) in &timed {
             let start = began.duration_since(started).as_secs_f64();
-            csv.push_str(&format!("{start:.6},{:.3}\n", took.as_secs_f64() * 1000.0));
+            let _ = writeln!(csv, "{start:.6},{:.3}", took.as_secs_f64() * 1000.0);
         }
         std::fs::write(file, csv)?;
     }
     let mut latencies: Vec<Duration> = timed.iter().map(|(_, took)| *took).collect();
     latencies.sort();
+    // p is in [0, 1]: the index is within the list.
+    #[allow(clippy::cast_sign_loss)]
     let percentile = |p: f64| {
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[index].as_secs_f64() * 1000.0

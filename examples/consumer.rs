@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let stop = async {
         tokio::select! {
-            _ = enough.notified() => {}
+            () = enough.notified() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     };
@@ -96,7 +96,7 @@ fn handle(incoming: &Incoming, broken: bool) -> Outcome {
         0 => String::new(),
         n => format!(" (replay {n})"),
     };
-    match event.error_code().map(|code| code.as_str()) {
+    match event.error_code().map(hookrelay::event::ErrorCode::as_str) {
         Some("LoginFailedError") => {
             println!(
                 "{id}: asking user {user} to re-enter credentials for account {account}{replays}"

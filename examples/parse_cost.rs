@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use hookrelay::event::Event;
-use hookrelay::strict_json;
+use hookrelay::event::strict_json;
 
 const BODY: &[u8] = br#"{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}"#;
 

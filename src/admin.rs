@@ -19,13 +19,13 @@ use crate::metrics::Metrics;
 use crate::spool::Spool;
 
 /// What the admin handlers read.
-pub struct Admin {
+pub(crate) struct Admin {
     pub broker: Broker,
     pub metrics: Metrics,
     pub spool: Option<Spool>,
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

@@ -157,7 +157,7 @@ impl Consumer {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff) => {}
                 _ = shutdown.as_mut() => return Ok(()),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -316,7 +316,8 @@ impl Consumer {
         let outcome = match outcome {
             Outcome::Retry => {
                 let next = retry_attempt(headers) + 1;
-                match self.queue.retry.get((next - 1) as usize) {
+                let tier = usize::try_from(next).unwrap_or(usize::MAX);
+                match self.queue.retry.get(tier.wrapping_sub(1)) {
                     Some(_) => {
                         // Kept when the copy carries them already (set at its
                         // first retry, or by a replay).
@@ -326,7 +327,7 @@ impl Consumer {
                         };
                         let copy = Outgoing {
                             exchange: String::new(),
-                            routing_key: tier_queue(&self.queue.name, next as usize),
+                            routing_key: tier_queue(&self.queue.name, tier),
                             body: Bytes::from(delivery.data.clone()),
                             properties: delivery
                                 .properties

@@ -3,47 +3,65 @@
 //! The path of one webhook, and where each step lives:
 //!
 //! ```text
-//! TCP peer ─► path (ingress::WebhookPath: optional secret token)
-//!          ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (ip_ranges)
+//! TCP peer ─► path (ingress: optional secret token)
+//!          ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (config::IpRanges)
 //!          ─► header limits ─► x-client-id ─► content type, size ─► event::Event::parse
-//!          ─► envelope::Message (an event with its routing key, or a quarantined body)
+//!          ─► wire::envelope::Message (an event with its routing key, or a quarantined body)
 //!          ─► delivery: broker::Publisher (persistent, mandatory, confirmed; the
 //!             broker::Topology picks the names) or else the spool (fsync'd)
 //!          ─► 200 {"status":"accepted","id"} | 4xx/5xx JSON (ingress::error)
 //! ```
 //!
+//! One module per idea:
+//!
 //! * [`config`]: settings from defaults, a TOML file and the environment.
 //! * [`event`]: the domain types, built only by parsing.
-//! * [`ip_ranges`]: allowlists and trusted-proxy lists.
-//! * [`ingress`]: the public HTTP app; [`admin`]: health, readiness, metrics.
-//! * [`envelope`]: what is published for a webhook.
-//! * [`broker`]: the supervised connection and its status, the topology (every
-//!   RabbitMQ name), one confirmed publish.
-//! * [`delivery`], [`spool`]: publish now or keep on disk until RabbitMQ can.
-//! * [`metrics`], [`telemetry`]: what operators see.
-//! * [`startup`]: wires it all into an [`startup::Application`] and watches its
-//!   background tasks ([`tls`] for an HTTPS listener); [`cli`]: the commands.
-//! * [`history`]: reading the event history stream back (`events`, `tail`,
-//!   `replay --from-history`).
-//! * [`replay`], [`tail`], [`inspect`]: the operator's tools, with
-//!   [`dead_letter`] (reading `x-death`), [`render`] (showing a message) and
-//!   [`topic`] (topic-pattern matching).
+//! * [`wire`]: the protocol on RabbitMQ: header names, the envelope, the
+//!   contract (`docs/asyncapi.yaml`), dead-letter and retry headers, topic
+//!   patterns.
+//! * [`ingress`]: the public HTTP app; `admin`: health, readiness, metrics.
+//! * [`broker`]: RabbitMQ: names, declaring, the supervised connection and its
+//!   status, one confirmed publish.
+//! * `delivery`, [`spool`]: publish now, or keep on disk until RabbitMQ can.
+//! * `metrics`, [`telemetry`]: what operators see.
+//! * [`startup`]: wires it all into an [`startup::Application`] and watches
+//!   its background tasks; [`cli`]: the commands.
+//! * [`history`]: reading the event history stream back.
+//! * [`replay`]: sending messages again (dead letters, quarantine, history),
+//!   one pass for all three.
+//! * [`watch`]: looking without touching (`tail`, `inspect`).
+//! * [`consumer`]: a consumer library for apps written in Rust.
+//!
+//! The library is what the `hookrelay` binary, the tests and other Rust
+//! programs (a console, an app's consumer) call. Its entry points:
+//!
+//! | to | call |
+//! |---|---|
+//! | load settings | [`config::Settings::load`] |
+//! | run the relay | [`startup::Application::build`], then `run_until_stopped` |
+//! | consume events | [`consumer::Consumer`] |
+//! | replay dead letters | [`replay::dead_letters::replay`] |
+//! | send quarantined bodies on | [`replay::quarantine::redrive`] |
+//! | replay from the history | [`replay::history::replay`] |
+//! | read the history | [`history::Reader`] |
+//! | look at a queue | [`watch::inspect::inspect`] |
+//! | watch events go by | [`watch::tail::tail`] |
+//! | list or retry the spool | [`spool::listing`] |
+//! | the contract | [`wire::contract::asyncapi`] |
 
-pub mod admin;
+mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
-pub mod delivery;
+mod delivery;
 pub mod event;
 pub mod history;
 pub mod ingress;
-pub mod metrics;
+mod metrics;
 pub mod replay;
 pub mod spool;
 pub mod startup;
-pub mod strict_json;
 pub mod telemetry;
-pub mod tls;
 pub mod watch;
 pub mod wire;

@@ -108,7 +108,7 @@ struct RoutingKeyLabel {
 /// for the codes the sender documents, `sync.error.other` for any other code
 /// (the sender may add codes: the set must stay bounded), `quarantine` for a
 /// body that is not an event.
-pub fn routing_key_label(kind: &Kind) -> &'static str {
+pub(crate) fn routing_key_label(kind: &Kind) -> &'static str {
     const ERROR_KEYS: [&str; KNOWN_ERROR_CODES.len()] = [
         "sync.error.LoginFailedError",
         "sync.error.SecurityQuestionError",
@@ -408,10 +408,11 @@ impl Metrics {
     }
 
     pub fn spool_state(&self, depth: u64, refused: u64, parked: u64, bytes: u64) {
-        self.inner.spool_depth.set(depth as i64);
-        self.inner.spool_refused.set(refused as i64);
-        self.inner.spool_parked.set(parked as i64);
-        self.inner.spool_bytes.set(bytes as i64);
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.inner.spool_depth.set(gauge(depth));
+        self.inner.spool_refused.set(gauge(refused));
+        self.inner.spool_parked.set(gauge(parked));
+        self.inner.spool_bytes.set(gauge(bytes));
     }
 
     pub fn spool_oldest_age(&self, age: Option<Duration>) {

@@ -29,10 +29,10 @@ use crate::admin::{self, Admin};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::Delivery;
+use crate::ingress::tls;
 use crate::ingress::{self, Ingress, WebhookPath};
 use crate::metrics::Metrics;
 use crate::spool::{Spool, drain};
-use crate::tls;
 
 /// The background task that keeps the RabbitMQ connection and topology up.
 pub const BROKER_TASK: &str = "broker supervisor";
@@ -54,6 +54,17 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the spool.
     /// Webhooks are taken from here on (into the spool until RabbitMQ is
     /// connected by `run_until_stopped`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> anyhow::Result<()> {
+    /// use hookrelay::config::Settings;
+    /// use hookrelay::startup::{Application, shutdown_signal};
+    ///
+    /// let app = Application::build(Settings::load(None)?).await?;
+    /// println!("webhooks on port {}", app.port());
+    /// app.run_until_stopped(shutdown_signal()).await
+    /// # }
+    /// ```
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         if cfg!(feature = "bench-http-only") {
             tracing::warn!("built with bench-http-only: webhooks are answered 200 and DISCARDED");
@@ -189,7 +200,7 @@ impl Application {
         tasks.start();
 
         let failure = tokio::select! {
-            _ = shutdown => None,
+            () = shutdown => None,
             result = &mut public => Some(server_failure("the public HTTP server", result)),
             result = &mut admin => Some(server_failure("the admin HTTP server", result)),
             (task, result) = tasks.first_ended() => {

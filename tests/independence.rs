@@ -242,6 +242,8 @@ async fn a_full_queue_costs_only_its_own_consumer() {
         delays.sort();
         delays
     };
+    // q is in [0, 1]: the index is within the list.
+    #[allow(clippy::cast_sign_loss)]
     let quantile = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
     let arrived = delays.iter().filter(|d| **d < Duration::MAX).count();
     println!(
@@ -398,7 +400,10 @@ async fn drain(app: &TestApp, queue: &str) -> Vec<(String, FieldTable)> {
         .expect("basic.get")
     {
         let properties = &message.delivery.properties;
-        let id = properties.message_id().as_ref().map(|id| id.to_string());
+        let id = properties
+            .message_id()
+            .as_ref()
+            .map(std::string::ToString::to_string);
         let headers = properties.headers().clone().unwrap_or_default();
         taken.push((id.unwrap_or_default(), headers));
     }

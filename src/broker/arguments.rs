@@ -50,10 +50,7 @@ impl HistoryStream {
             "x-max-age".into(),
             string(&format!("{}s", self.max_age_secs)),
         );
-        args.insert(
-            "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(self.max_bytes.min(i64::MAX as u64) as i64),
-        );
+        args.insert("x-max-length-bytes".into(), long(self.max_bytes));
         args
     }
 }
@@ -112,7 +109,11 @@ pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable 
 /// (a queue-wide TTL, so they leave from the head in order: per-message TTLs
 /// would hold each other up), then is dead-lettered back into `<name>`
 /// through the default exchange.
-pub fn retry_tier_arguments(queue: &QueueSettings, kind: QueueType, delay: Duration) -> FieldTable {
+pub(super) fn retry_tier_arguments(
+    queue: &QueueSettings,
+    kind: QueueType,
+    delay: Duration,
+) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-message-ttl".into(),
@@ -135,7 +136,7 @@ fn quorum_arguments(args: &mut FieldTable) {
 }
 
 fn long(value: u64) -> AMQPValue {
-    AMQPValue::LongLongInt(value.min(i64::MAX as u64) as i64)
+    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 pub(super) fn string(value: &str) -> AMQPValue {

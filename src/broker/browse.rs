@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use super::refusal_text;
 
 /// A channel on `connection` in confirm mode, to publish with confirms.
-pub async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
+pub(crate) async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let publisher = connection
         .create_channel()
         .await
@@ -29,7 +29,7 @@ pub async fn confirming_channel(connection: &Connection) -> anyhow::Result<Chann
 }
 
 /// How many messages `queue` holds; names a missing queue in RabbitMQ's words.
-pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+pub(crate) async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -42,7 +42,7 @@ pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
 }
 
 /// The next message of `queue`, unacknowledged; `None` when it is empty.
-pub async fn next(channel: &Channel, queue: &str) -> anyhow::Result<Option<Delivery>> {
+pub(crate) async fn next(channel: &Channel, queue: &str) -> anyhow::Result<Option<Delivery>> {
     let message = channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await
@@ -52,7 +52,7 @@ pub async fn next(channel: &Channel, queue: &str) -> anyhow::Result<Option<Deliv
 
 /// Puts back every message this channel got unacknowledged, up to `tag`, in
 /// their places: one `basic.nack` with `multiple` and `requeue`.
-pub async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
+pub(crate) async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
     let options = BasicNackOptions {
         multiple: true,
         requeue: true,
@@ -63,7 +63,7 @@ pub async fn requeue_up_to(channel: &Channel, tag: u64) -> lapin::Result<()> {
 /// Ends a pass over `queue` read on `reader`: puts back every message up to
 /// `last_held` in its place, closes `reader`, and counts what `queue` holds
 /// now (on `counter`, another channel).
-pub async fn put_back(
+pub(crate) async fn put_back(
     reader: &Channel,
     last_held: Option<u64>,
     counter: &Channel,

@@ -35,7 +35,7 @@ struct Slot {
 
 impl Channels {
     /// Opens `count` channels on `connection`, each in confirm mode.
-    pub async fn open(connection: &Connection, count: usize) -> lapin::Result<Channels> {
+    pub(super) async fn open(connection: &Connection, count: usize) -> lapin::Result<Channels> {
         let mut slots = Vec::with_capacity(count);
         for _ in 0..count {
             slots.push(Slot {
@@ -50,13 +50,13 @@ impl Channels {
     }
 
     /// The next channel, round robin.
-    pub fn next(&self) -> Channel {
+    pub(super) fn next(&self) -> Channel {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         read(&self.slots[i % self.slots.len()]).clone()
     }
 
     /// The id of a channel that is no longer open, if any.
-    pub fn closed(&self) -> Option<u16> {
+    pub(super) fn closed(&self) -> Option<u16> {
         self.slots
             .iter()
             .map(read)
@@ -67,7 +67,11 @@ impl Channels {
     /// Puts a new channel in the slot of `nacked`, unless that slot was given
     /// one less than a second ago (or `nacked` is no longer in the pool).
     /// `Ok(true)` when it did.
-    pub async fn replace(&self, connection: &Connection, nacked: &Channel) -> lapin::Result<bool> {
+    pub(super) async fn replace(
+        &self,
+        connection: &Connection,
+        nacked: &Channel,
+    ) -> lapin::Result<bool> {
         let Some(slot) = self.slots.iter().find(|s| read(s).id() == nacked.id()) else {
             return Ok(false);
         };

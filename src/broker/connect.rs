@@ -88,7 +88,7 @@ pub(super) async fn connect_from(
     Err(last_error.unwrap_or(ConnectError::NoNodes))
 }
 
-/// Closes a command's connection, waiting at most [`CLOSE_TIMEOUT`]: lapin's
+/// Closes a command's connection, waiting at most `CLOSE_TIMEOUT`: lapin's
 /// close can wait forever for RabbitMQ's close-ok when the socket went first
 /// (seen under load: `hookrelay replay` finished its work, and hung there).
 pub async fn close(connection: &Connection, why: &str) {
@@ -110,8 +110,8 @@ pub async fn with_tool_connection<T>(
     result
 }
 
-/// Closes a channel the same way: at most [`CLOSE_TIMEOUT`].
-pub async fn close_channel(channel: &Channel, why: &str) {
+/// Closes a channel the same way: at most `CLOSE_TIMEOUT`.
+pub(crate) async fn close_channel(channel: &Channel, why: &str) {
     let closing = channel.close(200, why.into());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
 }

@@ -429,7 +429,7 @@ impl<'c> Declarer<'c> {
 
 /// RabbitMQ's own reply text (`PRECONDITION_FAILED - inequivalent arg ...`),
 /// without lapin's prefix.
-pub fn refusal_text(err: &lapin::Error) -> String {
+pub(crate) fn refusal_text(err: &lapin::Error) -> String {
     match err.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => err.to_string(),

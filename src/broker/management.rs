@@ -13,6 +13,7 @@
 //!   fit (after the other queues bound to its key took it); `drop-head`
 //!   dead-letters the oldest message and acks.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,7 +29,7 @@ const STATS_POLL: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client of the management API, with the credentials of `amqp.uri`.
-pub struct Management {
+pub(crate) struct Management {
     http: reqwest::Client,
     base: String,
     vhost: String,
@@ -37,7 +38,7 @@ pub struct Management {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ManagementError {
+pub(crate) enum ManagementError {
     #[error("the management API at {url} did not answer: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the management API at {url} answered {status}")]
@@ -48,8 +49,7 @@ pub enum ManagementError {
 
 /// A queue as the management API shows it.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct QueueState {
-    pub name: String,
+pub(crate) struct QueueState {
     /// `classic`, `quorum` or `stream`.
     #[serde(rename = "type", default)]
     pub kind: String,
@@ -70,7 +70,7 @@ pub struct QueueState {
 
 /// Where a setting in effect comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SetBy {
+pub(crate) enum SetBy {
     Argument,
     Policy(String),
     Default,
@@ -78,7 +78,7 @@ pub enum SetBy {
 
 /// How a queue overflows when full.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overflow {
+pub(crate) struct Overflow {
     /// `drop-head`, `reject-publish` or `reject-publish-dlx`.
     pub mode: String,
     pub set_by: SetBy,
@@ -90,14 +90,14 @@ pub struct Overflow {
 impl Overflow {
     /// Whether a full queue refuses (nacks) the publish instead of shedding:
     /// a length limit with a `reject-publish` overflow.
-    pub fn pushes_back(&self) -> bool {
+    pub(crate) fn pushes_back(&self) -> bool {
         !self.limits.is_empty() && self.mode.starts_with("reject-publish")
     }
 }
 
 impl QueueState {
     /// How this queue overflows, by RabbitMQ's rule of precedence.
-    pub fn overflow(&self) -> Overflow {
+    pub(crate) fn overflow(&self) -> Overflow {
         let policy = self.effective_policy_definition.as_ref();
         let policy_name = self
             .policy
@@ -137,7 +137,7 @@ impl QueueState {
 
 impl Management {
     /// A client for `amqp.management_url`, when it is set.
-    pub fn new(amqp: &AmqpSettings) -> Option<Management> {
+    pub(crate) fn new(amqp: &AmqpSettings) -> Option<Management> {
         let base = amqp
             .management_url
             .as_ref()?
@@ -158,7 +158,10 @@ impl Management {
     }
 
     /// The queues bound to `exchange`.
-    pub async fn queues_bound_to(&self, exchange: &str) -> Result<Vec<String>, ManagementError> {
+    pub(crate) async fn queues_bound_to(
+        &self,
+        exchange: &str,
+    ) -> Result<Vec<String>, ManagementError> {
         #[derive(Deserialize)]
         struct Binding {
             destination: String,
@@ -182,7 +185,7 @@ impl Management {
 
     /// A queue's state, once RabbitMQ has statistics for it (within
     /// [`STATS_WAIT`]: a queue or policy seconds old has none yet).
-    pub async fn queue(&self, name: &str) -> Result<QueueState, ManagementError> {
+    pub(crate) async fn queue(&self, name: &str) -> Result<QueueState, ManagementError> {
         let path = format!("/api/queues/{}/{}", encode(&self.vhost), encode(name));
         let started = Instant::now();
         loop {
@@ -227,7 +230,7 @@ fn encode(segment: &str) -> String {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             encoded.push(byte as char);
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            let _ = write!(encoded, "%{byte:02X}");
         }
     }
     encoded
@@ -241,7 +244,6 @@ mod tests {
 
     fn queue(kind: &str, arguments: Value, policy: Option<Value>) -> QueueState {
         QueueState {
-            name: "q".to_owned(),
             kind: kind.to_owned(),
             arguments: arguments.as_object().cloned().unwrap_or_default(),
             policy: policy.as_ref().map(|_| "p".to_owned()),

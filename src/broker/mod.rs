@@ -6,19 +6,19 @@
 //! * `connect`: opening and closing connections, the relay's and the commands'.
 //! * `session`: one connection, ready to publish; `channels`: its pool of
 //!   confirming channels.
-//! * [`Broker`] (`supervisor`): the relay's connection, kept up by a
+//! * `Broker` (`supervisor`): the relay's connection, kept up by a
 //!   supervisor task; `status`: the state it is in, the one place that
 //!   changes it (and the metrics and log lines that say so).
-//! * [`Publisher`]: one confirmed publish of a relay message; [`browse`]:
-//!   reading a queue without taking from it; [`management`]: RabbitMQ's
+//! * `Publisher`: one confirmed publish of a relay message; `browse`:
+//!   reading a queue without taking from it; `management`: RabbitMQ's
 //!   management API, for what AMQP cannot tell.
 
 mod arguments;
-pub mod browse;
+pub(crate) mod browse;
 mod channels;
 mod connect;
 mod declare;
-pub mod management;
+pub(crate) mod management;
 mod names;
 mod publisher;
 mod session;
@@ -26,9 +26,12 @@ mod status;
 mod supervisor;
 
 pub use arguments::consumer_queue_arguments;
-pub use connect::{ConnectError, close, close_channel, connect, with_tool_connection};
-pub use declare::{Conflict, Declared, Outdated, refusal_text};
+pub(crate) use connect::close_channel;
+pub use connect::{ConnectError, close, connect, with_tool_connection};
+pub(crate) use declare::refusal_text;
+pub use declare::{Conflict, Declared, Outdated};
 pub use names::{Address, Topology};
-pub use publisher::{Outgoing, PublishError, Publisher, publish_confirmed};
+pub(crate) use publisher::Publisher;
+pub use publisher::{Outgoing, PublishError, publish_confirmed};
 pub use status::{BrokerState, Status};
-pub use supervisor::Broker;
+pub(crate) use supervisor::Broker;

@@ -213,7 +213,7 @@ impl Publisher {
         }
         match result {
             Err(err @ (PublishError::Channel(_) | PublishError::NotConfirmed)) => {
-                self.broker.report_trouble(err.to_string())
+                self.broker.report_trouble(err.to_string());
             }
             Err(PublishError::Returned { .. }) => self.broker.request_repair(),
             Err(PublishError::Nack) => {

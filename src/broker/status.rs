@@ -64,7 +64,7 @@ pub(super) struct StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn new(topology: &Topology, metrics: Metrics) -> StatusBoard {
+    pub(super) fn new(topology: &Topology, metrics: Metrics) -> StatusBoard {
         let reported: Vec<String> = topology
             .reported_queues()
             .into_iter()
@@ -88,22 +88,22 @@ impl StatusBoard {
         }
     }
 
-    pub fn get(&self) -> Status {
+    pub(super) fn get(&self) -> Status {
         self.status.borrow().clone()
     }
 
-    pub fn state(&self) -> BrokerState {
+    pub(super) fn state(&self) -> BrokerState {
         self.status.borrow().state
     }
 
     /// Whether RabbitMQ blocks publishers now: cheap enough for every publish.
-    pub fn is_blocked(&self) -> bool {
+    pub(super) fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Relaxed)
     }
 
     /// Records that RabbitMQ blocks publishers on the connected session
     /// (`Some(alarm)`) or accepts them again (`None`); logs each change.
-    pub fn set_blocked(&self, alarm: Option<String>) {
+    pub(super) fn set_blocked(&self, alarm: Option<String>) {
         let (state, reason) = match &alarm {
             Some(alarm) => (
                 BrokerState::Blocked,
@@ -133,12 +133,12 @@ impl StatusBoard {
     }
 
     /// The consumer queues RabbitMQ refuses now.
-    pub fn queue_conflicts(&self) -> Vec<Conflict> {
+    pub(super) fn queue_conflicts(&self) -> Vec<Conflict> {
         self.status.borrow().queue_conflicts.clone()
     }
 
     /// Records a state; logs it only when it changed.
-    pub fn set_state(&self, state: BrokerState, reason: Option<String>) {
+    pub(super) fn set_state(&self, state: BrokerState, reason: Option<String>) {
         self.blocked
             .store(state == BrokerState::Blocked, Ordering::Relaxed);
         let changed = self.status.send_if_modified(|status| {
@@ -175,7 +175,7 @@ impl StatusBoard {
     /// Records that RabbitMQ refuses the relay's login: disconnected, and the
     /// one state of it that only a human can fix, so it is logged as an
     /// error (once, while the reason stays the same).
-    pub fn set_login_refused(&self, reason: String) {
+    pub(super) fn set_login_refused(&self, reason: String) {
         self.blocked.store(false, Ordering::Relaxed);
         let reason = Some(reason);
         let changed = self.status.send_if_modified(|status| {
@@ -196,7 +196,7 @@ impl StatusBoard {
     }
 
     /// Records the node connected to, or none. The supervisor logs it.
-    pub fn set_node(&self, node: Option<String>) {
+    pub(super) fn set_node(&self, node: Option<String>) {
         self.status.send_if_modified(|status| {
             let changed = status.node != node;
             status.node = node;
@@ -205,7 +205,7 @@ impl StatusBoard {
     }
 
     /// Records the consumer queues RabbitMQ refuses; logs each that appears or goes.
-    pub fn set_queue_conflicts(&self, conflicts: Vec<Conflict>) {
+    pub(super) fn set_queue_conflicts(&self, conflicts: Vec<Conflict>) {
         let previous = self.queue_conflicts();
         for conflict in conflicts.iter().filter(|c| !previous.contains(c)) {
             warn!(
@@ -245,7 +245,7 @@ pub(super) struct ConflictRetries {
 impl ConflictRetries {
     /// The refused queues not to declare this time: none once `CONFLICT_RETRY`
     /// has passed since the last full declaration.
-    pub fn skip(&mut self, conflicts: &[Conflict]) -> HashSet<String> {
+    pub(super) fn skip(&mut self, conflicts: &[Conflict]) -> HashSet<String> {
         if self
             .last
             .is_none_or(|last| last.elapsed() >= CONFLICT_RETRY)

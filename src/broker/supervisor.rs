@@ -176,7 +176,7 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.metrics.broker_connect_failed();
                 record(&inner, down);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    () = tokio::time::sleep(backoff.next_delay()) => continue,
                     _ = shutdown.changed() => break,
                 }
             }
@@ -268,7 +268,7 @@ async fn watch_session(
                 Some(_) => continue,
                 None => return Ended::Down(Down::Lost("connection events ended".to_owned())),
             },
-            _ = inner.trouble.notified() => {
+            () = inner.trouble.notified() => {
                 if let Some(problem) = session.problem() {
                     let what = inner.last_trouble.lock().expect("trouble lock").take();
                     let reason = match what {
@@ -284,7 +284,7 @@ async fn watch_session(
                 None => continue,
             },
             _ = topology_check.tick() => "periodic check",
-            _ = inner.repair.notified() => "RabbitMQ returned a message as unroutable",
+            () = inner.repair.notified() => "RabbitMQ returned a message as unroutable",
         };
         let started = Instant::now();
         match session.declare(&inner.context(), retries).await {

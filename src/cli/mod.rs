@@ -64,10 +64,10 @@ pub enum Command {
     /// Messages that are not replayed stay in the queue in their order.
     Replay(replay::ReplayArgs),
     /// Print events as they enter the relay: from the end of the history
-    /// stream (with [history] on), else from a temporary queue on the entry
+    /// stream (with the history on), else from a temporary queue on the entry
     /// fanout. Either way watching changes no routing and takes nothing.
     Tail(watch::TailArgs),
-    /// List events from the history (the stream <exchange>.history), oldest
+    /// List events from the history (the stream EXCHANGE.history), oldest
     /// first, filtered; to the end of the history, or on with --follow.
     Events(watch::EventsArgs),
     /// Show the messages of a queue (quarantine, dead letters, unrouted, or any

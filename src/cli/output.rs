@@ -8,7 +8,7 @@ use std::fmt::Arguments;
 use std::io::{ErrorKind, Write};
 
 /// Prints `line` and a newline; exits 0 if stdout was closed by its reader.
-pub fn line(line: Arguments<'_>) {
+pub(super) fn line(line: Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     let written = stdout
         .write_fmt(line)

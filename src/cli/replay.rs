@@ -9,6 +9,7 @@ use crate::replay::dead_letters::{self, Action, Entry, ReplayOptions};
 use crate::replay::history::{self as history_replay, Destination, Sent};
 use crate::replay::quarantine::{self, Redrive};
 use crate::wire::topic::TopicPattern;
+use std::fmt::Write as _;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -236,7 +237,7 @@ fn redrive_line(entry: &Redrive) -> String {
         line.push_str(reason);
     }
     if let Some(was) = &entry.was {
-        line.push_str(&format!(" (was: {was})"));
+        let _ = write!(line, " (was: {was})");
     }
     line
 }

@@ -100,7 +100,7 @@ pub(super) async fn tail(settings: Settings, args: TailArgs) -> anyhow::Result<(
             eprintln!(
                 "tailing {source} for {} (Ctrl-C to stop)",
                 watched.join(" ")
-            )
+            );
         },
         |message: Tailed| {
             if json {

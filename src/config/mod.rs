@@ -3,11 +3,11 @@
 //!
 //! The built-in defaults are `config/default.toml`, compiled into the binary, so
 //! the documented defaults and the real ones cannot drift apart. Every problem
-//! is reported as one line that names the key ([`validate`]).
+//! is reported as one line that names the key (`validate`).
 //!
-//! * [`secret`]: the settings that print masked (URIs, the path token).
+//! * `secret`: the settings that print masked (URIs, the path token).
 //! * [`ip_ranges`]: allowlists and trusted-proxy lists.
-//! * [`de`]: how values are read (human durations, comma-separated lists).
+//! * `de`: how values are read (human durations, comma-separated lists).
 
 mod de;
 pub mod ip_ranges;
@@ -257,6 +257,16 @@ impl From<config::ConfigError> for ConfigError {
 
 impl Settings {
     /// Loads defaults, then `file` if given, then the process environment.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), hookrelay::config::ConfigError> {
+    /// use hookrelay::config::Settings;
+    ///
+    /// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+    /// println!("publishing to {}", settings.amqp.exchange);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Settings::load_with_env(file, std::env::vars().collect())
     }

@@ -149,7 +149,7 @@ impl Settings {
             if queue
                 .retry
                 .iter()
-                .any(|d| d.as_millis() == 0 || d.as_millis() > u32::MAX as u128)
+                .any(|d| d.as_millis() == 0 || d.as_millis() > u128::from(u32::MAX))
             {
                 return invalid(
                     "queues.retry",

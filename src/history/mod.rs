@@ -2,7 +2,8 @@
 //! also lands in the RabbitMQ stream `<exchange>.history` (bound to the entry
 //! fanout, so routing does not change), kept for `history.max_age` and
 //! `history.max_bytes`. This module reads it back, for `hookrelay events`,
-//! `hookrelay tail` and `hookrelay replay --from-history` ([`replay`]).
+//! `hookrelay tail` and `hookrelay replay --from-history`
+//! ([`replay::history`](crate::replay::history)).
 //!
 //! A stream is read over AMQP 0-9-1 with a consumer that names its starting
 //! point (`x-stream-offset`: `first`, `next`, or a timestamp), a prefetch and
@@ -118,6 +119,29 @@ impl Reader {
     /// Starts reading `stream` at `start`. Without `follow`, the read ends at
     /// the stream's end as it is now; with it, it waits for new events (until
     /// `filter.until`, if set).
+    ///
+    /// ```no_run
+    /// # async fn run() -> anyhow::Result<()> {
+    /// use hookrelay::broker::{Topology, with_tool_connection};
+    /// use hookrelay::config::Settings;
+    /// use hookrelay::history::{Filter, Reader, Start};
+    ///
+    /// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+    /// let topology = Topology::of(&settings);
+    /// let stream = topology.history_stream().expect("[history] is on");
+    /// // Did we get the webhook for account a-7?
+    /// let filter = Filter { account_id: Some("a-7".to_owned()), ..Filter::default() };
+    /// with_tool_connection(&settings.amqp, "my-console", async |connection| {
+    ///     let mut reader = Reader::open(connection, stream, Start::First, false, filter).await?;
+    ///     while let Some(event) = reader.next().await? {
+    ///         println!("{:?} {} {:?}", event.message_id(), event.routing_key, event.received_at());
+    ///     }
+    ///     reader.close().await;
+    ///     Ok(())
+    /// })
+    /// .await
+    /// # }
+    /// ```
     pub async fn open(
         connection: &Connection,
         stream: &str,

@@ -17,7 +17,7 @@ use crate::spool::SpoolError;
 const RETRY_AFTER_SECS: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
-pub enum IngressError {
+pub(crate) enum IngressError {
     /// The address the request came from (the TCP peer, or what trusted
     /// proxies saw), and the peer itself: for the log, never for the answer.
     #[error("source address not allowed")]
@@ -59,7 +59,7 @@ struct ErrorBody<'a> {
 }
 
 impl IngressError {
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             IngressError::Forbidden { .. } => Outcome::Forbidden,
             IngressError::MethodNotAllowed => Outcome::MethodNotAllowed,
@@ -133,7 +133,7 @@ impl ResponseError for IngressError {
 /// 404 for every other path: the public listener serves the webhook path only.
 /// Counted, so a scan (or a sender with a stale path token) shows in metrics;
 /// never logged, since the path may hold a guess at the token.
-pub async fn not_found(ingress: web::Data<Ingress>) -> HttpResponse {
+pub(crate) async fn not_found(ingress: web::Data<Ingress>) -> HttpResponse {
     ingress.metrics.request(Outcome::NotFound);
     HttpResponse::NotFound().json(ErrorBody {
         error: Outcome::NotFound.as_str(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(1);
 
-pub struct LogBudget {
+pub(super) struct LogBudget {
     per_window: u32,
     window: Mutex<Window>,
 }
@@ -22,7 +22,7 @@ struct Window {
 }
 
 impl LogBudget {
-    pub fn per_second(lines: u32) -> LogBudget {
+    pub(super) fn per_second(lines: u32) -> LogBudget {
         LogBudget {
             per_window: lines,
             window: Mutex::new(Window {
@@ -35,7 +35,7 @@ impl LogBudget {
 
     /// `Some(dropped)` when a line may be written now, `dropped` being how many
     /// were dropped since the last one written; `None` when over budget.
-    pub fn admit(&self) -> Option<u64> {
+    pub(super) fn admit(&self) -> Option<u64> {
         self.admit_at(Instant::now())
     }
 

@@ -5,9 +5,10 @@
 //! `log_budget` keeps a flood of refusals out of the log.
 
 pub mod client_ip;
-pub mod error;
-pub mod log_budget;
-pub mod webhook;
+pub(crate) mod error;
+mod log_budget;
+pub(crate) mod tls;
+mod webhook;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -52,7 +52,7 @@ impl Known {
 }
 
 /// Handles one webhook, then counts and logs its outcome.
-pub async fn receive(
+pub(super) async fn receive(
     req: HttpRequest,
     payload: web::Payload,
     ingress: web::Data<Ingress>,
@@ -96,7 +96,7 @@ fn log_outcome(result: &Result<(HttpResponse, Outcome), IngressError>, dropped: 
     match result {
         Ok(_) => info!("webhook accepted into the spool"),
         Err(IngressError::NotStored(err)) => {
-            warn!(error = %err, "webhook refused: it could not be stored")
+            warn!(error = %err, "webhook refused: it could not be stored");
         }
         Err(IngressError::Quarantined { reason, .. }) => warn!(%reason, "webhook quarantined"),
         // Named, so a sender whose addresses changed, or a proxy missing from
@@ -142,7 +142,7 @@ async fn accept(
                     warn!(
                         code = code.as_str(),
                         "undocumented error code; routed anyway"
-                    )
+                    );
                 });
             }
             let message = || event_message(&event, &receipt, body.clone());
@@ -185,7 +185,7 @@ async fn accept(
 /// Any method but POST on the webhook path: 403 for a source that is not
 /// allowed (a stranger learns nothing about the path), else 405. Counted like
 /// every other answer.
-pub async fn other_method(
+pub(super) async fn other_method(
     req: HttpRequest,
     ingress: web::Data<Ingress>,
 ) -> Result<HttpResponse, IngressError> {

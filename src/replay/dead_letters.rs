@@ -1,5 +1,5 @@
 //! `hookrelay replay`: puts dead letters back where they died, once the
-//! consumer that rejected them is fixed; one [`Pass`] over the dead-letter
+//! consumer that rejected them is fixed; one `Pass` over the dead-letter
 //! queue (or another), with the safety rules the pass keeps.
 //!
 //! By default a dead letter goes back to the queue it died in, through the
@@ -75,6 +75,24 @@ pub struct Summary {
 
 /// Runs one replay; `report` sees each entry as it happens. A message that
 /// cannot be replayed is counted in `failed`, not returned as an error.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use hookrelay::config::Settings;
+/// use hookrelay::replay::dead_letters::{ReplayOptions, replay};
+///
+/// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+/// // The login failures that died in reprompt-credentials, back to it.
+/// let options = ReplayOptions {
+///     routing_key: Some("sync.error.LoginFailedError".parse()?),
+///     from_queue: Some("reprompt-credentials".to_owned()),
+///     ..ReplayOptions::default()
+/// };
+/// let summary = replay(&settings, &options, |entry| println!("{entry:?}")).await?;
+/// println!("replayed {}, failed {}", summary.replayed, summary.failed);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn replay(
     settings: &Settings,
     options: &ReplayOptions,

@@ -3,7 +3,7 @@
 //! of `sync.error.*`), or through the topic exchange, so every queue bound to
 //! the event's routing key gets it again.
 //!
-//! One [`Pass`] over the history stream: each event is republished with its
+//! One `Pass` over the history stream: each event is republished with its
 //! `message_id` and headers, plus `x-replayed-from: history`, `x-replay-count`
 //! one higher and its route in `x-original-*`. The history itself is not
 //! touched (nothing leaves a stream), and a replayed event does not enter it
@@ -74,6 +74,30 @@ pub struct Summary {
 }
 
 /// Runs one replay from the history; `report` sees each event as it goes.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use hookrelay::config::Settings;
+/// use hookrelay::history::{Filter, Start};
+/// use hookrelay::replay::history::{Destination, Options, replay};
+///
+/// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+/// // A new consumer's queue starts with the last day of login failures.
+/// let options = Options {
+///     start: Start::At(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400)),
+///     filter: Filter {
+///         routing_keys: vec!["sync.error.LoginFailedError".parse()?],
+///         ..Filter::default()
+///     },
+///     destination: Destination::Queue("reprompt-credentials".to_owned()),
+///     limit: None,
+///     dry_run: false,
+/// };
+/// let summary = replay(&settings, &options, |sent| println!("{sent:?}")).await?;
+/// println!("replayed {}", summary.replayed);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn replay(
     settings: &Settings,
     options: &Options,

@@ -1,7 +1,7 @@
 //! Sending messages again: dead letters back where they died
 //! ([`dead_letters`]), quarantined bodies that parse now ([`quarantine`]),
-//! events kept in the history ([`history`]). Each is one [`Pass`] over its
-//! [`Source`], with its own rule for what to send and where.
+//! events kept in the history ([`history`]). Each is one `Pass` over its
+//! `Source`, with its own rule for what to send and where.
 //!
 //! A pass, for each message of its source, in order:
 //! - decides: keep it where it is (filtered out, or it cannot go), or send
@@ -15,7 +15,7 @@
 //!   exchange or queue closes the channel), stops, since nothing after it
 //!   could be sent either.
 //!
-//! A queue source ([`QueueSource`]) reads with `basic.get`, at most as many
+//! A queue source (`QueueSource`) reads with `basic.get`, at most as many
 //! messages as the queue held at the start (a pass never loops on its own
 //! output), and puts back what it kept in one `basic.nack`, so the kept
 //! messages keep their places and their order.

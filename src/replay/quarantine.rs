@@ -6,7 +6,7 @@
 //! arrived: the same `message_id`, the receipt headers kept on the quarantined
 //! message (`x-client-id`, `x-source-ip`, `x-received-at`), the event's
 //! routing key and headers, plus `x-replayed-from: quarantine` and its route
-//! in `x-original-*`, through the entry exchange: one [`Pass`] over the
+//! in `x-original-*`, through the entry exchange: one `Pass` over the
 //! quarantine queue. What still fails stays in quarantine, in its place, and
 //! the run reports why it fails now.
 
@@ -68,6 +68,20 @@ pub struct Summary {
 
 /// Re-drives the quarantine; `report` sees each body as it is handled. A run
 /// visits each body present when it starts at most once, in order.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use hookrelay::config::Settings;
+/// use hookrelay::replay::quarantine::{Options, redrive};
+///
+/// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+/// // What would parse now, without sending anything.
+/// let dry_run = Options { dry_run: true, ..Options::default() };
+/// let summary = redrive(&settings, dry_run, |body| println!("{body:?}")).await?;
+/// println!("{} would go, {} stay", summary.would_redrive, summary.stays);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn redrive(
     settings: &Settings,
     options: Options,

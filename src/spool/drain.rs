@@ -37,7 +37,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(1);
 const RETRY_CHECK: Duration = Duration::from_secs(1);
 
 /// Drains until `shutdown` turns true. Run it as a task of its own.
-pub async fn run(
+pub(crate) async fn run(
     spool: Spool,
     publisher: Publisher,
     broker: Broker,
@@ -59,7 +59,7 @@ pub async fn run(
     };
     while !*shutdown.borrow_and_update() {
         tokio::select! {
-            _ = drainer.spool.wait_for_work(RETRY_CHECK) => {}
+            () = drainer.spool.wait_for_work(RETRY_CHECK) => {}
             _ = shutdown.changed() => break,
         }
         drainer.take_back_retries().await;
@@ -78,7 +78,7 @@ pub async fn run(
         }
         if let Some(pause) = pause {
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => break,
             }
         }

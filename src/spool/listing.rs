@@ -52,6 +52,22 @@ pub enum State {
 
 /// Every parked message, then every spooled one (backlog and refused), each
 /// oldest first.
+///
+/// ```no_run
+/// # fn run() -> Result<(), hookrelay::spool::SpoolError> {
+/// use hookrelay::spool::listing::{State, list, request_retry};
+///
+/// let path = std::path::Path::new("/var/lib/hookrelay/spool.sqlite");
+/// let parked: Vec<i64> = list(path)?
+///     .iter()
+///     .filter(|message| message.state == State::Parked)
+///     .map(|message| message.seq)
+///     .collect();
+/// // The relay sends them again, at the back of its backlog.
+/// request_retry(path, &parked)?;
+/// # Ok(())
+/// # }
+/// ```
 pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
     let db = store::open(path, false)?;
     let mut listed = Vec::new();
@@ -138,6 +154,6 @@ fn non_empty(text: String) -> Option<String> {
 }
 
 fn rfc3339(millis: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    let at = UNIX_EPOCH + Duration::from_millis(millis.max(0).cast_unsigned());
     humantime::format_rfc3339_millis(at).to_string()
 }

@@ -93,7 +93,7 @@ pub(super) enum Left {
 }
 
 impl Lane {
-    pub fn new(policy: RetryPolicy, queues: &[QueueSettings]) -> Lane {
+    pub(super) fn new(policy: RetryPolicy, queues: &[QueueSettings]) -> Lane {
         let bound = queues
             .iter()
             .map(|q| {
@@ -109,7 +109,7 @@ impl Lane {
     }
 
     /// Webhooks found in the lane when the spool was opened.
-    pub fn restore(&self, key: &str, waiting: u64, since: SystemTime, reason: String) {
+    pub(super) fn restore(&self, key: &str, waiting: u64, since: SystemTime, reason: String) {
         self.lock().insert(
             key.to_owned(),
             Episode {
@@ -123,7 +123,7 @@ impl Lane {
     }
 
     /// A webhook of `key` entered the lane (refused for the first time).
-    pub fn entered(&self, key: &str, reason: &str) {
+    pub(super) fn entered(&self, key: &str, reason: &str) {
         let started = {
             let mut keys = self.lock();
             let episode = keys.entry(key.to_owned()).or_insert_with(|| Episode {
@@ -158,14 +158,14 @@ impl Lane {
     }
 
     /// A webhook of `key` in the lane was refused again.
-    pub fn refused_again(&self, key: &str, reason: &str) {
+    pub(super) fn refused_again(&self, key: &str, reason: &str) {
         if let Some(episode) = self.lock().get_mut(key) {
             reason.clone_into(&mut episode.reason);
         }
     }
 
     /// A webhook of `key` left the lane.
-    pub fn left(&self, key: &str, how: Left) {
+    pub(super) fn left(&self, key: &str, how: Left) {
         let mut keys = self.lock();
         let Some(episode) = keys.get_mut(key) else {
             return;
@@ -201,7 +201,7 @@ impl Lane {
     }
 
     /// Every key with refused webhooks waiting, for `/readyz`.
-    pub fn view(&self) -> Vec<RefusedKey> {
+    pub(super) fn view(&self) -> Vec<RefusedKey> {
         self.lock()
             .iter()
             .filter(|(_, episode)| episode.waiting > 0)
@@ -233,6 +233,15 @@ fn describe(queues: &[String]) -> String {
         "none of the configured [[queues]]: a queue bound by hand".to_owned()
     } else {
         queues.join(", ")
+    }
+}
+
+/// The lane's name for a row's routing key.
+pub(super) fn lane_key<'a>(kind: &str, routing_key: &'a str) -> &'a str {
+    if kind == "quarantine" {
+        QUARANTINE
+    } else {
+        routing_key
     }
 }
 

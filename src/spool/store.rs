@@ -126,11 +126,11 @@ pub(super) struct Row {
 
 impl Row {
     /// The routing key, as the refused lane names it.
-    pub fn lane_key(&self) -> &str {
-        super::lane_key(self.kind, &self.routing_key)
+    pub(super) fn lane_key(&self) -> &str {
+        super::refused::lane_key(self.kind, &self.routing_key)
     }
 
-    pub fn of(message: &Message) -> Result<Row, SpoolError> {
+    pub(super) fn of(message: &Message) -> Result<Row, SpoolError> {
         let (kind, routing_key) = match &message.kind {
             Kind::Event(key) => ("event", key.as_str().to_owned()),
             Kind::Quarantine => ("quarantine", String::new()),

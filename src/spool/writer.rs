@@ -12,7 +12,9 @@ use rusqlite::params;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::Row;
-use super::{Db, Inner, Reservation, SpoolError, lock, now_millis};
+use std::sync::Arc;
+
+use super::{Db, Inner, SpoolError, lock, now_millis};
 
 /// Appends that wait for the writer at most: more wait for room, in order.
 pub(super) const APPENDS_WAITING: usize = 1024;
@@ -100,7 +102,7 @@ fn commit(db: &mut Db, batch: &[Append]) -> rusqlite::Result<()> {
                 row.routing_key,
                 row.properties,
                 &body[..],
-                row.size as i64,
+                i64::try_from(row.size).unwrap_or(i64::MAX),
                 now,
                 i64::from(refused.is_some()),
                 refused.as_ref().map(|r| r.reason.as_str()),
@@ -109,4 +111,44 @@ fn commit(db: &mut Db, batch: &[Append]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+/// Room taken in the spool's byte count for one append. It travels with the
+/// append to the writer: given back when dropped, unless the writer committed
+/// the row (then the row holds the room until it is drained).
+pub(super) struct Reservation {
+    inner: Arc<Inner>,
+    size: u64,
+    kept: bool,
+}
+
+impl Reservation {
+    /// Reserves first, so concurrent appends cannot overshoot the bound.
+    pub(super) fn take(inner: &Arc<Inner>, size: u64) -> Result<Reservation, SpoolError> {
+        let reserved = inner.bytes.fetch_add(size, Ordering::SeqCst) + size;
+        let reservation = Reservation {
+            inner: inner.clone(),
+            size,
+            kept: false,
+        };
+        if reserved > inner.max_bytes {
+            inner.full.store(true, Ordering::SeqCst);
+            return Err(SpoolError::Full {
+                max_bytes: inner.max_bytes,
+            });
+        }
+        Ok(reservation)
+    }
+
+    pub(super) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.inner.bytes.fetch_sub(self.size, Ordering::SeqCst);
+        }
+    }
 }

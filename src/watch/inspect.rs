@@ -61,6 +61,25 @@ pub struct Summary {
 /// Shows up to `limit` messages of `queue`, oldest first, and puts them all
 /// back. `delivery_limit` is the queue's, when known (see
 /// [`Topology::delivery_limit`](crate::broker::Topology::delivery_limit)).
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use hookrelay::broker::Topology;
+/// use hookrelay::config::Settings;
+/// use hookrelay::watch::inspect::inspect;
+///
+/// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+/// let topology = Topology::of(&settings);
+/// let queue = topology.dead_letter_queue();
+/// let limit = topology.delivery_limit(queue);
+/// let summary = inspect(&settings.amqp, queue, Some(10), false, limit, |message| {
+///     println!("{:?} {} {:?}", message.message_id, message.routing_key, message.reason);
+/// })
+/// .await?;
+/// println!("shown {} of {}", summary.shown, summary.depth);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn inspect(
     amqp: &AmqpSettings,
     queue: &str,

@@ -48,6 +48,24 @@ pub struct Tailed {
 
 /// Tails until `count` events were seen (or forever). `on_ready` runs once
 /// tail listens, before the first event can arrive, with what it reads.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use hookrelay::config::Settings;
+/// use hookrelay::watch::tail::{TailOptions, tail};
+///
+/// let settings = Settings::load(Some("relay.toml".as_ref()))?;
+/// let options = TailOptions {
+///     patterns: vec!["sync.error.*".parse()?],
+///     count: Some(5),
+///     raw: false,
+/// };
+/// tail(&settings, &options, |source| eprintln!("reading {source}"), |event| {
+///     println!("{} {}", event.routing_key, event.body);
+/// })
+/// .await
+/// # }
+/// ```
 pub async fn tail(
     settings: &Settings,
     options: &TailOptions,

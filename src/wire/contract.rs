@@ -323,6 +323,12 @@ const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one mess
 /// The AsyncAPI 3.0 document of the events published through `exchange`
 /// (its entry fanout `<exchange>.in` and the topic exchange itself), with
 /// the AMQP 0-9-1 bindings 0.3.0.
+///
+/// ```
+/// let document = hookrelay::wire::contract::asyncapi("webhooks");
+/// assert_eq!(document["asyncapi"], "3.0.0");
+/// assert!(document["channels"]["syncError"].is_object());
+/// ```
 pub fn asyncapi(exchange: &str) -> Value {
     let mut schemas = Map::new();
     let mut generator = SchemaGenerator::new(

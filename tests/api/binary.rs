@@ -633,7 +633,7 @@ async fn every_command_logs_like_serve() {
     ];
 
     for args in commands {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
         let env: Vec<(String, String)> = base
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -455,7 +455,7 @@ async fn open_connections() -> String {
 }
 
 async fn rabbitmqctl(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
     tokio::task::spawn_blocking(move || {
         let output = Command::new("rabbitmqctl")
             .args(&args)

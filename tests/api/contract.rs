@@ -43,10 +43,10 @@ fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
         assert!(headers.get("error").is_none() && headers.get("x-error-known").is_none());
     }
     let props = json!({
-        "message_id": properties.message_id().as_ref().map(|id| id.to_string()),
+        "message_id": properties.message_id().as_ref().map(std::string::ToString::to_string),
         "timestamp": properties.timestamp(),
-        "content_type": properties.content_type().as_ref().map(|c| c.to_string()),
-        "app_id": properties.app_id().as_ref().map(|a| a.to_string()),
+        "content_type": properties.content_type().as_ref().map(std::string::ToString::to_string),
+        "app_id": properties.app_id().as_ref().map(std::string::ToString::to_string),
         "delivery_mode": properties.delivery_mode(),
     });
     let _: Properties = serde_json::from_value(props.clone())

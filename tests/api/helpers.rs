@@ -23,15 +23,15 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub const CLIENT_ID: &str = "test-client";
-pub const SENDER_IP: &str = "52.60.234.183";
+pub(crate) const CLIENT_ID: &str = "test-client";
+pub(crate) const SENDER_IP: &str = "52.60.234.183";
 
 /// RabbitMQ's management API, for tests of what only it can tell.
-pub static MANAGEMENT_URL: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static MANAGEMENT_URL: LazyLock<String> = LazyLock::new(|| {
     std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
 });
 
-pub static AMQP_URL: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static AMQP_URL: LazyLock<String> = LazyLock::new(|| {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 });
 
@@ -42,17 +42,17 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
-pub fn sync_account() -> String {
+pub(crate) fn sync_account() -> String {
     r#"{"hook":"SyncAccount","user":{"id":"user-1","loginName":"alice@example.com"},"account":{"id":"acct-1","provider":"First Bank"}}"#.to_owned()
 }
 
-pub fn sync_error(code: &str) -> String {
+pub(crate) fn sync_error(code: &str) -> String {
     format!(
         r#"{{"hook":"SyncError","user":{{"id":"user-1","loginName":"alice@example.com"}},"account":{{"id":"acct-1","provider":"First Bank"}},"error":"{code}"}}"#
     )
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub address: String,
     pub admin_address: String,
     pub port: u16,
@@ -69,7 +69,7 @@ pub struct TestApp {
 }
 
 /// Settings for a test relay: localhost allowed, port 0, a unique exchange.
-pub fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
+pub(crate) fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
     let exchange = format!("test-{}", Uuid::now_v7());
     let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
     let spool = spool.to_str().expect("a UTF-8 temp dir").to_owned();
@@ -96,14 +96,14 @@ pub fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
 }
 
 /// Starts a relay with `extra_env` applied and waits until it is connected.
-pub async fn spawn_app(extra_env: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_app(extra_env: &[(&str, &str)]) -> TestApp {
     let app = spawn_app_unready(test_settings(extra_env)).await;
     app.wait_until_ready().await;
     app
 }
 
 /// Starts a relay without waiting for RabbitMQ.
-pub async fn spawn_app_unready(settings: Settings) -> TestApp {
+pub(crate) async fn spawn_app_unready(settings: Settings) -> TestApp {
     LazyLock::force(&TRACING);
     let (connection, channel) = amqp().await;
     let application = Application::build(settings.clone())
@@ -131,7 +131,7 @@ pub async fn spawn_app_unready(settings: Settings) -> TestApp {
 }
 
 /// A test-side connection to RabbitMQ, or one clear line saying it is absent.
-pub async fn amqp() -> (Connection, Channel) {
+pub(crate) async fn amqp() -> (Connection, Channel) {
     let connect = Connection::connect(&AMQP_URL, ConnectionProperties::default());
     let connection = match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(connection)) => connection,
@@ -146,12 +146,12 @@ pub async fn amqp() -> (Connection, Channel) {
 }
 
 impl TestApp {
-    pub fn exchange(&self) -> &str {
+    pub(crate) fn exchange(&self) -> &str {
         &self.settings.amqp.exchange
     }
 
     /// Waits until the relay is connected to RabbitMQ.
-    pub async fn wait_until_ready(&self) {
+    pub(crate) async fn wait_until_ready(&self) {
         assert!(
             self.broker_ready().await,
             "the relay did not connect to RabbitMQ within 10 s (is RabbitMQ up?)"
@@ -160,7 +160,7 @@ impl TestApp {
 
     /// Waits up to 10 s for the relay's broker connection (not just readiness,
     /// which the spool can give on its own).
-    pub async fn broker_ready(&self) -> bool {
+    pub(crate) async fn broker_ready(&self) -> bool {
         for _ in 0..500 {
             let ready: serde_json::Value = self.get_admin("/readyz").await.json().await.unwrap();
             if ready["broker"] == "connected" {
@@ -172,19 +172,19 @@ impl TestApp {
     }
 
     /// How many webhooks wait in the relay's spool.
-    pub async fn depth_of_spool(&self) -> u64 {
+    pub(crate) async fn depth_of_spool(&self) -> u64 {
         let ready: serde_json::Value = self.get_admin("/readyz").await.json().await.unwrap();
         ready["spool"]["depth"].as_u64().expect("a spool")
     }
 
     /// The body of `/readyz`.
-    pub async fn readiness(&self) -> serde_json::Value {
+    pub(crate) async fn readiness(&self) -> serde_json::Value {
         self.get_admin("/readyz").await.json().await.unwrap()
     }
 
     /// The value of one sample of `/metrics`, e.g. `hookrelay_spool_parked`
     /// or `hookrelay_queue_conflict{queue="q"}`; 0 when absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
+    pub(crate) async fn metric(&self, sample: &str) -> f64 {
         let text = self.get_admin("/metrics").await.text().await.unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
@@ -192,7 +192,7 @@ impl TestApp {
     }
 
     /// POSTs a webhook that must be accepted; returns its message id.
-    pub async fn send(&self, body: impl Into<String>) -> String {
+    pub(crate) async fn send(&self, body: impl Into<String>) -> String {
         let response = self.post_webhook(body).await;
         assert_eq!(response.status(), 200, "accepted");
         response.json::<serde_json::Value>().await.unwrap()["id"]
@@ -203,7 +203,7 @@ impl TestApp {
 
     /// What a failing consumer does: take the next message of `queue`, reject
     /// it without requeue (so RabbitMQ dead-letters it); returns its id.
-    pub async fn reject_next(&self, queue: &str) -> String {
+    pub(crate) async fn reject_next(&self, queue: &str) -> String {
         let message = self
             .channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
@@ -221,12 +221,12 @@ impl TestApp {
 
     /// Starts `hookrelay tail ARGS` for this relay and waits until it is
     /// bound (its first line on stderr).
-    pub fn start_tail(&self, args: &[&str]) -> std::process::Child {
+    pub(crate) fn start_tail(&self, args: &[&str]) -> std::process::Child {
         self.start_tail_saying(args).0
     }
 
     /// [`TestApp::start_tail`], and the line in which tail said what it watches.
-    pub fn start_tail_saying(&self, args: &[&str]) -> (std::process::Child, String) {
+    pub(crate) fn start_tail_saying(&self, args: &[&str]) -> (std::process::Child, String) {
         use std::io::BufRead;
         let mut tail = self
             .command(&[&["tail"], args].concat())
@@ -246,7 +246,7 @@ impl TestApp {
     /// The `hookrelay` binary with this relay's whole configuration: its
     /// settings as a TOML file (secrets masked there), and the secrets in the
     /// environment, which nothing else of the test's environment reaches.
-    pub fn command(&self, args: &[&str]) -> std::process::Command {
+    pub(crate) fn command(&self, args: &[&str]) -> std::process::Command {
         let folder = self.settings.spool.path.parent().expect("a spool folder");
         std::fs::create_dir_all(folder).expect("the test's folder");
         let config = folder.join("hookrelay.toml");
@@ -265,7 +265,7 @@ impl TestApp {
     }
 
     /// Runs the `hookrelay` binary (see [`TestApp::command`]) to completion.
-    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> std::process::Output {
         let mut command = self.command(args);
         tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
             .await
@@ -273,7 +273,7 @@ impl TestApp {
     }
 
     /// POSTs `body` as JSON with the right client id.
-    pub async fn post_webhook(&self, body: impl Into<String>) -> reqwest::Response {
+    pub(crate) async fn post_webhook(&self, body: impl Into<String>) -> reqwest::Response {
         self.post(
             body,
             &[
@@ -285,7 +285,7 @@ impl TestApp {
     }
 
     /// POSTs `body` to the webhook path with exactly these headers.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         body: impl Into<String>,
         headers: &[(&str, &str)],
@@ -295,7 +295,7 @@ impl TestApp {
     }
 
     /// POSTs `body` to `path` on the public listener with exactly these headers.
-    pub async fn post_to(
+    pub(crate) async fn post_to(
         &self,
         path: &str,
         body: impl Into<String>,
@@ -311,7 +311,7 @@ impl TestApp {
         request.send().await.expect("the relay answers")
     }
 
-    pub async fn get_admin(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get_admin(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.admin_address))
             .send()
@@ -321,12 +321,12 @@ impl TestApp {
 
     /// Declares an exclusive queue bound to the relay's exchange with `patterns`;
     /// it disappears with the test's connection.
-    pub async fn bind_queue(&self, patterns: &[&str]) -> String {
+    pub(crate) async fn bind_queue(&self, patterns: &[&str]) -> String {
         self.bind_queue_with(FieldTable::default(), patterns).await
     }
 
     /// [`TestApp::bind_queue`], with queue arguments (a length limit, say).
-    pub async fn bind_queue_with(&self, arguments: FieldTable, patterns: &[&str]) -> String {
+    pub(crate) async fn bind_queue_with(&self, arguments: FieldTable, patterns: &[&str]) -> String {
         let name = format!("{}.probe-{}", self.exchange(), Uuid::now_v7());
         self.channel
             .queue_declare(
@@ -357,7 +357,7 @@ impl TestApp {
 
     /// The next message in `queue`, waiting for one to arrive (up to 10 s,
     /// checking every 10 ms): for a message that must come.
-    pub async fn next_message(&self, queue: &str) -> Option<BasicGetMessage> {
+    pub(crate) async fn next_message(&self, queue: &str) -> Option<BasicGetMessage> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let message = self.take(queue).await;
@@ -371,7 +371,7 @@ impl TestApp {
     /// The next message in `queue` now, if any, without waiting: for what
     /// must not be there (a publish is routed before its confirm), and for
     /// taking what is known to have arrived.
-    pub async fn take(&self, queue: &str) -> Option<BasicGetMessage> {
+    pub(crate) async fn take(&self, queue: &str) -> Option<BasicGetMessage> {
         self.channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
@@ -379,7 +379,7 @@ impl TestApp {
     }
 
     /// Every message in `queue` now, in order, taken.
-    pub async fn take_all(&self, queue: &str) -> Vec<BasicGetMessage> {
+    pub(crate) async fn take_all(&self, queue: &str) -> Vec<BasicGetMessage> {
         let mut taken = Vec::new();
         while let Some(message) = self.take(queue).await {
             taken.push(message);
@@ -389,7 +389,7 @@ impl TestApp {
 
     /// Whether `queue` exists, asked on a channel of its own (RabbitMQ closes
     /// the channel of a passive declare that finds nothing).
-    pub async fn exists(&self, queue: &str) -> bool {
+    pub(crate) async fn exists(&self, queue: &str) -> bool {
         let channel = self.connection.create_channel().await.expect("a channel");
         let passive = QueueDeclareOptions {
             passive: true,
@@ -404,7 +404,7 @@ impl TestApp {
     }
 
     /// How many messages `queue` holds now.
-    pub async fn depth(&self, queue: &str) -> u32 {
+    pub(crate) async fn depth(&self, queue: &str) -> u32 {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -420,7 +420,7 @@ impl TestApp {
     }
 
     /// Stops the relay gracefully and removes everything it declared.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.stopped = true;
         let result = self.shutdown_relay().await;
         delete_topology(&self.channel, &self.settings).await;
@@ -432,7 +432,7 @@ impl TestApp {
     }
 
     /// Signals shutdown and waits for `run_until_stopped` to return.
-    pub async fn shutdown_relay(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn shutdown_relay(&mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -442,7 +442,7 @@ impl TestApp {
         }
     }
 
-    pub fn public_socket(&self) -> SocketAddr {
+    pub(crate) fn public_socket(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
@@ -464,7 +464,7 @@ impl Drop for TestApp {
 
 /// Deletes every queue and exchange whose name starts with `prefix`, as
 /// `rabbitmqctl` lists them. Blocking: for `Drop`.
-pub fn delete_everything_named(prefix: &str) {
+pub(crate) fn delete_everything_named(prefix: &str) {
     let list = |what: &str| -> Vec<String> {
         std::process::Command::new("rabbitmqctl")
             .args([what, "-q", "--no-table-headers", "name"])
@@ -509,7 +509,7 @@ pub fn delete_everything_named(prefix: &str) {
 }
 
 /// Deletes the exchanges and queues a relay with `settings` declares.
-pub async fn delete_topology(channel: &Channel, settings: &Settings) {
+pub(crate) async fn delete_topology(channel: &Channel, settings: &Settings) {
     let topology = Topology::of(settings);
     let consumer_queues = topology.consumer_queues().iter().flat_map(|q| {
         let tiers = (1..=q.retry.len()).map(|n| hookrelay::wire::retry::tier_queue(&q.name, n));
@@ -530,10 +530,10 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
 
 /// An operator's policy on the shared broker, cleared when dropped (also when
 /// the test fails).
-pub struct Policy(String);
+pub(crate) struct Policy(String);
 
 impl Policy {
-    pub fn set(name: String, queue: &str, definition: &str) -> Policy {
+    pub(crate) fn set(name: String, queue: &str, definition: &str) -> Policy {
         let pattern = format!("^{}$", queue.replace('.', "\\."));
         rabbitmqctl(&[
             "set_policy",
@@ -557,7 +557,7 @@ impl Drop for Policy {
 }
 
 /// Runs `rabbitmqctl -q ARGS`, which must succeed. Blocking.
-pub fn rabbitmqctl(args: &[&str]) {
+pub(crate) fn rabbitmqctl(args: &[&str]) {
     let output = std::process::Command::new("rabbitmqctl")
         .arg("-q")
         .args(args)
@@ -568,7 +568,7 @@ pub fn rabbitmqctl(args: &[&str]) {
 
 /// The type (`classic`, `quorum`, `stream`) of every queue whose name starts
 /// with `prefix`, by name, as `rabbitmqctl list_queues` reports them.
-pub async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, String> {
+pub(crate) async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, String> {
     let output = tokio::task::spawn_blocking(|| {
         std::process::Command::new("rabbitmqctl")
             .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
@@ -588,7 +588,7 @@ pub async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, Str
 }
 
 /// The arguments of `queue`, as `rabbitmqctl list_queues` prints them.
-pub async fn queue_arguments(queue: &str) -> String {
+pub(crate) async fn queue_arguments(queue: &str) -> String {
     let output = tokio::task::spawn_blocking(|| {
         std::process::Command::new("rabbitmqctl")
             .args([
@@ -614,7 +614,7 @@ pub async fn queue_arguments(queue: &str) -> String {
 
 /// The names every binding from the exchange `source` leads to, sorted, as
 /// `rabbitmqctl list_bindings` reports them.
-pub async fn bindings_from(source: &str) -> Vec<String> {
+pub(crate) async fn bindings_from(source: &str) -> Vec<String> {
     let output = tokio::task::spawn_blocking(|| {
         std::process::Command::new("rabbitmqctl")
             .args([
@@ -641,7 +641,7 @@ pub async fn bindings_from(source: &str) -> Vec<String> {
 }
 
 /// Waits up to `within` for `condition` to hold, checking every 50 ms.
-pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -660,13 +660,16 @@ where
 
 /// Sends raw bytes to the relay and returns its status code, for requests a
 /// well-behaved client cannot make (a lying Content-Length, say).
-pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
+pub(crate) async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
     let stream = TcpStream::connect(addr).await.expect("connect");
     status_over(stream, request).await
 }
 
 /// Sends raw bytes over an open stream (plain or TLS) and returns the status code.
-pub async fn status_over(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> u16 {
+pub(crate) async fn status_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &[u8],
+) -> u16 {
     stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
@@ -688,7 +691,7 @@ pub async fn status_over(mut stream: impl AsyncRead + AsyncWrite + Unpin, reques
 }
 
 /// A complete raw webhook request: POST `path` with the client id and `body`.
-pub fn raw_webhook(path: &str, body: &str) -> String {
+pub(crate) fn raw_webhook(path: &str, body: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
          x-client-id: {CLIENT_ID}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -697,7 +700,7 @@ pub fn raw_webhook(path: &str, body: &str) -> String {
 }
 
 /// The message id of a delivered message.
-pub fn message_id(message: &BasicGetMessage) -> String {
+pub(crate) fn message_id(message: &BasicGetMessage) -> String {
     message
         .delivery
         .properties
@@ -708,7 +711,7 @@ pub fn message_id(message: &BasicGetMessage) -> String {
 }
 
 /// A header of a delivered message.
-pub fn header(message: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
+pub(crate) fn header(message: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
     message
         .delivery
         .properties
@@ -717,7 +720,7 @@ pub fn header(message: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
         .and_then(|h| h.inner().get(key).cloned())
 }
 
-pub fn text_header(message: &BasicGetMessage, key: &str) -> String {
+pub(crate) fn text_header(message: &BasicGetMessage, key: &str) -> String {
     match header(message, key) {
         Some(AMQPValue::LongString(s)) => s.to_string(),
         other => panic!("header {key} is not a string: {other:?}"),

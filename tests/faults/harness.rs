@@ -19,7 +19,7 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub const CLIENT_ID: &str = "fault-client";
+pub(crate) const CLIENT_ID: &str = "fault-client";
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -27,7 +27,7 @@ fn amqp_url() -> String {
 
 /// One relay's world: its exchange, its spool, its ports, its config file,
 /// the RabbitMQ it talks to.
-pub struct Setup {
+pub(crate) struct Setup {
     pub exchange: String,
     pub dir: PathBuf,
     pub port: u16,
@@ -40,12 +40,12 @@ pub struct Setup {
 
 impl Setup {
     /// A relay on the shared broker (`AMQP_URL`).
-    pub fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         Setup::on(&amqp_url(), &[])
     }
 
     /// A relay on the RabbitMQ nodes of `amqp_uri`, with more settings.
-    pub fn on(amqp_uri: &str, env: &[(&str, &str)]) -> Setup {
+    pub(crate) fn on(amqp_uri: &str, env: &[(&str, &str)]) -> Setup {
         let exchange = format!("fault-{}", Uuid::now_v7());
         let dir = std::env::temp_dir().join(&exchange);
         std::fs::create_dir_all(&dir).unwrap();
@@ -69,25 +69,27 @@ impl Setup {
     }
 
     /// The first node of `amqp_uri`.
-    pub fn first_node(&self) -> &str {
+    pub(crate) fn first_node(&self) -> &str {
         self.amqp_uri.split(',').next().unwrap_or_default()
     }
 
-    pub fn all_queue(&self) -> String {
+    pub(crate) fn all_queue(&self) -> String {
         format!("{}.all", self.exchange)
     }
 
     /// Starts a new relay (after the last one died or exited) and waits for
     /// its RabbitMQ connection; returns it and how long that took.
-    pub async fn restart_relay(&self, within: Duration) -> (Relay, Duration) {
+    pub(crate) async fn restart_relay(&self, within: Duration) -> (Relay, Duration) {
         let relay = self.start_relay();
         let ready_again = relay.wait_connected(within).await;
         (relay, ready_again)
     }
 
     /// Starts the relay binary; its log goes to `<dir>/relay-<n>.log`.
-    pub fn start_relay(&self) -> Relay {
-        let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);
+    pub(crate) fn start_relay(&self) -> Relay {
+        let n = std::fs::read_dir(&self.dir)
+            .map(std::iter::Iterator::count)
+            .unwrap_or(0);
         let log = self.dir.join(format!("relay-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
             .arg("serve")
@@ -120,7 +122,7 @@ impl Setup {
     }
 
     /// Deletes what the relay declared, and its folder.
-    pub async fn clean_up(&self) {
+    pub(crate) async fn clean_up(&self) {
         let Ok(connection) =
             Connection::connect(self.first_node(), ConnectionProperties::default()).await
         else {
@@ -157,7 +159,7 @@ impl Setup {
     }
 }
 
-pub struct Relay {
+pub(crate) struct Relay {
     child: Child,
     admin: String,
     pub log: PathBuf,
@@ -165,12 +167,12 @@ pub struct Relay {
 
 impl Relay {
     /// Waits until the relay reports a RabbitMQ connection; returns how long it took.
-    pub async fn wait_connected(&self, within: Duration) -> Duration {
+    pub(crate) async fn wait_connected(&self, within: Duration) -> Duration {
         self.wait_ready(within, true).await
     }
 
     /// Waits until `/readyz` is 200 (with `broker`, until RabbitMQ is connected).
-    pub async fn wait_ready(&self, within: Duration, broker: bool) -> Duration {
+    pub(crate) async fn wait_ready(&self, within: Duration, broker: bool) -> Duration {
         let started = Instant::now();
         let http = reqwest::Client::new();
         while started.elapsed() < within {
@@ -191,14 +193,14 @@ impl Relay {
     }
 
     /// The node of `amqp.uri` the relay says it is connected to (`/readyz`).
-    pub async fn node(&self) -> Option<String> {
+    pub(crate) async fn node(&self) -> Option<String> {
         let response = reqwest::get(format!("{}/readyz", self.admin)).await.ok()?;
         let body: Value = response.json().await.ok()?;
         body["node"].as_str().map(str::to_owned)
     }
 
     /// Waits until the spool is empty and RabbitMQ connected.
-    pub async fn wait_drained(&self, within: Duration) {
+    pub(crate) async fn wait_drained(&self, within: Duration) {
         let started = Instant::now();
         let http = reqwest::Client::new();
         while started.elapsed() < within {
@@ -218,7 +220,10 @@ impl Relay {
 
     /// Samples how many webhooks were published directly and how many
     /// spooled, every 25 ms until `work` is done; returns its output too.
-    pub async fn sample_outcomes<T>(&self, work: impl Future<Output = T>) -> (T, Vec<Outcomes>) {
+    pub(crate) async fn sample_outcomes<T>(
+        &self,
+        work: impl Future<Output = T>,
+    ) -> (T, Vec<Outcomes>) {
         let http = reqwest::Client::new();
         let mut samples = Vec::new();
         let sampling = async {
@@ -250,7 +255,7 @@ impl Relay {
     }
 
     /// A counter or gauge from `/metrics`, e.g. `hookrelay_spool_drained_total`.
-    pub async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
@@ -262,13 +267,13 @@ impl Relay {
             .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
     }
 
     /// SIGTERM, then wait for the exit.
-    pub async fn terminate(mut self) -> ExitStatus {
+    pub(crate) async fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::task::spawn_blocking(move || self.child.wait().unwrap())
@@ -286,14 +291,14 @@ impl Drop for Relay {
 
 /// Keeps RabbitMQ running whatever happens: a test that stops it starts it
 /// again on the way out, even when it fails.
-pub struct BrokerGuard;
+pub(crate) struct BrokerGuard;
 
 impl BrokerGuard {
-    pub async fn stop_app(&self) {
+    pub(crate) async fn stop_app(&self) {
         rabbitmqctl(&["stop_app"]).await;
     }
 
-    pub async fn start_app(&self) {
+    pub(crate) async fn start_app(&self) {
         rabbitmqctl(&["start_app"]).await;
         rabbitmqctl(&["await_startup"]).await;
     }
@@ -306,8 +311,8 @@ impl Drop for BrokerGuard {
     }
 }
 
-pub async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+pub(crate) async fn rabbitmqctl(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
     let output =
         tokio::task::spawn_blocking(move || Command::new("rabbitmqctl").args(&args).output())
             .await
@@ -318,7 +323,7 @@ pub async fn rabbitmqctl(args: &[&str]) {
 
 /// Webhooks answered so far, by where they went.
 #[derive(Debug, Clone, Copy)]
-pub struct Outcomes {
+pub(crate) struct Outcomes {
     pub at: Instant,
     /// Confirmed by RabbitMQ before the answer.
     pub published: f64,
@@ -330,7 +335,7 @@ pub struct Outcomes {
 /// first sample, after the last one in which webhooks were spooled, in which
 /// one was published. Zero when it never spooled; `None` when it never came
 /// back to publishing directly.
-pub fn direct_again(samples: &[Outcomes], fault: Instant) -> Option<Duration> {
+pub(crate) fn direct_again(samples: &[Outcomes], fault: Instant) -> Option<Duration> {
     let after: Vec<&Outcomes> = samples.iter().filter(|s| s.at >= fault).collect();
     let last_spooled = after
         .windows(2)
@@ -346,7 +351,7 @@ pub fn direct_again(samples: &[Outcomes], fault: Instant) -> Option<Duration> {
 
 /// What one request came to.
 #[derive(Debug, Clone)]
-pub enum Sent {
+pub(crate) enum Sent {
     Accepted(String),
     Refused(u16, String),
     /// No answer at all (the relay was down or died mid-request).
@@ -355,7 +360,7 @@ pub enum Sent {
 
 /// A bounded concurrent load: `total` webhooks over `connections` connections,
 /// as fast as they are answered, or paced at a steady rate.
-pub struct Load {
+pub(crate) struct Load {
     pub progress: Arc<AtomicUsize>,
     results: Arc<Mutex<Vec<Sent>>>,
     /// When each 2xx came back.
@@ -365,7 +370,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn new() -> Load {
+    pub(crate) fn new() -> Load {
         Load {
             progress: Arc::new(AtomicUsize::new(0)),
             results: Arc::new(Mutex::new(Vec::new())),
@@ -376,7 +381,7 @@ impl Load {
 
     /// Webhook `n` is sent no earlier than `n / per_second` after the start,
     /// so that a fault lands while the sender is steadily sending.
-    pub fn paced(per_second: f64) -> Load {
+    pub(crate) fn paced(per_second: f64) -> Load {
         Load {
             rate: Some(per_second),
             ..Load::new()
@@ -384,7 +389,7 @@ impl Load {
     }
 
     /// The longest time between two consecutive 2xx answers.
-    pub fn longest_gap(&self) -> Duration {
+    pub(crate) fn longest_gap(&self) -> Duration {
         let mut times = self.accepted_at.lock().unwrap().clone();
         times.sort();
         times
@@ -394,7 +399,7 @@ impl Load {
             .unwrap_or_default()
     }
 
-    pub async fn run(&self, port: u16, total: usize, connections: usize) {
+    pub(crate) async fn run(&self, port: u16, total: usize, connections: usize) {
         let next = Arc::new(AtomicUsize::new(0));
         let started = tokio::time::Instant::now();
         let mut workers = Vec::new();
@@ -440,13 +445,13 @@ impl Load {
     }
 
     /// Resolves once `count` requests have been answered (or not).
-    pub async fn reached(&self, count: usize) {
+    pub(crate) async fn reached(&self, count: usize) {
         while self.progress.load(Ordering::SeqCst) < count {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
-    pub fn results(&self) -> Vec<Sent> {
+    pub(crate) fn results(&self) -> Vec<Sent> {
         self.results.lock().unwrap().clone()
     }
 }
@@ -487,12 +492,12 @@ async fn send(http: &reqwest::Client, url: &str, n: usize) -> Sent {
 }
 
 /// Every message id in `queue` on the shared broker, with how many times each arrived.
-pub async fn delivered(queue: &str) -> HashMap<String, usize> {
+pub(crate) async fn delivered(queue: &str) -> HashMap<String, usize> {
     delivered_from(&amqp_url(), queue).await
 }
 
 /// Every message id in `queue`, read through the node at `uri`.
-pub async fn delivered_from(uri: &str, queue: &str) -> HashMap<String, usize> {
+pub(crate) async fn delivered_from(uri: &str, queue: &str) -> HashMap<String, usize> {
     let connection = Connection::connect(uri, ConnectionProperties::default())
         .await
         .expect("RabbitMQ is back");
@@ -513,7 +518,7 @@ pub async fn delivered_from(uri: &str, queue: &str) -> HashMap<String, usize> {
                     .properties
                     .message_id()
                     .as_ref()
-                    .map(|id| id.to_string());
+                    .map(std::string::ToString::to_string);
                 *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
             }
             None => {
@@ -527,7 +532,7 @@ pub async fn delivered_from(uri: &str, queue: &str) -> HashMap<String, usize> {
 }
 
 /// What a load came to, against what reached RabbitMQ.
-pub struct Reckoning {
+pub(crate) struct Reckoning {
     name: String,
     sent: usize,
     accepted: usize,
@@ -540,7 +545,7 @@ pub struct Reckoning {
 }
 
 /// Compares every 2xx'd id of `load` with the ids `delivered` to RabbitMQ.
-pub fn reckon(name: &str, load: &Load, delivered: &HashMap<String, usize>) -> Reckoning {
+pub(crate) fn reckon(name: &str, load: &Load, delivered: &HashMap<String, usize>) -> Reckoning {
     let results = load.results();
     let accepted: Vec<&String> = results
         .iter()
@@ -577,7 +582,7 @@ pub fn reckon(name: &str, load: &Load, delivered: &HashMap<String, usize>) -> Re
 
 impl Reckoning {
     /// `<name>: sent N, 2xx N, ... missing N, longest 2xx gap N ms`.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "{}: sent {}, 2xx {}, refused {}, no answer {}, delivered {} distinct, duplicates {}, missing {}, longest 2xx gap {} ms",
             self.name,
@@ -594,7 +599,7 @@ impl Reckoning {
 
     /// Every 2xx'd id arrived; no refusal but the documented spool-full 503;
     /// and something was accepted, or the test proved nothing.
-    pub fn assert_nothing_lost(&self) {
+    pub(crate) fn assert_nothing_lost(&self) {
         let name = &self.name;
         assert!(
             self.missing.is_empty(),
@@ -615,7 +620,7 @@ impl Reckoning {
     }
 
     /// Every webhook sent was answered 2xx: the sender saw nothing of the fault.
-    pub fn assert_all_accepted(&self) {
+    pub(crate) fn assert_all_accepted(&self) {
         assert_eq!(
             self.accepted, self.sent,
             "{}: not every webhook was accepted",

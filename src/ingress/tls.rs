@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::TlsSettings;
 
 /// Builds the server configuration, naming the setting whose file is wrong.
-pub fn server_config(tls: &TlsSettings) -> anyhow::Result<ServerConfig> {
+pub(crate) fn server_config(tls: &TlsSettings) -> anyhow::Result<ServerConfig> {
     let chain = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("server.tls.cert: cannot read {}", tls.cert.display()))?;

@@ -7,7 +7,7 @@
 //! event without them, or with another type, is passed through with a
 //! [`SchemaWarning`] (the `x-schema-warnings` header, a metric), not
 //! quarantined. Unknown fields are allowed (the sender adds fields over time).
-//! A body with a duplicate key is refused (see [`crate::strict_json`]).
+//! A body with a duplicate key is refused (see [`strict_json`]).
 //!
 //! An `Event` that exists is valid: its ids are non-empty and its [`RoutingKey`] is
 //! safe to hand to a topic exchange (no `.`, `*` or `#` can come from the payload).
@@ -15,11 +15,13 @@
 //! messages travel into logs and message headers and the payload carries
 //! personal data (`user.loginName`).
 
+pub mod strict_json;
+
 use std::borrow::Cow;
 
 use serde::de::MapAccess;
 
-use crate::strict_json::{self, Duplicates, Fields, Found, Object, Skip, StrictError, Text};
+use strict_json::{Duplicates, Fields, Found, Object, Skip, StrictError, Text};
 
 /// The error codes the sender documents. Others are still routed (the sender's own
 /// lists disagree and it adds codes over time), but flagged as unknown.
@@ -694,7 +696,7 @@ mod tests {
         /// reading must agree with on every body, answer and reason alike.
         fn parse_from_tree(body: &[u8]) -> Result<Event, ParseError> {
             use serde_json::{Map, Value};
-            let value = crate::strict_json::tree(body)?;
+            let value = crate::event::strict_json::tree(body)?;
             let root = value.as_object().ok_or(ParseError::NotAnObject)?;
             let field = |obj: &Map<String, Value>, key: &str| match obj.get(key) {
                 None => Found::Missing,
