@@ -14,6 +14,8 @@ use uuid::Uuid;
 use hookrelay::broker::Topology;
 use hookrelay::config::Settings;
 
+use crate::common::env::RelayEnv;
+use crate::common::{binary, metrics};
 use crate::helpers::{
     AMQP_URL, CLIENT_ID, amqp, delete_everything_named, delete_topology, sync_account,
     test_settings,
@@ -33,15 +35,7 @@ impl Drop for CleanUpIfFailed {
 }
 
 fn hookrelay(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
+    binary::command(args, &RelayEnv::default().with(env))
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -775,17 +769,9 @@ async fn a_wrong_password_is_one_error_line_not_one_per_retry() {
 
     // Act: let it retry a few times (backoff 0.1 s, doubling).
     let failures = || async move {
-        let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("hookrelay_broker_connect_failures_total "))?
-            .trim()
-            .parse::<f64>()
-            .ok()
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let text = metrics::scrape(&reqwest::Client::new(), &admin).await?;
+        metrics::sample(&text, "hookrelay_broker_connect_failures_total")
     };
     assert!(
         crate::helpers::eventually(Duration::from_secs(20), || async {

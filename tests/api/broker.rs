@@ -1,7 +1,6 @@
 //! The relay and its broker over time: topology, a connection closed by
 //! RabbitMQ, a broker that is down at startup, and a graceful shutdown.
 
-use std::process::Command;
 use std::time::Duration;
 
 use hookrelay::config::{QueueSettings, QueueType};
@@ -11,8 +10,10 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::common::rabbitmqctl;
 use crate::helpers::{
-    TestApp, message_id, spawn_app, spawn_app_unready, sync_account, sync_error, test_settings,
+    TestApp, message_id, queue_types, spawn_app, spawn_app_unready, sync_account, sync_error,
+    test_settings,
 };
 
 fn consumer_queue(name: String, binding: &str, kind: QueueType) -> QueueSettings {
@@ -77,8 +78,9 @@ async fn configured_queues_receive_their_events_and_dead_letter_rejects() {
         dead.delivery.data,
         sync_error("LoginFailedError").as_bytes()
     );
-    assert_eq!(queue_type(&balances), "quorum");
-    assert_eq!(queue_type(&reprompt), "classic");
+    let types = queue_types(app.exchange()).await;
+    assert_eq!(types[&balances], "quorum");
+    assert_eq!(types[&reprompt], "classic");
     app.stop().await.unwrap();
 }
 
@@ -433,8 +435,8 @@ async fn a_failed_startup_leaves_no_connection_behind() {
 /// Waits for the relay's second successful connection.
 async fn reconnected(app: &TestApp) -> bool {
     for _ in 0..150 {
-        let metrics = app.get_admin("/metrics").await.text().await.unwrap();
-        if metrics.contains("hookrelay_broker_connects_total 2") && app.broker_ready().await {
+        let connects = app.metric("hookrelay_broker_connects_total").await;
+        if connects == 2.0 && app.broker_ready().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -445,39 +447,19 @@ async fn reconnected(app: &TestApp) -> bool {
 /// What RabbitMQ knows of its open connections (their client properties,
 /// which hold their names).
 async fn open_connections() -> String {
-    rabbitmqctl(&[
+    rabbitmqctl::run_async(&[
         "list_connections",
-        "-q",
         "--no-table-headers",
         "client_properties",
     ])
     .await
 }
 
-async fn rabbitmqctl(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-    tokio::task::spawn_blocking(move || {
-        let output = Command::new("rabbitmqctl")
-            .args(&args)
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            output.status.success(),
-            "rabbitmqctl {args:?}: {:?}",
-            output
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    })
-    .await
-    .unwrap()
-}
-
 /// Closes, from the broker side, only the connection with this name: other
 /// tests share the broker.
 async fn close_connection_named(name: &str) {
-    let listing = rabbitmqctl(&[
+    let listing = rabbitmqctl::run_async(&[
         "list_connections",
-        "-q",
         "--no-table-headers",
         "pid",
         "client_properties",
@@ -490,21 +472,7 @@ async fn close_connection_named(name: &str) {
         .and_then(|line| line.split('\t').next())
         .unwrap_or_else(|| panic!("no connection named {name} in {listing}"))
         .to_owned();
-    rabbitmqctl(&["close_connection", &pid, "test: closed by the broker"]).await;
-}
-
-fn queue_type(name: &str) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
-        .output()
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| {
-            let (queue, kind) = line.split_once('\t')?;
-            (queue == name).then(|| kind.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("queue {name} not listed"))
+    rabbitmqctl::run_async(&["close_connection", &pid, "test: closed by the broker"]).await;
 }
 
 /// Listens on `port` and forwards every connection to the real broker.

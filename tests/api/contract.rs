@@ -16,9 +16,7 @@ use hookrelay::wire::contract::{Headers, Hook, Payload, Properties, required_hea
 use hookrelay::wire::headers::RABBITMQS;
 use hookrelay::wire::retry::retry_headers;
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -125,22 +123,12 @@ async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_way
         original.delivery.exchange.as_str(),
         original.delivery.routing_key.as_str(),
     );
-    app.channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    app.channel
-        .basic_publish(
-            "".into(),
-            format!("{reprompt}.retry.1").as_str().into(),
-            BasicPublishOptions::default(),
-            &original.delivery.data,
-            properties.clone().with_headers(headers),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_confirmed(
+        &format!("{reprompt}.retry.1"),
+        &original.delivery.data,
+        properties.clone().with_headers(headers),
+    )
+    .await;
     seen.extend(fits(
         "back from a retry tier",
         &taken(&app, &reprompt, "retried").await,

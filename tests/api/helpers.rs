@@ -2,7 +2,6 @@
 //! RabbitMQ at `AMQP_URL`, with its own exchange so tests run in parallel, and
 //! a test-side AMQP channel to inspect what the relay published.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -23,6 +22,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::common::env::{RelayEnv, amqp_url};
+use crate::common::{binary, metrics, rabbitmqctl};
+
 pub(crate) const CLIENT_ID: &str = "test-client";
 pub(crate) const SENDER_IP: &str = "52.60.234.183";
 
@@ -31,9 +33,7 @@ pub(crate) static MANAGEMENT_URL: LazyLock<String> = LazyLock::new(|| {
     std::env::var("RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
 });
 
-pub(crate) static AMQP_URL: LazyLock<String> = LazyLock::new(|| {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-});
+pub(crate) static AMQP_URL: LazyLock<String> = LazyLock::new(amqp_url);
 
 /// Logs only when `TEST_LOG` is set, as zero-to-production does.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
@@ -70,29 +70,20 @@ pub(crate) struct TestApp {
 
 /// Settings for a test relay: localhost allowed, port 0, a unique exchange.
 pub(crate) fn test_settings(extra_env: &[(&str, &str)]) -> Settings {
-    let exchange = format!("test-{}", Uuid::now_v7());
-    let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
-    let spool = spool.to_str().expect("a UTF-8 temp dir").to_owned();
-    let mut env: HashMap<String, String> = [
-        ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID),
-        ("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1"),
-        ("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0"),
-        ("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-        ("HOOKRELAY__SERVER__WORKERS", "2"),
-        ("HOOKRELAY__AMQP__URI", AMQP_URL.as_str()),
-        ("HOOKRELAY__AMQP__EXCHANGE", exchange.as_str()),
-        ("HOOKRELAY__AMQP__CHANNELS", "2"),
-        ("HOOKRELAY__SPOOL__PATH", spool.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    env.extend(
-        extra_env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    Settings::load_with_env(None, env).expect("test settings")
+    test_env(&format!("test-{}", Uuid::now_v7()))
+        .with(extra_env)
+        .settings(None)
+}
+
+/// The environment of a test relay on `exchange`: the common one (see
+/// [`RelayEnv::new`]) on ports the system picks, two workers, two channels.
+pub(crate) fn test_env(exchange: &str) -> RelayEnv {
+    let spool = std::env::temp_dir().join(exchange).join("spool.sqlite");
+    RelayEnv::new(CLIENT_ID, exchange, &spool, &AMQP_URL)
+        .set("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__SERVER__WORKERS", "2")
+        .set("HOOKRELAY__AMQP__CHANNELS", "2")
 }
 
 /// Starts a relay with `extra_env` applied and waits until it is connected.
@@ -186,9 +177,7 @@ impl TestApp {
     /// or `hookrelay_queue_conflict{queue="q"}`; 0 when absent.
     pub(crate) async fn metric(&self, sample: &str) -> f64 {
         let text = self.get_admin("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().unwrap())
+        metrics::sample(&text, sample).unwrap_or(0.0)
     }
 
     /// POSTs a webhook that must be accepted; returns its message id.
@@ -199,6 +188,37 @@ impl TestApp {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Publishes `body` straight to `queue` (the default exchange), as a
+    /// consumer or an operator's tool would, and waits for RabbitMQ's confirm.
+    pub(crate) async fn publish_confirmed(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) {
+        self.channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            confirm.is_ack(),
+            "RabbitMQ confirmed the publish to {queue}"
+        );
     }
 
     /// What a failing consumer does: take the next message of `queue`, reject
@@ -251,17 +271,17 @@ impl TestApp {
         std::fs::create_dir_all(folder).expect("the test's folder");
         let config = folder.join("hookrelay.toml");
         std::fs::write(&config, self.settings.to_masked_toml()).expect("write the config");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOOKRELAY_CONFIG", &config)
-            .env("HOOKRELAY__AMQP__URI", AMQP_URL.as_str());
+        // The URI's password is masked in the file.
+        let mut env = RelayEnv::default()
+            .set(
+                "HOOKRELAY_CONFIG",
+                config.to_str().expect("a UTF-8 temp dir"),
+            )
+            .set("HOOKRELAY__AMQP__URI", AMQP_URL.as_str());
         if let Some(token) = &self.settings.server.path_token {
-            command.env("HOOKRELAY__SERVER__PATH_TOKEN", token.expose());
+            env = env.set("HOOKRELAY__SERVER__PATH_TOKEN", token.expose());
         }
-        command
+        binary::command(args, &env)
     }
 
     /// Runs the `hookrelay` binary (see [`TestApp::command`]) to completion.
@@ -466,17 +486,11 @@ impl Drop for TestApp {
 /// `rabbitmqctl` lists them. Blocking: for `Drop`.
 pub(crate) fn delete_everything_named(prefix: &str) {
     let list = |what: &str| -> Vec<String> {
-        std::process::Command::new("rabbitmqctl")
-            .args([what, "-q", "--no-table-headers", "name"])
-            .output()
-            .map(|output| {
-                String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .filter(|name| name.starts_with(prefix))
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
+        rabbitmqctl::rows_best_effort(what, &["name"])
+            .into_iter()
+            .filter_map(|row| row.into_iter().next())
+            .filter(|name| name.starts_with(prefix))
+            .collect()
     };
     let (queues, exchanges) = (list("list_queues"), list("list_exchanges"));
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -535,7 +549,7 @@ pub(crate) struct Policy(String);
 impl Policy {
     pub(crate) fn set(name: String, queue: &str, definition: &str) -> Policy {
         let pattern = format!("^{}$", queue.replace('.', "\\."));
-        rabbitmqctl(&[
+        rabbitmqctl::run(&[
             "set_policy",
             &name,
             &pattern,
@@ -550,64 +564,31 @@ impl Policy {
 impl Drop for Policy {
     fn drop(&mut self) {
         // No assertion: this may run while a failed test unwinds.
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "clear_policy", &self.0])
-            .output();
+        rabbitmqctl::best_effort(&["clear_policy", &self.0]);
     }
-}
-
-/// Runs `rabbitmqctl -q ARGS`, which must succeed. Blocking.
-pub(crate) fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
 }
 
 /// The type (`classic`, `quorum`, `stream`) of every queue whose name starts
 /// with `prefix`, by name, as `rabbitmqctl list_queues` reports them.
 pub(crate) async fn queue_types(prefix: &str) -> std::collections::BTreeMap<String, String> {
-    let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
-            .output()
-            .expect("rabbitmqctl runs")
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (name, kind) = line.split_once('\t')?;
-            name.starts_with(prefix)
-                .then(|| (name.to_owned(), kind.trim().to_owned()))
+    rabbitmqctl::rows_async("list_queues", &["name", "type"])
+        .await
+        .into_iter()
+        .filter_map(|row| match <[String; 2]>::try_from(row) {
+            Ok([name, kind]) if name.starts_with(prefix) => Some((name, kind)),
+            _ => None,
         })
         .collect()
 }
 
 /// The arguments of `queue`, as `rabbitmqctl list_queues` prints them.
 pub(crate) async fn queue_arguments(queue: &str) -> String {
-    let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl")
-            .args([
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "arguments",
-            ])
-            .output()
-            .expect("rabbitmqctl runs")
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| {
-            let (name, arguments) = line.split_once('\t')?;
-            (name == queue).then(|| arguments.to_owned())
+    rabbitmqctl::rows_async("list_queues", &["name", "arguments"])
+        .await
+        .into_iter()
+        .find_map(|row| match <[String; 2]>::try_from(row) {
+            Ok([name, arguments]) if name == queue => Some(arguments),
+            _ => None,
         })
         .unwrap_or_default()
 }
@@ -615,27 +596,15 @@ pub(crate) async fn queue_arguments(queue: &str) -> String {
 /// The names every binding from the exchange `source` leads to, sorted, as
 /// `rabbitmqctl list_bindings` reports them.
 pub(crate) async fn bindings_from(source: &str) -> Vec<String> {
-    let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl")
-            .args([
-                "list_bindings",
-                "-q",
-                "--no-table-headers",
-                "source_name",
-                "destination_name",
-            ])
-            .output()
-            .expect("rabbitmqctl runs")
-    })
-    .await
-    .unwrap();
-    let mut destinations: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (from, to) = line.split_once('\t')?;
-            (from == source).then(|| to.to_owned())
-        })
-        .collect();
+    let mut destinations: Vec<String> =
+        rabbitmqctl::rows_async("list_bindings", &["source_name", "destination_name"])
+            .await
+            .into_iter()
+            .filter_map(|row| match <[String; 2]>::try_from(row) {
+                Ok([from, to]) if from == source => Some(to),
+                _ => None,
+            })
+            .collect();
     destinations.sort();
     destinations
 }

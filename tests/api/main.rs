@@ -5,6 +5,8 @@
 mod admin;
 mod binary;
 mod broker;
+#[path = "../common/mod.rs"]
+mod common;
 mod consumer;
 mod contract;
 mod helpers;

@@ -3,7 +3,6 @@
 //! refused; `replay --from-quarantine` sends on what parses after a fix.
 
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
 use uuid::Uuid;
@@ -86,25 +85,15 @@ pub(crate) async fn quarantined_by_an_older_relay(
     ] {
         headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
     }
-    app.channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    app.channel
-        .basic_publish(
-            "".into(),
-            app.topology.quarantine_queue().into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(id.as_str().into())
-                .with_headers(headers),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_confirmed(
+        app.topology.quarantine_queue(),
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(id.as_str().into())
+            .with_headers(headers),
+    )
+    .await;
     id
 }
 
@@ -120,18 +109,12 @@ async fn replay_from_quarantine_sends_on_what_parses_now_and_keeps_the_rest_in_o
     )
     .await;
     let no_receipt = Uuid::now_v7().to_string();
-    app.channel
-        .basic_publish(
-            "".into(),
-            quarantine.as_str().into(),
-            BasicPublishOptions::default(),
-            WITHOUT_LOGIN.as_bytes(),
-            BasicProperties::default().with_message_id(no_receipt.as_str().into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_confirmed(
+        &quarantine,
+        WITHOUT_LOGIN.as_bytes(),
+        BasicProperties::default().with_message_id(no_receipt.as_str().into()),
+    )
+    .await;
 
     let dry = app
         .run(&["replay", "--from-quarantine", "--dry-run", "--json"])

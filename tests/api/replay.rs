@@ -1,8 +1,6 @@
 //! The dead-letter loop: a consumer rejects, RabbitMQ dead-letters, the
 //! operator replays; and `tail`.
 
-use std::process::Command;
-
 use hookrelay::config::{QueueSettings, QueueType};
 use hookrelay::replay::dead_letters::{Action, Entry, ReplayOptions, Summary, replay};
 use lapin::BasicProperties;
@@ -11,8 +9,7 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 
 use crate::helpers::{
-    AMQP_URL, CLIENT_ID, TestApp, header, message_id, spawn_app_unready, sync_account, sync_error,
-    test_settings,
+    TestApp, header, message_id, spawn_app_unready, sync_account, sync_error, test_settings,
 };
 
 /// A relay with two consumer queues bound to the same error: `reprompt` (the
@@ -394,23 +391,7 @@ async fn a_replay_that_cannot_be_routed_fails_and_keeps_the_message() {
 #[tokio::test]
 async fn the_replay_command_exits_0_on_an_empty_queue_and_1_on_a_failure() {
     let (app, reprompt, audit) = two_consumers().await;
-    let env = [
-        ("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID.to_owned()),
-        ("HOOKRELAY__AMQP__URI", AMQP_URL.clone()),
-        ("HOOKRELAY__AMQP__EXCHANGE", app.exchange().to_owned()),
-    ];
-    let run = |args: &'static [&'static str]| {
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-                .args(args)
-                .envs(env)
-                .output()
-                .unwrap()
-        })
-    };
-
-    let empty = run(&["replay"]).await.unwrap();
+    let empty = app.run(&["replay"]).await;
     assert!(empty.status.success(), "{empty:?}");
     assert_eq!(
         String::from_utf8_lossy(&empty.stdout).trim(),
@@ -419,7 +400,7 @@ async fn the_replay_command_exits_0_on_an_empty_queue_and_1_on_a_failure() {
 
     app.dead_letter(sync_error("LoginFailedError"), &reprompt, &[&audit])
         .await;
-    let dry = run(&["replay", "--dry-run", "--json"]).await.unwrap();
+    let dry = app.run(&["replay", "--dry-run", "--json"]).await;
     let lines: Vec<Value> = String::from_utf8_lossy(&dry.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -431,7 +412,7 @@ async fn the_replay_command_exits_0_on_an_empty_queue_and_1_on_a_failure() {
         .queue_delete(reprompt.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    let failed = run(&["replay"]).await.unwrap();
+    let failed = app.run(&["replay"]).await;
     assert!(!failed.status.success());
     assert!(
         String::from_utf8_lossy(&failed.stderr).contains("could not be replayed"),

@@ -12,6 +12,8 @@
 //! cargo test --features cluster-tests --test cluster -- --test-threads=1 --nocapture
 //! ```
 
+#[path = "../common/mod.rs"]
+mod common;
 // Shared with the fault tests, which use other parts of it.
 #[allow(dead_code)]
 #[path = "../faults/harness.rs"]
@@ -107,7 +109,7 @@ async fn under(fault: Fault, scenario: &str) {
     let delivered = delivered_from(&cluster.uris[survivor - 1], &setup.all_queue()).await;
     let reckoning = reckon(&format!("cluster {scenario}"), &load, &delivered);
     let direct = direct_again(&samples, fault_at);
-    let replaced = relay.metric("hookrelay_channels_replaced_total ").await;
+    let replaced = relay.metric("hookrelay_channels_replaced_total").await;
     println!(
         "{}, fault took {} ms, direct publishing again {} after it began, connected to node {connected} then node {now_on}, channels replaced after a nack {replaced}",
         reckoning.line(),

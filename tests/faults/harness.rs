@@ -13,17 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookrelay::broker::Topology;
-use hookrelay::config::Settings;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub(crate) const CLIENT_ID: &str = "fault-client";
+use crate::common::env::{RelayEnv, amqp_url};
+use crate::common::{binary, metrics, rabbitmqctl};
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub(crate) const CLIENT_ID: &str = "fault-client";
 
 /// One relay's world: its exchange, its spool, its ports, its config file,
 /// the RabbitMQ it talks to.
@@ -35,7 +33,7 @@ pub(crate) struct Setup {
     /// `amqp.uri`: one node, or a cluster's nodes separated by commas.
     pub amqp_uri: String,
     /// More `HOOKRELAY__...` settings for the relay.
-    pub env: Vec<(String, String)>,
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -61,7 +59,7 @@ impl Setup {
             port: free_port(),
             admin_port: free_port(),
             amqp_uri: amqp_uri.to_owned(),
-            env: env
+            extra_env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
@@ -85,31 +83,40 @@ impl Setup {
         (relay, ready_again)
     }
 
+    /// The relay's environment: its config file (the queue bound to `#`),
+    /// its ports, and the settings the test added.
+    pub(crate) fn env(&self) -> RelayEnv {
+        let config = self.dir.join("relay.toml");
+        RelayEnv::new(
+            CLIENT_ID,
+            &self.exchange,
+            &self.dir.join("spool.sqlite"),
+            &self.amqp_uri,
+        )
+        .set(
+            "HOOKRELAY_CONFIG",
+            config.to_str().expect("a UTF-8 temp dir"),
+        )
+        .set(
+            "HOOKRELAY__SERVER__LISTEN",
+            format!("127.0.0.1:{}", self.port),
+        )
+        .set(
+            "HOOKRELAY__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", self.admin_port),
+        )
+        .set("HOOKRELAY__SERVER__SHUTDOWN_TIMEOUT_SECS", "10")
+        .set("HOOKRELAY__AMQP__CONFIRM_TIMEOUT_MS", "2000")
+        .with(&self.extra_env)
+    }
+
     /// Starts the relay binary; its log goes to `<dir>/relay-<n>.log`.
     pub(crate) fn start_relay(&self) -> Relay {
         let n = std::fs::read_dir(&self.dir)
             .map(std::iter::Iterator::count)
             .unwrap_or(0);
         let log = self.dir.join(format!("relay-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-            .arg("serve")
-            .env("HOOKRELAY_CONFIG", self.dir.join("relay.toml"))
-            .env("HOOKRELAY__INGRESS__CLIENT_IDS", CLIENT_ID)
-            .env("HOOKRELAY__INGRESS__ALLOWED_IPS", "127.0.0.1")
-            .env(
-                "HOOKRELAY__SERVER__LISTEN",
-                format!("127.0.0.1:{}", self.port),
-            )
-            .env(
-                "HOOKRELAY__SERVER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", self.admin_port),
-            )
-            .env("HOOKRELAY__SERVER__SHUTDOWN_TIMEOUT_SECS", "10")
-            .env("HOOKRELAY__AMQP__URI", &self.amqp_uri)
-            .env("HOOKRELAY__AMQP__EXCHANGE", &self.exchange)
-            .env("HOOKRELAY__AMQP__CONFIRM_TIMEOUT_MS", "2000")
-            .env("HOOKRELAY__SPOOL__PATH", self.dir.join("spool.sqlite"))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+        let child = binary::command(&["serve"], &self.env())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -130,18 +137,7 @@ impl Setup {
         };
         let channel = connection.create_channel().await.unwrap();
         // The names the relay itself derives from this setup's configuration.
-        let env = HashMap::from([
-            (
-                "HOOKRELAY__INGRESS__CLIENT_IDS".to_owned(),
-                CLIENT_ID.to_owned(),
-            ),
-            (
-                "HOOKRELAY__AMQP__EXCHANGE".to_owned(),
-                self.exchange.clone(),
-            ),
-        ]);
-        let settings = Settings::load_with_env(Some(&self.dir.join("relay.toml")), env)
-            .expect("the setup's configuration");
+        let settings = self.env().settings(Some(&self.dir.join("relay.toml")));
         let topology = Topology::of(&settings);
         let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
         for queue in topology.own_queues().into_iter().chain(consumer_queues) {
@@ -228,15 +224,11 @@ impl Relay {
         let mut samples = Vec::new();
         let sampling = async {
             loop {
-                if let Ok(response) = http.get(format!("{}/metrics", self.admin)).send().await
-                    && let Ok(text) = response.text().await
-                {
+                if let Some(text) = metrics::scrape(&http, &self.admin).await {
                     let count = |outcome: &str| {
                         let name =
                             format!("hookrelay_webhook_requests_total{{outcome=\"{outcome}\"}}");
-                        text.lines()
-                            .find_map(|line| line.strip_prefix(&name)?.trim().parse().ok())
-                            .unwrap_or(0.0)
+                        metrics::sample(&text, &name).unwrap_or(0.0)
                     };
                     samples.push(Outcomes {
                         at: Instant::now(),
@@ -256,15 +248,10 @@ impl Relay {
 
     /// A counter or gauge from `/metrics`, e.g. `hookrelay_spool_drained_total`.
     pub(crate) async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
+        let text = metrics::scrape(&reqwest::Client::new(), &self.admin)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+            .expect("the relay answers /metrics");
+        metrics::sample(&text, name).unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
     }
 
     pub(crate) fn kill(&mut self) {
@@ -295,30 +282,20 @@ pub(crate) struct BrokerGuard;
 
 impl BrokerGuard {
     pub(crate) async fn stop_app(&self) {
-        rabbitmqctl(&["stop_app"]).await;
+        rabbitmqctl::run_async(&["stop_app"]).await;
     }
 
     pub(crate) async fn start_app(&self) {
-        rabbitmqctl(&["start_app"]).await;
-        rabbitmqctl(&["await_startup"]).await;
+        rabbitmqctl::run_async(&["start_app"]).await;
+        rabbitmqctl::run_async(&["await_startup"]).await;
     }
 }
 
 impl Drop for BrokerGuard {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").output();
-        let _ = Command::new("rabbitmqctl").args(["await_startup"]).output();
+        rabbitmqctl::best_effort(&["start_app"]);
+        rabbitmqctl::best_effort(&["await_startup"]);
     }
-}
-
-pub(crate) async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-    let output =
-        tokio::task::spawn_blocking(move || Command::new("rabbitmqctl").args(&args).output())
-            .await
-            .unwrap()
-            .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl failed: {output:?}");
 }
 
 /// Webhooks answered so far, by where they went.

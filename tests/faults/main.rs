@@ -8,13 +8,16 @@
 //! cargo test --features fault-tests --test faults -- --test-threads=1 --nocapture
 //! ```
 
+#[path = "../common/mod.rs"]
+mod common;
 // Shared with the cluster tests, which use other parts of it.
 #[allow(dead_code)]
 mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{BrokerGuard, Load, Setup, delivered, rabbitmqctl, reckon};
+use common::rabbitmqctl;
+use harness::{BrokerGuard, Load, Setup, delivered, reckon};
 
 const TOTAL: usize = 3000;
 const CONNECTIONS: usize = 8;
@@ -40,7 +43,7 @@ async fn settle(
     ready_again: Duration,
 ) {
     relay.wait_drained(DRAINED_WITHIN).await;
-    let drained = relay.metric("hookrelay_spool_drained_total ").await;
+    let drained = relay.metric("hookrelay_spool_drained_total").await;
     println!("{name}: {drained} webhooks went through the spool");
     let reckoning = reckon(name, load, &delivered(&setup.all_queue()).await);
     println!(
@@ -87,12 +90,12 @@ async fn broker_connections_force_closed_mid_load() {
 
     let fault = async {
         load.reached(TOTAL / 3).await;
-        rabbitmqctl(&["close_all_connections", "fault test: forced close"]).await;
+        rabbitmqctl::run_async(&["close_all_connections", "fault test: forced close"]).await;
         let closed_at = Instant::now();
         // Connected again: a second successful connection, not the first one
         // the relay may not have seen close yet.
         let deadline = Instant::now() + READY_WITHIN;
-        while relay.metric("hookrelay_broker_connects_total ").await < 2.0 {
+        while relay.metric("hookrelay_broker_connects_total").await < 2.0 {
             assert!(Instant::now() < deadline, "the relay did not reconnect");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -187,27 +190,19 @@ async fn a_history_read_waits_out_a_broker_that_pauses() {
     let (setup, relay, load) = connected().await;
     load.run(setup.port, 5000, CONNECTIONS).await;
     relay.wait_drained(DRAINED_WITHIN).await;
-    let pid = String::from_utf8(
-        std::process::Command::new("rabbitmqctl")
-            .args(["eval", "os:getpid()."])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .trim_matches('"')
-    .to_owned();
+    let pid = rabbitmqctl::run_async(&["eval", "os:getpid()."])
+        .await
+        .trim()
+        .trim_matches('"')
+        .to_owned();
 
     // Act: read them all; once the first has arrived, RabbitMQ freezes for
     // longer than a delivery ever takes.
-    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["events", "--json"])
-        .env("HOOKRELAY_CONFIG", setup.dir.join("relay.toml"))
-        .env("HOOKRELAY__INGRESS__CLIENT_IDS", harness::CLIENT_ID)
-        .env("HOOKRELAY__AMQP__URI", &setup.amqp_uri)
-        .env("HOOKRELAY__AMQP__EXCHANGE", &setup.exchange)
-        .env("HOOKRELAY__SPOOL__PATH", setup.dir.join("events.sqlite"))
+    let env = setup.env().set(
+        "HOOKRELAY__SPOOL__PATH",
+        setup.dir.join("events.sqlite").to_str().unwrap(),
+    );
+    let mut events = common::binary::command(&["events", "--json"], &env)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
