@@ -68,6 +68,25 @@ pub(crate) struct QueueState {
     messages: Option<u64>,
 }
 
+/// A policy as the management API lists it: enough to tell whether RabbitMQ
+/// applies it to a queue.
+#[derive(Debug, Deserialize)]
+struct PolicyRule {
+    pattern: String,
+    #[serde(rename = "apply-to", default)]
+    apply_to: String,
+}
+
+impl PolicyRule {
+    /// Whether this policy applies to the queue `name`. RabbitMQ's patterns
+    /// are PCRE; one the `regex` crate cannot read counts as applying, which
+    /// costs a longer wait, never a wrong report.
+    fn applies_to_queue(&self, name: &str) -> bool {
+        matches!(self.apply_to.as_str(), "all" | "queues")
+            && regex::Regex::new(&self.pattern).map_or(true, |pattern| pattern.is_match(name))
+    }
+}
+
 /// Where a setting in effect comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SetBy {
@@ -183,14 +202,22 @@ impl Management {
         Ok(queues)
     }
 
-    /// A queue's state, once RabbitMQ has statistics for it (within
-    /// [`STATS_WAIT`]: a queue or policy seconds old has none yet).
+    /// A queue's state, once RabbitMQ has statistics for it and shows the
+    /// policy that applies to it (within [`STATS_WAIT`]). A queue seconds old
+    /// has no statistics yet; a new quorum queue gets its policy a moment
+    /// after its first statistics, which would show no policy at all.
     pub(crate) async fn queue(&self, name: &str) -> Result<QueueState, ManagementError> {
         let path = format!("/api/queues/{}/{}", encode(&self.vhost), encode(name));
+        let expects_policy = self
+            .policy_rules()
+            .await
+            .iter()
+            .any(|rule| rule.applies_to_queue(name));
         let started = Instant::now();
         loop {
             let state: QueueState = self.get(&path).await?;
-            if state.messages.is_some() {
+            let policy_shown = state.policy.is_some() || state.operator_policy.is_some();
+            if state.messages.is_some() && (policy_shown || !expects_policy) {
                 return Ok(state);
             }
             if started.elapsed() > STATS_WAIT {
@@ -198,6 +225,17 @@ impl Management {
             }
             tokio::time::sleep(STATS_POLL).await;
         }
+    }
+
+    /// The policies and operator policies of the vhost. None when the user
+    /// may not list them: then a queue's own view is all there is.
+    async fn policy_rules(&self) -> Vec<PolicyRule> {
+        let mut rules = Vec::new();
+        for kind in ["policies", "operator-policies"] {
+            let path = format!("/api/{kind}/{}", encode(&self.vhost));
+            rules.extend(self.get::<Vec<PolicyRule>>(&path).await.unwrap_or_default());
+        }
+        rules
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ManagementError> {
@@ -241,6 +279,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_policy_applies_to_the_queues_its_pattern_matches_and_an_unreadable_one_to_all() {
+        let rule = |pattern: &str, apply_to: &str| PolicyRule {
+            pattern: pattern.to_owned(),
+            apply_to: apply_to.to_owned(),
+        };
+        assert!(rule(r"^app\.reprompt$", "queues").applies_to_queue("app.reprompt"));
+        assert!(rule("reprompt", "all").applies_to_queue("app.reprompt"));
+        assert!(!rule(r"^app\.reprompt$", "queues").applies_to_queue("app.reprompt2"));
+        assert!(!rule(".*", "exchanges").applies_to_queue("app.reprompt"));
+        // PCRE's lookahead, which the regex crate does not read: assume it applies.
+        assert!(rule("^(?!amq\\.).*", "queues").applies_to_queue("app.reprompt"));
+    }
 
     fn queue(kind: &str, arguments: Value, policy: Option<Value>) -> QueueState {
         QueueState {
