@@ -347,8 +347,8 @@ if full:
           f"({at:.0f}/s) {http_at:.0f} µs + the baseline publisher's own {base_cpu:.0f} µs = {http_at + base_cpu:.0f} µs "
           f"(target: relay <= that); the HTTP side at its own saturation costs {http_own:.0f} µs ({http['rate']:.0f}/s)")
 print()
-print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} and at the fixed rate (µs; utime + stime from /proc/<pid>/stat,")
-print("and time ready to run but waiting for a core from /proc/<pid>/task/*/schedstat, summed over threads, / messages):\n")
+print(f"CPU and run-queue wait per message in the saturation runs of round {median_round} and at the fixed rate (µs; utime + stime from `/proc/<pid>/stat`,")
+print("and time ready to run but waiting for a core from `/proc/<pid>/task/*/schedstat`, summed over threads, / messages):\n")
 print("| run | RabbitMQ | relay | load generator | all | cores busy | run-queue wait: RabbitMQ | run-queue wait: relay |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 runs = [(f"base-sat-{median_round}", "baseline publisher, saturation", bs["rate"]), (f"relay-sat-{median_round}", "relay (oha), saturation", rs["rate"])]

@@ -21,7 +21,7 @@
 //! # }
 //! ```
 //!
-//! What it does for the handler, following the protocol the README documents
+//! What it does for the handler, following the protocol the book documents (docs/src/consumer.md)
 //! for consumers in any language:
 //! - declares the relay's topology (idempotently: relay or consumer may start
 //!   first), with the queue's retry tiers `<name>.retry.<n>`;

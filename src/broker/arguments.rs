@@ -66,7 +66,7 @@ impl HistoryStream {
 ///   dead-lettering at-most-once (RabbitMQ allows at-least-once only with
 ///   `reject-publish`), so `x-dead-letter-strategy` is left out.
 /// - unbounded classic: no `x-overflow`, which is RabbitMQ's `drop-head`, so
-///   that queues declared by earlier versions (or by a consumer, as the README
+///   that queues declared by earlier versions (or by a consumer, as the book
 ///   shows) still match. Only an operator's policy can bound it; one that
 ///   sets `overflow: reject-publish` makes it nack (the relay's refused lane
 ///   handles that).
@@ -78,7 +78,7 @@ impl HistoryStream {
 ///   the argument). A delivery limit dead-letters a message that keeps coming
 ///   back (its consumer crashes on it) instead of redelivering it forever.
 ///
-/// Checked on RabbitMQ 3.10.8 (README, "Slow and full consumers").
+/// Checked on RabbitMQ 3.10.8 (docs/src/operating.md, "Slow and full consumers").
 pub fn consumer_queue_arguments(queue: &QueueSettings, dlx: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), string(dlx));

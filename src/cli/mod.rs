@@ -204,7 +204,7 @@ async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
     let Some(management) = Management::new(&settings.amqp) else {
         say!(
             "policies not checked: set amqp.management_url for `declare` to report queues that \
-             would refuse events when full (README, \"Slow and full consumers\")"
+             would refuse events when full (docs/src/operating.md, \"Slow and full consumers\")"
         );
         return Ok(());
     };
@@ -246,7 +246,7 @@ async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
                  it is full, RabbitMQ refuses the events routed to it. Each is retried beside the \
                  flow, copied again into the other queues bound to its key at each attempt, then \
                  parked. To make it shed its oldest messages to the dead letters instead, see \
-                 README, \"Slow and full consumers\"",
+                 docs/src/operating.md, \"Slow and full consumers\"",
                 state.kind,
                 overflow.mode,
                 overflow.limits.join(", ")

@@ -175,7 +175,7 @@ pub struct QueueSettings {
     pub delivery_limit: u32,
     /// A length bound the relay sets on the queue (`x-max-length`), with
     /// `x-overflow: drop-head`: a full queue sheds its oldest message to the
-    /// dead letters instead of refusing the publish (README, "Slow and full
+    /// dead letters instead of refusing the publish (docs/src/operating.md, "Slow and full
     /// consumers").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<u64>,

@@ -141,7 +141,7 @@ impl Settings {
                     key: "queues.bindings",
                     problem: format!(
                         "`{binding}` (queue {}) matches no routing key the relay publishes: \
-                         sync.account, or sync.error.<code> (see README, \"Routing keys\")",
+                         sync.account, or sync.error.<code> (see docs/src/consumer.md, \"Routing keys\")",
                         queue.name
                     ),
                 });

@@ -151,7 +151,7 @@ impl Lane {
                  own arguments). They are kept in the spool and retried beside the flow, then \
                  parked; other events go through meanwhile. Each attempt leaves one more copy in \
                  the other queues bound to this key. Make room in the full queue (its consumer), \
-                 or let it shed its oldest messages to the dead letters instead (README, \"Slow \
+                 or let it shed its oldest messages to the dead letters instead (docs/src/operating.md, \"Slow \
                  and full consumers\")"
             );
         }
