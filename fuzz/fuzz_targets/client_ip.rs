@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use hookrelay::ingress::client_ip::{parse_entry, resolve};
 use hookrelay::config::ip_ranges::IpRanges;
+use hookrelay::ingress::client_ip::{parse_entry, resolve};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
