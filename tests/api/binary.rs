@@ -504,17 +504,33 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
     }
     // Past the one-second window, the next refusal logged reports what was
-    // left out: keep refusing until a line says so.
+    // left out. On a loaded machine the flood spans several windows, and the
+    // last one's count is reported only by a line written after it: keep
+    // refusing, slower than the budget, until a line has said what was left
+    // out and every refusal so far is accounted for.
     let mut sent = 300;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let reported = |relay: &Relay| {
+    let refused_lines = |relay: &Relay| {
         relay
             .seen
             .iter()
-            .any(|line| json(line).is_some_and(|entry| entry["dropped"].as_u64() > Some(0)))
+            .filter(|line| line.contains("webhook refused"))
+            .count() as u64
     };
-    while !reported(&relay) {
-        assert!(Instant::now() < deadline, "no line said what was left out");
+    let dropped_reported = |relay: &Relay| -> u64 {
+        relay
+            .seen
+            .iter()
+            .filter_map(|line| json(line)?["dropped"].as_u64())
+            .sum()
+    };
+    while dropped_reported(&relay) == 0 || refused_lines(&relay) + dropped_reported(&relay) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "{} refusals logged and {} counted as left out, of {sent}",
+            refused_lines(&relay),
+            dropped_reported(&relay)
+        );
         assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
         sent += 1;
         relay.lines_for(Duration::from_millis(50));
@@ -534,7 +550,9 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         .iter()
         .filter_map(|line| json(line)?["dropped"].as_u64())
         .sum();
-    assert!(refused < 100, "{refused} lines for {sent} refusals");
+    // 20 lines a second at most: far fewer lines than refusals, however long
+    // a loaded machine took to send them.
+    assert!(refused < sent / 2, "{refused} lines for {sent} refusals");
     assert_eq!(
         refused + dropped,
         sent,
