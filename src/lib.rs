@@ -49,6 +49,7 @@
 //! | list or retry the spool | [`spool::listing`] |
 //! | the contract | [`wire::contract::asyncapi`] |
 
+pub mod accounts;
 mod admin;
 pub mod broker;
 pub mod cli;

@@ -7,6 +7,7 @@
 //! Every command logs the same way (`log_format`, `RUST_LOG`) to stderr, so
 //! their warnings are seen and their output on stdout stays clean.
 
+mod accounts;
 mod output;
 mod replay;
 mod spool;
@@ -74,6 +75,10 @@ pub enum Command {
     /// consumer queue) without taking them: id, routing key, why it is there,
     /// headers and body. They stay in the queue, in their order.
     Inspect(watch::InspectArgs),
+    /// List accounts by what they need: the user to reconnect
+    /// (needs_reconnect), the sender's support (contact_provider), or nothing;
+    /// with ACCOUNT_ID, that account's timeline. Folded from the history.
+    Accounts(accounts::AccountsArgs),
     /// The local spool: list what waits in it or is parked, retry parked webhooks.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
@@ -94,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => watch::tail(settings, args).await,
         Command::Events(args) => watch::events(settings, args).await,
         Command::Inspect(args) => watch::inspect(settings, args).await,
+        Command::Accounts(args) => accounts::run(settings, args).await,
         Command::Spool(command) => spool::run(settings, command),
     }
 }

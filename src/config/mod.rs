@@ -41,6 +41,7 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub spool: SpoolSettings,
     pub history: HistorySettings,
+    pub accounts: AccountsSettings,
     #[serde(default)]
     pub queues: Vec<QueueSettings>,
 }
@@ -155,6 +156,17 @@ pub struct HistorySettings {
     pub max_age: Duration,
     /// The stream is kept under about this size, oldest events dropped first.
     pub max_bytes: bytesize::ByteSize,
+}
+
+/// Accounts that need someone (`hookrelay accounts`): each account's state,
+/// folded from its events in the history.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsSettings {
+    pub enabled: bool,
+    /// `TemporaryFailureError`s in a row after which the sender's support
+    /// should look at the account.
+    pub temporary_failures_to_escalate: u32,
 }
 
 /// A consumer queue the relay declares and binds for its users.

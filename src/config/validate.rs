@@ -90,6 +90,12 @@ impl Settings {
         if self.amqp.channels == 0 {
             return invalid("amqp.channels", "must be greater than 0");
         }
+        if self.accounts.temporary_failures_to_escalate == 0 {
+            return invalid(
+                "accounts.temporary_failures_to_escalate",
+                "must be at least 1 (the spec: \"if this error keeps happening\")",
+            );
+        }
         if self.history.enabled && self.history.max_age < Duration::from_secs(1) {
             return invalid("history.max_age", "must be at least 1s (e.g. \"7d\")");
         }

@@ -2,6 +2,7 @@
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Each test starts its own
 //! relay on port 0 with its own exchange, so they run in parallel.
 
+mod accounts;
 mod admin;
 mod binary;
 mod broker;

@@ -1,0 +1,254 @@
+//! Every account's state, folded from the events the history keeps: what
+//! `hookrelay accounts` lists, and what the relay rebuilds on start (no
+//! database of its own: the history stream is the record).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::event::ErrorCode;
+use crate::history::Recorded;
+use crate::wire::headers::{self, ACCOUNT_ID, CLIENT_ID, USER_ID};
+
+use super::state::{Account, Outcome, State, Transition};
+
+/// How many message ids an account remembers, so that an event delivered
+/// twice (publishing is at least once) is applied once.
+const REMEMBERED_IDS: usize = 8;
+
+/// An account, as the sender names it to one client app.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Key {
+    pub client_id: String,
+    pub account_id: String,
+}
+
+impl Key {
+    /// The account an event is about (its `x-client-id` and `account-id`).
+    pub fn of(event: &Recorded) -> Option<Key> {
+        let found = event.properties.headers().as_ref();
+        Some(Key {
+            client_id: headers::text(found, CLIENT_ID)?,
+            account_id: headers::text(found, ACCOUNT_ID)?,
+        })
+    }
+}
+
+/// One account in the book: its state and the events behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub key: Key,
+    pub user_id: String,
+    /// `account.provider` of the latest event that named one.
+    pub provider: Option<String>,
+    #[serde(flatten)]
+    pub state: State,
+    /// Temporary failures in a row.
+    pub streak: u32,
+    /// `x-received-at` of the event that put the account in this state.
+    pub since: Option<String>,
+    /// The latest event: its message id, routing key and `x-received-at`.
+    pub last_event: LastEvent,
+    #[serde(skip)]
+    seen: VecDeque<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastEvent {
+    pub message_id: String,
+    pub routing_key: String,
+    pub received_at: Option<String>,
+}
+
+/// The accounts of every client app, by key.
+#[derive(Debug, Default)]
+pub struct Book {
+    accounts: BTreeMap<Key, Entry>,
+    escalate_after: u32,
+}
+
+impl Book {
+    /// An empty book; `escalate_after` is
+    /// `accounts.temporary_failures_to_escalate`.
+    pub fn new(escalate_after: u32) -> Book {
+        Book {
+            accounts: BTreeMap::new(),
+            escalate_after,
+        }
+    }
+
+    /// Applies one event from the history. Returns the account's key and its
+    /// transition when its state changed; nothing for what is not a sync
+    /// event (a quarantined body, an `account.*` message) or for an event
+    /// already applied.
+    pub fn apply(&mut self, event: &Recorded) -> Option<(Key, Transition)> {
+        let outcome = outcome(&event.routing_key)?;
+        let found = event.properties.headers().as_ref();
+        let key = Key::of(event)?;
+        let message_id = event.message_id().unwrap_or_default();
+        let last_event = LastEvent {
+            message_id: message_id.clone(),
+            routing_key: event.routing_key.clone(),
+            received_at: event.received_at_text(),
+        };
+        let user_id = headers::text(found, USER_ID).unwrap_or_default();
+        let previous = self.accounts.get(&key);
+        let provider = provider(&event.body).or_else(|| previous.and_then(|e| e.provider.clone()));
+        if previous.is_some_and(|entry| !message_id.is_empty() && entry.seen.contains(&message_id))
+        {
+            return None;
+        }
+        let known = previous.map(|entry| Account {
+            state: entry.state.clone(),
+            streak: entry.streak,
+        });
+        let (account, transition) = Account::apply(known.as_ref(), &outcome, self.escalate_after);
+        let mut seen = previous.map(|entry| entry.seen.clone()).unwrap_or_default();
+        if !message_id.is_empty() {
+            if seen.len() == REMEMBERED_IDS {
+                seen.pop_front();
+            }
+            seen.push_back(message_id);
+        }
+        let since = match (&transition, previous) {
+            (None, Some(entry)) => entry.since.clone(),
+            _ => last_event.received_at.clone(),
+        };
+        self.accounts.insert(
+            key.clone(),
+            Entry {
+                key: key.clone(),
+                user_id,
+                provider,
+                state: account.state,
+                streak: account.streak,
+                since,
+                last_event,
+                seen,
+            },
+        );
+        transition.map(|transition| (key, transition))
+    }
+
+    /// Every account, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.accounts.values()
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Entry> {
+        self.accounts.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
+
+/// `account.provider` of a webhook body, if it names one. Only that field is
+/// read: the body also holds personal data (`user.loginName`).
+fn provider(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        account: Option<AccountPart>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AccountPart {
+        provider: Option<serde_json::Value>,
+    }
+    let body: Body = serde_json::from_slice(body).ok()?;
+    match body.account?.provider? {
+        serde_json::Value::String(provider) if !provider.is_empty() => Some(provider),
+        _ => None,
+    }
+}
+
+/// The outcome a routing key reports: `sync.account`, `sync.error.<code>`.
+fn outcome(routing_key: &str) -> Option<Outcome> {
+    match routing_key.strip_prefix("sync.")? {
+        "account" => Some(Outcome::Synced),
+        rest => {
+            let code = rest.strip_prefix("error.")?;
+            ErrorCode::parse(code).ok().map(Outcome::Failed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+    use lapin::types::FieldTable;
+
+    use super::*;
+
+    fn event(id: &str, account: &str, routing_key: &str) -> Recorded {
+        let mut found = FieldTable::default();
+        headers::set_text(&mut found, CLIENT_ID, "app-1");
+        headers::set_text(&mut found, ACCOUNT_ID, account);
+        headers::set_text(&mut found, USER_ID, "u-1");
+        headers::set_text(
+            &mut found,
+            headers::RECEIVED_AT,
+            &format!("2026-11-30T0{id}:00:00Z"),
+        );
+        Recorded {
+            offset: 0,
+            routing_key: routing_key.to_owned(),
+            properties: BasicProperties::default()
+                .with_message_id(id.into())
+                .with_headers(found),
+            body: format!(r#"{{"account":{{"id":"{account}","provider":"Bank {id}"}}}}"#)
+                .into_bytes(),
+        }
+    }
+
+    #[test]
+    fn accounts_are_folded_apart_and_an_event_seen_twice_counts_once() {
+        let mut book = Book::new(3);
+        let heard: Vec<_> = [
+            event("1", "a-1", "sync.error.TemporaryFailureError"),
+            event("2", "a-2", "sync.error.LoginFailedError"),
+            event("3", "a-1", "sync.error.TemporaryFailureError"),
+            event("3", "a-1", "sync.error.TemporaryFailureError"), // delivered twice
+            event("4", "a-2", "sync.error.LoginFailedError"),
+            event("5", "a-1", "sync.error.TemporaryFailureError"),
+        ]
+        .iter()
+        .filter_map(|e| book.apply(e))
+        .map(|(key, t)| format!("{} {}", key.account_id, t.state))
+        .collect();
+
+        assert_eq!(
+            heard,
+            [
+                "a-1 retrying",
+                "a-2 needs_reconnect (Credentials)",
+                "a-1 contact_provider (RepeatedTemporaryFailures)",
+            ]
+        );
+        let key = |account: &str| Key {
+            client_id: "app-1".into(),
+            account_id: account.into(),
+        };
+        let a1 = book.get(&key("a-1")).unwrap();
+        assert_eq!(a1.streak, 3);
+        assert_eq!(a1.since.as_deref(), Some("2026-11-30T05:00:00Z"));
+        // Still needs a reconnect since the first failure, not the latest.
+        let a2 = book.get(&key("a-2")).unwrap();
+        assert_eq!(a2.since.as_deref(), Some("2026-11-30T02:00:00Z"));
+        assert_eq!(a2.last_event.message_id, "4");
+        assert_eq!(a2.provider.as_deref(), Some("Bank 4"));
+    }
+
+    #[test]
+    fn what_is_not_a_sync_event_is_left_out() {
+        let mut book = Book::new(3);
+        assert!(book.apply(&event("1", "a-1", "quarantine")).is_none());
+        assert!(book.apply(&event("2", "a-1", "account.ok")).is_none());
+        assert!(book.is_empty());
+    }
+}
