@@ -27,6 +27,8 @@
 //! * [`startup`]: wires it all into an [`startup::Application`] and watches
 //!   its background tasks; [`cli`]: the commands.
 //! * [`history`]: reading the event history stream back.
+//! * [`accounts`]: what the outcomes mean for each account, folded from the
+//!   history.
 //! * [`replay`]: sending messages again (dead letters, quarantine, history),
 //!   one pass for all three.
 //! * [`watch`]: looking without touching (`tail`, `inspect`).
@@ -44,6 +46,7 @@
 //! | send quarantined bodies on | [`replay::quarantine::redrive`] |
 //! | replay from the history | [`replay::history::replay`] |
 //! | read the history | [`history::Reader`] |
+//! | accounts by what they need | [`accounts::book()`], [`accounts::timeline()`] |
 //! | look at a queue | [`watch::inspect::inspect`] |
 //! | watch events go by | [`watch::tail::tail`] |
 //! | list or retry the spool | [`spool::listing`] |

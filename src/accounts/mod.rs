@@ -4,7 +4,7 @@
 //! `sync.*` routing keys are what the sender said; an account's [`State`] is
 //! what it means: the user must reconnect, the sender's support must look at
 //! it, or nothing is needed. [`state`] holds the rule, as one pure function
-//! table-tested against the spec's sentences; [`book`] folds the history's
+//! table-tested against the spec's sentences; [`book`](mod@book) folds the history's
 //! events into every account's state.
 
 pub mod book;
@@ -91,6 +91,9 @@ async fn read_history(
     filter: Filter,
     mut each: impl FnMut(&Recorded),
 ) -> anyhow::Result<()> {
+    if !settings.accounts.enabled {
+        anyhow::bail!("accounts are off ([accounts] enabled = false)");
+    }
     let topology = Topology::of(settings);
     let Some(stream) = topology.history_stream() else {
         anyhow::bail!(

@@ -100,3 +100,15 @@ async fn accounts_are_listed_by_what_they_need() {
     assert!(!printed.contains("jane@example.com"), "{printed}");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_accounts_off_the_command_says_so() {
+    let app = spawn_app(&[("HOOKRELAY__ACCOUNTS__ENABLED", "false")]).await;
+
+    let listed = app.run(&["accounts"]).await;
+
+    assert!(!listed.status.success());
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(stderr.contains("[accounts] enabled = false"), "{stderr}");
+    app.stop().await.unwrap();
+}
