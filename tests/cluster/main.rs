@@ -21,11 +21,14 @@ mod harness;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::{Load, Setup, delivered_from, direct_again, reckon};
 
 const TOTAL: usize = 3000;
+/// Sent after the load, at its pace, while the fault lasts and once after it.
+const TAIL: usize = 300;
 const CONNECTIONS: usize = 8;
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const DRAINED_WITHIN: Duration = Duration::from_secs(60);
@@ -42,8 +45,8 @@ enum Fault {
 }
 
 impl Fault {
-    /// The load's pace. The fault must end well before the load does, or
-    /// nothing is left to show the relay publishing directly again. 3,000 at
+    /// The load's pace. The fault should end well before the load does (when
+    /// it does not, the load goes on at this pace until it has). 3,000 at
     /// 100/s take 30 s, and a kill at the 7.5th second is over within 2 s. A
     /// rolling restart took 23-31 s here, so its load takes 50 s and the
     /// restart begins at the 12.5th.
@@ -80,6 +83,7 @@ async fn under(fault: Fault, scenario: &str) {
     relay.wait_connected(READY_WITHIN).await;
     let connected = cluster.node_of(&relay.node().await.expect("readyz names the node"));
     let load = Load::paced(fault.per_second());
+    let fault_over = AtomicBool::new(false);
 
     let faulting = async {
         load.reached(TOTAL / 4).await;
@@ -94,10 +98,19 @@ async fn under(fault: Fault, scenario: &str) {
                 None
             }
         };
+        fault_over.store(true, Ordering::SeqCst);
         (at, at.elapsed(), killed)
     };
     let sending = async {
         load.run(setup.port, TOTAL, CONNECTIONS).await;
+        // On a loaded machine a rolling restart can outlast the paced load:
+        // keep sending at its pace while the fault lasts, then once more, so
+        // that what the relay does after the fault can be seen.
+        let mut after_the_fault = false;
+        while !after_the_fault {
+            after_the_fault = fault_over.load(Ordering::SeqCst);
+            load.run(setup.port, TAIL, CONNECTIONS).await;
+        }
         Instant::now()
     };
     let work = async { tokio::join!(sending, faulting) };
@@ -121,7 +134,7 @@ async fn under(fault: Fault, scenario: &str) {
     reckoning.assert_all_accepted();
     assert!(
         fault_at + fault_took < load_done,
-        "cluster {scenario}: the fault outlasted the load, so whether the relay went back to publishing directly cannot be seen; pace the load slower"
+        "cluster {scenario}: webhooks were sent after the fault"
     );
     assert!(
         direct.is_some(),
