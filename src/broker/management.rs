@@ -68,6 +68,10 @@ pub(crate) struct QueueState {
     messages: Option<u64>,
 }
 
+/// The vhost's policies, as [`Management::policies`] read them.
+#[derive(Debug, Default)]
+pub(crate) struct Policies(Vec<PolicyRule>);
+
 /// A policy as the management API lists it: enough to tell whether RabbitMQ
 /// applies it to a queue.
 #[derive(Debug, Deserialize)]
@@ -206,13 +210,14 @@ impl Management {
     /// policy that applies to it (within [`STATS_WAIT`]). A queue seconds old
     /// has no statistics yet; a new quorum queue gets its policy a moment
     /// after its first statistics, which would show no policy at all.
-    pub(crate) async fn queue(&self, name: &str) -> Result<QueueState, ManagementError> {
+    /// `policies` is [`Management::policies`], read once for every queue.
+    pub(crate) async fn queue(
+        &self,
+        name: &str,
+        policies: &Policies,
+    ) -> Result<QueueState, ManagementError> {
         let path = format!("/api/queues/{}/{}", encode(&self.vhost), encode(name));
-        let expects_policy = self
-            .policy_rules()
-            .await
-            .iter()
-            .any(|rule| rule.applies_to_queue(name));
+        let expects_policy = policies.0.iter().any(|rule| rule.applies_to_queue(name));
         let started = Instant::now();
         loop {
             let state: QueueState = self.get(&path).await?;
@@ -229,13 +234,13 @@ impl Management {
 
     /// The policies and operator policies of the vhost. None when the user
     /// may not list them: then a queue's own view is all there is.
-    async fn policy_rules(&self) -> Vec<PolicyRule> {
+    pub(crate) async fn policies(&self) -> Policies {
         let mut rules = Vec::new();
         for kind in ["policies", "operator-policies"] {
             let path = format!("/api/{kind}/{}", encode(&self.vhost));
             rules.extend(self.get::<Vec<PolicyRule>>(&path).await.unwrap_or_default());
         }
-        rules
+        Policies(rules)
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ManagementError> {

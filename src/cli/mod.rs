@@ -225,10 +225,11 @@ async fn check_overflow(settings: &Settings) -> anyhow::Result<()> {
         topology.quarantine_queue(),
     ];
     queues.extend(own.iter().map(|q| (*q).to_owned()));
+    let policies = management.policies().await;
     let mut pushing_back = 0;
     for queue in &queues {
         let state = management
-            .queue(queue)
+            .queue(queue, &policies)
             .await
             .with_context(|| format!("cannot read queue {queue}"))?;
         let overflow = state.overflow();

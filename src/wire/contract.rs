@@ -14,6 +14,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::headers::{
+    ACCOUNT_ID, CLIENT_ID, ERROR, ERROR_KNOWN, HOOK, RECEIVED_AT, SOURCE_IP, USER_ID,
+};
+
 /// The body of a `SyncAccount` webhook: an account synced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SyncAccount {
@@ -243,26 +247,24 @@ pub struct Headers {
 /// The headers every event carries, and those only a `SyncError` carries.
 pub fn required_headers(hook: Hook) -> &'static [&'static str] {
     match hook {
-        Hook::SyncAccount => &[
-            "hook",
-            "user-id",
-            "account-id",
-            "x-client-id",
-            "x-source-ip",
-            "x-received-at",
-        ],
-        Hook::SyncError => &[
-            "hook",
-            "user-id",
-            "account-id",
-            "x-client-id",
-            "x-source-ip",
-            "x-received-at",
-            "error",
-            "x-error-known",
-        ],
+        Hook::SyncAccount => &EVERY_EVENT,
+        Hook::SyncError => &SYNC_ERROR,
     }
 }
+
+/// The headers every event carries.
+const EVERY_EVENT: [&str; 6] = [HOOK, USER_ID, ACCOUNT_ID, CLIENT_ID, SOURCE_IP, RECEIVED_AT];
+/// Those of every event, and the error's.
+const SYNC_ERROR: [&str; 8] = [
+    HOOK,
+    USER_ID,
+    ACCOUNT_ID,
+    CLIENT_ID,
+    SOURCE_IP,
+    RECEIVED_AT,
+    ERROR,
+    ERROR_KNOWN,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Hook {
