@@ -163,6 +163,14 @@ struct Inner {
     spool_drained: Counter,
     spool_write_seconds: Histogram,
     spool_commits: Counter,
+    account_changes: Family<AccountStateLabel, Counter>,
+    accounts_announcing: Gauge,
+}
+
+/// An account state's name (`account.<state>`), from a fixed enum.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccountStateLabel {
+    state: &'static str,
 }
 
 impl Metrics {
@@ -300,6 +308,19 @@ impl Metrics {
             "Transactions that wrote appends to the spool, each one fsync; several appends waiting together share one",
             spool_commits.clone(),
         );
+        let account_changes = Family::<AccountStateLabel, Counter>::default();
+        registry.register(
+            "account_changes_announced",
+            "Changes of an account's state this relay announced (account.<state>), by new state",
+            account_changes.clone(),
+        );
+        let accounts_announcing = Gauge::default();
+        registry.register(
+            "accounts_announcing",
+            "1 while this relay is the one announcing account changes (one relay at a time \
+             consumes <exchange>.accounts); 0 while another does, or it is not connected",
+            accounts_announcing.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -323,6 +344,8 @@ impl Metrics {
                 spool_drained,
                 spool_write_seconds,
                 spool_commits,
+                account_changes,
+                accounts_announcing,
             }),
         }
     }
@@ -405,6 +428,16 @@ impl Metrics {
             routing_key: routing_key_label(kind),
         };
         self.inner.publish_refused.get_or_create(&label).inc();
+    }
+
+    /// One `account.<state>` announced.
+    pub fn account_change_announced(&self, state: &'static str) {
+        let label = AccountStateLabel { state };
+        self.inner.account_changes.get_or_create(&label).inc();
+    }
+
+    pub fn accounts_announcing(&self, active: bool) {
+        self.inner.accounts_announcing.set(i64::from(active));
     }
 
     pub fn spool_state(&self, depth: u64, refused: u64, parked: u64, bytes: u64) {

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info};
 
+use crate::accounts::announcer::Announcer;
 use crate::admin::{self, Admin};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
@@ -38,6 +39,8 @@ use crate::spool::{Spool, drain};
 pub const BROKER_TASK: &str = "broker supervisor";
 /// The background task that publishes the spool.
 pub const DRAIN_TASK: &str = "spool drainer";
+/// The background task that announces changes of accounts' states.
+pub const ANNOUNCER_TASK: &str = "account announcer";
 
 pub struct Application {
     port: u16,
@@ -47,7 +50,7 @@ pub struct Application {
     broker: Broker,
     spool: Option<Spool>,
     tasks: Tasks,
-    stop_draining: watch::Sender<bool>,
+    stopping: watch::Sender<bool>,
 }
 
 impl Application {
@@ -118,6 +121,7 @@ impl Application {
             Some(tls_config) => public.listen_rustls_0_23(listener, tls_config)?,
             None => public.listen(listener)?,
         };
+        let announcer = Announcer::new(&settings, broker.clone(), metrics.clone());
         let admin_state = web::Data::new(Admin {
             broker: broker.clone(),
             metrics,
@@ -137,7 +141,7 @@ impl Application {
         let (public, admin) = (public.run(), admin.run());
         let mut tasks = Tasks::default();
         tasks.add(BROKER_TASK, broker.supervise());
-        let stop_draining = watch::Sender::new(false);
+        let stopping = watch::Sender::new(false);
         if let Some(spool) = &spool {
             tasks.add(
                 DRAIN_TASK,
@@ -145,9 +149,12 @@ impl Application {
                     spool.clone(),
                     publisher,
                     broker.clone(),
-                    stop_draining.subscribe(),
+                    stopping.subscribe(),
                 ),
             );
+        }
+        if let Some(announcer) = announcer {
+            tasks.add(ANNOUNCER_TASK, announcer.run(stopping.subscribe()));
         }
         Ok(Application {
             port,
@@ -157,7 +164,7 @@ impl Application {
             broker,
             spool,
             tasks,
-            stop_draining,
+            stopping,
         })
     }
 
@@ -190,7 +197,7 @@ impl Application {
             broker,
             spool,
             mut tasks,
-            stop_draining,
+            stopping,
             ..
         } = self;
         let public_handle = public.handle();
@@ -219,8 +226,9 @@ impl Application {
         info!("shutting down: finishing in-flight webhooks");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
-        stop_draining.send_replace(true);
+        stopping.send_replace(true);
         tasks.finish(DRAIN_TASK).await;
+        tasks.finish(ANNOUNCER_TASK).await;
         if let Some(spool) = &spool
             && !spool.is_empty()
         {

@@ -2,7 +2,8 @@
 //! `hookrelay accounts` lists, and what the relay rebuilds on start (no
 //! database of its own: the history stream is the record).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, btree_map};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::Serialize;
 
@@ -51,7 +52,38 @@ pub struct Entry {
     /// The latest event: its message id, routing key and `x-received-at`.
     pub last_event: LastEvent,
     #[serde(skip)]
-    seen: VecDeque<String>,
+    seen: Seen,
+}
+
+/// The message ids of an account's latest events, as 64-bit hashes in a
+/// ring: 72 bytes per account, where the ids themselves would take ten times
+/// that. A false match (an event taken for one already applied) needs two of
+/// eight ids of one account to share a 64-bit hash.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    ids: [u64; REMEMBERED_IDS],
+    next: usize,
+}
+
+impl Seen {
+    fn id(message_id: &str) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        message_id.hash(&mut hasher);
+        // 0 marks an empty slot.
+        hasher.finish().max(1)
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn with(mut self, id: Option<u64>) -> Seen {
+        if let Some(id) = id {
+            self.ids[self.next] = id;
+            self.next = (self.next + 1) % REMEMBERED_IDS;
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,51 +116,58 @@ impl Book {
     /// already applied.
     pub fn apply(&mut self, event: &Recorded) -> Option<(Key, Transition)> {
         let outcome = outcome(&event.routing_key)?;
-        let found = event.properties.headers().as_ref();
         let key = Key::of(event)?;
-        let message_id = event.message_id().unwrap_or_default();
-        let last_event = LastEvent {
-            message_id: message_id.clone(),
+        let message_id = event.message_id();
+        let seen = message_id.as_deref().map(Seen::id);
+        let last_event = || LastEvent {
+            message_id: message_id.clone().unwrap_or_default(),
             routing_key: event.routing_key.clone(),
             received_at: event.received_at_text(),
         };
-        let user_id = headers::text(found, USER_ID).unwrap_or_default();
-        let previous = self.accounts.get(&key);
-        let provider = provider(&event.body).or_else(|| previous.and_then(|e| e.provider.clone()));
-        if previous.is_some_and(|entry| !message_id.is_empty() && entry.seen.contains(&message_id))
-        {
-            return None;
-        }
-        let known = previous.map(|entry| Account {
-            state: entry.state.clone(),
-            streak: entry.streak,
-        });
-        let (account, transition) = Account::apply(known.as_ref(), &outcome, self.escalate_after);
-        let mut seen = previous.map(|entry| entry.seen.clone()).unwrap_or_default();
-        if !message_id.is_empty() {
-            if seen.len() == REMEMBERED_IDS {
-                seen.pop_front();
+        let user_id =
+            || headers::text(event.properties.headers().as_ref(), USER_ID).unwrap_or_default();
+        match self.accounts.entry(key) {
+            btree_map::Entry::Vacant(vacant) => {
+                let (account, transition) = Account::apply(None, &outcome, self.escalate_after);
+                let last_event = last_event();
+                let key = vacant.key().clone();
+                vacant.insert(Entry {
+                    key: key.clone(),
+                    user_id: user_id(),
+                    provider: provider(&event.body),
+                    state: account.state,
+                    streak: account.streak,
+                    since: last_event.received_at.clone(),
+                    last_event,
+                    seen: Seen::default().with(seen),
+                });
+                transition.map(|transition| (key, transition))
             }
-            seen.push_back(message_id);
+            btree_map::Entry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                if seen.is_some_and(|id| entry.seen.contains(id)) {
+                    return None;
+                }
+                let known = Account {
+                    state: entry.state.clone(),
+                    streak: entry.streak,
+                };
+                let (account, transition) =
+                    Account::apply(Some(&known), &outcome, self.escalate_after);
+                entry.last_event = last_event();
+                if transition.is_some() {
+                    entry.since = entry.last_event.received_at.clone();
+                }
+                entry.user_id = user_id();
+                if let Some(provider) = provider(&event.body) {
+                    entry.provider = Some(provider);
+                }
+                entry.state = account.state;
+                entry.streak = account.streak;
+                entry.seen = std::mem::take(&mut entry.seen).with(seen);
+                transition.map(|transition| (occupied.key().clone(), transition))
+            }
         }
-        let since = match (&transition, previous) {
-            (None, Some(entry)) => entry.since.clone(),
-            _ => last_event.received_at.clone(),
-        };
-        self.accounts.insert(
-            key.clone(),
-            Entry {
-                key: key.clone(),
-                user_id,
-                provider,
-                state: account.state,
-                streak: account.streak,
-                since,
-                last_event,
-                seen,
-            },
-        );
-        transition.map(|transition| (key, transition))
     }
 
     /// Every account, in key order.

@@ -5,12 +5,17 @@
 //! what it means: the user must reconnect, the sender's support must look at
 //! it, or nothing is needed. [`state`] holds the rule, as one pure function
 //! table-tested against the spec's sentences; [`book`](mod@book) folds the history's
-//! events into every account's state.
+//! events into every account's state; [`ledger`] adds what the announcer
+//! owes, and `announcer` (a task of the relay) publishes each change as an
+//! `account.<state>` message ([`AccountChange`](crate::wire::account::AccountChange)).
 
+pub(crate) mod announcer;
 pub mod book;
+pub mod ledger;
 pub mod state;
 
 pub use book::{Book, Entry, Key};
+pub use ledger::Ledger;
 pub use state::{Account, ContactReason, Outcome, ReconnectReason, State, Transition};
 
 use anyhow::Context;

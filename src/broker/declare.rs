@@ -157,6 +157,18 @@ impl Topology {
             }
         }
 
+        // Reported, not fatal, like the history: without it accounts are not
+        // announced, and webhooks are relayed all the same.
+        if let Some(accounts) = &self.accounts {
+            let queue = Object::Queue(accounts, self.accounts_queue_arguments());
+            let binding = Object::QueueBinding(accounts, &self.entry, "");
+            for object in [queue, binding] {
+                if let Some(conflict) = declarer.ensure(object, &mut report.created).await? {
+                    report.queue_conflicts.push(conflict.for_queue(accounts));
+                }
+            }
+        }
+
         for queue in &self.queues {
             let skipped = skip.contains(&queue.name) && declarer.queue_exists(&queue.name).await?;
             if skipped {

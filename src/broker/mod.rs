@@ -25,7 +25,7 @@ mod session;
 mod status;
 mod supervisor;
 
-pub use arguments::consumer_queue_arguments;
+pub use arguments::{ACCOUNTS_QUEUE_EXPIRES, consumer_queue_arguments};
 pub(crate) use connect::close_channel;
 pub use connect::{ConnectError, close, connect, with_tool_connection};
 pub(crate) use declare::refusal_text;

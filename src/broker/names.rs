@@ -6,6 +6,8 @@
 //! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
 //!                  ├─► stream <exchange>.history (with [history] on): every event, kept for days
 //!                  ├─► watchers (hookrelay tail, without history) bind here: they see everything, route nothing
+//!                  ├─► queue <exchange>.accounts (with [accounts] and [history] on): the announcer's
+//!                  │     work list, single active consumer across relays (accounts::announcer)
 //!                  └─► <exchange> (topic) ─► consumer queues ([[queues]], bound by routing key)
 //!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
 //!                                                          (fanout) ─► queue <exchange>.unrouted
@@ -47,6 +49,8 @@ pub struct Topology {
     /// The type of the relay's own queues and of retry tiers.
     pub(super) queue_type: QueueType,
     pub(super) history: Option<HistoryStream>,
+    /// The queue of every event the account announcer has still to fold, when on.
+    pub(super) accounts: Option<String>,
     /// Own queues this broker holds in an earlier version's form: declared
     /// that way from then on, so RabbitMQ does not log a refusal at every check.
     pub(super) outdated: Arc<Mutex<HashSet<String>>>,
@@ -74,9 +78,10 @@ impl Topology {
     pub fn of(settings: &Settings) -> Topology {
         let topology = Topology::new(&settings.amqp.exchange, &settings.queues)
             .with_queue_type(settings.amqp.queue_type);
-        match settings.history.enabled {
-            true => topology.with_history(&settings.history),
-            false => topology,
+        match (settings.history.enabled, settings.accounts.enabled) {
+            (true, true) => topology.with_history(&settings.history).with_accounts(),
+            (true, false) => topology.with_history(&settings.history),
+            (false, _) => topology,
         }
     }
 
@@ -91,6 +96,7 @@ impl Topology {
             queues: queues.to_vec(),
             queue_type: QueueType::Classic,
             history: None,
+            accounts: None,
             outdated: Arc::default(),
         }
     }
@@ -109,6 +115,18 @@ impl Topology {
             max_bytes: settings.max_bytes.as_u64(),
         });
         self
+    }
+
+    /// With the account announcer's queue `<exchange>.accounts`: account
+    /// states are folded from the history, so only with it.
+    pub fn with_accounts(mut self) -> Topology {
+        self.accounts = Some(format!("{}.accounts", self.exchange));
+        self
+    }
+
+    /// The account announcer's queue, when accounts and the history are on.
+    pub fn accounts_queue(&self) -> Option<&str> {
+        self.accounts.as_deref()
     }
 
     /// The history stream, when the history is on.
@@ -181,6 +199,7 @@ impl Topology {
             &self.quarantine,
         ];
         queues.extend(self.history_stream());
+        queues.extend(self.accounts_queue());
         queues
     }
 
@@ -189,6 +208,7 @@ impl Topology {
     pub fn reported_queues(&self) -> Vec<&str> {
         let mut queues: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
         queues.extend(self.history_stream());
+        queues.extend(self.accounts_queue());
         queues
     }
 

@@ -45,6 +45,8 @@ pub const REPLAYED_FROM: &str = "x-replayed-from";
 pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 /// Its routing key as the relay published it, once it travelled another way.
 pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// On an `account.*` message: the `message_id` of the event that changed the account's state.
+pub const CAUSED_BY: &str = "x-caused-by";
 
 /// RabbitMQ's: every time the message died, newest first.
 pub const DEATH: &str = "x-death";

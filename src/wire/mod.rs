@@ -1,6 +1,7 @@
 //! The wire protocol: what a message of hookrelay's looks like on RabbitMQ,
 //! for the relay, its tools and every consumer.
 //!
+//! * [`account`]: the `account.*` message, one per change of an account's state.
 //! * [`headers`]: every header name, and typed readers for them.
 //! * [`envelope`]: the message the relay publishes for a webhook.
 //! * [`contract`]: the same as Rust types, from which `docs/asyncapi.yaml`
@@ -9,6 +10,7 @@
 //! * [`death`]: reading `x-death`, and the headers of a replayed dead letter.
 //! * [`retry`]: the retry protocol between a consumer and its retry tiers.
 
+pub mod account;
 pub mod contract;
 pub mod death;
 pub mod envelope;

@@ -451,6 +451,16 @@ impl TestApp {
         result
     }
 
+    /// Stops the relay gracefully and leaves what it declared, for a test
+    /// with several relays on one exchange (the last one `stop`s).
+    pub(crate) async fn stop_without_cleaning(mut self) {
+        self.stopped = true;
+        self.shutdown_relay()
+            .await
+            .expect("the relay stops cleanly");
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+
     /// Signals shutdown and waits for `run_until_stopped` to return.
     pub(crate) async fn shutdown_relay(&mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {

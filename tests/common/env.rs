@@ -19,7 +19,9 @@ pub(crate) struct RelayEnv(BTreeMap<String, String>);
 impl RelayEnv {
     /// What every test relay needs: one client id, senders on 127.0.0.1, an
     /// exchange of its own (so tests run side by side on one broker), its own
-    /// spool file, and the broker at `amqp_uri`.
+    /// spool file, and the broker at `amqp_uri`. Account announcements are
+    /// off: they would add `account.*` messages to every test's history and
+    /// unrouted queue; the tests of accounts turn them on.
     pub(crate) fn new(client_id: &str, exchange: &str, spool: &Path, amqp_uri: &str) -> RelayEnv {
         let spool = spool.to_str().expect("a UTF-8 temp dir");
         RelayEnv(BTreeMap::new())
@@ -28,6 +30,7 @@ impl RelayEnv {
             .set("HOOKRELAY__AMQP__URI", amqp_uri)
             .set("HOOKRELAY__AMQP__EXCHANGE", exchange)
             .set("HOOKRELAY__SPOOL__PATH", spool)
+            .set("HOOKRELAY__ACCOUNTS__ENABLED", "false")
     }
 
     pub(crate) fn set(mut self, key: &str, value: impl Into<String>) -> RelayEnv {
