@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::Context;
 use clap::Parser;
 use hookrelay::config::Settings;
-use hookrelay::consumer::{Consumer, Incoming, Outcome};
+use hookrelay::consumer::{Consumer, Incoming, Outcome, Received};
 use tokio::sync::Notify;
 
 #[derive(Debug, Parser)]
@@ -90,7 +90,20 @@ fn handle(incoming: &Incoming, broken: bool) -> Outcome {
         println!("rejected {id}: simulated bug");
         return Outcome::DeadLetter("simulated bug".to_owned());
     }
-    let event = &incoming.event;
+    let event = match &incoming.received {
+        Received::Event(event) => event,
+        // A queue bound to `account.*`: one message per change of an
+        // account's state, not one per daily sync.
+        Received::AccountChange(change) => {
+            println!(
+                "{id}: account {} of user {} is now {}",
+                change.account_id,
+                change.user_id,
+                change.state.as_str()
+            );
+            return Outcome::Ack;
+        }
+    };
     let (user, account) = (event.user_id(), event.account_id());
     let replays = match incoming.replays {
         0 => String::new(),

@@ -4,15 +4,22 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use hookrelay::config::Settings;
-//! use hookrelay::consumer::{Consumer, Outcome};
+//! use hookrelay::consumer::{Consumer, Outcome, Received};
 //!
 //! let settings = Settings::load(Some("relay.toml".as_ref()))?;
 //! Consumer::new(&settings, "reprompt-credentials")?
 //!     .run(
 //!         |incoming| async move {
-//!             match incoming.event.error_code().map(|code| code.as_str()) {
-//!                 Some("LoginFailedError") => Outcome::Ack, // ask the user to reconnect
-//!                 _ => Outcome::DeadLetter("not for this consumer".to_owned()),
+//!             match &incoming.received {
+//!                 Received::Event(event) => match event.error_code().map(|code| code.as_str()) {
+//!                     Some("LoginFailedError") => Outcome::Ack, // ask the user to reconnect
+//!                     _ => Outcome::DeadLetter("not for this consumer".to_owned()),
+//!                 },
+//!                 // A queue bound to `account.needs_reconnect`: asked once, not daily.
+//!                 Received::AccountChange(change) => {
+//!                     println!("ask user {} to reconnect {}", change.user_id, change.account_id);
+//!                     Outcome::Ack
+//!                 }
 //!             }
 //!         },
 //!         tokio::signal::ctrl_c(),
@@ -63,6 +70,7 @@ use tracing::{info, warn};
 use crate::broker::{self, Outgoing, Topology, publish_confirmed};
 use crate::config::{QueueSettings, Settings};
 use crate::event::Event;
+use crate::wire::account::{self, AccountChange};
 use crate::wire::death::replay_count;
 use crate::wire::headers::{self, ORIGINAL_ROUTING_KEY, RECEIVED_AT};
 use crate::wire::retry::{retry_attempt, retry_headers, tier_queue};
@@ -86,12 +94,22 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
-/// One event, as the handler gets it.
+/// What a message holds: an event (`sync.*`) or an account's change of
+/// state (`account.*`), whichever the queue is bound to.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// A webhook, parsed with the relay's own rules.
+    Event(Event),
+    /// What the events of one account mean: one message per change.
+    AccountChange(AccountChange),
+}
+
+/// One message, as the handler gets it.
 #[derive(Debug, Clone)]
 pub struct Incoming {
-    /// The event, parsed with the relay's own rules.
-    pub event: Event,
-    /// The body as the sender sent it, byte for byte.
+    pub received: Received,
+    /// The body as it was published: for an event, as the sender sent it,
+    /// byte for byte.
     pub body: Bytes,
     pub message_id: String,
     /// The routing key it was first published with (`sync.error.…`), also
@@ -366,14 +384,43 @@ impl Consumer {
     }
 }
 
-/// The event and its metadata; `Err` with a reason for a body that is not one.
+impl Incoming {
+    /// The event, when the message is one.
+    pub fn event(&self) -> Option<&Event> {
+        match &self.received {
+            Received::Event(event) => Some(event),
+            Received::AccountChange(_) => None,
+        }
+    }
+
+    /// The change of an account's state, when the message is one.
+    pub fn account_change(&self) -> Option<&AccountChange> {
+        match &self.received {
+            Received::AccountChange(change) => Some(change),
+            Received::Event(_) => None,
+        }
+    }
+}
+
+/// The message and its metadata; `Err` with a reason for a body that is
+/// neither an event nor an account change.
 fn incoming(delivery: &Delivery) -> Result<Incoming, String> {
     let headers = delivery.properties.headers().as_ref();
-    let event = Event::parse(&delivery.data).map_err(|err| format!("not an event: {err}"))?;
+    let published_as = headers::text(headers, ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivery.routing_key.to_string());
+    let (received, routing_key) = if published_as.starts_with(account::ROUTING_PREFIX) {
+        let change: AccountChange = serde_json::from_slice(&delivery.data)
+            .map_err(|err| format!("not an account change: {err}"))?;
+        (Received::AccountChange(change), published_as)
+    } else {
+        let event = Event::parse(&delivery.data).map_err(|err| format!("not an event: {err}"))?;
+        let routing_key = headers::text(headers, ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| event.routing_key().as_str().to_owned());
+        (Received::Event(event), routing_key)
+    };
     Ok(Incoming {
-        routing_key: headers::text(headers, ORIGINAL_ROUTING_KEY)
-            .unwrap_or_else(|| event.routing_key().as_str().to_owned()),
-        event,
+        routing_key,
+        received,
         body: Bytes::from(delivery.data.clone()),
         message_id: delivery
             .properties

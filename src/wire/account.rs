@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::contract::{AppId, ContentType};
 use super::headers::{ACCOUNT_ID, CAUSED_BY, CLIENT_ID, USER_ID, set_text};
 
 /// Every `account.*` routing key starts with this.
@@ -96,6 +97,45 @@ pub struct AccountChange {
     /// The `message_id` of the `sync.*` event that caused the change (also
     /// the `x-caused-by` header).
     pub caused_by: String,
+}
+
+/// The AMQP headers of an `account.*` message as the relay publishes it
+/// ([`HEADERS`]). Like every message, one a consumer dead-letters or an
+/// operator replays also carries RabbitMQ's `x-death` headers and
+/// `x-replay-count`, `x-original-exchange`, `x-original-routing-key`
+/// (see the events' `Headers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountHeaders {
+    /// The client id of the account's events.
+    #[serde(rename = "x-client-id")]
+    pub client_id: String,
+    #[serde(rename = "account-id")]
+    pub account_id: String,
+    #[serde(rename = "user-id")]
+    pub user_id: String,
+    /// The `message_id` of the `sync.*` event that caused the change.
+    #[serde(rename = "x-caused-by")]
+    pub caused_by: String,
+}
+
+/// The AMQP basic properties of an `account.*` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountProperties {
+    /// A UUIDv5 of the cause and the new state: the same whichever relay
+    /// announces the change. De-duplicate on it, as on an event's.
+    #[schemars(
+        extend("format" = "uuid"),
+        regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    )]
+    pub message_id: String,
+    /// When the relay announced it, in seconds since the epoch.
+    #[schemars(with = "i64", range(min = 0))]
+    pub timestamp: u64,
+    pub content_type: ContentType,
+    pub app_id: AppId,
+    /// Persistent.
+    #[schemars(with = "i64", range(min = 2, max = 2))]
+    pub delivery_mode: u8,
 }
 
 impl AccountChange {

@@ -14,6 +14,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::account::{AccountChange, AccountHeaders, AccountProperties};
 use super::headers::{
     ACCOUNT_ID, CLIENT_ID, ERROR, ERROR_KNOWN, HOOK, RECEIVED_AT, SOURCE_IP, USER_ID,
 };
@@ -320,7 +321,7 @@ fn count(_: &mut SchemaGenerator) -> Schema {
 
 /// What a consumer must know and AsyncAPI has no field for: the document's
 /// description.
-const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. The names use the default `amqp.exchange`, `webhooks`: with another, replace it everywhere.\n\n**Where events are.** The relay publishes every event to the fanout exchange `webhooks.in` (the `entry` channel), which feeds the topic exchange `webhooks` (and the history stream `webhooks.history`). Bind your queue to `webhooks` with the routing keys you want: `sync.account`, `sync.error.<code>` (`sync.error.*`, `sync.#`).\n\n**Which routing key.** A message sent to one queue (back from a retry tier, or by `hookrelay replay`) arrives with that queue's name as its routing key; it then carries `x-original-routing-key` (and `x-original-exchange`, the entry exchange). Dispatch on `x-original-routing-key` when it is there, else on the routing key.\n\n**At least once: de-duplicate on `message_id`.** Record an id once you have *handled* the event, not when you receive it: a replayed dead letter keeps its id, and recording on receipt would throw the replay away. Keep ids at least as long as the relay's history (`history.max_age`, 7 days by default): `hookrelay replay --from-history` can bring back ids that old.\n\n**Order.** Events reach a queue in the order the relay accepted them (webhooks in flight at the same moment have no order between them), except that a message that travelled again (from a retry tier, a replay, or a retry by the relay after RabbitMQ refused it) arrives after later ones. There is no sequence number per account: to order one account's events compare `x-received-at` (milliseconds) or `message_id` (a UUIDv7, time-ordered to the millisecond); `timestamp` has whole seconds only.\n\n**Acknowledge, retry, dead-letter.** Handled: ack. Failed for now (a dependency down): publish a copy (same body and properties, persistent) to the default exchange with routing key `<queue>.retry.<n>`, header `x-retry-attempt` = n (one more than the message's own, from 1) and `x-original-exchange`/`x-original-routing-key` kept or set, wait for the publisher confirm, then ack the original; after the tier's delay RabbitMQ puts the copy back into `<queue>` (with `x-death`). Learn how many tiers your queue has by declaring `<queue>.retry.1`, `.2`, … passively until one does not exist. Past the last tier, or for what you cannot handle: reject without requeue, and RabbitMQ dead-letters it into `webhooks.dead-letter`, where an operator replays it to your queue once fixed.\n\n**Unknown error codes.** The sender adds codes over time; an unknown one is routed like any (`sync.error.<code>`) with `x-error-known: false`. Treat it as `UnknownConnectorError` (the account needs the sender's support): handle or ack it, do not retry it.\n\nGenerated from hookrelay's Rust types (src/wire/contract.rs): do not edit by hand.";
+const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. The names use the default `amqp.exchange`, `webhooks`: with another, replace it everywhere.\n\n**Where events are.** The relay publishes every event to the fanout exchange `webhooks.in` (the `entry` channel), which feeds the topic exchange `webhooks` (and the history stream `webhooks.history`). Bind your queue to `webhooks` with the routing keys you want: `sync.account`, `sync.error.<code>` (`sync.error.*`, `sync.#`).\n\n**Which routing key.** A message sent to one queue (back from a retry tier, or by `hookrelay replay`) arrives with that queue's name as its routing key; it then carries `x-original-routing-key` (and `x-original-exchange`, the entry exchange). Dispatch on `x-original-routing-key` when it is there, else on the routing key.\n\n**At least once: de-duplicate on `message_id`.** Record an id once you have *handled* the event, not when you receive it: a replayed dead letter keeps its id, and recording on receipt would throw the replay away. Keep ids at least as long as the relay's history (`history.max_age`, 7 days by default): `hookrelay replay --from-history` can bring back ids that old.\n\n**Order.** Events reach a queue in the order the relay accepted them (webhooks in flight at the same moment have no order between them), except that a message that travelled again (from a retry tier, a replay, or a retry by the relay after RabbitMQ refused it) arrives after later ones. There is no sequence number per account: to order one account's events compare `x-received-at` (milliseconds) or `message_id` (a UUIDv7, time-ordered to the millisecond); `timestamp` has whole seconds only.\n\n**Acknowledge, retry, dead-letter.** Handled: ack. Failed for now (a dependency down): publish a copy (same body and properties, persistent) to the default exchange with routing key `<queue>.retry.<n>`, header `x-retry-attempt` = n (one more than the message's own, from 1) and `x-original-exchange`/`x-original-routing-key` kept or set, wait for the publisher confirm, then ack the original; after the tier's delay RabbitMQ puts the copy back into `<queue>` (with `x-death`). Learn how many tiers your queue has by declaring `<queue>.retry.1`, `.2`, … passively until one does not exist. Past the last tier, or for what you cannot handle: reject without requeue, and RabbitMQ dead-letters it into `webhooks.dead-letter`, where an operator replays it to your queue once fixed.\n\n**What it means for the account: `account.<state>`.** Besides one `sync.*` message per webhook, the relay publishes one `account.<state>` message per change of an account's state (`ok`, `needs_reconnect`, `retrying`, `contact_provider`, `unknown`), folded from the account's events by the sender's spec: bind `account.needs_reconnect` rather than `sync.error.LoginFailedError` to ask a user once, not daily. Its body is JSON the relay writes (never `loginName`); `caused_by` (and the header `x-caused-by`) is the event's `message_id`; its own `message_id` is a UUIDv5, the same whichever relay announces it. Each change is announced once, in the order of the account's events; an account silent for longer than the history keeps events starts again from `previous_state: null`. A key no queue binds lands in `webhooks.unrouted`, as any key does.\n\n**Unknown error codes.** The sender adds codes over time; an unknown one is routed like any (`sync.error.<code>`) with `x-error-known: false`. Treat it as `UnknownConnectorError` (the account needs the sender's support): handle or ack it, do not retry it.\n\nGenerated from hookrelay's Rust types (src/wire/contract.rs): do not edit by hand.";
 
 /// The AsyncAPI 3.0 document of the events published through `exchange`
 /// (its entry fanout `<exchange>.in` and the topic exchange itself), with
@@ -341,6 +342,15 @@ pub fn asyncapi(exchange: &str) -> Value {
         ("SyncError", generator.subschema_for::<SyncError>()),
         ("Headers", generator.subschema_for::<Headers>()),
         ("Properties", generator.subschema_for::<Properties>()),
+        ("AccountChange", generator.subschema_for::<AccountChange>()),
+        (
+            "AccountHeaders",
+            generator.subschema_for::<AccountHeaders>(),
+        ),
+        (
+            "AccountProperties",
+            generator.subschema_for::<AccountProperties>(),
+        ),
     ] {
         // Named types come back as references to their definitions.
         if schema.get("$ref").is_none() {
@@ -445,6 +455,14 @@ pub fn asyncapi(exchange: &str) -> Value {
                 "messages": {"syncError": {"$ref": "#/components/messages/SyncError"}},
                 "bindings": topic,
             },
+            "accountChange": {
+                "address": "account.{state}",
+                "title": "An account's state changed",
+                "description": "What the sender's outcomes mean for one account, published by the relay once per change (with `[accounts]` and `[history]` on, the default): five daily `LoginFailedError`s of an account are one `account.needs_reconnect`. Bind `account.needs_reconnect` to ask users to reconnect, `account.contact_provider` to open a ticket with the sender's support (with the account id), `account.#` for all.",
+                "parameters": {"state": {"description": "The new state: `ok`, `needs_reconnect` (the user must reconnect: `reason` credentials or verification), `retrying` (temporary failures, which the sender retries by itself), `contact_provider` (the sender's support must look at it: `reason` repeated_temporary_failures or connector_error), `unknown` (an error code the sender does not document yet: `code`)."}},
+                "messages": {"accountChange": {"$ref": "#/components/messages/AccountChange"}},
+                "bindings": topic,
+            },
             "retryTier": {
                 "address": "{queue}.retry.{n}",
                 "title": "A retry tier of a consumer queue",
@@ -477,6 +495,12 @@ pub fn asyncapi(exchange: &str) -> Value {
                 "messages": [{"$ref": "#/channels/syncError/messages/syncError"}],
                 "bindings": receive_binding,
             },
+            "receiveAccountChange": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/accountChange"},
+                "messages": [{"$ref": "#/channels/accountChange/messages/accountChange"}],
+                "bindings": receive_binding,
+            },
             "sendToRetryTier": {
                 "action": "send",
                 "title": "Retry a message later",
@@ -492,6 +516,16 @@ pub fn asyncapi(exchange: &str) -> Value {
             "messages": {
                 "SyncAccount": message("SyncAccount", "An account synced successfully."),
                 "SyncError": message("SyncError", "An account failed to sync; `error` says why."),
+                "AccountChange": {
+                    "name": "AccountChange",
+                    "title": "AccountChange",
+                    "summary": "An account's state changed; the body says from what, to what, and which event caused it.",
+                    "contentType": "application/json",
+                    "headers": {"$ref": "#/components/schemas/AccountHeaders"},
+                    "payload": {"$ref": "#/components/schemas/AccountChange"},
+                    "x-amqp-properties": {"$ref": "#/components/schemas/AccountProperties"},
+                    "bindings": {"amqp": {"messageType": "AccountChange", "bindingVersion": "0.3.0"}},
+                },
             },
             "schemas": schemas,
         },

@@ -16,9 +16,19 @@ type Seen = Arc<Mutex<Vec<(u32, Instant, Incoming)>>>;
 
 /// A relay whose queue `<exchange>.reprompt` has retry tiers of `delays`.
 async fn relay(kind: QueueType, delays: &[Duration]) -> (TestApp, QueueSettings) {
-    let mut settings = test_settings(&[]);
+    relay_bound(&[], "sync.error.#", kind, delays).await
+}
+
+/// A relay with `env`, whose queue `<exchange>.reprompt` is bound to `pattern`.
+async fn relay_bound(
+    env: &[(&str, &str)],
+    pattern: &str,
+    kind: QueueType,
+    delays: &[Duration],
+) -> (TestApp, QueueSettings) {
+    let mut settings = test_settings(env);
     let name = format!("{}.reprompt", settings.amqp.exchange);
-    let mut queue = QueueSettings::new(&name, &["sync.error.#"], kind);
+    let mut queue = QueueSettings::new(&name, &[pattern], kind);
     queue.retry = delays.to_vec();
     settings.queues = vec![queue.clone()];
     let app = spawn_app_unready(settings).await;
@@ -89,7 +99,7 @@ async fn a_handler_that_fails_twice_succeeds_on_attempt_3_after_both_delays() {
             "the first route, kept"
         );
         assert_eq!(
-            incoming.event.error_code().unwrap().as_str(),
+            incoming.event().unwrap().error_code().unwrap().as_str(),
             "LoginFailedError"
         );
     }
@@ -210,5 +220,47 @@ async fn a_message_that_keeps_crashing_its_consumer_ends_in_the_dead_letters() {
         .unwrap()
         .to_owned();
     assert!(first.contains("delivery_limit in"), "{first}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_of_account_changes_gets_each_one_typed_once() {
+    let accounts_on = [("HOOKRELAY__ACCOUNTS__ENABLED", "true")];
+    let (app, queue) = relay_bound(
+        &accounts_on,
+        "account.needs_reconnect",
+        QueueType::Quorum,
+        &[],
+    )
+    .await;
+    let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Ack);
+
+    let first = app.send(sync_error("LoginFailedError")).await;
+    app.send(sync_error("LoginFailedError")).await;
+    app.send(sync_error("SecurityQuestionError")).await;
+
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            seen.lock().unwrap().len() == 2
+        })
+        .await,
+        "two changes: credentials, then verification"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let change = seen[0].2.account_change().expect("an account change");
+    assert_eq!(seen[0].2.routing_key, "account.needs_reconnect");
+    assert_eq!(change.caused_by, first);
+    assert_eq!(change.account_id, "acct-1");
+    assert!(seen[0].2.event().is_none());
+    let reasons: Vec<_> = seen
+        .iter()
+        .map(|(.., incoming)| {
+            serde_json::to_value(incoming.account_change().unwrap().reason).unwrap()
+        })
+        .collect();
+    assert_eq!(reasons, ["credentials", "verification"]);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(app.depth(&queue.name).await, 0, "acknowledged");
     app.stop().await.unwrap();
 }

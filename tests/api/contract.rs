@@ -268,3 +268,52 @@ async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_way
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_account_change_matches_the_contract_both_ways() {
+    use hookrelay::wire::account::{AccountChange, AccountHeaders, AccountProperties, HEADERS};
+
+    let app = crate::helpers::spawn_app(&[("HOOKRELAY__ACCOUNTS__ENABLED", "true")]).await;
+    let queue = app.bind_queue(&["account.#"]).await;
+    let caused_by = app.send(sync_error("LoginFailedError")).await;
+
+    let message = taken(&app, &queue, "an account change").await;
+
+    assert_eq!(
+        message.delivery.routing_key.as_str(),
+        "account.needs_reconnect"
+    );
+    let properties = &message.delivery.properties;
+    let headers = hookrelay::watch::render::headers(properties.headers().as_ref());
+    let names: BTreeSet<&str> = headers
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(HEADERS),
+        "exactly the contract's headers"
+    );
+    let parsed: AccountHeaders = serde_json::from_value(headers.clone()).unwrap();
+    assert_eq!(parsed.caused_by, caused_by);
+    let props = json!({
+        "message_id": properties.message_id().as_ref().map(std::string::ToString::to_string),
+        "timestamp": properties.timestamp(),
+        "content_type": properties.content_type().as_ref().map(std::string::ToString::to_string),
+        "app_id": properties.app_id().as_ref().map(std::string::ToString::to_string),
+        "delivery_mode": properties.delivery_mode(),
+    });
+    let _: AccountProperties = serde_json::from_value(props.clone())
+        .unwrap_or_else(|err| panic!("properties outside the contract: {err}\n{props}"));
+    let id = props["message_id"].as_str().unwrap();
+    assert_eq!(id.as_bytes()[14], b'5', "a UUIDv5 message_id: {id}");
+    // Every field of the body is in the contract, and every field of the
+    // contract in the body.
+    let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    let change: AccountChange = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&change).unwrap(), body);
+    assert!(!String::from_utf8_lossy(&message.delivery.data).contains("alice@example.com"));
+    app.stop().await.unwrap();
+}
