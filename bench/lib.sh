@@ -28,7 +28,7 @@ TOML
 # EXCHANGE, on the broker rabbitmqctl reaches.
 delete_topology() {
   local q x
-  for q in all unrouted dead-letter quarantine history; do rabbitmqctl -q delete_queue "$1.$q" >/dev/null 2>&1 || true; done
+  for q in all unrouted dead-letter quarantine history accounts; do rabbitmqctl -q delete_queue "$1.$q" >/dev/null 2>&1 || true; done
   # rabbitmqctl has no delete_exchange: ask the broker's own function.
   for x in "" .in .unrouted .dlx; do
     rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$1$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true

@@ -216,9 +216,11 @@ single() {
   within 240 ready "$ADMIN" || fail "/readyz did not say ready: $(curl -s "$ADMIN/readyz")"
   curl -s "$ADMIN/readyz"; echo
 
-  step "every kind of webhook from the host, read back from RabbitMQ through a consumer queue"
+  step "every kind of webhook from the host, read back from RabbitMQ through a consumer queue; what they mean for the account, through another"
   ui PUT /queues/%2F/compose-check -d '{"durable":true}' >/dev/null
-  ui POST /bindings/%2F/e/webhooks/q/compose-check -d '{"routing_key":"#"}' >/dev/null
+  ui POST /bindings/%2F/e/webhooks/q/compose-check -d '{"routing_key":"sync.#"}' >/dev/null
+  ui PUT /queues/%2F/compose-check-accounts -d '{"durable":true}' >/dev/null
+  ui POST /bindings/%2F/e/webhooks/q/compose-check-accounts -d '{"routing_key":"account.#"}' >/dev/null
   local kinds=(SyncAccount LoginFailedError SecurityQuestionError TemporaryFailureError
     UnhandledConnectorError UnknownConnectorError BrandNewError)
   for kind in "${kinds[@]}"; do
@@ -230,6 +232,17 @@ single() {
   want="sync.account sync.error.BrandNewError sync.error.LoginFailedError sync.error.SecurityQuestionError sync.error.TemporaryFailureError sync.error.UnhandledConnectorError sync.error.UnknownConnectorError"
   [ "$got" = "$want" ] || fail "routing keys read back: $got"
   echo "read back: $got"
+  # All seven were about one account (a-0): six changes of its state, one
+  # message each (the temporary failure changed nothing: it still needed a
+  # reconnect). The announcer publishes them after the events, so wait.
+  within 60 queue_holds compose-check-accounts 6 ||
+    fail "compose-check-accounts holds $(queue_messages compose-check-accounts) account changes, not 6"
+  got=$(ui POST /queues/%2F/compose-check-accounts/get -d '{"count":100,"ackmode":"ack_requeue_false","encoding":"auto"}' |
+    python3 -c 'import json, sys; print(" ".join(m["routing_key"] for m in json.load(sys.stdin)))')
+  want="account.ok account.needs_reconnect account.needs_reconnect account.contact_provider account.contact_provider account.unknown"
+  [ "$got" = "$want" ] || fail "account changes read back: $got"
+  echo "account changes, in order: $got"
+  ui DELETE /queues/%2F/compose-check-accounts >/dev/null
   reason=$(ui POST /queues/%2F/webhooks.quarantine/get -d '{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}' |
     python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["properties"]["headers"]["x-quarantine-reason"])')
   [ -n "$reason" ] || fail "the invalid body is not in webhooks.quarantine"
