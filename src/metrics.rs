@@ -317,8 +317,9 @@ impl Metrics {
         let accounts_announcing = Gauge::default();
         registry.register(
             "accounts_announcing",
-            "1 while this relay is the one announcing account changes (one relay at a time \
-             consumes <exchange>.accounts); 0 while another does, or it is not connected",
+            "1 while this relay is the one announcing account changes (RabbitMQ gives \
+             <exchange>.accounts to one relay at a time; a relay knows it is the one at its \
+             first event); 0 while another is, or it is not connected",
             accounts_announcing.clone(),
         );
         Metrics {

@@ -218,13 +218,14 @@ fn outcome(routing_key: &str) -> Option<Outcome> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use lapin::BasicProperties;
     use lapin::types::FieldTable;
 
     use super::*;
 
-    fn event(id: &str, account: &str, routing_key: &str) -> Recorded {
+    /// An event of `account`, as the history holds it.
+    pub(in crate::accounts) fn event(id: &str, account: &str, routing_key: &str) -> Recorded {
         let mut found = FieldTable::default();
         headers::set_text(&mut found, CLIENT_ID, "app-1");
         headers::set_text(&mut found, ACCOUNT_ID, account);

@@ -147,25 +147,11 @@ fn reason(state: &State) -> Option<Reason> {
 
 #[cfg(test)]
 mod tests {
-    use lapin::BasicProperties;
-    use lapin::types::FieldTable;
-
     use super::*;
-    use crate::wire::headers::{self, ACCOUNT_ID, CLIENT_ID, USER_ID};
+    use crate::accounts::book::tests::event as of_account;
 
     fn event(id: &str, routing_key: &str) -> Recorded {
-        let mut found = FieldTable::default();
-        headers::set_text(&mut found, CLIENT_ID, "app-1");
-        headers::set_text(&mut found, ACCOUNT_ID, "a-1");
-        headers::set_text(&mut found, USER_ID, "u-1");
-        Recorded {
-            offset: 0,
-            routing_key: routing_key.to_owned(),
-            properties: BasicProperties::default()
-                .with_message_id(id.into())
-                .with_headers(found),
-            body: br#"{"account":{"id":"a-1","provider":"Bank"}}"#.to_vec(),
-        }
+        of_account(id, "a-1", routing_key)
     }
 
     fn announcement(of: &AccountChange) -> Recorded {
@@ -230,11 +216,11 @@ mod tests {
     fn owed_changes_are_bounded_keeping_the_newest() {
         let mut ledger = Ledger::new(3);
         for n in 0..=MAX_OWED {
-            let mut e = event(&format!("e-{n}"), "sync.account");
-            let mut found = e.properties.headers().clone().unwrap();
-            headers::set_text(&mut found, ACCOUNT_ID, &format!("a-{n}"));
-            e.properties = e.properties.with_headers(found);
-            ledger.fold(&e);
+            ledger.fold(&of_account(
+                &format!("e-{n}"),
+                &format!("a-{n}"),
+                "sync.account",
+            ));
         }
         assert_eq!(ledger.owed(), MAX_OWED);
         assert!(!ledger.owed.contains_key("e-0"), "the oldest went first");

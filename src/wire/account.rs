@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::contract::{AppId, ContentType};
+use super::contract::Persistent;
 use super::headers::{ACCOUNT_ID, CAUSED_BY, CLIENT_ID, USER_ID, set_text};
 
 /// Every `account.*` routing key starts with this.
@@ -128,14 +128,8 @@ pub struct AccountProperties {
         regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
     )]
     pub message_id: String,
-    /// When the relay announced it, in seconds since the epoch.
-    #[schemars(with = "i64", range(min = 0))]
-    pub timestamp: u64,
-    pub content_type: ContentType,
-    pub app_id: AppId,
-    /// Persistent.
-    #[schemars(with = "i64", range(min = 2, max = 2))]
-    pub delivery_mode: u8,
+    #[serde(flatten)]
+    pub persistent: Persistent,
 }
 
 impl AccountChange {

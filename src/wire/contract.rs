@@ -292,7 +292,16 @@ pub struct Properties {
         regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
     )]
     pub message_id: String,
-    /// When the relay received it, in seconds since the epoch.
+    #[serde(flatten)]
+    pub persistent: Persistent,
+}
+
+/// The AMQP basic properties every message of the relay's carries beside
+/// its `message_id`: an event's and an account change's alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Persistent {
+    /// When the relay received the webhook (for an account change: when it
+    /// announced it), in seconds since the epoch.
     #[schemars(with = "i64", range(min = 0))]
     pub timestamp: u64,
     pub content_type: ContentType,

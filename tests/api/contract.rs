@@ -40,13 +40,7 @@ fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
     if parsed.hook == Hook::SyncAccount {
         assert!(headers.get("error").is_none() && headers.get("x-error-known").is_none());
     }
-    let props = json!({
-        "message_id": properties.message_id().as_ref().map(std::string::ToString::to_string),
-        "timestamp": properties.timestamp(),
-        "content_type": properties.content_type().as_ref().map(std::string::ToString::to_string),
-        "app_id": properties.app_id().as_ref().map(std::string::ToString::to_string),
-        "delivery_mode": properties.delivery_mode(),
-    });
+    let props = properties_json(properties);
     let _: Properties = serde_json::from_value(props.clone())
         .unwrap_or_else(|err| panic!("{kind}: properties outside the contract: {err}\n{props}"));
     let id = props["message_id"].as_str().unwrap_or_default();
@@ -58,6 +52,17 @@ fn fits(kind: &str, message: &BasicGetMessage) -> BTreeSet<String> {
         .as_object()
         .map(|h| h.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// The basic properties the contract describes, as JSON.
+fn properties_json(properties: &lapin::BasicProperties) -> Value {
+    json!({
+        "message_id": properties.message_id().as_ref().map(std::string::ToString::to_string),
+        "timestamp": properties.timestamp(),
+        "content_type": properties.content_type().as_ref().map(std::string::ToString::to_string),
+        "app_id": properties.app_id().as_ref().map(std::string::ToString::to_string),
+        "delivery_mode": properties.delivery_mode(),
+    })
 }
 
 /// A replayed message keeps the route the relay first gave it, whichever way
@@ -298,13 +303,7 @@ async fn an_account_change_matches_the_contract_both_ways() {
     );
     let parsed: AccountHeaders = serde_json::from_value(headers.clone()).unwrap();
     assert_eq!(parsed.caused_by, caused_by);
-    let props = json!({
-        "message_id": properties.message_id().as_ref().map(std::string::ToString::to_string),
-        "timestamp": properties.timestamp(),
-        "content_type": properties.content_type().as_ref().map(std::string::ToString::to_string),
-        "app_id": properties.app_id().as_ref().map(std::string::ToString::to_string),
-        "delivery_mode": properties.delivery_mode(),
-    });
+    let props = properties_json(properties);
     let _: AccountProperties = serde_json::from_value(props.clone())
         .unwrap_or_else(|err| panic!("properties outside the contract: {err}\n{props}"));
     let id = props["message_id"].as_str().unwrap();
