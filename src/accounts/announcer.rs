@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -39,6 +40,13 @@ use crate::wire::account::AccountChange;
 /// Events of the queue in flight at once: the announcer takes them one by
 /// one, this many are on their way.
 const PREFETCH: u16 = 200;
+/// Events handled before they are acknowledged together (one frame, not one
+/// per event): an announcer that stops before its ack leaves them in the
+/// queue, and the next one finds each folded (and its change, if any,
+/// announced) in the history.
+const ACK_EVERY: u32 = 100;
+/// How long the queue stays quiet before what was handled is acknowledged.
+const ACK_IDLE: Duration = Duration::from_millis(50);
 /// The pause before trying again, doubled up to the maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -52,6 +60,35 @@ pub(crate) struct Announcer {
     topology: Topology,
     broker: Broker,
     metrics: Metrics,
+}
+
+/// The latest event handled and not acknowledged yet, and how many are.
+#[derive(Default)]
+struct Acks {
+    last: Option<Acker>,
+    count: u32,
+}
+
+impl Acks {
+    fn handled(&mut self, acker: Acker) {
+        self.last = Some(acker);
+        self.count += 1;
+    }
+
+    fn pending(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Acknowledges every event handled so far.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(last) = self.last.take() {
+            last.ack(BasicAckOptions { multiple: true })
+                .await
+                .context("cannot acknowledge the events of the accounts queue")?;
+        }
+        self.count = 0;
+        Ok(())
+    }
 }
 
 /// Why a session with RabbitMQ ended.
@@ -175,38 +212,50 @@ impl Announcer {
         );
         reader.close().await;
 
-        self.handle(&channel, &mut ledger, first).await?;
+        let mut acks = Acks::default();
+        self.handle(&channel, &mut ledger, first, &mut acks).await?;
         loop {
             let delivery = tokio::select! {
                 delivery = consumer.next() => delivery,
-                _ = stop.changed() => return Ok(()),
+                // Nothing more for now: acknowledge what was handled.
+                () = tokio::time::sleep(ACK_IDLE), if acks.pending() => {
+                    acks.flush().await?;
+                    continue;
+                }
+                _ = stop.changed() => return acks.flush().await,
             };
             let delivery = delivery.context("RabbitMQ cancelled the consumer")??;
-            self.handle(&channel, &mut ledger, delivery).await?;
+            self.handle(&channel, &mut ledger, delivery, &mut acks)
+                .await?;
         }
     }
 
     /// Applies one event of the queue; announces the change it made, then
-    /// acknowledges it.
+    /// acknowledges it (with the events before it, in one frame).
     async fn handle(
         &self,
         channel: &Channel,
         ledger: &mut Ledger,
         delivery: Delivery,
+        acks: &mut Acks,
     ) -> anyhow::Result<()> {
         let event = Recorded {
             offset: 0,
             routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties.clone(),
-            body: delivery.data.clone(),
+            properties: delivery.properties,
+            body: delivery.data,
         };
-        if let Some(change) = ledger.take(&event) {
-            self.publish(channel, &change).await?;
+        let announced = match ledger.take(&event) {
+            Some(change) => {
+                self.publish(channel, &change).await?;
+                true
+            }
+            None => false,
+        };
+        acks.handled(delivery.acker);
+        if announced || acks.count >= ACK_EVERY {
+            acks.flush().await?;
         }
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .context("cannot acknowledge an event of the accounts queue")?;
         Ok(())
     }
 

@@ -41,7 +41,9 @@ pub struct Entry {
     #[serde(flatten)]
     pub key: Key,
     pub user_id: String,
-    /// `account.provider` of the latest event that named one.
+    /// `account.provider` of the event that last changed the account's
+    /// state (or of the first later one that named one): read from the body
+    /// only then, not for every daily event.
     pub provider: Option<String>,
     #[serde(flatten)]
     pub state: State,
@@ -159,7 +161,9 @@ impl Book {
                     entry.since = entry.last_event.received_at.clone();
                 }
                 entry.user_id = user_id();
-                if let Some(provider) = provider(&event.body) {
+                if (transition.is_some() || entry.provider.is_none())
+                    && let Some(provider) = provider(&event.body)
+                {
                     entry.provider = Some(provider);
                 }
                 entry.state = account.state;
@@ -281,7 +285,8 @@ pub(super) mod tests {
         let a2 = book.get(&key("a-2")).unwrap();
         assert_eq!(a2.since.as_deref(), Some("2026-11-30T02:00:00Z"));
         assert_eq!(a2.last_event.message_id, "4");
-        assert_eq!(a2.provider.as_deref(), Some("Bank 4"));
+        // Read at the change, not at every repeat of it.
+        assert_eq!(a2.provider.as_deref(), Some("Bank 2"));
     }
 
     #[test]
