@@ -198,6 +198,13 @@ impl Announcer {
         self.metrics.accounts_announcing(true);
         let started = Instant::now();
         let mut ledger = Ledger::new(self.settings.accounts.temporary_failures_to_escalate);
+        ledger.expect_first(
+            first
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ToString::to_string),
+        );
         let mut reader =
             Reader::open(connection, stream, Start::First, false, Filter::default()).await?;
         while let Some(event) = reader.next().await.context("folding the history")? {

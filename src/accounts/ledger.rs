@@ -13,10 +13,19 @@
 //!   the two. [`Ledger::take`] hands over the change it owes.
 //! - not folded (it arrived after the fold's end): applied now.
 //!
+//! Which events of the queue were folded: the queue's first delivery (taken
+//! before the fold) is the oldest nobody acknowledged, and the fold keeps the
+//! id of that event and of every one after it ([`Ledger::expect_first`]).
+//! The book's memory of each account's latest ids covers the rest (events of
+//! two relays published at the same moment can reach the queue and the
+//! history in a different order).
+//!
 //! So each change is announced once, whichever relay announces it and
 //! however often announcers stop. Changes owed are kept oldest first and at
 //! most [`MAX_OWED`]: more means a history written before the announcer ran
 //! (an upgrade), whose changes nobody waits for and no queue still holds.
+
+use std::collections::HashSet;
 
 use indexmap::IndexMap;
 
@@ -36,6 +45,11 @@ pub struct Ledger {
     book: Book,
     /// By the message id of the event that caused it, oldest first.
     owed: IndexMap<String, AccountChange>,
+    /// The event the queue delivered first, before the fold.
+    first: Option<String>,
+    /// The ids of the events folded from `first` on: those the queue still
+    /// holds, already in the book.
+    backlog: HashSet<String>,
 }
 
 impl Ledger {
@@ -44,7 +58,17 @@ impl Ledger {
         Ledger {
             book: Book::new(escalate_after),
             owed: IndexMap::new(),
+            first: None,
+            backlog: HashSet::new(),
         }
+    }
+
+    /// Before the fold: the message id of the queue's first delivery, the
+    /// oldest event no announcer acknowledged. The fold remembers it and
+    /// every event after it, so that the queue's backlog (however long, and
+    /// however many events of one account it holds) is not applied twice.
+    pub fn expect_first(&mut self, message_id: Option<String>) {
+        self.first = message_id;
     }
 
     /// One message read from the history while catching up: a sync event
@@ -57,6 +81,11 @@ impl Ledger {
             }
             return;
         }
+        if let Some(id) = event.message_id()
+            && (!self.backlog.is_empty() || self.first.as_ref() == Some(&id))
+        {
+            self.backlog.insert(id);
+        }
         if let Some(change) = self.apply(event) {
             if self.owed.len() == MAX_OWED {
                 self.owed.shift_remove_index(0);
@@ -68,11 +97,14 @@ impl Ledger {
     /// One event delivered by the announcer's queue: the change to announce
     /// now, if it made one that is not announced yet.
     pub fn take(&mut self, event: &Recorded) -> Option<AccountChange> {
-        if let Some(change) = event
-            .message_id()
-            .and_then(|id| self.owed.shift_remove(&id))
-        {
-            return Some(change);
+        if let Some(id) = event.message_id() {
+            if let Some(change) = self.owed.shift_remove(&id) {
+                self.backlog.remove(&id);
+                return Some(change);
+            }
+            if self.backlog.remove(&id) {
+                return None;
+            }
         }
         self.apply(event)
     }
@@ -210,6 +242,31 @@ mod tests {
         assert_eq!(synced.state, StateName::Ok);
         assert_eq!(synced.previous_state, Some(StateName::NeedsReconnect));
         assert_eq!(synced.code, None);
+    }
+
+    #[test]
+    fn a_long_backlog_of_one_account_is_not_applied_twice() {
+        // Twenty events of one account were folded, and are all still in
+        // the queue (the last announcer stopped before acknowledging them):
+        // more than the book's memory of ids per account.
+        let sent: Vec<Recorded> = (0..20)
+            .map(|n| match n % 2 {
+                0 => event(&format!("e-{n}"), "sync.error.LoginFailedError"),
+                _ => event(&format!("e-{n}"), "sync.account"),
+            })
+            .collect();
+        let mut next = Ledger::new(3);
+        next.expect_first(sent[0].message_id());
+        for event in &sent {
+            next.fold(event);
+            if let Some(change) = next.clone_owed().pop() {
+                next.fold(&announcement(&change));
+            }
+        }
+        let again: Vec<_> = sent.iter().filter_map(|e| next.take(e)).collect();
+        assert_eq!(again, [], "each was folded and announced");
+        let newer = next.take(&event("e-20", "sync.error.LoginFailedError"));
+        assert_eq!(newer.map(|c| c.state), Some(StateName::NeedsReconnect));
     }
 
     #[test]
