@@ -17,8 +17,8 @@
 //! * [`config`]: settings from defaults, a TOML file and the environment.
 //! * [`event`]: the domain types, built only by parsing.
 //! * [`wire`]: the protocol on RabbitMQ: header names, the envelope, the
-//!   contract (`docs/asyncapi.yaml`), dead-letter and retry headers, topic
-//!   patterns.
+//!   `account.<state>` message, the contract (`docs/asyncapi.yaml`),
+//!   dead-letter and retry headers, topic patterns.
 //! * [`ingress`]: the public HTTP app; `admin`: health, readiness, metrics.
 //! * [`broker`]: RabbitMQ: names, declaring, the supervised connection and its
 //!   status, one confirmed publish.
@@ -28,7 +28,7 @@
 //!   its background tasks; [`cli`]: the commands.
 //! * [`history`]: reading the event history stream back.
 //! * [`accounts`]: what the outcomes mean for each account, folded from the
-//!   history.
+//!   history; the relay announces each change as `account.<state>`.
 //! * [`replay`]: sending messages again (dead letters, quarantine, history),
 //!   one pass for all three.
 //! * [`watch`]: looking without touching (`tail`, `inspect`).
