@@ -124,7 +124,15 @@ impl Announcer {
             if !connected {
                 continue;
             }
-            match self.session(&mut stop).await {
+            let began = Instant::now();
+            let ended = self.session(&mut stop).await;
+            // A session that lasted was a recovery: the next loss is news,
+            // and is retried quickly again.
+            if began.elapsed() > MAX_BACKOFF {
+                backoff = FIRST_BACKOFF;
+                failing = false;
+            }
+            match ended {
                 Ended::Stopped => break,
                 Ended::Lost(err) => {
                     self.metrics.accounts_announcing(false);
