@@ -100,7 +100,7 @@ enum Ended {
 impl Announcer {
     /// `None` unless `[accounts]` and `[history]` are both on.
     pub(crate) fn new(settings: &Settings, broker: Broker, metrics: Metrics) -> Option<Announcer> {
-        let topology = Topology::of(settings);
+        let topology = broker.topology().clone();
         topology.accounts_queue()?;
         Some(Announcer {
             settings: settings.clone(),
@@ -281,8 +281,7 @@ impl Announcer {
             body: change.body().into(),
             properties: change.properties(SystemTime::now()),
         };
-        let timeout = Duration::from_millis(self.settings.amqp.confirm_timeout_ms);
-        publish_confirmed(channel, &outgoing, timeout)
+        publish_confirmed(channel, &outgoing, self.settings.amqp.confirm_timeout())
             .await
             .with_context(|| format!("cannot announce {}", outgoing.routing_key))?;
         self.metrics.account_change_announced(change.state.as_str());

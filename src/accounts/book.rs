@@ -211,7 +211,7 @@ fn provider(body: &[u8]) -> Option<String> {
 }
 
 /// The outcome a routing key reports: `sync.account`, `sync.error.<code>`.
-fn outcome(routing_key: &str) -> Option<Outcome> {
+pub(super) fn outcome(routing_key: &str) -> Option<Outcome> {
     match routing_key.strip_prefix("sync.")? {
         "account" => Some(Outcome::Synced),
         rest => {

@@ -29,12 +29,11 @@ use std::collections::HashSet;
 
 use indexmap::IndexMap;
 
-use crate::event::ErrorCode;
 use crate::history::Recorded;
 use crate::wire::account::{self, AccountChange, Reason, StateName};
 
-use super::book::{Book, Entry};
-use super::state::{ContactReason, ReconnectReason, State, Transition};
+use super::book::{Book, Entry, outcome};
+use super::state::{ContactReason, Outcome, ReconnectReason, State, Transition};
 
 /// The most changes owed that are remembered.
 pub const MAX_OWED: usize = 10_000;
@@ -129,33 +128,22 @@ impl Ledger {
 /// The announcement of `transition`, which `event` caused and left the
 /// account as `entry` says.
 fn change(entry: &Entry, transition: &Transition, event: &Recorded) -> AccountChange {
-    let code = event
-        .routing_key
-        .strip_prefix("sync.error.")
-        .and_then(|code| ErrorCode::parse(code).ok())
-        .map(|code| code.as_str().to_owned());
+    let code = match outcome(&event.routing_key) {
+        Some(Outcome::Failed(code)) => Some(code.as_str().to_owned()),
+        _ => None,
+    };
     AccountChange {
         client_id: entry.key.client_id.clone(),
         account_id: entry.key.account_id.clone(),
         user_id: entry.user_id.clone(),
         provider: entry.provider.clone(),
-        state: name(&transition.state),
-        previous_state: transition.previous.as_ref().map(name),
+        state: StateName::from(&transition.state),
+        previous_state: transition.previous.as_ref().map(StateName::from),
         reason: reason(&transition.state),
         code,
         streak: transition.streak,
         since: entry.since.clone(),
         caused_by: event.message_id().unwrap_or_default(),
-    }
-}
-
-fn name(state: &State) -> StateName {
-    match state {
-        State::Ok => StateName::Ok,
-        State::NeedsReconnect { .. } => StateName::NeedsReconnect,
-        State::Retrying => StateName::Retrying,
-        State::ContactProvider { .. } => StateName::ContactProvider,
-        State::Unknown { .. } => StateName::Unknown,
     }
 }
 

@@ -29,6 +29,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::event::{ErrorCode, EventKind};
+use crate::wire::account::StateName;
 
 /// What the latest sync of an account said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +86,18 @@ pub enum State {
 impl State {
     /// The state's name, as in the routing key `account.<name>`.
     pub fn name(&self) -> &'static str {
-        match self {
-            State::Ok => "ok",
-            State::NeedsReconnect { .. } => "needs_reconnect",
-            State::Retrying => "retrying",
-            State::ContactProvider { .. } => "contact_provider",
-            State::Unknown { .. } => "unknown",
+        StateName::from(self).as_str()
+    }
+}
+
+impl From<&State> for StateName {
+    fn from(state: &State) -> StateName {
+        match state {
+            State::Ok => StateName::Ok,
+            State::NeedsReconnect { .. } => StateName::NeedsReconnect,
+            State::Retrying => StateName::Retrying,
+            State::ContactProvider { .. } => StateName::ContactProvider,
+            State::Unknown { .. } => StateName::Unknown,
         }
     }
 }

@@ -10,13 +10,13 @@
 use std::time::SystemTime;
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::contract::Persistent;
-use super::headers::{ACCOUNT_ID, CAUSED_BY, CLIENT_ID, USER_ID, set_text};
+use super::headers::{ACCOUNT_ID, CAUSED_BY, CLIENT_ID, USER_ID, set_text, text};
 
 /// Every `account.*` routing key starts with this.
 pub const ROUTING_PREFIX: &str = "account.";
@@ -172,10 +172,7 @@ impl AccountChange {
 
 /// The `x-caused-by` header of an `account.*` message.
 pub fn caused_by(headers: Option<&FieldTable>) -> Option<String> {
-    match headers?.inner().get(CAUSED_BY)? {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        _ => None,
-    }
+    text(headers, CAUSED_BY)
 }
 
 #[cfg(test)]
