@@ -17,7 +17,7 @@ use crate::event::{KNOWN_ERROR_CODES, SchemaWarning};
 use crate::wire::envelope::Kind;
 
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 pub enum Outcome {
     /// Parsed and confirmed by RabbitMQ: 200.
     Accepted,
@@ -165,6 +165,14 @@ struct Inner {
     spool_commits: Counter,
     account_changes: Family<AccountStateLabel, Counter>,
     accounts_announcing: Gauge,
+    console_unauthorized: Counter,
+    console_actions: Family<ActionLabel, Counter>,
+}
+
+/// An operator's action in the console, from a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
 }
 
 /// An account state's name (`account.<state>`), from a fixed enum.
@@ -322,6 +330,18 @@ impl Metrics {
              first event); 0 while another is, or it is not connected",
             accounts_announcing.clone(),
         );
+        let console_unauthorized = Counter::default();
+        registry.register(
+            "console_unauthorized",
+            "Console requests (API or login) refused for a missing or wrong admin token or session",
+            console_unauthorized.clone(),
+        );
+        let console_actions = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "console_actions",
+            "Actions taken from the console (replays, re-drives, spool retries), dry runs included",
+            console_actions.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -347,6 +367,8 @@ impl Metrics {
                 spool_commits,
                 account_changes,
                 accounts_announcing,
+                console_unauthorized,
+                console_actions,
             }),
         }
     }
@@ -356,6 +378,25 @@ impl Metrics {
             .requests
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Webhook requests that ended in `outcome` so far.
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.inner
+            .requests
+            .get(&OutcomeLabel { outcome })
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// A console request without a valid token or session.
+    pub fn console_unauthorized(&self) {
+        self.inner.console_unauthorized.inc();
+    }
+
+    /// An action taken from the console.
+    pub fn console_action(&self, action: &'static str) {
+        let label = ActionLabel { action };
+        self.inner.console_actions.get_or_create(&label).inc();
     }
 
     /// How long an accepted webhook took, handler start to answer.

@@ -26,7 +26,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info};
 
 use crate::accounts::announcer::Announcer;
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, Console, Rates};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::Delivery;
@@ -41,6 +41,8 @@ pub const BROKER_TASK: &str = "broker supervisor";
 pub const DRAIN_TASK: &str = "spool drainer";
 /// The background task that announces changes of accounts' states.
 pub const ANNOUNCER_TASK: &str = "account announcer";
+/// The background task that samples webhook rates for the console.
+pub const RATES_TASK: &str = "console rates";
 
 pub struct Application {
     port: u16,
@@ -122,15 +124,25 @@ impl Application {
             None => public.listen(listener)?,
         };
         let announcer = Announcer::new(&settings, broker.clone(), metrics.clone());
+        let console = settings
+            .admin
+            .console_token()
+            .map(|token| Console::new(token.clone(), settings.admin.protected_by));
+        let console_on = console.is_some();
+        let rates = Arc::new(Rates::new(metrics.clone()));
         let admin_state = web::Data::new(Admin {
             broker: broker.clone(),
             metrics,
             spool: spool.clone(),
+            settings: Arc::new(settings.clone()),
+            console,
+            rates: rates.clone(),
         });
+        let admin_routes = admin::routes(console_on);
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(admin_state.clone())
-                .configure(admin::routes)
+                .configure(admin_routes.clone())
         })
         .workers(1)
         .disable_signals()
@@ -155,6 +167,9 @@ impl Application {
         }
         if let Some(announcer) = announcer {
             tasks.add(ANNOUNCER_TASK, announcer.run(stopping.subscribe()));
+        }
+        if console_on {
+            tasks.add(RATES_TASK, rates.run());
         }
         Ok(Application {
             port,

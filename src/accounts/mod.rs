@@ -82,6 +82,43 @@ pub async fn timeline(
     Ok(steps)
 }
 
+/// Which accounts a listing shows; every condition set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// A state's name: `ok`, `needs_reconnect`, `retrying`,
+    /// `contact_provider`, `unknown`.
+    pub state: Option<String>,
+    pub client_id: Option<String>,
+    pub provider: Option<String>,
+    /// In their state since this time or later.
+    pub since: Option<std::time::SystemTime>,
+}
+
+impl Selection {
+    pub fn admits(&self, entry: &Entry) -> bool {
+        let since = || {
+            entry
+                .since
+                .as_deref()
+                .and_then(|since| humantime::parse_rfc3339_weak(since).ok())
+        };
+        self.state
+            .as_deref()
+            .is_none_or(|state| entry.state.name() == state)
+            && self
+                .client_id
+                .as_deref()
+                .is_none_or(|id| entry.key.client_id == id)
+            && self
+                .provider
+                .as_deref()
+                .is_none_or(|provider| entry.provider.as_deref() == Some(provider))
+            && self
+                .since
+                .is_none_or(|at| since().is_some_and(|since| since >= at))
+    }
+}
+
 /// An account after one of its events.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Step {

@@ -41,6 +41,58 @@ pub(crate) async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32>
         .message_count())
 }
 
+/// A queue's depth and consumers, or why RabbitMQ would not say.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    pub messages: Option<u32>,
+    pub consumers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The depth and consumers of each of `queues`, read with passive declares
+/// (which change nothing); a missing queue says so in RabbitMQ's words.
+pub async fn stats(connection: &Connection, queues: &[&str]) -> anyhow::Result<Vec<QueueStats>> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let mut channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let mut stats = Vec::with_capacity(queues.len());
+    for &name in queues {
+        match channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(queue) => stats.push(QueueStats {
+                name: name.to_owned(),
+                messages: Some(queue.message_count()),
+                consumers: Some(queue.consumer_count()),
+                error: None,
+            }),
+            Err(err) => {
+                stats.push(QueueStats {
+                    name: name.to_owned(),
+                    messages: None,
+                    consumers: None,
+                    error: Some(refusal_text(&err)),
+                });
+                // A refused passive declare closes the channel.
+                channel = connection
+                    .create_channel()
+                    .await
+                    .context("cannot open a channel")?;
+            }
+        }
+    }
+    super::close_channel(&channel, "done").await;
+    Ok(stats)
+}
+
 /// The next message of `queue`, unacknowledged; `None` when it is empty.
 pub(crate) async fn next(channel: &Channel, queue: &str) -> anyhow::Result<Option<Delivery>> {
     let message = channel

@@ -15,6 +15,7 @@
 
 mod arguments;
 pub(crate) mod browse;
+pub use browse::{QueueStats, stats as queue_stats};
 mod channels;
 mod connect;
 mod declare;

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use super::arguments::OWN_DELIVERY_LIMIT;
 use crate::config::{HistorySettings, QueueSettings, QueueType, Settings};
 use crate::wire::envelope::Kind;
+use crate::wire::topic::TopicPattern;
 
 /// The relay's RabbitMQ names, derived from `amqp.exchange`, and its consumer queues.
 #[derive(Debug, Clone)]
@@ -210,6 +211,21 @@ impl Topology {
         queues.extend(self.history_stream());
         queues.extend(self.accounts_queue());
         queues
+    }
+
+    /// The consumer queues whose configured bindings match `routing_key`.
+    pub fn consumer_queues_bound_to(&self, routing_key: &str) -> Vec<&str> {
+        self.queues
+            .iter()
+            .filter(|queue| {
+                queue.bindings.iter().any(|binding| {
+                    binding
+                        .parse::<TopicPattern>()
+                        .is_ok_and(|pattern| pattern.matches(routing_key))
+                })
+            })
+            .map(|queue| queue.name.as_str())
+            .collect()
     }
 
     /// The delivery limit of `queue`, when the relay declares it as a quorum

@@ -3,7 +3,7 @@
 //! Folded from the history on each run; `loginName` is never read.
 
 use super::output::say;
-use crate::accounts::{self, Entry};
+use crate::accounts::{self, Selection};
 use crate::config::Settings;
 use crate::history::PointInTime;
 
@@ -55,7 +55,13 @@ pub(super) async fn run(settings: Settings, args: AccountsArgs) -> anyhow::Resul
     }
     let book = accounts::book(&settings).await?;
     let mut shown = 0;
-    for entry in book.entries().filter(|entry| admits(&args, entry)) {
+    let selection = Selection {
+        state: args.state.clone(),
+        client_id: args.client_id.clone(),
+        provider: args.provider.clone(),
+        since: args.since.map(|at| at.0),
+    };
+    for entry in book.entries().filter(|entry| selection.admits(entry)) {
         shown += 1;
         if args.json {
             say!("{}", serde_json::to_string(entry).unwrap_or_default());
@@ -77,27 +83,4 @@ pub(super) async fn run(settings: Settings, args: AccountsArgs) -> anyhow::Resul
     }
     eprintln!("shown {shown} of {} account(s)", book.len());
     Ok(())
-}
-
-fn admits(args: &AccountsArgs, entry: &Entry) -> bool {
-    let since = || {
-        entry
-            .since
-            .as_deref()
-            .and_then(|since| humantime::parse_rfc3339_weak(since).ok())
-    };
-    args.state
-        .as_deref()
-        .is_none_or(|state| entry.state.name() == state)
-        && args
-            .client_id
-            .as_deref()
-            .is_none_or(|id| entry.key.client_id == id)
-        && args
-            .provider
-            .as_deref()
-            .is_none_or(|provider| entry.provider.as_deref() == Some(provider))
-        && args
-            .since
-            .is_none_or(|at| since().is_some_and(|since| since >= at.0))
 }

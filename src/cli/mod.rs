@@ -149,6 +149,7 @@ impl HistoryFilterArgs {
             client_id: self.client_id.clone(),
             since: self.since.map(|at| at.0),
             until: self.until.map(|at| at.0),
+            message_ids: Vec::new(),
         }
     }
 }

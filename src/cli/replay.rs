@@ -5,6 +5,7 @@
 use super::HistoryFilterArgs;
 use super::output::say;
 use crate::config::Settings;
+use crate::history;
 use crate::replay::dead_letters::{self, Action, Entry, ReplayOptions};
 use crate::replay::history::{self as history_replay, Destination, Sent};
 use crate::replay::quarantine::{self, Redrive};
@@ -47,6 +48,9 @@ pub struct ReplayArgs {
     /// Only messages that died for this reason.
     #[arg(long, value_enum, conflicts_with = "from_history")]
     pub reason: Option<DeathReason>,
+    /// Only the message with this `message_id` (repeat for several).
+    #[arg(long = "message-id", value_name = "ID")]
+    pub message_ids: Vec<String>,
     /// Replay at most N messages.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -86,6 +90,7 @@ pub(super) async fn run(settings: Settings, args: ReplayArgs) -> anyhow::Result<
         routing_key: args.routing_key,
         from_queue: args.from_queue,
         reason: args.reason.map(|r| r.as_x_death().to_owned()),
+        message_ids: args.message_ids,
         limit: args.limit,
         dry_run: args.dry_run,
     };
@@ -136,7 +141,10 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
     };
     let options = history_replay::Options {
         start: args.history.start(),
-        filter: args.history.filter(args.routing_key.into_iter().collect()),
+        filter: history::Filter {
+            message_ids: args.message_ids,
+            ..args.history.filter(args.routing_key.into_iter().collect())
+        },
         destination,
         limit: args.limit,
         dry_run: args.dry_run,
@@ -175,7 +183,11 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
 }
 
 async fn from_quarantine(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
-    if args.queue.is_some() || args.to_queue.is_some() || args.history.is_set() {
+    if args.queue.is_some()
+        || args.to_queue.is_some()
+        || args.history.is_set()
+        || !args.message_ids.is_empty()
+    {
         anyhow::bail!(
             "--from-quarantine reads <exchange>.quarantine and sends to the exchange: it takes only --limit, --dry-run and --json"
         );

@@ -66,6 +66,29 @@ pub(super) fn optional_secret<'de, D: Deserializer<'de>>(
         .map(Secret::new))
 }
 
+/// An optional path; an empty value means "not set".
+pub(super) fn optional_path<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from))
+}
+
+/// `admin.protected_by`; an empty value means "nothing".
+pub(super) fn optional_protection<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<super::Protection>, D::Error> {
+    match Option::<String>::deserialize(deserializer)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some("tls_proxy") => Ok(Some(super::Protection::TlsProxy)),
+        Some("host_loopback") => Ok(Some(super::Protection::HostLoopback)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "`{other}` is not a protection: use \"tls_proxy\" or \"host_loopback\""
+        ))),
+    }
+}
+
 /// A list given as a TOML array or as one comma-separated string (as
 /// environment variables give it). Entries are trimmed and blank ones dropped,
 /// so `HOOKRELAY__INGRESS__CLIENT_IDS=` means "none".

@@ -22,7 +22,10 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
-use de::{amqp_uris, human_duration, human_durations, ip_ranges, optional_secret, string_list};
+use de::{
+    amqp_uris, human_duration, human_durations, ip_ranges, optional_path, optional_protection,
+    optional_secret, string_list,
+};
 pub use ip_ranges::IpRanges;
 pub use secret::{AmqpUri, InvalidAmqpUri, Secret};
 
@@ -42,6 +45,7 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub history: HistorySettings,
     pub accounts: AccountsSettings,
+    pub admin: AdminSettings,
     #[serde(default)]
     pub queues: Vec<QueueSettings>,
 }
@@ -167,6 +171,40 @@ pub struct AccountsSettings {
     /// `TemporaryFailureError`s in a row after which the sender's support
     /// should look at the account.
     pub temporary_failures_to_escalate: u32,
+}
+
+/// The operator console (`/api/` and its pages on `server.admin_listen`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// The console's token; the console is off without one. Read from
+    /// `token_file` at load when that is set.
+    #[serde(deserialize_with = "optional_secret")]
+    pub token: Option<Secret>,
+    /// A file holding the token (a Docker or Kubernetes secret).
+    #[serde(default, deserialize_with = "optional_path")]
+    pub token_file: Option<PathBuf>,
+    /// What protects a console on a non-loopback `admin_listen`, which is
+    /// refused otherwise.
+    #[serde(default, deserialize_with = "optional_protection")]
+    pub protected_by: Option<Protection>,
+}
+
+/// What keeps a console on a non-loopback address from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protection {
+    /// A TLS-terminating proxy in front of it (cookies are then `Secure`).
+    TlsProxy,
+    /// A port published on the host's loopback only (`127.0.0.1:9090:9090`).
+    HostLoopback,
+}
+
+impl AdminSettings {
+    /// The console's token, when the console is on.
+    pub fn console_token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
 }
 
 /// A consumer queue the relay declares and binds for its users.
@@ -305,6 +343,13 @@ impl Settings {
         }
         if settings.spool.path.as_os_str().is_empty() {
             settings.spool.path = SpoolSettings::default_path(|name| env.get(name).cloned());
+        }
+        if let Some(path) = &settings.admin.token_file {
+            let token = std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
+                key: "admin.token_file",
+                problem: format!("cannot read {}: {err}", path.display()),
+            })?;
+            settings.admin.token = Some(Secret::new(token.trim()));
         }
         settings.validate()?;
         Ok(settings)

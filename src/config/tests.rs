@@ -79,6 +79,46 @@ fn defaults_are_the_documented_ones() {
 }
 
 #[test]
+fn a_console_on_a_public_address_starts_only_when_something_is_said_to_protect_it() {
+    let token = ("HOOKRELAY__ADMIN__TOKEN", "long-enough-admin-token");
+    let public = ("HOOKRELAY__SERVER__ADMIN_LISTEN", "0.0.0.0:9090");
+    let s = load(&[
+        WITH_ID,
+        token,
+        public,
+        ("HOOKRELAY__ADMIN__PROTECTED_BY", "host_loopback"),
+    ])
+    .unwrap();
+    assert_eq!(s.admin.protected_by, Some(super::Protection::HostLoopback));
+    assert!(
+        load(&[WITH_ID, public])
+            .unwrap()
+            .admin
+            .console_token()
+            .is_none()
+    );
+    assert!(!s.to_masked_toml().contains("long-enough-admin-token"));
+}
+
+#[test]
+fn the_console_token_is_read_from_its_file() {
+    let file = std::env::temp_dir().join(format!("hookrelay-token-{}", std::process::id()));
+    std::fs::write(&file, "token-from-a-file-0123\n").unwrap();
+    let path = file.to_str().unwrap();
+    let s = load(&[WITH_ID, ("HOOKRELAY__ADMIN__TOKEN_FILE", path)]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        s.admin.console_token().unwrap().expose(),
+        "token-from-a-file-0123"
+    );
+    let missing = load(&[WITH_ID, ("HOOKRELAY__ADMIN__TOKEN_FILE", path)]).unwrap_err();
+    assert!(
+        missing.to_string().contains("admin.token_file"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn an_empty_path_token_means_none_and_a_set_one_is_masked() {
     let unset = load(&[WITH_ID, ("HOOKRELAY__SERVER__PATH_TOKEN", "")]).unwrap();
     assert!(unset.server.path_token.is_none());
@@ -267,6 +307,22 @@ fn bad_values_name_their_key() {
             "listn",
         ),
         (&[WITH_ID, ("HOOKRELAY__NOPE", "1")], "nope"),
+        (
+            &[WITH_ID, ("HOOKRELAY__ADMIN__TOKEN", "short")],
+            "admin.token",
+        ),
+        (
+            &[
+                WITH_ID,
+                ("HOOKRELAY__ADMIN__TOKEN", "long-enough-admin-token"),
+                ("HOOKRELAY__SERVER__ADMIN_LISTEN", "0.0.0.0:9090"),
+            ],
+            "admin.protected_by",
+        ),
+        (
+            &[WITH_ID, ("HOOKRELAY__ADMIN__PROTECTED_BY", "a-firewall")],
+            "tls_proxy",
+        ),
     ];
     for (pairs, key) in cases {
         let err = load(pairs).expect_err(key).to_string();

@@ -65,6 +65,24 @@ impl Settings {
                 );
             }
         }
+        if let Some(token) = self.admin.console_token() {
+            let token = token.expose();
+            if token.len() < MIN_PATH_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                return invalid(
+                    "admin.token",
+                    "must be at least 16 characters without spaces (e.g. `openssl rand -hex 32`)",
+                );
+            }
+            if !self.server.admin_listen.ip().is_loopback() && self.admin.protected_by.is_none() {
+                return invalid(
+                    "admin.protected_by",
+                    "is not set, and the console would listen on a non-loopback \
+                     server.admin_listen: put it behind a TLS-terminating proxy (\"tls_proxy\") \
+                     or publish its port on the host's loopback only (\"host_loopback\"), and \
+                     say which here",
+                );
+            }
+        }
         if self.amqp.uri.is_empty() {
             return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
         }

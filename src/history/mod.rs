@@ -20,6 +20,10 @@
 //! where it stopped, rather than end as if it had read everything. With
 //! `follow`, it goes on with new events.
 
+mod search;
+
+pub use search::{Page, newest};
+
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +76,8 @@ pub struct Filter {
     pub since: Option<SystemTime>,
     /// Received by the relay at or before this time.
     pub until: Option<SystemTime>,
+    /// Any of these `message_id`s; empty: any.
+    pub message_ids: Vec<String>,
 }
 
 /// A point in time as an operator writes it: RFC 3339
@@ -293,6 +299,12 @@ impl Filter {
             && same(&self.user_id, USER_ID)
             && same(&self.account_id, ACCOUNT_ID)
             && same(&self.client_id, CLIENT_ID)
+            && (self.message_ids.is_empty()
+                || event
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| self.message_ids.iter().any(|m| m == id.as_str())))
             && self
                 .since
                 .is_none_or(|since| received().is_some_and(|at| at >= since))

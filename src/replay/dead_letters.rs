@@ -31,6 +31,8 @@ pub struct ReplayOptions {
     pub from_queue: Option<String>,
     /// As RabbitMQ spells it in `x-death`: `rejected`, `expired`, `maxlen`, `delivery_limit`.
     pub reason: Option<String>,
+    /// Only these `message_id`s; empty: any.
+    pub message_ids: Vec<String>,
     pub limit: Option<usize>,
     pub dry_run: bool,
 }
@@ -160,6 +162,13 @@ fn decide(
         .message_id()
         .as_ref()
         .map(|id| id.to_string());
+    if !options.message_ids.is_empty()
+        && !message_id
+            .as_ref()
+            .is_some_and(|id| options.message_ids.contains(id))
+    {
+        return (Verdict::Keep, None);
+    }
     let Some(death) = Death::from_headers(headers) else {
         let entry = Entry {
             action: Action::NoDeathRecord,

@@ -8,6 +8,7 @@ mod binary;
 mod broker;
 #[path = "../common/mod.rs"]
 mod common;
+mod console;
 mod consumer;
 mod contract;
 mod helpers;

@@ -54,7 +54,7 @@ impl TestApp {
     }
 
     /// A dead letter for `body`: sent, then rejected from `queue`; `others` drained.
-    async fn dead_letter(&self, body: String, queue: &str, others: &[&str]) -> String {
+    pub(crate) async fn dead_letter(&self, body: String, queue: &str, others: &[&str]) -> String {
         let id = self.send(body).await;
         assert_eq!(self.reject_next(queue).await, id);
         for other in others {

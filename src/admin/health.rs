@@ -1,4 +1,4 @@
-//! The private listener: liveness, readiness and Prometheus metrics.
+//! Liveness, readiness and Prometheus metrics: what machines ask.
 //!
 //! `/healthz` answers while the process runs. `/readyz` answers 200 while a
 //! webhook would be accepted right now: RabbitMQ connected (topology declared,
@@ -14,18 +14,11 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::broker::{Broker, BrokerState};
-use crate::metrics::Metrics;
+use super::Admin;
+use crate::broker::BrokerState;
 use crate::spool::Spool;
 
-/// What the admin handlers read.
-pub(crate) struct Admin {
-    pub broker: Broker,
-    pub metrics: Metrics,
-    pub spool: Option<Spool>,
-}
-
-pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
@@ -36,6 +29,17 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
+    let (serving, body) = readiness(&admin);
+    let mut response = if serving {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response.json(body)
+}
+
+/// Whether a webhook would be accepted now, and `/readyz`'s body.
+pub(super) fn readiness(admin: &Admin) -> (bool, serde_json::Value) {
     let broker = admin.broker.status();
     let spool_takes_writes = admin.spool.as_ref().is_some_and(Spool::has_room);
     let parked = admin.spool.as_ref().map_or(0, Spool::parked);
@@ -84,12 +88,7 @@ async fn readyz(admin: web::Data<Admin>) -> HttpResponse {
             "accepting": spool_takes_writes,
         });
     }
-    let mut response = if status == "not_ready" {
-        HttpResponse::ServiceUnavailable()
-    } else {
-        HttpResponse::Ok()
-    };
-    response.json(body)
+    (status != "not_ready", body)
 }
 
 async fn metrics(admin: web::Data<Admin>) -> HttpResponse {

@@ -1,0 +1,137 @@
+//! Webhook rates over the last minutes, for the console's overview: the
+//! request counters sampled every [`EVERY`], kept for [`WINDOW`], so a rate
+//! is "how many since the oldest sample, per minute". Prometheus computes
+//! the same from `/metrics`; this is for an operator without one.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use strum::VariantArray;
+
+use crate::metrics::{Metrics, Outcome};
+
+/// How often the counters are sampled.
+pub(crate) const EVERY: Duration = Duration::from_secs(10);
+/// How far back a rate looks.
+const WINDOW: Duration = Duration::from_secs(5 * 60);
+
+pub(crate) struct Rates {
+    metrics: Metrics,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+struct Sample {
+    at: Instant,
+    counts: Vec<u64>,
+}
+
+/// Requests per minute by outcome, over the last `window_seconds`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Snapshot {
+    pub window_seconds: u64,
+    /// Every outcome, `accepted` first; 0 where nothing happened.
+    pub per_minute: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Rates {
+    pub(crate) fn new(metrics: Metrics) -> Rates {
+        let rates = Rates {
+            metrics,
+            samples: Mutex::new(VecDeque::new()),
+        };
+        rates.sample();
+        rates
+    }
+
+    /// Samples the counters every [`EVERY`], for as long as the relay runs.
+    pub(crate) async fn run(self: std::sync::Arc<Self>) {
+        let mut ticks = tokio::time::interval(EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.sample();
+        }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        Outcome::VARIANTS
+            .iter()
+            .map(|&outcome| self.metrics.requests(outcome))
+            .collect()
+    }
+
+    fn sample(&self) {
+        let sample = Sample {
+            at: Instant::now(),
+            counts: self.counts(),
+        };
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        while samples
+            .front()
+            .is_some_and(|oldest| sample.at.duration_since(oldest.at) > WINDOW)
+        {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// The rates now, against the oldest sample in the window.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let now = (Instant::now(), self.counts());
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, before) = samples.front().map_or((now.0, now.1.clone()), |oldest| {
+            (oldest.at, oldest.counts.clone())
+        });
+        let elapsed = now.0.duration_since(since);
+        let minutes = elapsed.as_secs_f64() / 60.0;
+        let per_minute = Outcome::VARIANTS
+            .iter()
+            .zip(now.1.iter().zip(before))
+            .map(|(outcome, (now, before))| {
+                let rate = if minutes > 0.0 {
+                    // Counts fit f64's 53 bits for any realistic uptime.
+                    #[allow(clippy::cast_precision_loss)]
+                    let delta = now.saturating_sub(before) as f64;
+                    (delta / minutes * 10.0).round() / 10.0
+                } else {
+                    0.0
+                };
+                (outcome.as_str().to_owned(), serde_json::json!(rate))
+            })
+            .collect();
+        Snapshot {
+            window_seconds: elapsed.as_secs(),
+            per_minute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_counts_what_happened_since_the_oldest_sample() {
+        let metrics = Metrics::new();
+        metrics.request(Outcome::Accepted);
+        let rates = Rates::new(metrics.clone());
+        {
+            // As if the first sample were a minute old.
+            let mut samples = rates.samples.lock().unwrap();
+            samples[0].at -= Duration::from_secs(60);
+        }
+        for _ in 0..30 {
+            metrics.request(Outcome::Accepted);
+        }
+        metrics.request(Outcome::Forbidden);
+        let snapshot = rates.snapshot();
+        assert!((60..62).contains(&snapshot.window_seconds));
+        let accepted = snapshot.per_minute["accepted"].as_f64().unwrap();
+        assert!((29.0..=30.0).contains(&accepted), "{accepted}");
+        let forbidden = snapshot.per_minute["forbidden"].as_f64().unwrap();
+        assert!((0.9..=1.0).contains(&forbidden), "{forbidden}");
+        assert_eq!(snapshot.per_minute["spooled"].as_f64(), Some(0.0));
+    }
+}
