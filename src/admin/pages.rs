@@ -36,7 +36,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em;text-align:left;vertical-align:t
 .ready{color:#070}.degraded{color:#a60}.not_ready{color:#b00}
 pre{background:#f4f4f4;padding:.5em;overflow-x:auto;font-size:12px}
 input,select,button{font-size:15px;padding:.3em;margin:.1em}
-.result{background:#eef;padding:.5em;white-space:pre-wrap}
+.result{background:#eef;padding:.5em;white-space:pre-wrap}.result:empty{display:none}
 ";
 
 /// Posts JSON to the API, shows the answer, offers a reload.
@@ -47,7 +47,8 @@ async function act(path, body, question) {
   out.textContent = 'working...';
   const response = await fetch(path, {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(body)});
   const answer = await response.json();
-  out.textContent = (response.ok ? '' : 'FAILED: ') + JSON.stringify(answer.summary || answer, null, 1);
+  const said = answer.summary ? Object.entries(answer.summary).map(([k, v]) => k.replace('_', ' ') + ' ' + v).join(', ') : answer.reason;
+  out.textContent = (response.ok ? 'Done: ' : 'Refused: ') + said + '. Reload the page to see what is left.';
 }
 function selected() {
   return Array.from(document.querySelectorAll('input[name=pick]:checked')).map(box => box.value);

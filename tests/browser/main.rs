@@ -1,0 +1,361 @@
+//! The console in a real browser: Debian's headless chromium, driven over
+//! WebDriver (chromedriver) by fantoccini. An operator logs in, finds an
+//! account's event, opens the dead letter it became, replays it, and the
+//! message arrives back in the one queue that failed it.
+//!
+//! It needs `chromium` and `chromium-driver` (`.ci/run` installs them):
+//!
+//! ```sh
+//! cargo test --features browser-tests --test browser
+//! ```
+//!
+//! With `CONSOLE_SCREENSHOT=<file.png>` it saves what the browser showed
+//! after the replay (the README's screenshot is one).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hookrelay::config::{QueueSettings, QueueType};
+use hookrelay::startup::Application;
+use hyper_util::client::legacy::connect::HttpConnector;
+use lapin::options::{
+    BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use common::env::{RelayEnv, amqp_url};
+
+const TOKEN: &str = "browser-test-token-0123456789";
+const CLIENT_ID: &str = "browser-test";
+/// How long the browser may take for one step, on a loaded machine.
+const STEP: Duration = Duration::from_secs(30);
+
+/// chromedriver on a port of its own, stopped on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver) is installed");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let ready = until(STEP, || async {
+            http.get(format!("{url}/status"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(ready, "chromedriver did not answer on {url}");
+        Driver { child, url }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()),
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                         "--disable-gpu", "--window-size=1100,760"],
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` until it holds or `within` has passed.
+async fn until<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Takes the next message of `queue`, `None` when it is empty.
+async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_the_browser() {
+    let exchange = format!("browser-{}", uuid::Uuid::now_v7());
+    let reprompt = format!("{exchange}.reprompt");
+    let audit = format!("{exchange}.audit");
+    let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
+    let mut settings = RelayEnv::new(CLIENT_ID, &exchange, &spool, &amqp_url())
+        .set("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__ADMIN__TOKEN", TOKEN)
+        .set("HOOKRELAY__ACCOUNTS__ENABLED", "true")
+        .settings(None);
+    settings.queues = vec![
+        QueueSettings::new(&reprompt, &["sync.error.#"], QueueType::Classic),
+        QueueSettings::new(&audit, &["sync.error.#"], QueueType::Classic),
+    ];
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on AMQP_URL");
+    let channel = connection.create_channel().await.unwrap();
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the relay builds");
+    let (port, admin_port) = (app.port(), app.admin_port());
+    let console = format!("http://127.0.0.1:{admin_port}");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let connected = until(STEP, || async {
+        let ready = http.get(format!("{console}/readyz")).send().await;
+        match ready {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|b| b["broker"] == "connected"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(connected, "the relay did not connect to RabbitMQ");
+
+    // A login failure for account a-browser; the reprompt consumer fails it.
+    let answer: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{port}/webhooks"))
+        .header("content-type", "application/json")
+        .header("x-client-id", CLIENT_ID)
+        .body(r#"{"hook":"SyncError","user":{"id":"u-browser","loginName":"jane@example.com"},"account":{"id":"a-browser","provider":"Big Bank"},"error":"LoginFailedError"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().expect("accepted").to_owned();
+    let failed = channel
+        .basic_get(reprompt.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event in reprompt");
+    assert_eq!(
+        failed.properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(id.as_str())
+    );
+    failed
+        .delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    assert!(
+        get(&channel, &audit).await.is_some(),
+        "the bystander got its copy"
+    );
+    let dead_letters = format!("{exchange}.dead-letter");
+    let dead = until(STEP, || async {
+        channel
+            .queue_declare(
+                dead_letters.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .is_ok_and(|q| q.message_count() == 1)
+    })
+    .await;
+    assert!(dead, "the rejected event was dead-lettered");
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+
+    // Log in.
+    browser.goto(&format!("{console}/")).await.unwrap();
+    let token = browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    browser
+        .find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::XPath("//h1[text()='Overview']"))
+        .await
+        .unwrap();
+
+    // Find the account's event, and open it.
+    browser.goto(&format!("{console}/events")).await.unwrap();
+    let account = browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css("input[name=account_id]"))
+        .await
+        .unwrap();
+    account.send_keys("a-browser").await.unwrap();
+    browser
+        .find(Locator::XPath("//button[text()='Search']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let link = browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::LinkText(&id))
+        .await
+        .expect("the account's event is listed");
+    link.click().await.unwrap();
+    let held = browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::XPath("//strong[text()='held here']"))
+        .await
+        .expect("the event page says it sits in the dead letters");
+    assert!(held.text().await.unwrap().contains("held here"));
+    assert!(
+        !browser.source().await.unwrap().contains("jane@example.com"),
+        "loginName is masked"
+    );
+
+    // Open the dead letters, pick it, replay it.
+    browser
+        .goto(&format!("{console}/dead-letters"))
+        .await
+        .unwrap();
+    let pick = browser
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css(&format!("input[name=pick][value='{id}']")))
+        .await
+        .expect("the dead letter is listed");
+    pick.click().await.unwrap();
+    browser
+        .find(Locator::XPath("//button[text()='Replay selected']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .accept_alert()
+        .await
+        .expect("a confirmation before replaying");
+    let replayed = until(STEP, || async {
+        match browser.find(Locator::Id("result")).await {
+            Ok(result) => result
+                .text()
+                .await
+                .is_ok_and(|text| text.contains("Done: replayed 1,")),
+            Err(_) => false,
+        }
+    })
+    .await;
+    if let Ok(path) = std::env::var("CONSOLE_SCREENSHOT") {
+        std::fs::write(&path, browser.screenshot().await.unwrap()).unwrap();
+    }
+    assert!(
+        replayed,
+        "the page says it replayed one: {}",
+        browser.source().await.unwrap()
+    );
+
+    // Back in the queue that failed it, and only there.
+    let back = get(&channel, &reprompt)
+        .await
+        .expect("the replayed event in reprompt");
+    assert_eq!(
+        back.properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(id.as_str())
+    );
+    assert!(
+        get(&channel, &audit).await.is_none(),
+        "the bystander saw no replay"
+    );
+
+    browser.close().await.unwrap();
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    for queue in [
+        &reprompt,
+        &audit,
+        &dead_letters,
+        &format!("{exchange}.quarantine"),
+        &format!("{exchange}.unrouted"),
+        &format!("{exchange}.history"),
+        &format!("{exchange}.accounts"),
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for name in [
+        exchange.clone(),
+        format!("{exchange}.in"),
+        format!("{exchange}.unrouted"),
+        format!("{exchange}.dlx"),
+    ] {
+        let _ = channel
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
