@@ -30,6 +30,7 @@ SOCKET=/tmp/hookrelay-compose-check.sock
 export DOCKER_HOST="unix://$SOCKET"
 SINGLE=hookrelay-check CLUSTER=hookrelay-check-cluster
 export HOOKRELAY_CLIENT_IDS=compose-check
+export HOOKRELAY_ADMIN_TOKEN=compose-check-console-token
 # Webhooks from this host reach the relay through podman's bridge (10.88/16,
 # 10.89/16), or Docker's (172.16/12) where that is what runs.
 export HOOKRELAY_ALLOWED_IPS=10.0.0.0/8,172.16.0.0/12
@@ -247,6 +248,14 @@ single() {
     python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["properties"]["headers"]["x-quarantine-reason"])')
   [ -n "$reason" ] || fail "the invalid body is not in webhooks.quarantine"
   echo "the invalid body is in webhooks.quarantine: $reason"
+
+  step "the console on the admin port: 401 without the token; with it, account a-0's events and who needs the user"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/api/status")" = 401 ] || fail "the console answered without its token"
+  console() { curl -sf -H "Authorization: Bearer $HOOKRELAY_ADMIN_TOKEN" "$ADMIN/api$1"; }
+  events=$(console '/events?account_id=a-0&routing_key=sync.%23' | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["events"]))')
+  [ "$events" = 7 ] || fail "the console lists $events sync events of a-0, not 7"
+  reconnect=$(console '/accounts?state=needs_reconnect' | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["accounts"]))')
+  echo "the console lists $events sync events of account a-0; $reconnect account(s) need the user"
 
   step "docker-compose restart hookrelay: ready again"
   "${compose[@]}" restart hookrelay
