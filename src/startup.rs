@@ -30,6 +30,7 @@ use crate::admin::{self, Admin, Console, Rates};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::Delivery;
+use crate::history::Index;
 use crate::ingress::tls;
 use crate::ingress::{self, Ingress, WebhookPath};
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub const BROKER_TASK: &str = "broker supervisor";
 pub const DRAIN_TASK: &str = "spool drainer";
 /// The background task that announces changes of accounts' states.
 pub const ANNOUNCER_TASK: &str = "account announcer";
+/// The background task that follows the history into the console's index.
+pub const INDEX_TASK: &str = "history index";
 /// The background task that samples webhook rates for the console.
 pub const RATES_TASK: &str = "console rates";
 
@@ -93,6 +96,16 @@ impl Application {
         let port = listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
         let metrics = Metrics::new();
+        let history_index = match (
+            settings.admin.console_token(),
+            Topology::of(&settings).history_stream(),
+        ) {
+            (Some(_), Some(stream)) => {
+                let path = settings.admin.index_path(&settings.spool);
+                Some((Arc::new(Index::open(&path)?), stream.to_owned()))
+            }
+            _ => None,
+        };
         let spool = match &settings.spool {
             spool if spool.enabled => Some(Spool::open(spool, &settings.queues, metrics.clone())?),
             _ => None,
@@ -137,6 +150,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             console,
             rates: rates.clone(),
+            index: history_index.as_ref().map(|(index, _)| index.clone()),
         });
         let admin_routes = admin::routes(console_on);
         let admin = HttpServer::new(move || {
@@ -170,6 +184,10 @@ impl Application {
         }
         if console_on {
             tasks.add(RATES_TASK, rates.run());
+        }
+        if let Some((index, stream)) = history_index {
+            let following = index.follow(settings.amqp.clone(), stream, stopping.subscribe());
+            tasks.add(INDEX_TASK, following);
         }
         Ok(Application {
             port,
@@ -244,6 +262,7 @@ impl Application {
         stopping.send_replace(true);
         tasks.finish(DRAIN_TASK).await;
         tasks.finish(ANNOUNCER_TASK).await;
+        tasks.finish(INDEX_TASK).await;
         if let Some(spool) = &spool
             && !spool.is_empty()
         {

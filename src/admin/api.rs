@@ -17,6 +17,7 @@ use super::auth::{ConsoleError, Operator};
 use super::health::readiness;
 use crate::accounts::{self, Selection};
 use crate::broker::{self, Topology};
+use crate::history::index::Row;
 use crate::history::{self, Filter, PointInTime, Recorded, Start};
 use crate::replay::dead_letters::{self, ReplayOptions};
 use crate::replay::{history as history_replay, quarantine};
@@ -100,6 +101,15 @@ fn history_stream(admin: &Admin) -> Result<String, ConsoleError> {
 async fn status(admin: web::Data<Admin>, _: Operator) -> Answer {
     let (_, mut body) = readiness(&admin);
     body["rates"] = json!(admin.rates.snapshot());
+    if let Some(index) = admin.index.clone() {
+        let rows = tokio::task::spawn_blocking(move || index.len())
+            .await
+            .map_err(|err| ConsoleError::Failed(err.into()))??;
+        body["index"] = json!({
+            "caught_up": admin.index.as_ref().is_some_and(|index| index.caught_up()),
+            "rows": rows,
+        });
+    }
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -144,7 +154,8 @@ fn nonempty(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.is_empty())
 }
 
-/// Events from the history, newest first, a page at a time.
+/// Events from the history, newest first, a page at a time: from the
+/// index once it has caught up with the stream, else from the stream.
 pub(super) async fn search_events(
     admin: &Admin,
     query: EventsQuery,
@@ -162,6 +173,16 @@ pub(super) async fn search_events(
         message_ids: nonempty(query.message_id).into_iter().collect(),
     };
     let limit = limit(query.limit, DEFAULT_LIMIT)?;
+    if let Some(index) = admin.index.clone().filter(|index| index.caught_up()) {
+        let found = tokio::task::spawn_blocking(move || index.search(&filter, query.cursor, limit))
+            .await
+            .map_err(|err| ConsoleError::Failed(err.into()))??;
+        return Ok(json!({
+            "events": found.rows,
+            "next_cursor": found.next_cursor,
+            "source": "index",
+        }));
+    }
     let page = broker::with_tool_connection(
         &admin.settings.amqp,
         "hookrelay-console",
@@ -169,8 +190,9 @@ pub(super) async fn search_events(
     )
     .await?;
     Ok(json!({
-        "events": page.events.iter().map(EventView::of).collect::<Vec<_>>(),
+        "events": page.events.iter().map(Row::of).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor,
+        "source": "stream",
         "read": page.read,
     }))
 }
@@ -183,17 +205,36 @@ async fn events(admin: web::Data<Admin>, _: Operator, query: web::Query<EventsQu
 /// and whether it sits in the dead letters or the quarantine.
 pub(super) async fn locate_event(admin: &Admin, message_id: &str) -> Result<Value, ConsoleError> {
     let stream = history_stream(admin)?;
-    let filter = Filter {
-        message_ids: vec![message_id.to_owned()],
-        ..Filter::default()
+    let indexed = match admin.index.clone().filter(|index| index.caught_up()) {
+        Some(index) => {
+            let id = message_id.to_owned();
+            Some(
+                tokio::task::spawn_blocking(move || index.find(&id))
+                    .await
+                    .map_err(|err| ConsoleError::Failed(err.into()))??,
+            )
+        }
+        None => None,
     };
-    let page = broker::with_tool_connection(
+    let found = broker::with_tool_connection(
         &admin.settings.amqp,
         "hookrelay-console",
-        async |connection| history::newest(connection, &stream, filter, None, 1).await,
+        async |connection| match indexed {
+            Some(Some(row)) => history::index::at_offset(connection, &stream, row.offset).await,
+            // The index has caught up and does not know it.
+            Some(None) => Ok(None),
+            None => {
+                let filter = Filter {
+                    message_ids: vec![message_id.to_owned()],
+                    ..Filter::default()
+                };
+                let page = history::newest(connection, &stream, filter, None, 1).await?;
+                Ok(page.events.into_iter().next())
+            }
+        },
     )
     .await?;
-    let Some(event) = page.events.first() else {
+    let Some(event) = found.as_ref() else {
         return Err(ConsoleError::NotFound(format!(
             "no event {message_id} in the history (it keeps history.max_age)"
         )));

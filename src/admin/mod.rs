@@ -18,6 +18,7 @@ use actix_web::web;
 
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::history::Index;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 
@@ -33,6 +34,8 @@ pub(crate) struct Admin {
     /// `None` while the console is off (no `admin.token`).
     pub console: Option<Console>,
     pub rates: Arc<Rates>,
+    /// The history's index, while the console and the history are on.
+    pub index: Option<Arc<Index>>,
 }
 
 /// The admin listener's routes: health always, the console when it is on.

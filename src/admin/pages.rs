@@ -194,8 +194,8 @@ async fn events(
                 tr {
                     td { (text(&event["received_at"])) }
                     td { (text(&event["routing_key"])) }
-                    td { (text(&event["headers"]["account-id"])) }
-                    td { (text(&event["headers"]["user-id"])) }
+                    td { (text(&event["account_id"])) }
+                    td { (text(&event["user_id"])) }
                     td { a href={ "/events/" (text(&event["message_id"])) } { (text(&event["message_id"])) } }
                 }
             }
@@ -203,7 +203,7 @@ async fn events(
         @if let Some(next) = next {
             p { a href={ "/events?account_id=" (value(&form.account_id)) "&user_id=" (value(&form.user_id)) "&cursor=" (next) } { "Older events" } }
         }
-        p { small { (text(&found["read"])) " events read from the history." } }
+        p { small { "From the " (text(&found["source"])) "." } }
     };
     Ok(page("Events", body))
 }

@@ -184,6 +184,10 @@ pub struct AdminSettings {
     /// A file holding the token (a Docker or Kubernetes secret).
     #[serde(default, deserialize_with = "optional_path")]
     pub token_file: Option<PathBuf>,
+    /// The console's index of the history (a SQLite file); beside the
+    /// spool file when empty.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub index_path: Option<PathBuf>,
     /// What protects a console on a non-loopback `admin_listen`, which is
     /// refused otherwise.
     #[serde(default, deserialize_with = "optional_protection")]
@@ -204,6 +208,13 @@ impl AdminSettings {
     /// The console's token, when the console is on.
     pub fn console_token(&self) -> Option<&Secret> {
         self.token.as_ref()
+    }
+
+    /// Where the console keeps its index of the history.
+    pub fn index_path(&self, spool: &SpoolSettings) -> PathBuf {
+        self.index_path
+            .clone()
+            .unwrap_or_else(|| spool.path.with_file_name("history-index.sqlite"))
     }
 }
 

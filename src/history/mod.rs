@@ -20,8 +20,10 @@
 //! where it stopped, rather than end as if it had read everything. With
 //! `follow`, it goes on with new events.
 
+pub mod index;
 mod search;
 
+pub use index::Index;
 pub use search::{Page, newest};
 
 use std::str::FromStr;
@@ -62,6 +64,8 @@ pub enum Start {
     Last,
     /// The first event written at or after this time.
     At(SystemTime),
+    /// The event at this offset (or the first after it the stream holds).
+    Offset(u64),
 }
 
 /// Which events a read hands over; every condition set must hold.
@@ -164,6 +168,7 @@ impl Reader {
         // nothing to wait for (and nothing would pass the filter's `since`).
         let after_the_end = match (start, &last) {
             (Start::At(at), Some(last)) => last.received_at.is_some_and(|last| last < at),
+            (Start::Offset(offset), Some(last)) => last.offset < offset,
             _ => false,
         };
         let channel = connection
@@ -363,6 +368,7 @@ async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Resul
             at.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         ),
+        Start::Offset(offset) => AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
     };
     arguments.insert(STREAM_OFFSET.into(), offset);
     channel
@@ -380,14 +386,17 @@ async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Resul
 
 /// The last event in `stream` when a read began.
 #[derive(Debug, Clone, Copy)]
-struct LastEvent {
-    offset: u64,
+pub(crate) struct LastEvent {
+    pub(crate) offset: u64,
     received_at: Option<SystemTime>,
 }
 
 /// The last event in `stream`, or `None` when it is empty: a consumer at
 /// `last` gets the whole last chunk, whose highest offset it is.
-async fn last_event(connection: &Connection, stream: &str) -> anyhow::Result<Option<LastEvent>> {
+pub(crate) async fn last_event(
+    connection: &Connection,
+    stream: &str,
+) -> anyhow::Result<Option<LastEvent>> {
     let channel = connection
         .create_channel()
         .await

@@ -7,7 +7,11 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SET_COOKIE, WWW_AU
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_unready, sync_error, test_settings};
+use std::time::Duration;
+
+use crate::helpers::{
+    TestApp, eventually, spawn_app, spawn_app_unready, sync_error, test_settings,
+};
 
 const TOKEN: &str = "console-test-token-0123456789";
 
@@ -267,6 +271,15 @@ async fn events_are_found_by_account_newest_first_a_page_at_a_time_with_login_na
         .await;
     sent.push(dead.clone());
 
+    // The index follows the stream a moment behind.
+    let listed = eventually(Duration::from_secs(30), || async {
+        let all = app
+            .api_get("/api/events?account_id=a-7&routing_key=sync.%23")
+            .await;
+        all["events"].as_array().is_some_and(|e| e.len() == 4)
+    })
+    .await;
+    assert!(listed, "the four events of a-7 are listed");
     let first = app
         .api_get("/api/events?account_id=a-7&routing_key=sync.%23&limit=3")
         .await;
@@ -290,10 +303,6 @@ async fn events_are_found_by_account_newest_first_a_page_at_a_time_with_login_na
         .await;
     assert_eq!(ids(&second), [sent[0].clone()]);
     assert!(second["next_cursor"].is_null());
-    assert_eq!(
-        first["events"][0]["body"]["user"]["loginName"],
-        "[redacted]"
-    );
     assert!(!first.to_string().contains("jane@example.com"));
 
     let journey = app.api_get(&format!("/api/events/{dead}")).await;
@@ -480,5 +489,62 @@ async fn the_pages_need_a_login_and_a_wrong_token_gets_no_session() {
         .await
         .unwrap();
     assert_eq!(after.status(), StatusCode::SEE_OTHER, "the session ended");
+    app.stop().await.unwrap();
+}
+
+impl TestApp {
+    /// Waits until the index has caught up and lists `count` events.
+    async fn indexed(&self, count: usize) -> bool {
+        eventually(Duration::from_secs(30), || async {
+            let page = self.api_get("/api/events?limit=500").await;
+            page["source"] == "index" && page["events"].as_array().is_some_and(|e| e.len() == count)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_index_resumes_after_a_restart_and_starts_over_when_the_stream_does() {
+    let settings = test_settings(&[("HOOKRELAY__ADMIN__TOKEN", TOKEN)]);
+    let app = spawn_app_unready(settings.clone()).await;
+    app.wait_until_ready().await;
+    for code in [
+        "LoginFailedError",
+        "TemporaryFailureError",
+        "LoginFailedError",
+    ] {
+        app.send(event("a-1", code)).await;
+    }
+    assert!(app.indexed(3).await, "three events indexed");
+    app.stop_without_cleaning().await;
+
+    let app = spawn_app_unready(settings.clone()).await;
+    app.wait_until_ready().await;
+    let fourth = app.send(event("a-2", "LoginFailedError")).await;
+    assert!(
+        app.indexed(4).await,
+        "the fourth indexed after the three, none twice"
+    );
+    let status = app.api_get("/api/status").await;
+    assert_eq!(status["index"]["rows"], 4, "{status}");
+    let found = app.api_get("/api/events?account_id=a-2").await;
+    assert_eq!(found["events"][0]["message_id"], fourth.as_str());
+    // The stream deleted (an operator's action): the relay declares it
+    // again, empty, and the index must not answer with what it no longer holds.
+    let stream = app.topology.history_stream().unwrap().to_owned();
+    app.channel
+        .queue_delete(
+            stream.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    app.stop_without_cleaning().await;
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let fresh = app.send(event("a-3", "LoginFailedError")).await;
+    assert!(app.indexed(1).await, "only the new stream's event");
+    let found = app.api_get("/api/events").await;
+    assert_eq!(found["events"][0]["message_id"], fresh.as_str());
     app.stop().await.unwrap();
 }

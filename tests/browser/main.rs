@@ -216,6 +216,24 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     .await;
     assert!(dead, "the rejected event was dead-lettered");
 
+    // The console's index follows the history a moment behind.
+    let listed = until(STEP, || async {
+        let page = http
+            .get(format!("{console}/api/events?account_id=a-browser&routing_key=sync.%23"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        match page {
+            Ok(page) => page
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|page| page["events"][0]["message_id"] == id.as_str()),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(listed, "the event is in the console's index");
+
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
