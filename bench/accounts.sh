@@ -41,20 +41,10 @@ relay_config "$work/on.toml" "$on" "$PORT" "$ADMIN_PORT" "$work/on.sqlite" true
 relay_config "$work/off.toml" "$off" $((PORT + 1)) $((ADMIN_PORT + 1)) "$work/off.sqlite" true
 printf '[accounts]\nenabled = false\n' >> "$work/off.toml"
 
-start() { # NAME ADMIN_PORT: starts a relay, waits until it is connected, prints its pid
-  HOOKRELAY__AMQP__URI="$AMQP_URL" target/release/hookrelay serve --config "$work/$1.toml" \
-    >/dev/null 2>"$work/$1.log" &
-  local pid=$!
-  for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$2/readyz" 2>/dev/null | grep -q '"broker":"connected"'; then echo "$pid"; return; fi
-    sleep 0.1
-  done
-  echo "relay $1 not ready; log:" >&2; cat "$work/$1.log" >&2; exit 1
-}
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 depth() { rabbitmqctl -q list_queues name messages | awk -v q="$1" '$1 == q {print $2}'; }
-on_pid=$(start on "$ADMIN_PORT"); pids="$on_pid"
-off_pid=$(start off $((ADMIN_PORT + 1))); pids="$pids $off_pid"
+on_pid=$(start target/release/hookrelay on "$ADMIN_PORT"); pids="$on_pid"
+off_pid=$(start target/release/hookrelay off $((ADMIN_PORT + 1))); pids="$pids $off_pid"
 broker_pid=$(pgrep -o beam.smp || true)
 body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
 run() { # NAME PORT PID: one saturation run; NAME.json (oha) and NAME.cpu (relay and broker ticks)

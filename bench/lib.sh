@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/cpu.sh: sourced, not run.
+# Shared by the benchmark scripts: sourced, not run.
 
 # relay_config FILE EXCHANGE PORT ADMIN_PORT SPOOL [HISTORY] [QUEUE_TYPE]:
 # a benchmark relay's config. Only 127.0.0.1 with client id bench-client gets
@@ -34,3 +34,19 @@ delete_topology() {
     rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$1$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
   done
 }
+
+start() { # BINARY CONFIG ADMIN_PORT [URI]: starts a relay on $work/CONFIG.toml, waits until it is connected
+  # (or, given a URI that does not answer, until it takes webhooks), prints its pid
+  local uri=${4:-${relay_uri:-$AMQP_URL}} ready='"broker":"connected"'
+  [ -n "${4:-}" ] && ready='"accepting":true'
+  # stdout elsewhere: this runs inside $(...), which would wait for it to close.
+  HOOKRELAY__AMQP__URI="$uri" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
+  local pid=$!
+  for _ in $(seq 1 100); do
+    if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q "$ready"; then echo "$pid"; return; fi
+    sleep 0.1
+  done
+  echo "relay not ready; log:" >&2; cat "$work/$2.log" >&2; exit 1
+}
+# start runs inside $(...), so its relay is not this shell's child: poll, not wait.
+stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }

@@ -86,21 +86,6 @@ config search "$searched" $((PORT + 2)) $((ADMIN_PORT + 2)) true
 config spooled "$drained" $((PORT + 3)) $((ADMIN_PORT + 3)) true spool
 config drain "$drained" $((PORT + 4)) $((ADMIN_PORT + 4)) true spool
 
-start() { # BINARY CONFIG ADMIN_PORT [URI]: starts a relay, waits until it is connected
-  # (or, given a URI that does not answer, until it takes webhooks), prints its pid
-  local uri=${4:-$relay_uri} ready='"broker":"connected"'
-  [ -n "${4:-}" ] && ready='"accepting":true'
-  # stdout elsewhere: this runs inside $(...), which would wait for it to close.
-  HOOKRELAY__AMQP__URI="$uri" "$1" serve --config "$work/$2.toml" >/dev/null 2>"$work/$2.log" &
-  local pid=$!
-  for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$3/readyz" 2>/dev/null | grep -q "$ready"; then echo "$pid"; return; fi
-    sleep 0.1
-  done
-  echo "relay not ready; log:" >&2; cat "$work/$2.log" >&2; exit 1
-}
-# start runs inside $(...), so its relay is not this shell's child: poll, not wait.
-stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
 start_relay() { relay_pid=$(start "$1" relay "$ADMIN_PORT"); }
 stop_relay() { stop "$relay_pid"; relay_pid=""; }
 metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }  # ADMIN_PORT NAME

@@ -19,14 +19,16 @@
 //! * [`wire`]: the protocol on RabbitMQ: header names, the envelope, the
 //!   `account.<state>` message, the contract (`docs/asyncapi.yaml`),
 //!   dead-letter and retry headers, topic patterns.
-//! * [`ingress`]: the public HTTP app; `admin`: health, readiness, metrics.
+//! * [`ingress`]: the public HTTP app; `admin`: health, readiness, metrics,
+//!   and the operator console (`/api/`, `docs/openapi.yaml`, and its pages).
 //! * [`broker`]: RabbitMQ: names, declaring, the supervised connection and its
 //!   status, one confirmed publish.
 //! * `delivery`, [`spool`]: publish now, or keep on disk until RabbitMQ can.
 //! * `metrics`, [`telemetry`]: what operators see.
 //! * [`startup`]: wires it all into an [`startup::Application`] and watches
 //!   its background tasks; [`cli`]: the commands.
-//! * [`history`]: reading the event history stream back.
+//! * [`history`]: reading the event history stream back, newest first, and
+//!   the console's index of it.
 //! * [`accounts`]: what the outcomes mean for each account, folded from the
 //!   history; the relay announces each change as `account.<state>`.
 //! * [`replay`]: sending messages again (dead letters, quarantine, history),
@@ -45,7 +47,8 @@
 //! | replay dead letters | [`replay::dead_letters::replay`] |
 //! | send quarantined bodies on | [`replay::quarantine::redrive`] |
 //! | replay from the history | [`replay::history::replay`] |
-//! | read the history | [`history::Reader`] |
+//! | read the history | [`history::Reader`], [`history::newest`] |
+//! | index the history | [`history::Index`] |
 //! | accounts by what they need | [`accounts::book()`], [`accounts::timeline()`] |
 //! | look at a queue | [`watch::inspect::inspect`] |
 //! | watch events go by | [`watch::tail::tail`] |

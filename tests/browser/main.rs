@@ -219,7 +219,9 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     // The console's index follows the history a moment behind.
     let listed = until(STEP, || async {
         let page = http
-            .get(format!("{console}/api/events?account_id=a-browser&routing_key=sync.%23"))
+            .get(format!(
+                "{console}/api/events?account_id=a-browser&routing_key=sync.%23"
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await;
