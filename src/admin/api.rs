@@ -138,14 +138,15 @@ pub(super) struct EventView {
 }
 
 impl EventView {
-    pub(super) fn of(event: &Recorded) -> EventView {
+    /// `reveal`: show `loginName` as received (the caller logs it).
+    pub(super) fn of(event: &Recorded, reveal: bool) -> EventView {
         EventView {
             offset: event.offset,
             message_id: event.message_id(),
             routing_key: event.routing_key.clone(),
             received_at: event.received_at_text(),
             headers: render::headers(event.properties.headers().as_ref()),
-            body: render::body(&event.body, false),
+            body: render::body(&event.body, reveal),
         }
     }
 }
@@ -202,8 +203,14 @@ async fn events(admin: web::Data<Admin>, _: Operator, query: web::Query<EventsQu
 }
 
 /// One event and where it went: the queues bound to its routing key now,
-/// and whether it sits in the dead letters or the quarantine.
-pub(super) async fn locate_event(admin: &Admin, message_id: &str) -> Result<Value, ConsoleError> {
+/// and whether it sits in the dead letters or the quarantine. `reveal`
+/// (logged, with who asked) shows its `loginName`.
+pub(super) async fn locate_event(
+    admin: &Admin,
+    operator: &Operator,
+    message_id: &str,
+    reveal: bool,
+) -> Result<Value, ConsoleError> {
     let stream = history_stream(admin)?;
     let indexed = match admin.index.clone().filter(|index| index.caught_up()) {
         Some(index) => {
@@ -268,19 +275,34 @@ pub(super) async fn locate_event(admin: &Admin, message_id: &str) -> Result<Valu
             "found": found,
         }));
     }
+    if reveal {
+        info!(by = %operator, message_id, "console: loginName revealed");
+    }
     let bound = match event.routing_key.as_str() {
         history::QUARANTINED => vec![topology.quarantine_queue()],
         key => topology.consumer_queues_bound_to(key),
     };
     Ok(json!({
-        "event": EventView::of(event),
+        "event": EventView::of(event, reveal),
         "bound_queues": bound,
         "held": held,
     }))
 }
 
-async fn event(admin: web::Data<Admin>, _: Operator, path: web::Path<String>) -> Answer {
-    Ok(HttpResponse::Ok().json(locate_event(&admin, &path).await?))
+#[derive(Deserialize)]
+pub(super) struct EventQuery {
+    #[serde(default)]
+    pub reveal: bool,
+}
+
+async fn event(
+    admin: web::Data<Admin>,
+    operator: Operator,
+    path: web::Path<String>,
+    query: web::Query<EventQuery>,
+) -> Answer {
+    let found = locate_event(&admin, &operator, &path, query.reveal).await?;
+    Ok(HttpResponse::Ok().json(found))
 }
 
 /// The relay's own queues and every `[[queues]]` entry: depth, consumers,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Admin;
-use super::api::{self, AccountsQuery, EventsQuery};
+use super::api::{self, AccountsQuery, EventQuery, EventsQuery};
 use super::auth::{ConsoleError, Operator};
 use super::health::readiness;
 use crate::broker::Topology;
@@ -210,10 +210,11 @@ async fn events(
 
 async fn event(
     admin: web::Data<Admin>,
-    _: Operator,
+    operator: Operator,
     path: web::Path<String>,
+    query: web::Query<EventQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let found = api::locate_event(&admin, &path).await?;
+    let found = api::locate_event(&admin, &operator, &path, query.reveal).await?;
     let event = &found["event"];
     let body = html! {
         p { strong { (text(&event["routing_key"])) } " received " (text(&event["received_at"])) }
@@ -231,7 +232,11 @@ async fn event(
         }
         h2 { "Headers" }
         pre { (serde_json::to_string_pretty(&event["headers"]).unwrap_or_default()) }
-        h2 { "Body (loginName masked)" }
+        @if query.reveal {
+            h2 { "Body, as received (this reveal is logged)" }
+        } @else {
+            h2 { "Body (loginName masked: " a href="?reveal=true" { "reveal it" } ", which is logged)" }
+        }
         pre { (serde_json::to_string_pretty(&event["body"]).unwrap_or_default()) }
     };
     Ok(page(&format!("Event {}", path.as_str()), body))
@@ -336,11 +341,14 @@ async fn spool(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, Con
             p { (text(&found["depth"])) " waiting, " (text(&found["parked"])) " parked; oldest "
                 (text(&found["oldest_age_seconds"])) " s old." }
             button onclick="act('/api/spool/retry', {all: true}, 'Send every parked webhook again?')" { "Retry all parked" }
-            table { tr { th { "seq" } th { "state" } th { "routing key" } th { "spooled" } th { "last error" } }
+            table { tr { th { "seq" } th { "state" } th { "routing key" } th { "spooled" } th { "last error" } th {} }
                 @for entry in found["entries"].as_array().into_iter().flatten() {
                     tr { td { (text(&entry["seq"])) } td { (text(&entry["state"])) }
                          td { (text(&entry["routing_key"])) } td { (text(&entry["spooled_at"])) }
-                         td { (text(&entry["last_error"])) } }
+                         td { (text(&entry["last_error"])) }
+                         td { @if entry["state"] == "parked" {
+                             button onclick={ "act('/api/spool/retry', {seqs: [" (text(&entry["seq"])) "]}, 'Send this parked webhook again?')" } { "Retry" }
+                         } } }
                 }
             }
         }

@@ -323,6 +323,15 @@ async fn events_are_found_by_account_newest_first_a_page_at_a_time_with_login_na
         "{journey}"
     );
     assert!(journey["held"][1]["found"].is_null());
+    assert_eq!(journey["event"]["body"]["user"]["loginName"], "[redacted]");
+    assert!(!journey.to_string().contains("jane@example.com"));
+    let revealed = app
+        .api_get(&format!("/api/events/{dead}?reveal=true"))
+        .await;
+    assert_eq!(
+        revealed["event"]["body"]["user"]["loginName"],
+        "jane@example.com"
+    );
     let (status, _) = app.api(Method::GET, "/api/events/no-such-id", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = app
