@@ -516,7 +516,7 @@ pub(super) struct DeadLetterReplay {
 
 const DEATH_REASONS: [&str; 4] = ["rejected", "expired", "maxlen", "delivery_limit"];
 
-pub(super) async fn replay_dead(
+async fn replay_dead(
     admin: &Admin,
     operator: &Operator,
     request: DeadLetterReplay,
@@ -551,21 +551,17 @@ pub(super) async fn replay_dead(
                 .to_owned(),
         ));
     }
-    let mut entries = Vec::new();
-    let summary = dead_letters::replay(&admin.settings, &options, |entry| {
-        if entries.len() < MAX_LIMIT {
-            entries.push(entry.clone());
-        }
-    })
-    .await?;
-    acted(
+    let mut entries = Entries::new();
+    let summary =
+        dead_letters::replay(&admin.settings, &options, |entry| entries.add(entry)).await?;
+    Ok(done(
         admin,
         operator,
         "dead_letters_replay",
         options.dry_run,
         &summary,
-    );
-    Ok(json!({ "summary": summary, "entries": entries }))
+        &entries.0,
+    ))
 }
 
 async fn replay_dead_letters(
@@ -585,7 +581,7 @@ pub(super) struct Redrive {
     pub limit: Option<usize>,
 }
 
-pub(super) async fn redrive(
+async fn redrive(
     admin: &Admin,
     operator: &Operator,
     request: Redrive,
@@ -594,21 +590,16 @@ pub(super) async fn redrive(
         limit: request.limit,
         dry_run: request.dry_run,
     };
-    let mut entries = Vec::new();
-    let summary = quarantine::redrive(&admin.settings, options, |entry| {
-        if entries.len() < MAX_LIMIT {
-            entries.push(entry.clone());
-        }
-    })
-    .await?;
-    acted(
+    let mut entries = Entries::new();
+    let summary = quarantine::redrive(&admin.settings, options, |entry| entries.add(entry)).await?;
+    Ok(done(
         admin,
         operator,
         "quarantine_redrive",
         options.dry_run,
         &summary,
-    );
-    Ok(json!({ "summary": summary, "entries": entries }))
+        &entries.0,
+    ))
 }
 
 async fn redrive_quarantine(
@@ -689,21 +680,17 @@ async fn replay_history(
         limit: request.limit,
         dry_run: request.dry_run,
     };
-    let mut entries = Vec::new();
-    let summary = history_replay::replay(&admin.settings, &options, |sent| {
-        if entries.len() < MAX_LIMIT {
-            entries.push(sent.clone());
-        }
-    })
-    .await?;
-    acted(
+    let mut entries = Entries::new();
+    let summary =
+        history_replay::replay(&admin.settings, &options, |sent| entries.add(sent)).await?;
+    Ok(HttpResponse::Ok().json(done(
         &admin,
         &operator,
         "history_replay",
         options.dry_run,
         &summary,
-    );
-    Ok(HttpResponse::Ok().json(json!({ "summary": summary, "entries": entries })))
+        &entries.0,
+    )))
 }
 
 /// `POST /api/spool/retry`: parked webhooks, by `seq`, or all of them.
@@ -716,7 +703,7 @@ pub(super) struct SpoolRetry {
     pub all: bool,
 }
 
-pub(super) async fn spool_retry(
+async fn spool_retry(
     admin: &Admin,
     operator: &Operator,
     request: SpoolRetry,
@@ -751,6 +738,35 @@ async fn retry_spool(
     body: web::Json<SpoolRetry>,
 ) -> Answer {
     Ok(HttpResponse::Ok().json(spool_retry(&admin, &operator, body.into_inner()).await?))
+}
+
+/// The entries an action reports, the first [`MAX_LIMIT`] of them.
+struct Entries<T>(Vec<T>);
+
+impl<T: Clone> Entries<T> {
+    fn new() -> Entries<T> {
+        Entries(Vec::new())
+    }
+
+    fn add(&mut self, entry: &T) {
+        if self.0.len() < MAX_LIMIT {
+            self.0.push(entry.clone());
+        }
+    }
+}
+
+/// Logs and counts an action, and answers what it did: its summary and
+/// its entries, as the CLI prints them with `--json`.
+fn done(
+    admin: &Admin,
+    operator: &Operator,
+    action: &'static str,
+    dry_run: bool,
+    summary: &impl Serialize,
+    entries: &[impl Serialize],
+) -> Value {
+    acted(admin, operator, action, dry_run, summary);
+    json!({ "summary": summary, "entries": entries })
 }
 
 /// Logs and counts an action: who, what, and what came of it.

@@ -260,28 +260,43 @@ fn messages_table(found: &Value, pickable: bool) -> Markup {
     }
 }
 
+/// A queue of the relay's with its messages, what it is for, and the
+/// buttons that act on it.
+async fn queue_page(
+    admin: &Admin,
+    title: &str,
+    queue: &str,
+    about: &str,
+    buttons: Markup,
+    pickable: bool,
+) -> Result<HttpResponse, ConsoleError> {
+    let found = api::peek(admin, queue, 200).await?;
+    let body = html! {
+        p { (about) }
+        (buttons)
+        (messages_table(&found, pickable))
+    };
+    Ok(page(title, body))
+}
+
 async fn dead_letters(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
     let queue = Topology::of(&admin.settings).dead_letter_queue().to_owned();
-    let found = api::peek(&admin, &queue, 200).await?;
-    let body = html! {
-        p { "Replaying sends a dead letter back to the queue it died in only, so only the consumer that failed sees it again." }
+    let buttons = html! {
         button onclick="act('/api/dead-letters/replay', {message_ids: selected()}, 'Replay the selected dead letters to the queues they died in?')" { "Replay selected" }
         button onclick="act('/api/dead-letters/replay', {all: true}, 'Replay EVERY dead letter to the queue it died in?')" { "Replay all" }
-        (messages_table(&found, true))
     };
-    Ok(page("Dead letters", body))
+    let about = "Replaying sends a dead letter back to the queue it died in only, so only the consumer that failed sees it again.";
+    queue_page(&admin, "Dead letters", &queue, about, buttons, true).await
 }
 
 async fn quarantine(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
     let queue = Topology::of(&admin.settings).quarantine_queue().to_owned();
-    let found = api::peek(&admin, &queue, 200).await?;
-    let body = html! {
-        p { "Bodies that were not valid events. Re-driving sends on those that parse now (after a fix); the rest stay." }
+    let buttons = html! {
         button onclick="act('/api/quarantine/redrive', {dry_run: true}, 'See what would be re-driven?')" { "Dry run" }
         button onclick="act('/api/quarantine/redrive', {}, 'Re-drive every body that parses now?')" { "Re-drive" }
-        (messages_table(&found, false))
     };
-    Ok(page("Quarantine", body))
+    let about = "Bodies that were not valid events. Re-driving sends on those that parse now (after a fix); the rest stay.";
+    queue_page(&admin, "Quarantine", &queue, about, buttons, false).await
 }
 
 async fn accounts(

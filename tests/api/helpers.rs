@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::common::env::{RelayEnv, amqp_url};
+pub(crate) use crate::common::wait::eventually;
 use crate::common::{binary, metrics, rabbitmqctl};
 
 pub(crate) const CLIENT_ID: &str = "test-client";
@@ -617,24 +618,6 @@ pub(crate) async fn bindings_from(source: &str) -> Vec<String> {
             .collect();
     destinations.sort();
     destinations
-}
-
-/// Waits up to `within` for `condition` to hold, checking every 50 ms.
-pub(crate) async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Sends raw bytes to the relay and returns its status code, for requests a

@@ -17,7 +17,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hookrelay::config::{QueueSettings, QueueType};
@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use common::env::{RelayEnv, amqp_url};
+use common::wait::eventually;
 
 const TOKEN: &str = "browser-test-token-0123456789";
 const CLIENT_ID: &str = "browser-test";
@@ -54,7 +55,7 @@ impl Driver {
             .expect("chromedriver (Debian's chromium-driver) is installed");
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let ready = until(STEP, || async {
+        let ready = eventually(STEP, || async {
             http.get(format!("{url}/status"))
                 .send()
                 .await
@@ -98,22 +99,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `condition` until it holds or `within` has passed.
-async fn until<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The element `locator` finds once the page shows it; fails saying `what`.
+async fn shown(
+    browser: &Client,
+    locator: Locator<'_>,
+    what: &str,
+) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(STEP)
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: {err}"))
+}
+
+async fn click(browser: &Client, locator: Locator<'_>) {
+    browser.find(locator).await.unwrap().click().await.unwrap();
 }
 
 /// Takes the next message of `queue`, `None` when it is empty.
@@ -154,7 +155,7 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
-    let connected = until(STEP, || async {
+    let connected = eventually(STEP, || async {
         let ready = http.get(format!("{console}/readyz")).send().await;
         match ready {
             Ok(r) => r
@@ -200,7 +201,7 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         "the bystander got its copy"
     );
     let dead_letters = format!("{exchange}.dead-letter");
-    let dead = until(STEP, || async {
+    let dead = eventually(STEP, || async {
         channel
             .queue_declare(
                 dead_letters.as_str().into(),
@@ -217,7 +218,7 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     assert!(dead, "the rejected event was dead-lettered");
 
     // The console's index follows the history a moment behind.
-    let listed = until(STEP, || async {
+    let listed = eventually(STEP, || async {
         let page = http
             .get(format!(
                 "{console}/api/events?account_id=a-browser&routing_key=sync.%23"
@@ -241,56 +242,44 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
 
     // Log in.
     browser.goto(&format!("{console}/")).await.unwrap();
-    let token = browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css("input[name=token]"))
-        .await
-        .unwrap();
+    let token = shown(
+        &browser,
+        Locator::Css("input[name=token]"),
+        "the login form",
+    )
+    .await;
     token.send_keys(TOKEN).await.unwrap();
-    browser
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::XPath("//h1[text()='Overview']"))
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("form button")).await;
+    shown(
+        &browser,
+        Locator::XPath("//h1[text()='Overview']"),
+        "the overview, logged in",
+    )
+    .await;
 
     // Find the account's event, and open it.
     browser.goto(&format!("{console}/events")).await.unwrap();
-    let account = browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css("input[name=account_id]"))
-        .await
-        .unwrap();
+    let account = shown(
+        &browser,
+        Locator::Css("input[name=account_id]"),
+        "the search form",
+    )
+    .await;
     account.send_keys("a-browser").await.unwrap();
-    browser
-        .find(Locator::XPath("//button[text()='Search']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let link = browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::LinkText(&id))
-        .await
-        .expect("the account's event is listed");
+    click(&browser, Locator::XPath("//button[text()='Search']")).await;
+    let link = shown(
+        &browser,
+        Locator::LinkText(&id),
+        "the account's event is listed",
+    )
+    .await;
     link.click().await.unwrap();
-    let held = browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::XPath("//strong[text()='held here']"))
-        .await
-        .expect("the event page says it sits in the dead letters");
+    let held = shown(
+        &browser,
+        Locator::XPath("//strong[text()='held here']"),
+        "the event page says it sits in the dead letters",
+    )
+    .await;
     assert!(held.text().await.unwrap().contains("held here"));
     assert!(
         !browser.source().await.unwrap().contains("jane@example.com"),
@@ -302,25 +291,23 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         .goto(&format!("{console}/dead-letters"))
         .await
         .unwrap();
-    let pick = browser
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css(&format!("input[name=pick][value='{id}']")))
-        .await
-        .expect("the dead letter is listed");
+    let pick = shown(
+        &browser,
+        Locator::Css(&format!("input[name=pick][value='{id}']")),
+        "the dead letter is listed",
+    )
+    .await;
     pick.click().await.unwrap();
-    browser
-        .find(Locator::XPath("//button[text()='Replay selected']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        Locator::XPath("//button[text()='Replay selected']"),
+    )
+    .await;
     browser
         .accept_alert()
         .await
         .expect("a confirmation before replaying");
-    let replayed = until(STEP, || async {
+    let replayed = eventually(STEP, || async {
         match browser.find(Locator::Id("result")).await {
             Ok(result) => result
                 .text()

@@ -1,11 +1,12 @@
 //! What every test binary shares (`tests/api`, `tests/independence.rs`,
 //! `tests/faults`, `tests/cluster`): one way to build a relay's environment,
-//! one way to start the `hookrelay` binary, one way to read its metrics and
-//! one way to ask the broker's `rabbitmqctl`. Each binary includes it with
-//! `#[path]` and uses the part it needs.
+//! one way to start the `hookrelay` binary, one way to read its metrics, one
+//! way to ask the broker's `rabbitmqctl` and one way to wait for a condition.
+//! Each binary includes it with `#[path]` and uses the part it needs.
 #![allow(dead_code)]
 
 pub(crate) mod binary;
 pub(crate) mod env;
 pub(crate) mod metrics;
 pub(crate) mod rabbitmqctl;
+pub(crate) mod wait;
