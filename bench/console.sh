@@ -46,7 +46,7 @@ indexed() { [ "$(api /status | field '["index"]["rows"]')" -ge "$1" ] && [ "$(ap
 wait_indexed() { # ROWS: waits until the index holds ROWS and has caught up; prints the seconds it took
   local t0; t0=$(date +%s%N)
   until indexed "$1"; do sleep 0.2; done
-  echo "scale=1; ($(date +%s%N) - t0) / 1000000000" | bc
+  echo "scale=1; ($(date +%s%N) - $t0) / 1000000000" | bc
 }
 
 relay_pid=$(start target/release/hookrelay relay "$ADMIN_PORT")
@@ -80,7 +80,7 @@ account_hits=$(api "/events?account_id=acct-00000007&limit=500" | field '["event
 echo "== for comparison: one account's events read from the stream itself (hookrelay events, no index)"
 scan_start=$(date +%s%N)
 HOOKRELAY__AMQP__URI="$AMQP_URL" target/release/hookrelay events --config "$work/relay.toml" --account-id acct-00000007 --json > /dev/null 2>&1
-scan_seconds=$(echo "scale=1; ($(date +%s%N) - scan_start) / 1000000000" | bc)
+scan_seconds=$(echo "scale=1; ($(date +%s%N) - $scan_start) / 1000000000" | bc)
 
 echo "== throughput: $ROUNDS pairs of $MESSAGES webhooks ($CONNECTIONS in flight), console closed, then open and refreshing every second"
 body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'

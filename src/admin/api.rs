@@ -577,6 +577,8 @@ async fn replay_dead_letters(
 #[serde(deny_unknown_fields)]
 pub(super) struct Redrive {
     #[serde(default)]
+    pub message_ids: Vec<String>,
+    #[serde(default)]
     pub dry_run: bool,
     pub limit: Option<usize>,
 }
@@ -589,9 +591,11 @@ async fn redrive(
     let options = quarantine::Options {
         limit: request.limit,
         dry_run: request.dry_run,
+        message_ids: request.message_ids,
     };
     let mut entries = Entries::new();
-    let summary = quarantine::redrive(&admin.settings, options, |entry| entries.add(entry)).await?;
+    let summary =
+        quarantine::redrive(&admin.settings, &options, |entry| entries.add(entry)).await?;
     Ok(done(
         admin,
         operator,

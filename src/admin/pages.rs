@@ -293,10 +293,11 @@ async fn quarantine(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse
     let queue = Topology::of(&admin.settings).quarantine_queue().to_owned();
     let buttons = html! {
         button onclick="act('/api/quarantine/redrive', {dry_run: true}, 'See what would be re-driven?')" { "Dry run" }
-        button onclick="act('/api/quarantine/redrive', {}, 'Re-drive every body that parses now?')" { "Re-drive" }
+        button onclick="act('/api/quarantine/redrive', {message_ids: selected()}, 'Re-drive the selected bodies, if they parse now?')" { "Re-drive selected" }
+        button onclick="act('/api/quarantine/redrive', {}, 'Re-drive every body that parses now?')" { "Re-drive all" }
     };
     let about = "Bodies that were not valid events. Re-driving sends on those that parse now (after a fix); the rest stay.";
-    queue_page(&admin, "Quarantine", &queue, about, buttons, false).await
+    queue_page(&admin, "Quarantine", &queue, about, buttons, true).await
 }
 
 async fn accounts(

@@ -183,21 +183,18 @@ async fn from_history(settings: Settings, args: ReplayArgs) -> anyhow::Result<()
 }
 
 async fn from_quarantine(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
-    if args.queue.is_some()
-        || args.to_queue.is_some()
-        || args.history.is_set()
-        || !args.message_ids.is_empty()
-    {
+    if args.queue.is_some() || args.to_queue.is_some() || args.history.is_set() {
         anyhow::bail!(
-            "--from-quarantine reads <exchange>.quarantine and sends to the exchange: it takes only --limit, --dry-run and --json"
+            "--from-quarantine reads <exchange>.quarantine and sends to the exchange: it takes only --message-id, --limit, --dry-run and --json"
         );
     }
     let options = quarantine::Options {
         limit: args.limit,
         dry_run: args.dry_run,
+        message_ids: args.message_ids,
     };
     let json = args.json;
-    let summary = quarantine::redrive(&settings, options, |entry| {
+    let summary = quarantine::redrive(&settings, &options, |entry| {
         if json {
             say!("{}", serde_json::to_string(entry).unwrap_or_default());
         } else {

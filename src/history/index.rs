@@ -111,6 +111,9 @@ impl Index {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        // A checkpoint truncates the write-ahead log back to this size, so
+        // the log does not keep the size of the largest burst on disk.
+        db.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS events (
                  offset INTEGER PRIMARY KEY,

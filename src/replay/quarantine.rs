@@ -24,12 +24,15 @@ use crate::wire::headers::{
 };
 
 /// What one run does.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Send at most this many.
     pub limit: Option<usize>,
     /// List what would go and what would stay, change nothing.
     pub dry_run: bool,
+    /// Only the bodies with these `message_id`s (the others stay, unreported);
+    /// empty: every body.
+    pub message_ids: Vec<String>,
 }
 
 /// One quarantined body and what became of it.
@@ -77,14 +80,14 @@ pub struct Summary {
 /// let settings = Settings::load(Some("relay.toml".as_ref()))?;
 /// // What would parse now, without sending anything.
 /// let dry_run = Options { dry_run: true, ..Options::default() };
-/// let summary = redrive(&settings, dry_run, |body| println!("{body:?}")).await?;
+/// let summary = redrive(&settings, &dry_run, |body| println!("{body:?}")).await?;
 /// println!("{} would go, {} stay", summary.would_redrive, summary.stays);
 /// # Ok(())
 /// # }
 /// ```
 pub async fn redrive(
     settings: &Settings,
-    options: Options,
+    options: &Options,
     mut report: impl FnMut(&Redrive),
 ) -> anyhow::Result<Summary> {
     let topology = Topology::of(settings);
@@ -97,9 +100,27 @@ pub async fn redrive(
         let queue = topology.quarantine_queue();
         let mut source = QueueSource::open(connection, queue, "the quarantined copy").await?;
         let publisher = browse::confirming_channel(connection).await?;
-        let decide = |delivery: &Delivery| decide(delivery, &topology);
+        let decide = |delivery: &Delivery| {
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str());
+            let chosen = options.message_ids.is_empty()
+                || id.is_some_and(|id| options.message_ids.iter().any(|m| m == id));
+            match chosen {
+                true => {
+                    let (verdict, entry) = decide(delivery, &topology);
+                    (verdict, Some(entry))
+                }
+                false => (Verdict::Keep, None),
+            }
+        };
         let tally = pass
-            .run(&mut source, &publisher, decide, |mut entry, step| {
+            .run(&mut source, &publisher, decide, |entry, step| {
+                let Some(mut entry) = entry else {
+                    return;
+                };
                 entry.action = match step {
                     Step::Kept => Action::Stays,
                     Step::WouldSend => Action::WouldRedrive,

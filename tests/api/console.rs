@@ -435,10 +435,21 @@ async fn history_replays_to_one_queue_and_quarantine_redrives_from_the_api() {
 
     let quarantined = app.post_webhook(r#"{"hook":"SyncAccount"}"#).await;
     assert_eq!(quarantined.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: Value = quarantined.json().await.unwrap();
+    let kept = answer["id"].as_str().unwrap().to_owned();
     let redrive = app
         .api_post("/api/quarantine/redrive", json!({ "dry_run": true }))
         .await;
     assert_eq!(redrive["summary"]["stays"], 1, "{redrive}");
+    assert_eq!(redrive["entries"][0]["message_id"], kept.as_str());
+    assert_eq!(redrive["entries"][0]["action"], "stays");
+    let other = app
+        .api_post(
+            "/api/quarantine/redrive",
+            json!({ "message_ids": ["another"], "dry_run": true }),
+        )
+        .await;
+    assert_eq!(other["entries"], json!([]), "only the chosen are reported");
     assert_eq!(app.depth(app.topology.quarantine_queue()).await, 1);
     app.stop().await.unwrap();
 }
