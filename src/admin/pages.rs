@@ -135,6 +135,10 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
             p { "Spool: " (text(&spool["depth"])) " waiting, " (text(&spool["parked"])) " parked, "
                 (text(&spool["refused"])) " refused by RabbitMQ" }
         }
+        @if let Some(index) = &admin.index {
+            p { "Event index: "
+                @if index.caught_up() { "caught up with the history" } @else { "catching up (event searches read the history meanwhile)" } }
+        }
         @for conflict in ready["queue_conflicts"].as_array().into_iter().flatten() {
             p .not_ready { "Queue conflict on " (text(&conflict["queue"])) ": " (text(&conflict["reason"])) }
         }

@@ -325,6 +325,12 @@ impl Index {
                 result = session => result,
                 _ = stopping.wait_for(|stop| *stop) => return,
             };
+            // A session that had caught up was healthy: a later loss is news
+            // again, and is retried quickly.
+            if self.caught_up.swap(false, Ordering::AcqRel) {
+                warned = false;
+                backoff = Duration::from_secs(1);
+            }
             if let Err(err) = result
                 && !warned
             {
@@ -334,7 +340,6 @@ impl Index {
                 );
                 warned = true;
             }
-            self.caught_up.store(false, Ordering::Release);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
