@@ -24,6 +24,7 @@ use crate::replay::{history as history_replay, quarantine};
 use crate::spool::listing;
 use crate::watch::inspect;
 use crate::watch::render;
+use crate::wire::account::StateName;
 use crate::wire::topic::TopicPattern;
 
 /// Events on a page when the query says nothing.
@@ -381,6 +382,13 @@ pub(super) async fn peek(admin: &Admin, queue: &str, limit: usize) -> Result<Val
                 "{queue} is the history stream: read it with /api/events"
             )));
         }
+        // Its one consumer is this relay's announcer (or another's): a look
+        // would take its next events from under it for a moment.
+        Some((_, "accounts")) => {
+            return Err(ConsoleError::BadRequest(format!(
+                "{queue} is the account announcer's work queue: see /api/accounts"
+            )));
+        }
         Some(_) => {}
     }
     let mut messages = Vec::new();
@@ -408,34 +416,17 @@ async fn queue_messages(
 
 #[derive(Deserialize)]
 pub(super) struct AccountsQuery {
-    pub state: Option<String>,
+    pub state: Option<StateName>,
     pub client_id: Option<String>,
     pub provider: Option<String>,
     pub since: Option<String>,
 }
-
-const STATES: [&str; 5] = [
-    "ok",
-    "needs_reconnect",
-    "retrying",
-    "contact_provider",
-    "unknown",
-];
 
 /// Every account's state, as `hookrelay accounts --json` lists it.
 pub(super) async fn account_list(
     admin: &Admin,
     query: AccountsQuery,
 ) -> Result<Value, ConsoleError> {
-    let state = nonempty(query.state);
-    if let Some(state) = &state
-        && !STATES.contains(&state.as_str())
-    {
-        return Err(ConsoleError::BadRequest(format!(
-            "state: `{state}` is not one of {}",
-            STATES.join(", ")
-        )));
-    }
     if !admin.settings.accounts.enabled {
         return Err(ConsoleError::Off(
             "accounts are off ([accounts] enabled = false)".to_owned(),
@@ -443,7 +434,7 @@ pub(super) async fn account_list(
     }
     history_stream(admin)?;
     let selection = Selection {
-        state,
+        state: query.state.map(|state| state.as_str().to_owned()),
         client_id: nonempty(query.client_id),
         provider: nonempty(query.provider),
         since: time("since", query.since.as_deref())?,

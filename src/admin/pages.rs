@@ -250,6 +250,10 @@ async fn event(
 fn messages_table(found: &Value, pickable: bool) -> Markup {
     html! {
         p { "Showing " (text(&found["summary"]["shown"])) " of " (text(&found["summary"]["depth"])) " (all put back in place)." }
+        @if found["summary"]["counts_deliveries"] == true {
+            p .degraded { "A quorum queue counts deliveries: this look counted one for each message shown ("
+                (text(&found["summary"]["pushed_over"])) " pushed over its delivery limit, and so dead-lettered)." }
+        }
         table { tr { @if pickable { th {} } th { "message id" } th { "routing key" } th { "reason" } th { "body" } }
             @for message in found["messages"].as_array().into_iter().flatten() {
                 tr {
