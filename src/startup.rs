@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info};
 
+use crate::accounts::LiveBook;
 use crate::accounts::announcer::Announcer;
 use crate::admin::{self, Admin, Console, Rates};
 use crate::broker::{Broker, Publisher, Topology};
@@ -44,6 +45,8 @@ pub const DRAIN_TASK: &str = "spool drainer";
 pub const ANNOUNCER_TASK: &str = "account announcer";
 /// The background task that follows the history into the console's index.
 pub const INDEX_TASK: &str = "history index";
+/// The background task that keeps the console's book of accounts current.
+pub const ACCOUNTS_VIEW_TASK: &str = "console account book";
 /// The background task that samples webhook rates for the console.
 pub const RATES_TASK: &str = "console rates";
 
@@ -106,6 +109,11 @@ impl Application {
             }
             _ => None,
         };
+        let live_book = (history_index.is_some() && settings.accounts.enabled).then(|| {
+            Arc::new(LiveBook::new(
+                settings.accounts.temporary_failures_to_escalate,
+            ))
+        });
         let spool = match &settings.spool {
             spool if spool.enabled => Some(Spool::open(spool, &settings.queues, metrics.clone())?),
             _ => None,
@@ -151,6 +159,7 @@ impl Application {
             console,
             rates: rates.clone(),
             index: history_index.as_ref().map(|(index, _)| index.clone()),
+            accounts: live_book.clone(),
         });
         let admin_routes = admin::routes(console_on);
         let admin = HttpServer::new(move || {
@@ -186,6 +195,11 @@ impl Application {
             tasks.add(RATES_TASK, rates.run());
         }
         if let Some((index, stream)) = history_index {
+            if let Some(book) = live_book {
+                let following =
+                    book.follow(settings.amqp.clone(), stream.clone(), stopping.subscribe());
+                tasks.add(ACCOUNTS_VIEW_TASK, following);
+            }
             let following = index.follow(settings.amqp.clone(), stream, stopping.subscribe());
             tasks.add(INDEX_TASK, following);
         }
@@ -263,6 +277,7 @@ impl Application {
         tasks.finish(DRAIN_TASK).await;
         tasks.finish(ANNOUNCER_TASK).await;
         tasks.finish(INDEX_TASK).await;
+        tasks.finish(ACCOUNTS_VIEW_TASK).await;
         if let Some(spool) = &spool
             && !spool.is_empty()
         {

@@ -7,15 +7,18 @@
 //! table-tested against the spec's sentences; [`book`](mod@book) folds the history's
 //! events into every account's state; [`ledger`] adds what the announcer
 //! owes, and `announcer` (a task of the relay) publishes each change as an
-//! `account.<state>` message ([`AccountChange`](crate::wire::account::AccountChange)).
+//! `account.<state>` message ([`AccountChange`](crate::wire::account::AccountChange));
+//! [`live`] keeps a book current for the console.
 
 pub(crate) mod announcer;
 pub mod book;
 pub mod ledger;
+pub mod live;
 pub mod state;
 
 pub use book::{Book, Entry, Key};
 pub use ledger::Ledger;
+pub use live::LiveBook;
 pub use state::{Account, ContactReason, Outcome, ReconnectReason, State, Transition};
 
 use anyhow::Context;

@@ -15,7 +15,7 @@ use tracing::info;
 use super::Admin;
 use super::auth::{ConsoleError, Operator};
 use super::health::readiness;
-use crate::accounts::{self, Selection};
+use crate::accounts::{self, Book, Selection};
 use crate::broker::{self, Topology};
 use crate::history::index::Row;
 use crate::history::{self, Filter, PointInTime, Recorded, Start};
@@ -439,12 +439,21 @@ pub(super) async fn account_list(
         provider: nonempty(query.provider),
         since: time("since", query.since.as_deref())?,
     };
-    let book = accounts::book(&admin.settings).await?;
-    let shown: Vec<_> = book
-        .entries()
-        .filter(|entry| selection.admits(entry))
-        .collect();
-    Ok(json!({ "accounts": shown, "total": book.len() }))
+    let listed = |book: &Book| {
+        let shown: Vec<_> = book
+            .entries()
+            .filter(|entry| selection.admits(entry))
+            .collect();
+        json!({ "accounts": shown, "total": book.len() })
+    };
+    if let Some(live) = admin.accounts.as_ref().filter(|live| live.caught_up()) {
+        let mut answer = live.read(listed);
+        answer["source"] = json!("live");
+        return Ok(answer);
+    }
+    let mut answer = listed(&accounts::book(&admin.settings).await?);
+    answer["source"] = json!("history");
+    Ok(answer)
 }
 
 async fn accounts_list(

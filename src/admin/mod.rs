@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::accounts::LiveBook;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::history::Index;
@@ -36,6 +37,8 @@ pub(crate) struct Admin {
     pub rates: Arc<Rates>,
     /// The history's index, while the console and the history are on.
     pub index: Option<Arc<Index>>,
+    /// Every account's state, kept current, while accounts are on too.
+    pub accounts: Option<Arc<LiveBook>>,
 }
 
 /// The admin listener's routes: health always, the console when it is on.

@@ -27,7 +27,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Filter, Reader, Recorded, Start};
 use crate::broker;
@@ -315,37 +315,10 @@ impl Index {
         self: std::sync::Arc<Self>,
         amqp: AmqpSettings,
         stream: String,
-        mut stopping: watch::Receiver<bool>,
+        stopping: watch::Receiver<bool>,
     ) {
-        let mut backoff = Duration::from_secs(1);
-        let mut warned = false;
-        loop {
-            let session = self.session(&amqp, &stream);
-            let result = tokio::select! {
-                result = session => result,
-                _ = stopping.wait_for(|stop| *stop) => return,
-            };
-            // A session that had caught up was healthy: a later loss is news
-            // again, and is retried quickly.
-            if self.caught_up.swap(false, Ordering::AcqRel) {
-                warned = false;
-                backoff = Duration::from_secs(1);
-            }
-            if let Err(err) = result
-                && !warned
-            {
-                warn!(
-                    error = format!("{err:#}"),
-                    "history index: cannot follow {stream}; retrying (the console reads the stream meanwhile)"
-                );
-                warned = true;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = stopping.wait_for(|stop| *stop) => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
+        let session = || self.session(&amqp, &stream);
+        super::follow::keep_following("history index", &self.caught_up, stopping, session).await;
     }
 
     async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {

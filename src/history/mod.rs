@@ -20,9 +20,11 @@
 //! where it stopped, rather than end as if it had read everything. With
 //! `follow`, it goes on with new events.
 
+mod follow;
 pub mod index;
 mod search;
 
+pub(crate) use follow::keep_following;
 pub use index::Index;
 pub use search::{Page, newest};
 

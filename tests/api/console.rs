@@ -382,6 +382,13 @@ async fn status_queues_accounts_and_spool_say_what_the_cli_says() {
     assert_eq!(peeked["summary"]["shown"], 1);
     assert_eq!(app.depth(&reprompt).await, 2, "inspecting moves nothing");
 
+    // The console's book of accounts follows the history a moment behind.
+    let live = eventually(Duration::from_secs(30), || async {
+        let all = app.api_get("/api/accounts").await;
+        all["source"] == "live" && all["total"] == 2
+    })
+    .await;
+    assert!(live, "the live book holds both accounts");
     let needs_user = app.api_get("/api/accounts?state=needs_reconnect").await;
     assert_eq!(
         needs_user["accounts"][0]["account_id"], "a-1",
