@@ -10,7 +10,9 @@
 #                             (ROUNDS pairs, alternating); results in bench/last-console-run.md
 #   bench/console.sh --smoke  seconds, to keep the script from rotting
 #
-# Needs RabbitMQ on AMQP_URL and rabbitmqctl; installs oha if missing.
+# Needs RabbitMQ on AMQP_URL and rabbitmqctl; installs oha if missing. The
+# relay runs with [accounts] on (the default), so the console also keeps its
+# live book of accounts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -38,14 +40,18 @@ echo "== building (release)"
 cargo build --release -j2 --quiet --bin hookrelay --example history_fill
 
 relay_config "$work/relay.toml" "$exchange" "$PORT" "$ADMIN_PORT" "$work/spool.sqlite" true
-printf '[accounts]\nenabled = false\n[admin]\ntoken = "%s"\nindex_path = "%s"\n' "$TOKEN" "$work/index.sqlite" >> "$work/relay.toml"
+# [accounts] stays on: the console keeps its live book of accounts. The fill
+# bypasses the entry exchange, so the announcer gets nothing to announce.
+printf '[admin]\ntoken = "%s"\nindex_path = "%s"\n' "$TOKEN" "$work/index.sqlite" >> "$work/relay.toml"
 api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN_PORT/api$1"; }
 field() { python3 -c "import json, sys; print(json.load(sys.stdin)$1)"; }
 rss() { awk '$1 == "VmRSS:" {print $2}' "/proc/$relay_pid/status"; }
 indexed() { [ "$(api /status | field '["index"]["rows"]')" -ge "$1" ] && [ "$(api /status | field '["index"]["caught_up"]')" = True ]; }
-wait_indexed() { # ROWS: waits until the index holds ROWS and has caught up; prints the seconds it took
+live_book() { [ "$(api /status | field '["accounts"]["caught_up"]')" = True ]; }
+wait_indexed() { # ROWS: waits until the index holds ROWS and has caught up, and the
+  # live book of accounts too; prints the seconds it took
   local t0; t0=$(date +%s%N)
-  until indexed "$1"; do sleep 0.2; done
+  until indexed "$1" && live_book; do sleep 0.2; done
   echo "scale=1; ($(date +%s%N) - $t0) / 1000000000" | bc
 }
 
@@ -73,6 +79,7 @@ for n in $(seq 1 "$QUERIES"); do
   timed "/api/events?account_id=$account" >> "$work/account.txt"
   timed "/api/events?user_id=$user&routing_key=sync.error.%23" >> "$work/user.txt"
   timed "/events?account_id=$account" >> "$work/page.txt"
+  timed "/api/accounts?state=needs_reconnect" >> "$work/accounts.txt"
 done
 id=$(api "/events?limit=1" | field '["events"][0]["message_id"]')
 for n in $(seq 1 "$QUERIES"); do timed "/api/events/$id" >> "$work/one.txt"; done
@@ -119,8 +126,9 @@ print(row(f"GET /api/events?account_id=... (one account: {hits} events)", "accou
 print(row("GET /api/events?user_id=...&routing_key=sync.error.%23", "user"))
 print(row("GET /events?account_id=... (the page, HTML)", "page"))
 print(row("GET /api/events/{id} (the event from the stream, and the dead letters and quarantine searched)", "one"))
+print(row("GET /api/accounts?state=needs_reconnect (from the live book)", "accounts"))
 print(f"\nFor comparison, one account's events read from the stream itself (`hookrelay events --account-id`, what the console does until its index has caught up): {scan} s.\n")
-print(f"Index: followed live while the history filled, caught up {live} s after the last event was confirmed; rebuilt from the stream by a relay started without it in {rebuild} s; {int(index_bytes) / 1e6:.0f} MB on disk ({int(index_bytes) / events:.0f} bytes per event); relay resident memory {int(rss_empty) / 1024:.1f} MiB before, {int(rss_full) / 1024:.1f} MiB after indexing live, {int(rss_rebuilt) / 1024:.1f} MiB after the rebuild (SQLite's page cache is capped at 16 MiB).\n")
+print(f"Index: followed live while the history filled, caught up {live} s after the last event was confirmed; rebuilt from the stream by a relay started without it (and the live book of accounts folded again beside it) in {rebuild} s; {int(index_bytes) / 1e6:.0f} MB on disk ({int(index_bytes) / events:.0f} bytes per event); relay resident memory {int(rss_empty) / 1024:.1f} MiB before, {int(rss_full) / 1024:.1f} MiB after indexing live, {int(rss_rebuilt) / 1024:.1f} MiB after the rebuild (SQLite's page cache is capped at 16 MiB).\n")
 def rate(name): return json.load(open(f"{work}/{name}.json"))["summary"]["requestsPerSec"]
 def ok(name):
     codes = json.load(open(f"{work}/{name}.json"))["statusCodeDistribution"]

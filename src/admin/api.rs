@@ -111,6 +111,12 @@ async fn status(admin: web::Data<Admin>, _: Operator) -> Answer {
             "rows": rows,
         });
     }
+    if let Some(live) = &admin.accounts {
+        body["accounts"] = json!({
+            "caught_up": live.caught_up(),
+            "accounts": live.read(Book::len),
+        });
+    }
     Ok(HttpResponse::Ok().json(body))
 }
 
