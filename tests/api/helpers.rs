@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub(crate) use crate::common::cleanup::delete_everything_named;
 use crate::common::env::{RelayEnv, amqp_url};
 pub(crate) use crate::common::wait::eventually;
 use crate::common::{binary, metrics, rabbitmqctl};
@@ -491,46 +492,6 @@ impl Drop for TestApp {
             let _ = std::fs::remove_dir_all(folder);
         }
     }
-}
-
-/// Deletes every queue and exchange whose name starts with `prefix`, as
-/// `rabbitmqctl` lists them. Blocking: for `Drop`.
-pub(crate) fn delete_everything_named(prefix: &str) {
-    let list = |what: &str| -> Vec<String> {
-        rabbitmqctl::rows_best_effort(what, &["name"])
-            .into_iter()
-            .filter_map(|row| row.into_iter().next())
-            .filter(|name| name.starts_with(prefix))
-            .collect()
-    };
-    let (queues, exchanges) = (list("list_queues"), list("list_exchanges"));
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        let Ok(connection) = Connection::connect(&AMQP_URL, ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        if let Ok(channel) = connection.create_channel().await {
-            for queue in queues {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in exchanges {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = connection
-            .close(200, "cleaned up after a failed test".into())
-            .await;
-    });
 }
 
 /// Deletes the exchanges and queues a relay with `settings` declares.

@@ -23,9 +23,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hookrelay::config::{QueueSettings, QueueType};
 use hookrelay::startup::Application;
 use hyper_util::client::legacy::connect::HttpConnector;
-use lapin::options::{
-    BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -117,6 +115,18 @@ async fn click(browser: &Client, locator: Locator<'_>) {
     browser.find(locator).await.unwrap().click().await.unwrap();
 }
 
+/// Deletes every queue and exchange of the test's relay when the test ends,
+/// passed or failed.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        let _ =
+            std::thread::spawn(move || common::cleanup::delete_everything_named(&prefix)).join();
+    }
+}
+
 /// Takes the next message of `queue`, `None` when it is empty.
 async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
     channel
@@ -128,6 +138,7 @@ async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetM
 #[tokio::test]
 async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_the_browser() {
     let exchange = format!("browser-{}", uuid::Uuid::now_v7());
+    let _cleanup = Cleanup(exchange.clone());
     let reprompt = format!("{exchange}.reprompt");
     let audit = format!("{exchange}.audit");
     let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
@@ -342,27 +353,4 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     browser.close().await.unwrap();
     let _ = stop.send(());
     relay.await.unwrap().unwrap();
-    for queue in [
-        &reprompt,
-        &audit,
-        &dead_letters,
-        &format!("{exchange}.quarantine"),
-        &format!("{exchange}.unrouted"),
-        &format!("{exchange}.history"),
-        &format!("{exchange}.accounts"),
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for name in [
-        exchange.clone(),
-        format!("{exchange}.in"),
-        format!("{exchange}.unrouted"),
-        format!("{exchange}.dlx"),
-    ] {
-        let _ = channel
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
 }
