@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
@@ -258,6 +259,18 @@ pub async fn publish_confirmed(
     settle(confirmation, timeout)
 }
 
+/// Keeps a channel's publishes in the order of their numbers. lapin numbers
+/// a publish (the delivery tag its confirm is matched by) and then queues its
+/// frames, two steps under two locks; two threads publishing on one channel
+/// at once (the HTTP workers and the spool drainer share the channels) can
+/// queue their frames in the other order than their numbers. RabbitMQ numbers
+/// publishes as they arrive, so each then gets the other's confirm: a nack
+/// taken for an ack drops a refused event from the spool as delivered, an
+/// ack taken for a nack retries a delivered one. Both steps happen in the
+/// publish's first poll, without a yield between them, so that first poll is
+/// taken under this lock: a few microseconds per publish, for the process.
+static PUBLISH_ORDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Sends one persistent, `mandatory` publish; the returned future resolves to its confirm.
 async fn send(
     channel: &Channel,
@@ -265,18 +278,25 @@ async fn send(
     body: &[u8],
     properties: BasicProperties,
 ) -> lapin::Result<PublisherConfirm> {
-    channel
-        .basic_publish(
-            ShortString::from(address.exchange),
-            ShortString::from(address.routing_key),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            body,
-            properties,
-        )
-        .await
+    let mut publish = std::pin::pin!(channel.basic_publish(
+        ShortString::from(address.exchange),
+        ShortString::from(address.routing_key),
+        BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        },
+        body,
+        properties,
+    ));
+    let first = {
+        let _in_order = PUBLISH_ORDER.lock().unwrap_or_else(|e| e.into_inner());
+        publish.as_mut().now_or_never()
+    };
+    match first {
+        Some(sent) => sent,
+        // Numbered and queued; what is left is waiting for the frames to go out.
+        None => publish.await,
+    }
 }
 
 /// Only an `Ack` without a returned message is success.
