@@ -55,17 +55,24 @@ function selected() {
 }
 "#;
 
+/// A page's `<head>`; the script only where there is something to act on.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { "hookrelay: " (title) }
+            style { (PreEscaped(STYLE)) }
+            @if script { script { (PreEscaped(SCRIPT)) } }
+        }
+    }
+}
+
 fn page(title: &str, body: Markup) -> HttpResponse {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "hookrelay: " (title) }
-                style { (PreEscaped(STYLE)) }
-                script { (PreEscaped(SCRIPT)) }
-            }
+            (head(title, true))
             body {
                 nav {
                     a href="/" { "Overview" }
@@ -94,12 +101,7 @@ pub(super) fn login(problem: Option<&str>) -> HttpResponse {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "hookrelay: log in" }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head("log in", false))
             body { main {
                 h1 { "hookrelay console" }
                 @if let Some(problem) = problem { p .not_ready { (problem) } }
