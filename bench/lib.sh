@@ -2,12 +2,15 @@
 
 # relay_config FILE EXCHANGE PORT ADMIN_PORT SPOOL [HISTORY] [QUEUE_TYPE]:
 # a benchmark relay's config. Only 127.0.0.1 with client id bench-client gets
-# in, and a queue EXCHANGE.all bound to `#` takes every event.
+# in, and a queue EXCHANGE.all bound to `#` takes every event. The dedup
+# window is off (DEDUP_WINDOW overrides): the load tools send one body again
+# and again, which the check would answer as duplicates without a publish.
 relay_config() {
   cat > "$1" <<TOML
 [ingress]
 allowed_ips = ["127.0.0.1"]
 client_ids = ["bench-client"]
+dedup_window = "${DEDUP_WINDOW:-0}"
 [server]
 listen = "127.0.0.1:$3"
 admin_listen = "127.0.0.1:$4"

@@ -6,6 +6,7 @@
 //! TCP peer ─► path (ingress: optional secret token)
 //!          ─► ingress::client_ip (peer + trusted X-Forwarded-For) ─► allowlist (config::IpRanges)
 //!          ─► header limits ─► x-client-id ─► content type, size ─► event::Event::parse
+//!          ─► dedup (a retry of one accepted within the window: 200 duplicate)
 //!          ─► wire::envelope::Message (an event with its routing key, or a quarantined body)
 //!          ─► delivery: broker::Publisher (persistent, mandatory, confirmed; the
 //!             broker::Topology picks the names) or else the spool (fsync'd)
@@ -23,6 +24,7 @@
 //!   and the operator console (`/api/`, `docs/openapi.yaml`, and its pages).
 //! * [`broker`]: RabbitMQ: names, declaring, the supervised connection and its
 //!   status, one confirmed publish.
+//! * [`dedup`]: the sender's retries recognised by their `x-dedup-key`.
 //! * `delivery`, [`spool`]: publish now, or keep on disk until RabbitMQ can.
 //! * `metrics`, [`telemetry`]: what operators see.
 //! * [`startup`]: wires it all into an [`startup::Application`] and watches
@@ -61,6 +63,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dedup;
 mod delivery;
 pub mod event;
 pub mod history;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::event::{KNOWN_ERROR_CODES, SchemaWarning};
+use crate::event::{Event, KNOWN_ERROR_CODES, SchemaWarning};
 use crate::wire::envelope::Kind;
 
 /// How one webhook request ended; the label of `hookrelay_webhook_requests_total`.
@@ -21,6 +21,9 @@ use crate::wire::envelope::Kind;
 pub enum Outcome {
     /// Parsed and confirmed by RabbitMQ: 200.
     Accepted,
+    /// A retry of a webhook accepted within `ingress.dedup_window`: 200
+    /// `duplicate`, not published again.
+    Duplicate,
     /// Not a valid event, kept in the quarantine queue: 422.
     Quarantined,
     /// The source address is not allowed: 403.
@@ -57,6 +60,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
             Outcome::Quarantined => "quarantined",
             Outcome::Forbidden => "forbidden",
             Outcome::Unauthorized => "unauthorized",
@@ -109,13 +113,6 @@ struct RoutingKeyLabel {
 /// (the sender may add codes: the set must stay bounded), `quarantine` for a
 /// body that is not an event.
 pub(crate) fn routing_key_label(kind: &Kind) -> &'static str {
-    const ERROR_KEYS: [&str; KNOWN_ERROR_CODES.len()] = [
-        "sync.error.LoginFailedError",
-        "sync.error.SecurityQuestionError",
-        "sync.error.TemporaryFailureError",
-        "sync.error.UnhandledConnectorError",
-        "sync.error.UnknownConnectorError",
-    ];
     let Kind::Event(key) = kind else {
         return "quarantine";
     };
@@ -127,6 +124,37 @@ pub(crate) fn routing_key_label(kind: &Kind) -> &'static str {
         .into_iter()
         .find(|known| *known == key)
         .unwrap_or("sync.error.other")
+}
+
+/// The routing keys of the documented error codes, in [`KNOWN_ERROR_CODES`]' order.
+const ERROR_KEYS: [&str; KNOWN_ERROR_CODES.len()] = [
+    "sync.error.LoginFailedError",
+    "sync.error.SecurityQuestionError",
+    "sync.error.TemporaryFailureError",
+    "sync.error.UnhandledConnectorError",
+    "sync.error.UnknownConnectorError",
+];
+
+/// Every value of the label `routing_key`, quarantine aside.
+const ROUTING_KEY_LABELS: [&str; ERROR_KEYS.len() + 2] = [
+    "sync.account",
+    ERROR_KEYS[0],
+    ERROR_KEYS[1],
+    ERROR_KEYS[2],
+    ERROR_KEYS[3],
+    ERROR_KEYS[4],
+    "sync.error.other",
+];
+
+/// [`routing_key_label`] of an event, without building its routing key.
+fn event_label(event: &Event) -> &'static str {
+    match event.error_code() {
+        None => "sync.account",
+        Some(code) => KNOWN_ERROR_CODES
+            .iter()
+            .position(|known| *known == code.as_str())
+            .map_or("sync.error.other", |at| ERROR_KEYS[at]),
+    }
 }
 
 /// A consumer queue's name: from the configuration, never from a request.
@@ -167,6 +195,22 @@ struct Inner {
     accounts_announcing: Gauge,
     console_unauthorized: Counter,
     console_actions: Family<ActionLabel, Counter>,
+    events: Family<RoutingKeyLabel, Counter>,
+    queue_messages: Family<QueueRoleLabel, Gauge>,
+}
+
+/// A queue the relay declares (its name from the configuration or its
+/// exchange) and what it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueRoleLabel {
+    queue: String,
+    role: &'static str,
+}
+
+/// The version running, for `hookrelay_build_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
 }
 
 /// An operator's action in the console, from a fixed set.
@@ -342,6 +386,48 @@ impl Metrics {
             "Actions taken from the console (replays, re-drives, spool retries), dry runs included",
             console_actions.clone(),
         );
+        let events = Family::<RoutingKeyLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Events made durable (published, or spooled), by routing key: sync.account, \
+             sync.error.<code> for the documented codes, sync.error.other for any other",
+            events.clone(),
+        );
+        let queue_messages = Family::<QueueRoleLabel, Gauge>::default();
+        registry.register(
+            "queue_messages",
+            "Messages in each queue the relay declares (role: consumer, retry_tier, \
+             dead_letters, quarantine, unrouted, accounts), as RabbitMQ answered the relay's \
+             last topology check (every amqp.topology_check_secs while connected)",
+            queue_messages.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the version of hookrelay running",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        // Every label value of a fixed set is exposed at 0 from the start:
+        // `increase()` cannot see a counter's first step when the series
+        // appears at 1, and an alert on it would miss the first event.
+        for outcome in <Outcome as strum::VariantArray>::VARIANTS {
+            requests
+                .get_or_create(&OutcomeLabel { outcome: *outcome })
+                .inc_by(0);
+        }
+        for routing_key in ROUTING_KEY_LABELS {
+            events
+                .get_or_create(&RoutingKeyLabel { routing_key })
+                .inc_by(0);
+            publish_refused
+                .get_or_create(&RoutingKeyLabel { routing_key })
+                .inc_by(0);
+        }
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -369,6 +455,8 @@ impl Metrics {
                 accounts_announcing,
                 console_unauthorized,
                 console_actions,
+                events,
+                queue_messages,
             }),
         }
     }
@@ -386,6 +474,26 @@ impl Metrics {
             .requests
             .get(&OutcomeLabel { outcome })
             .map_or(0, |counter| counter.get())
+    }
+
+    /// One event made durable.
+    pub fn event(&self, event: &Event) {
+        let label = RoutingKeyLabel {
+            routing_key: event_label(event),
+        };
+        self.inner.events.get_or_create(&label).inc();
+    }
+
+    /// Messages in a queue the relay declares.
+    pub fn queue_messages(&self, queue: &str, role: &'static str, messages: u32) {
+        let label = QueueRoleLabel {
+            queue: queue.to_owned(),
+            role,
+        };
+        self.inner
+            .queue_messages
+            .get_or_create(&label)
+            .set(i64::from(messages));
     }
 
     /// A console request without a valid token or session.
@@ -568,6 +676,58 @@ mod tests {
             text.contains(r#"hookrelay_queue_conflict{queue="reprompt"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_and_the_dashboard_name_is_exposed() {
+        // A renamed metric would leave an alert that never fires, silently.
+        let metrics = Metrics::new();
+        metrics.queue_messages("q", "consumer", 1);
+        metrics.queue_conflict("q", false);
+        metrics.broker_state(BrokerState::Connected);
+        let text = metrics.encode();
+        let families: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let name = regex::Regex::new(r"\bhookrelay_[a-z_]+\b").unwrap();
+        let mut checked = 0;
+        for file in [
+            "deploy/prometheus/hookrelay.rules.yml",
+            "deploy/grafana/hookrelay.json",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let named = std::fs::read_to_string(path).unwrap();
+            for found in name.find_iter(&named) {
+                let sample = found.as_str();
+                let family = ["_total", "_bucket", "_count", "_sum"]
+                    .into_iter()
+                    .find_map(|suffix| sample.strip_suffix(suffix))
+                    .unwrap_or(sample);
+                assert!(
+                    families.contains(sample) || families.contains(family),
+                    "{file} names {sample}, which the relay does not expose"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} names found");
+    }
+
+    #[test]
+    fn counters_of_a_fixed_label_set_start_at_zero() {
+        let text = Metrics::new().encode();
+        for sample in [
+            r#"hookrelay_webhook_requests_total{outcome="quarantined"} 0"#,
+            r#"hookrelay_webhook_requests_total{outcome="duplicate"} 0"#,
+            r#"hookrelay_events_total{routing_key="sync.account"} 0"#,
+            r#"hookrelay_events_total{routing_key="sync.error.other"} 0"#,
+            r#"hookrelay_publish_refused_total{routing_key="sync.error.LoginFailedError"} 0"#,
+            r#"hookrelay_build_info{version=""#,
+        ] {
+            assert!(text.contains(sample), "{sample} missing from\n{text}");
+        }
     }
 
     #[test]

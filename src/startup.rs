@@ -30,6 +30,7 @@ use crate::accounts::announcer::Announcer;
 use crate::admin::{self, Admin, Console, Rates};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
+use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::history::Index;
 use crate::ingress::tls;
@@ -47,6 +48,9 @@ pub const ANNOUNCER_TASK: &str = "account announcer";
 pub const INDEX_TASK: &str = "history index";
 /// The background task that keeps the console's book of accounts current.
 pub const ACCOUNTS_VIEW_TASK: &str = "console account book";
+/// The background task that reads the dedup keys of the window back from
+/// the history (this relay's from before a restart, and other relays').
+pub const DEDUP_TASK: &str = "dedup keys";
 /// The background task that samples webhook rates for the console.
 pub const RATES_TASK: &str = "console rates";
 
@@ -126,7 +130,13 @@ impl Application {
         );
         let publisher = Publisher::new(broker.clone());
         let delivery = Delivery::new(publisher.clone(), spool.clone());
-        let ingress = web::Data::new(Ingress::new(&settings, delivery, metrics.clone()));
+        let dedup = Dedup::new(settings.ingress.dedup_window).map(Arc::new);
+        let ingress = web::Data::new(Ingress::new(
+            &settings,
+            delivery,
+            dedup.clone(),
+            metrics.clone(),
+        ));
         let server = &settings.server;
         let webhook_path = WebhookPath::new(&server.webhook_path, server.path_token.clone());
         let public = HttpServer::new(move || {
@@ -160,6 +170,7 @@ impl Application {
             rates: rates.clone(),
             index: history_index.as_ref().map(|(index, _)| index.clone()),
             accounts: live_book.clone(),
+            dedup: dedup.clone(),
         });
         let admin_routes = admin::routes(console_on);
         let admin = HttpServer::new(move || {
@@ -193,6 +204,14 @@ impl Application {
         }
         if console_on {
             tasks.add(RATES_TASK, rates.run());
+        }
+        if let (Some(dedup), Some(stream)) = (dedup, Topology::of(&settings).history_stream()) {
+            let following = dedup.follow(
+                settings.amqp.clone(),
+                stream.to_owned(),
+                stopping.subscribe(),
+            );
+            tasks.add(DEDUP_TASK, following);
         }
         if let Some((index, stream)) = history_index {
             if let Some(book) = live_book {
@@ -278,6 +297,7 @@ impl Application {
         tasks.finish(ANNOUNCER_TASK).await;
         tasks.finish(INDEX_TASK).await;
         tasks.finish(ACCOUNTS_VIEW_TASK).await;
+        tasks.finish(DEDUP_TASK).await;
         if let Some(spool) = &spool
             && !spool.is_empty()
         {

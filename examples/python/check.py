@@ -35,7 +35,7 @@ import jsonschema
 import pika
 import yaml
 
-from consumer import ACK, Handled, Transient, consume
+from consumer import ACK, Handled, Transient, consume, dedup_key
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT = os.path.join(HERE, "..", "..", "docs", "asyncapi.yaml")
@@ -149,6 +149,10 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
                 "delivery_mode": properties.delivery_mode,
             }
             problems += [f"property: {e.message}" for e in validators["Properties"].iter_errors(props)]
+            key = dedup_key(event["hook"], properties.headers["x-client-id"], event["user"]["id"],
+                            event["account"]["id"], event["account"].get("provider"), event.get("error"))
+            if properties.headers.get("x-dedup-key") != key:
+                problems.append(f"x-dedup-key is not the contract's recipe: {key} expected")
             if problems:
                 raise SystemExit(f"{properties.message_id} breaks the contract: {problems}")
             checked += 1

@@ -24,6 +24,7 @@ logic: the rest is the protocol, reusable as it is.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -38,6 +39,15 @@ BROKER_OWNED_PREFIXES = ("x-first-death-", "x-last-death-")
 KEEP_IDS_FOR = 7 * 24 * 3600
 
 ACK, RETRY, DEAD_LETTER = "ack", "retry", "dead_letter"
+
+
+def dedup_key(hook, client_id, user_id, account_id, provider=None, error=None):
+    """The event's `x-dedup-key`, as the contract defines it: the same for every
+    retry the sender makes of one webhook (keep it to drop those the relay
+    could not: docs/src/consumer.md)."""
+    fields = [hook, client_id, user_id, account_id, provider or "", error or ""]
+    data = b"".join(b"%d:%s" % (len(f.encode()), f.encode()) for f in fields)
+    return hashlib.sha256(data).hexdigest()
 
 
 class Transient(Exception):

@@ -88,6 +88,17 @@ pub(super) fn readiness(admin: &Admin) -> (bool, serde_json::Value) {
             "accepting": spool_takes_writes,
         });
     }
+    if let Some(dedup) = &admin.dedup {
+        body["dedup"] = json!({
+            "window_seconds": dedup.window().as_secs(),
+            "keys": dedup.len(),
+        });
+        // Only the history brings back the keys of before a restart and
+        // those of other relays: without it, there is nothing to catch up on.
+        if admin.settings.history.enabled {
+            body["dedup"]["caught_up"] = json!(dedup.caught_up());
+        }
+    }
     (status != "not_ready", body)
 }
 

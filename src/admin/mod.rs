@@ -19,6 +19,7 @@ use actix_web::web;
 use crate::accounts::LiveBook;
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::dedup::Dedup;
 use crate::history::Index;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
@@ -39,6 +40,8 @@ pub(crate) struct Admin {
     pub index: Option<Arc<Index>>,
     /// Every account's state, kept current, while accounts are on too.
     pub accounts: Option<Arc<LiveBook>>,
+    /// The dedup keys of the window, unless `ingress.dedup_window` is 0.
+    pub dedup: Option<Arc<Dedup>>,
 }
 
 /// The admin listener's routes: health always, the console when it is on.

@@ -44,6 +44,9 @@ pub struct Declared {
     /// The relay's own queues found as an earlier version declared them:
     /// accepted (they work), and reported once, with how to update them.
     pub outdated: Vec<Outdated>,
+    /// Messages in each queue declared, as RabbitMQ answered the declare
+    /// (for the history stream, not a count of its events).
+    pub depths: Vec<(String, u32)>,
 }
 
 /// One of the relay's own queues, declared by an earlier version.
@@ -112,7 +115,7 @@ impl Topology {
                 Object::Queue(name, _) => self.earlier_own_queue_arguments().map(|a| (*name, a)),
                 _ => None,
             };
-            let Some(conflict) = declarer.ensure(object, &mut report.created).await? else {
+            let Some(conflict) = declarer.ensure(object, &mut report).await? else {
                 continue;
             };
             // Refused: perhaps the queue an earlier version declared. It works;
@@ -120,7 +123,7 @@ impl Topology {
             if let Some((name, arguments)) = earlier
                 && conflict.reason.contains(OWN_DELIVERY_LIMIT_ARG)
                 && declarer
-                    .ensure(Object::Queue(name, arguments), &mut report.created)
+                    .ensure(Object::Queue(name, arguments), &mut report)
                     .await?
                     .is_none()
             {
@@ -143,14 +146,14 @@ impl Topology {
                 report.skipped.push(history.name.clone());
             } else {
                 let stream = Object::Queue(&history.name, history.arguments());
-                if let Some(conflict) = declarer.ensure(stream, &mut report.created).await? {
+                if let Some(conflict) = declarer.ensure(stream, &mut report).await? {
                     report
                         .queue_conflicts
                         .push(conflict.for_queue(&history.name));
                 }
             }
             let binding = Object::QueueBinding(&history.name, &self.entry, "");
-            if let Some(conflict) = declarer.ensure(binding, &mut report.created).await? {
+            if let Some(conflict) = declarer.ensure(binding, &mut report).await? {
                 report
                     .queue_conflicts
                     .push(conflict.for_queue(&history.name));
@@ -163,7 +166,7 @@ impl Topology {
             let queue = Object::Queue(accounts, self.accounts_queue_arguments());
             let binding = Object::QueueBinding(accounts, &self.entry, "");
             for object in [queue, binding] {
-                if let Some(conflict) = declarer.ensure(object, &mut report.created).await? {
+                if let Some(conflict) = declarer.ensure(object, &mut report).await? {
                     report.queue_conflicts.push(conflict.for_queue(accounts));
                 }
             }
@@ -175,8 +178,7 @@ impl Topology {
                 report.skipped.push(queue.name.clone());
             } else {
                 let arguments = consumer_queue_arguments(queue, &self.dead_letter_exchange);
-                let declared =
-                    declarer.ensure(Object::Queue(&queue.name, arguments), &mut report.created);
+                let declared = declarer.ensure(Object::Queue(&queue.name, arguments), &mut report);
                 if let Some(conflict) = declared.await? {
                     let conflict = self.explain(&mut declarer, queue, conflict).await?;
                     report.queue_conflicts.push(conflict.for_queue(&queue.name));
@@ -187,15 +189,14 @@ impl Topology {
             // should reach it while the conflict lasts.
             for pattern in &queue.bindings {
                 let binding = Object::QueueBinding(&queue.name, &self.exchange, pattern);
-                if let Some(conflict) = declarer.ensure(binding, &mut report.created).await? {
+                if let Some(conflict) = declarer.ensure(binding, &mut report).await? {
                     report.queue_conflicts.push(conflict.for_queue(&queue.name));
                 }
             }
             for (n, delay) in queue.retry.iter().enumerate() {
                 let tier = crate::wire::retry::tier_queue(&queue.name, n + 1);
                 let arguments = retry_tier_arguments(queue, self.tier_type(queue), *delay);
-                let declared =
-                    declarer.ensure(Object::Queue(&tier, arguments), &mut report.created);
+                let declared = declarer.ensure(Object::Queue(&tier, arguments), &mut report);
                 if let Some(conflict) = declared.await? {
                     report.queue_conflicts.push(conflict.for_queue(&queue.name));
                 }
@@ -234,7 +235,7 @@ impl Topology {
         }
         let mut is_other = false;
         for arguments in probes {
-            let mut ignored = Vec::new();
+            let mut ignored = Declared::default();
             let probe = Object::Queue(&queue.name, arguments);
             if declarer.ensure(probe, &mut ignored).await?.is_none() {
                 is_other = true;
@@ -325,12 +326,12 @@ impl<'c> Declarer<'c> {
         })
     }
 
-    /// Declares `object`, noting in `created` what did not exist before.
-    /// `Some` when RabbitMQ refused it.
+    /// Declares `object`, noting in `report` what did not exist before and
+    /// how many messages a queue holds. `Some` when RabbitMQ refused it.
     async fn ensure(
         &mut self,
         object: Object<'_>,
-        created: &mut Vec<String>,
+        report: &mut Declared,
     ) -> Result<Option<Conflict>, lapin::Error> {
         let existed = match &object {
             Object::Exchange(name, ..) => self.exchange_exists(name).await?,
@@ -349,7 +350,7 @@ impl<'c> Declarer<'c> {
                 .channel
                 .queue_declare(ShortString::from(name), DURABLE_QUEUE, args)
                 .await
-                .map(drop),
+                .map(|queue| report.depths.push((name.to_owned(), queue.message_count()))),
             Object::QueueBinding(queue, exchange, pattern) => {
                 self.channel
                     .queue_bind(
@@ -381,7 +382,7 @@ impl<'c> Declarer<'c> {
             })),
             None => {
                 if !existed {
-                    created.push(description);
+                    report.created.push(description);
                 }
                 Ok(None)
             }

@@ -130,6 +130,29 @@ impl Topology {
         self.accounts.as_deref()
     }
 
+    /// What a queue this topology declares is for: the label `role` of
+    /// `hookrelay_queue_messages`. `None` for the history stream (its
+    /// declare does not count its events) and for names it does not declare.
+    pub fn queue_role(&self, queue: &str) -> Option<&'static str> {
+        if queue == self.dead_letter_queue {
+            Some("dead_letters")
+        } else if queue == self.quarantine {
+            Some("quarantine")
+        } else if queue == self.unrouted {
+            Some("unrouted")
+        } else if self.accounts.as_deref() == Some(queue) {
+            Some("accounts")
+        } else if self.queues.iter().any(|q| q.name == queue) {
+            Some("consumer")
+        } else if self.queues.iter().any(|q| {
+            (1..=q.retry.len()).any(|n| crate::wire::retry::tier_queue(&q.name, n) == queue)
+        }) {
+            Some("retry_tier")
+        } else {
+            None
+        }
+    }
+
     /// The history stream, when the history is on.
     pub fn history_stream(&self) -> Option<&str> {
         self.history.as_ref().map(|h| h.name.as_str())

@@ -181,5 +181,6 @@ async fn declare(
             .filter(|c| c.queue.as_ref().is_some_and(|q| report.skipped.contains(q))),
     );
     status.set_queue_conflicts(conflicts);
+    status.set_queue_depths(context.topology, &report.depths);
     Ok(report)
 }

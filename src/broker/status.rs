@@ -132,6 +132,15 @@ impl StatusBoard {
         }
     }
 
+    /// Messages in each queue as the last declaration found them.
+    pub(super) fn set_queue_depths(&self, topology: &Topology, depths: &[(String, u32)]) {
+        for (queue, messages) in depths {
+            if let Some(role) = topology.queue_role(queue) {
+                self.metrics.queue_messages(queue, role, *messages);
+            }
+        }
+    }
+
     /// The consumer queues RabbitMQ refuses now.
     pub(super) fn queue_conflicts(&self) -> Vec<Conflict> {
         self.status.borrow().queue_conflicts.clone()

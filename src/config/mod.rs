@@ -107,6 +107,11 @@ pub struct IngressSettings {
     pub trusted_proxies: IpRanges,
     #[serde(deserialize_with = "string_list")]
     pub client_ids: Vec<String>,
+    /// A webhook with the dedup key of one accepted this long ago or less is
+    /// a retry of the sender's: answered 200 `duplicate`, not published again.
+    /// Zero turns the check off.
+    #[serde(with = "human_duration")]
+    pub dedup_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

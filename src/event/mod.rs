@@ -42,6 +42,8 @@ pub struct Event {
     kind: EventKind,
     user_id: String,
     account_id: String,
+    /// `account.provider` when it is a string: part of the dedup key.
+    provider: Option<String>,
     warnings: Vec<SchemaWarning>,
 }
 
@@ -165,6 +167,11 @@ impl Event {
         &self.account_id
     }
 
+    /// `account.provider`, when the body has it as a string.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
     /// `sync.account` or `sync.error.<code>`.
     pub fn routing_key(&self) -> RoutingKey {
         match &self.kind {
@@ -268,7 +275,7 @@ struct Party<'de> {
     /// The other field's key.
     other_key: &'static str,
     id: Found<Cow<'de, str>>,
-    other: Found<()>,
+    other: Found<Cow<'de, str>>,
 }
 
 impl<'de> Party<'de> {
@@ -291,9 +298,19 @@ impl Root<'_> {
         let user_id = required_non_empty(user.id, "user.id")?;
         let account_id = required_non_empty(account.id, "account.id")?;
         let mut warnings = Vec::new();
-        // Documented, never used: the login name is personal data.
-        optional_str(user.other, OptionalField::LoginName, &mut warnings);
-        optional_str(account.other, OptionalField::Provider, &mut warnings);
+        // Documented, never kept: the login name is personal data.
+        optional_str(
+            user.other.map(drop),
+            OptionalField::LoginName,
+            &mut warnings,
+        );
+        let provider = match account.other {
+            Found::Is(provider) => Some(provider.into_owned()),
+            other => {
+                optional_str(other.map(drop), OptionalField::Provider, &mut warnings);
+                None
+            }
+        };
 
         let kind = match hook.as_ref() {
             "SyncAccount" => EventKind::SyncAccount,
@@ -307,6 +324,7 @@ impl Root<'_> {
             kind,
             user_id: user_id.into_owned(),
             account_id: account_id.into_owned(),
+            provider,
             warnings,
         })
     }
@@ -344,7 +362,7 @@ impl<'de> Fields<'de> for Party<'de> {
         if key == "id" {
             self.id = map.next_value_seed(Text(duplicates))?;
         } else if key == self.other_key {
-            self.other = map.next_value_seed(Text(duplicates))?.map(drop);
+            self.other = map.next_value_seed(Text(duplicates))?;
         } else {
             map.next_value_seed(Skip(duplicates))?;
         }
@@ -708,7 +726,7 @@ mod tests {
                 Some(Value::Object(obj)) => Found::Is(Party {
                     other_key,
                     id: field(obj, "id"),
-                    other: field(obj, other_key).map(drop),
+                    other: field(obj, other_key),
                 }),
                 Some(_) => Found::Other,
             };

@@ -11,6 +11,7 @@ pub(crate) mod tls;
 mod webhook;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpRequest, guard, web};
@@ -18,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ip_ranges::IpRanges;
 use crate::config::{Secret, Settings};
+use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use error::IngressError;
@@ -36,12 +38,19 @@ pub struct Ingress {
     max_body_bytes: usize,
     body_timeout: Duration,
     delivery: Delivery,
+    /// `None` when `ingress.dedup_window` is 0.
+    dedup: Option<Arc<Dedup>>,
     metrics: Metrics,
     log_budget: LogBudget,
 }
 
 impl Ingress {
-    pub fn new(settings: &Settings, delivery: Delivery, metrics: Metrics) -> Ingress {
+    pub fn new(
+        settings: &Settings,
+        delivery: Delivery,
+        dedup: Option<Arc<Dedup>>,
+        metrics: Metrics,
+    ) -> Ingress {
         Ingress {
             allowed_ips: settings.ingress.allowed_ips.clone(),
             trusted_proxies: settings.ingress.trusted_proxies.clone(),
@@ -51,6 +60,7 @@ impl Ingress {
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: settings.server.body_timeout(),
             delivery,
+            dedup,
             metrics,
             log_budget: LogBudget::per_second(LOG_LINES_PER_SECOND),
         }

@@ -18,11 +18,14 @@ use uuid::Uuid;
 
 use super::Ingress;
 use super::error::IngressError;
+use crate::dedup::{Claim, DedupKey};
 use crate::delivery::Delivered;
 use crate::event::Event;
 use crate::metrics::Outcome;
 use crate::wire::envelope::{Receipt, event_message, quarantine_message};
 
+/// The answer to a webhook that is durable: `accepted`, or `duplicate` of
+/// the message `id` accepted earlier.
 #[derive(Serialize)]
 struct Accepted {
     status: &'static str,
@@ -67,7 +70,7 @@ pub(super) async fn receive(
     if result.is_ok() {
         ingress.metrics.observe_webhook(started.elapsed());
     }
-    if outcome == Outcome::Accepted {
+    if matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
         // At debug: one info line per accepted webhook cost 30% of the relay's
         // CPU in the benchmark (BENCHMARKS.md); the metrics count them, and
         // `RUST_LOG=info,hookrelay=debug` brings the lines back.
@@ -145,6 +148,19 @@ async fn accept(
                     );
                 });
             }
+            let claimed = match &ingress.dedup {
+                Some(dedup) => match dedup.claim(&DedupKey::of(&event, client_id)).await {
+                    Claim::Duplicate(id) => {
+                        let duplicate = Accepted {
+                            status: "duplicate",
+                            id,
+                        };
+                        return Ok((HttpResponse::Ok().json(duplicate), Outcome::Duplicate));
+                    }
+                    Claim::New(claimed) => Some(claimed),
+                },
+                None => None,
+            };
             let message = || event_message(&event, &receipt, body.clone());
             let outcome = match ingress.delivery.deliver(message).await {
                 Ok(Delivered::Published) => Outcome::Accepted,
@@ -161,6 +177,10 @@ async fn accept(
                 }
                 Err(err) => return Err(IngressError::NotStored(Box::new(err))),
             };
+            if let Some(claimed) = claimed {
+                claimed.durable(receipt.message_id);
+            }
+            ingress.metrics.event(&event);
             let accepted = Accepted {
                 status: "accepted",
                 id: receipt.message_id,

@@ -16,9 +16,10 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use uuid::Uuid;
 
 use super::headers::{
-    ACCOUNT_ID, CLIENT_ID, ERROR, ERROR_KNOWN, HOOK, QUARANTINE_REASON, RECEIVED_AT,
+    ACCOUNT_ID, CLIENT_ID, DEDUP_KEY, ERROR, ERROR_KNOWN, HOOK, QUARANTINE_REASON, RECEIVED_AT,
     SCHEMA_WARNINGS, SOURCE_IP, USER_ID, set_text, text, time,
 };
+use crate::dedup::DedupKey;
 use crate::event::{Event, ParseError, RoutingKey};
 
 /// `delivery_mode` 2: RabbitMQ writes the message to disk in durable queues.
@@ -104,6 +105,11 @@ pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
     }
     set_text(&mut headers, ACCOUNT_ID, event.account_id());
     set_text(&mut headers, USER_ID, event.user_id());
+    set_text(
+        &mut headers,
+        DEDUP_KEY,
+        DedupKey::of(event, &receipt.client_id).as_str(),
+    );
     if !event.warnings().is_empty() {
         let warnings: Vec<String> = event.warnings().iter().map(|w| w.to_string()).collect();
         set_text(&mut headers, SCHEMA_WARNINGS, &warnings.join("; "));

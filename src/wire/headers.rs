@@ -31,6 +31,9 @@ pub const CLIENT_ID: &str = "x-client-id";
 pub const SOURCE_IP: &str = "x-source-ip";
 /// When the relay received it, RFC 3339 with milliseconds.
 pub const RECEIVED_AT: &str = "x-received-at";
+/// What identifies the event, hashed (see [`crate::dedup`]): the same for the
+/// sender's retries of one webhook, so consumers can tell a retry from a new event.
+pub const DEDUP_KEY: &str = "x-dedup-key";
 /// The documented fields the body goes without.
 pub const SCHEMA_WARNINGS: &str = "x-schema-warnings";
 /// Why a body was quarantined (quarantined bodies only: not events).
@@ -66,7 +69,7 @@ pub const LAST_DEATH_EXCHANGE: &str = "x-last-death-exchange";
 
 /// The headers the relay, its replays and the retry protocol write on events
 /// (not [`QUARANTINE_REASON`]: a quarantined body never reaches a consumer).
-pub const RELAYS: [&str; 14] = [
+pub const RELAYS: [&str; 15] = [
     HOOK,
     USER_ID,
     ACCOUNT_ID,
@@ -75,6 +78,7 @@ pub const RELAYS: [&str; 14] = [
     CLIENT_ID,
     SOURCE_IP,
     RECEIVED_AT,
+    DEDUP_KEY,
     SCHEMA_WARNINGS,
     RETRY_ATTEMPT,
     REPLAY_COUNT,

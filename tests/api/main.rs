@@ -11,6 +11,7 @@ mod common;
 mod console;
 mod consumer;
 mod contract;
+mod dedup;
 mod helpers;
 mod history;
 mod hostile;

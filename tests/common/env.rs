@@ -21,7 +21,9 @@ impl RelayEnv {
     /// exchange of its own (so tests run side by side on one broker), its own
     /// spool file, and the broker at `amqp_uri`. Account announcements are
     /// off: they would add `account.*` messages to every test's history and
-    /// unrouted queue; the tests of accounts turn them on.
+    /// unrouted queue; the tests of accounts turn them on. So is the dedup
+    /// window: tests send the same webhook again to mean another event; the
+    /// tests of duplicates (tests/api/dedup.rs) turn it on.
     pub(crate) fn new(client_id: &str, exchange: &str, spool: &Path, amqp_uri: &str) -> RelayEnv {
         let spool = spool.to_str().expect("a UTF-8 temp dir");
         RelayEnv(BTreeMap::new())
@@ -31,6 +33,7 @@ impl RelayEnv {
             .set("HOOKRELAY__AMQP__EXCHANGE", exchange)
             .set("HOOKRELAY__SPOOL__PATH", spool)
             .set("HOOKRELAY__ACCOUNTS__ENABLED", "false")
+            .set("HOOKRELAY__INGRESS__DEDUP_WINDOW", "0")
     }
 
     pub(crate) fn set(mut self, key: &str, value: impl Into<String>) -> RelayEnv {
