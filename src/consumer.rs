@@ -64,14 +64,17 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::broker::{self, Outgoing, Topology, publish_confirmed};
 use crate::config::{QueueSettings, Settings};
 use crate::event::Event;
+use crate::traces::consumer_context;
 use crate::wire::account::{self, AccountChange};
 use crate::wire::death::replay_count;
+use crate::wire::envelope::TraceContext;
 use crate::wire::headers::{self, ORIGINAL_ROUTING_KEY, RECEIVED_AT};
 use crate::wire::retry::{retry_attempt, retry_headers, tier_queue};
 
@@ -123,6 +126,11 @@ pub struct Incoming {
     pub received_at: Option<SystemTime>,
     /// RabbitMQ delivered it before (a consumer crashed or disconnected).
     pub redelivered: bool,
+    /// The trace it continues: a `process <queue>` span under the relay's
+    /// publish (from the message's `traceparent`), made by the app's global
+    /// tracer provider. The handler runs with it as the current context, so
+    /// the app's own spans are its children.
+    pub trace: opentelemetry::Context,
 }
 
 /// A consumer of one `[[queues]]` entry of the relay's configuration.
@@ -271,10 +279,11 @@ impl Consumer {
                         Some(Err(err)) => return Ended::Lost(err.into()),
                         None => return Ended::Lost(anyhow::anyhow!("RabbitMQ cancelled the consumer")),
                     };
-                    match incoming(&delivery) {
+                    match incoming(&delivery, &self.queue.name) {
                         Ok(event) => {
                             let routing_key = event.routing_key.clone();
-                            let task = running.spawn(handler(event));
+                            let trace = event.trace.clone();
+                            let task = running.spawn(opentelemetry::context::FutureExt::with_context(handler(event), trace));
                             in_flight.insert(task.id(), (delivery, routing_key));
                         }
                         Err(reason) => {
@@ -404,7 +413,7 @@ impl Incoming {
 
 /// The message and its metadata; `Err` with a reason for a body that is
 /// neither an event nor an account change.
-fn incoming(delivery: &Delivery) -> Result<Incoming, String> {
+fn incoming(delivery: &Delivery, queue: &str) -> Result<Incoming, String> {
     let headers = delivery.properties.headers().as_ref();
     let published_as = headers::text(headers, ORIGINAL_ROUTING_KEY)
         .unwrap_or_else(|| delivery.routing_key.to_string());
@@ -418,15 +427,19 @@ fn incoming(delivery: &Delivery) -> Result<Incoming, String> {
             .unwrap_or_else(|| event.routing_key().as_str().to_owned());
         (Received::Event(event), routing_key)
     };
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or_else(String::new, |id| id.to_string());
+    let trace = TraceContext::of(&delivery.properties);
+    let trace = consumer_context(trace.as_ref(), queue, &routing_key, &message_id);
     Ok(Incoming {
         routing_key,
         received,
         body: Bytes::from(delivery.data.clone()),
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map_or_else(String::new, |id| id.to_string()),
+        message_id,
+        trace,
         attempt: u32::try_from(retry_attempt(headers) + 1).unwrap_or(u32::MAX),
         replays: u32::try_from(replay_count(headers)).unwrap_or(u32::MAX),
         received_at: headers::time(headers, RECEIVED_AT),

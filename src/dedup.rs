@@ -209,12 +209,23 @@ impl Dedup {
     /// turns true: from one window ago at start, then as they land.
     pub async fn follow(
         self: Arc<Self>,
-        amqp: AmqpSettings,
+        broker: broker::Broker,
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
+        let amqp = broker.amqp().clone();
         let session = || self.session(&amqp, &stream);
-        history::keep_following("dedup keys", &self.caught_up, stopping, session).await;
+        let meanwhile = "retries of webhooks accepted before a restart, or by another relay, are \
+                         not recognised meanwhile";
+        history::keep_following(
+            "dedup keys",
+            meanwhile,
+            &self.caught_up,
+            &broker,
+            stopping,
+            session,
+        )
+        .await;
     }
 
     async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 //! full queue costs only its own consumer.
 
 use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::broker::{PublishError, Publisher};
 use crate::spool::{Spool, SpoolError};
@@ -29,12 +30,26 @@ pub struct Delivery {
 pub enum Delivered {
     /// Confirmed by RabbitMQ.
     Published,
-    /// On local disk, in the backlog; the drainer publishes it. The publish
-    /// error, if one was tried first.
-    Spooled(Option<PublishError>),
+    /// On local disk, in the backlog; the drainer publishes it. `why`: the
+    /// publish error, if one was tried first.
+    Spooled {
+        why: Option<PublishError>,
+        write: SpoolWrite,
+    },
     /// RabbitMQ refused it: on local disk, in the refused lane, retried
     /// beside the flow.
-    Refused(PublishError),
+    Refused {
+        why: PublishError,
+        write: SpoolWrite,
+    },
+}
+
+/// When the spool write began and how long it took (fsync included): the
+/// trace's spool span.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolWrite {
+    pub started: SystemTime,
+    pub took: Duration,
 }
 
 /// The message is not durable anywhere: the sender must retry.
@@ -99,13 +114,18 @@ impl Delivery {
                 Err(err) => Some(err),
             }
         };
+        let (started, clock) = (SystemTime::now(), Instant::now());
         let stored = match &publish_error {
             Some(err) if err.is_refusal() => spool.append_refused(&build(), err.to_string()).await,
             _ => spool.append(&build()).await,
         };
+        let write = SpoolWrite {
+            started,
+            took: clock.elapsed(),
+        };
         match (stored, publish_error) {
-            (Ok(()), Some(err)) if err.is_refusal() => Ok(Delivered::Refused(err)),
-            (Ok(()), publish_error) => Ok(Delivered::Spooled(publish_error)),
+            (Ok(()), Some(why)) if why.is_refusal() => Ok(Delivered::Refused { why, write }),
+            (Ok(()), why) => Ok(Delivered::Spooled { why, write }),
             (Err(spool), publish) => Err(DeliveryError::NotSpooled { publish, spool }),
         }
     }

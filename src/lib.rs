@@ -26,7 +26,8 @@
 //!   status, one confirmed publish.
 //! * [`dedup`]: the sender's retries recognised by their `x-dedup-key`.
 //! * `delivery`, [`spool`]: publish now, or keep on disk until RabbitMQ can.
-//! * `metrics`, [`telemetry`]: what operators see.
+//! * `metrics`, [`telemetry`]: what operators see; [`traces`]: W3C trace
+//!   context on every message, and spans over OTLP.
 //! * [`startup`]: wires it all into an [`startup::Application`] and watches
 //!   its background tasks; [`cli`]: the commands.
 //! * [`history`]: reading the event history stream back, newest first, and
@@ -73,5 +74,6 @@ pub mod replay;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
+pub mod traces;
 pub mod watch;
 pub mod wire;

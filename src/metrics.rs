@@ -197,6 +197,13 @@ struct Inner {
     console_actions: Family<ActionLabel, Counter>,
     events: Family<RoutingKeyLabel, Counter>,
     queue_messages: Family<QueueRoleLabel, Gauge>,
+    trace_exports: Family<ResultLabel, Counter>,
+}
+
+/// How an attempt ended: `ok` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 /// A queue the relay declares (its name from the configuration or its
@@ -401,6 +408,18 @@ impl Metrics {
              last topology check (every amqp.topology_check_secs while connected)",
             queue_messages.clone(),
         );
+        let trace_exports = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "trace_exports",
+            "Batches of spans sent to telemetry.otlp_endpoint, by result (ok, failed: the \
+             batch is dropped)",
+            trace_exports.clone(),
+        );
+        for result in ["ok", "failed"] {
+            trace_exports
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
         let build_info = Family::<BuildLabel, Gauge>::default();
         registry.register(
             "build_info",
@@ -457,6 +476,7 @@ impl Metrics {
                 console_actions,
                 events,
                 queue_messages,
+                trace_exports,
             }),
         }
     }
@@ -482,6 +502,15 @@ impl Metrics {
             routing_key: event_label(event),
         };
         self.inner.events.get_or_create(&label).inc();
+    }
+
+    /// One batch of spans exported, or not.
+    pub fn trace_export(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.inner
+            .trace_exports
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Messages in a queue the relay declares.

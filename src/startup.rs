@@ -37,6 +37,7 @@ use crate::ingress::tls;
 use crate::ingress::{self, Ingress, WebhookPath};
 use crate::metrics::Metrics;
 use crate::spool::{Spool, drain};
+use crate::traces::Traces;
 
 /// The background task that keeps the RabbitMQ connection and topology up.
 pub const BROKER_TASK: &str = "broker supervisor";
@@ -61,6 +62,7 @@ pub struct Application {
     admin: Server,
     broker: Broker,
     spool: Option<Spool>,
+    traces: Arc<Traces>,
     tasks: Tasks,
     stopping: watch::Sender<bool>,
 }
@@ -131,10 +133,12 @@ impl Application {
         let publisher = Publisher::new(broker.clone());
         let delivery = Delivery::new(publisher.clone(), spool.clone());
         let dedup = Dedup::new(settings.ingress.dedup_window).map(Arc::new);
+        let traces = Arc::new(Traces::new(&settings, metrics.clone())?);
         let ingress = web::Data::new(Ingress::new(
             &settings,
             delivery,
             dedup.clone(),
+            traces.clone(),
             metrics.clone(),
         ));
         let server = &settings.server;
@@ -206,20 +210,15 @@ impl Application {
             tasks.add(RATES_TASK, rates.run());
         }
         if let (Some(dedup), Some(stream)) = (dedup, Topology::of(&settings).history_stream()) {
-            let following = dedup.follow(
-                settings.amqp.clone(),
-                stream.to_owned(),
-                stopping.subscribe(),
-            );
+            let following = dedup.follow(broker.clone(), stream.to_owned(), stopping.subscribe());
             tasks.add(DEDUP_TASK, following);
         }
         if let Some((index, stream)) = history_index {
             if let Some(book) = live_book {
-                let following =
-                    book.follow(settings.amqp.clone(), stream.clone(), stopping.subscribe());
+                let following = book.follow(broker.clone(), stream.clone(), stopping.subscribe());
                 tasks.add(ACCOUNTS_VIEW_TASK, following);
             }
-            let following = index.follow(settings.amqp.clone(), stream, stopping.subscribe());
+            let following = index.follow(broker.clone(), stream, stopping.subscribe());
             tasks.add(INDEX_TASK, following);
         }
         Ok(Application {
@@ -229,6 +228,7 @@ impl Application {
             admin,
             broker,
             spool,
+            traces,
             tasks,
             stopping,
         })
@@ -262,6 +262,7 @@ impl Application {
             admin,
             broker,
             spool,
+            traces,
             mut tasks,
             stopping,
             ..
@@ -308,6 +309,8 @@ impl Application {
         }
         broker.shutdown();
         tasks.finish(BROKER_TASK).await;
+        // The last spans, exported before the process ends (a blocking call).
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         info!("stopped");
         match failure {
             Some(failure) => Err(failure),

@@ -35,7 +35,18 @@ import jsonschema
 import pika
 import yaml
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from consumer import ACK, Handled, Transient, consume, dedup_key
+
+# The consumer's spans, recorded to check that each continues the relay's trace.
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT = os.path.join(HERE, "..", "..", "docs", "asyncapi.yaml")
@@ -153,11 +164,13 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
                             event["account"]["id"], event["account"].get("provider"), event.get("error"))
             if properties.headers.get("x-dedup-key") != key:
                 problems.append(f"x-dedup-key is not the contract's recipe: {key} expected")
+            traceparents[properties.message_id] = properties.headers["traceparent"]
             if problems:
                 raise SystemExit(f"{properties.message_id} breaks the contract: {problems}")
             checked += 1
 
         handled = Handled()
+        traceparents = {}
 
         # 1. Fails twice, transiently, then succeeds on attempt 3.
         recovers = send("LoginFailedError", "u-1")
@@ -244,10 +257,23 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         if seen[0][2] != novel or channel.queue_declare(dead_letters, passive=True).method.message_count:
             raise SystemExit(f"the undocumented code was not handled: {seen}")
 
+        # Every span of the consumer is a child of the publish its message names.
+        continued = 0
+        for span in SPANS.get_finished_spans():
+            message_id = span.attributes.get("messaging.message.id")
+            if message_id not in traceparents:
+                continue
+            _, trace_id, span_id, _ = traceparents[message_id].split("-")
+            if span.parent is None or (f"{span.context.trace_id:032x}", f"{span.parent.span_id:016x}") != (trace_id, span_id):
+                raise SystemExit(f"the consumer's span of {message_id} does not continue {traceparents[message_id]}")
+            continued += 1
+        if continued < len(traceparents):
+            raise SystemExit(f"{continued} consumer spans for {len(traceparents)} messages")
         print(
             f"python consumer: retried on attempts {attempts} after {waits} ms (tiers {TIERS_MS}, found "
             f"by passive declares); dead-lettered after {len(TIERS_MS)} tiers; a history replay acked as a "
-            f"duplicate; an undocumented code handled; {checked} messages valid against docs/asyncapi.yaml"
+            f"duplicate; an undocumented code handled; {checked} messages valid against docs/asyncapi.yaml; "
+            f"{continued} consumer spans continue the relay's traces"
         )
     finally:
         relay.terminate()

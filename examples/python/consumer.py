@@ -15,7 +15,11 @@ relay's configuration:
   route kept in `x-original-*`, confirmed, then the original is acked. The
   tiers are found by declaring `<queue>.retry.1`, `.2`, ... passively;
 - past the last tier, or what it cannot handle (a bug, a body it cannot
-  use): reject without requeue, so RabbitMQ dead-letters it for an operator.
+  use): reject without requeue, so RabbitMQ dead-letters it for an operator;
+- the trace goes on: each message is handled in a `process <queue>` span
+  (OpenTelemetry, kind consumer) whose parent is the relay's publish, read
+  from the message's `traceparent`. Without a tracer provider installed by
+  the app, the span is a no-op.
 
     python consumer.py --queue reprompt-credentials [--url amqp://...]
 
@@ -31,6 +35,7 @@ import time
 
 import pika
 import pika.exceptions
+from opentelemetry import propagate, trace
 
 # Headers RabbitMQ owns: never copied into a retry.
 BROKER_OWNED = ("x-death", "x-delivery-count")
@@ -39,6 +44,7 @@ BROKER_OWNED_PREFIXES = ("x-first-death-", "x-last-death-")
 KEEP_IDS_FOR = 7 * 24 * 3600
 
 ACK, RETRY, DEAD_LETTER = "ack", "retry", "dead_letter"
+TRACER = trace.get_tracer("hookrelay.consumer")
 
 
 def dedup_key(hook, client_id, user_id, account_id, provider=None, error=None):
@@ -126,12 +132,22 @@ def consume(connection, queue, handle, handled=None, stop=lambda: False, prefetc
         else:
             routing_key = headers.get("x-original-routing-key", method.routing_key)
             attempt = int(headers.get("x-retry-attempt", 0)) + 1
-            try:
-                outcome = handle(json.loads(body), routing_key, properties, attempt)
-            except Transient:
-                outcome = RETRY
-            except Exception:  # a bug, or a body it cannot use: for an operator
-                outcome = DEAD_LETTER
+            # Continues the relay's trace: `traceparent` names its publish.
+            parent = propagate.extract(headers)
+            attributes = {
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": queue,
+                "messaging.message.id": properties.message_id or "",
+            }
+            with TRACER.start_as_current_span(f"process {queue}", context=parent,
+                                              kind=trace.SpanKind.CONSUMER, attributes=attributes):
+                try:
+                    outcome = handle(json.loads(body), routing_key, properties, attempt)
+                except Transient:
+                    outcome = RETRY
+                except Exception:  # a bug, or a body it cannot use: for an operator
+                    outcome = DEAD_LETTER
             if outcome == ACK:
                 handled.add(properties.message_id)
                 channel.basic_ack(method.delivery_tag)

@@ -48,12 +48,22 @@ impl LiveBook {
     /// Keeps the book current until `stopping` turns true.
     pub async fn follow(
         self: Arc<Self>,
-        amqp: AmqpSettings,
+        broker: broker::Broker,
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
+        let amqp = broker.amqp().clone();
         let session = || self.session(&amqp, &stream);
-        history::keep_following("account book", &self.caught_up, stopping, session).await;
+        let meanwhile = "the console folds the history per request meanwhile";
+        history::keep_following(
+            "account book",
+            meanwhile,
+            &self.caught_up,
+            &broker,
+            stopping,
+            session,
+        )
+        .await;
     }
 
     async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {

@@ -107,10 +107,19 @@ impl Broker {
 
     /// Waits until a session is up; false if `timeout` passes first.
     pub async fn wait_until_connected(&self, timeout: Duration) -> bool {
-        let mut session = self.inner.session.subscribe();
-        tokio::time::timeout(timeout, session.wait_for(Option::is_some))
+        tokio::time::timeout(timeout, self.connected())
             .await
-            .is_ok_and(|r| r.is_ok())
+            .is_ok()
+    }
+
+    /// Waits until a session is up (its topology declared), however long
+    /// that takes.
+    pub async fn connected(&self) {
+        let mut session = self.inner.session.subscribe();
+        if session.wait_for(Option::is_some).await.is_err() {
+            // The supervisor is gone: there will be no session.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Tells the supervisor to stop reconnecting and close the connection

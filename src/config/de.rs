@@ -75,6 +75,14 @@ pub(super) fn optional_path<'de, D: Deserializer<'de>>(
         .map(std::path::PathBuf::from))
 }
 
+/// A string setting that may be unset; an empty value means unset (compose
+/// passes an unset variable as "").
+pub(super) fn optional_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.is_empty()))
+}
+
 /// `admin.protected_by`; an empty value means "nothing".
 pub(super) fn optional_protection<'de, D: Deserializer<'de>>(
     deserializer: D,

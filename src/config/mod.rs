@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use de::{
     amqp_uris, human_duration, human_durations, ip_ranges, optional_path, optional_protection,
-    optional_secret, string_list,
+    optional_secret, optional_string, string_list,
 };
 pub use ip_ranges::IpRanges;
 pub use secret::{AmqpUri, InvalidAmqpUri, Secret};
@@ -46,8 +46,19 @@ pub struct Settings {
     pub history: HistorySettings,
     pub accounts: AccountsSettings,
     pub admin: AdminSettings,
+    pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub queues: Vec<QueueSettings>,
+}
+
+/// Traces: W3C trace context on every message, and spans exported over OTLP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP collector's base address (`http://collector:4318`):
+    /// spans go to `<it>/v1/traces` as JSON. Unset: nothing is exported.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -12,18 +12,29 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::warn;
 
-/// Runs `session` again and again until `stopping` turns true. `caught_up`
+use crate::broker::Broker;
+
+/// Runs `session` again and again until `stopping` turns true, the first
+/// time once the relay is connected (a new exchange's stream does not exist
+/// before the relay declares it: that is no failure to report). `caught_up`
 /// is the follower's flag: a session sets it once it has reached the end of
-/// the stream it saw; it is cleared between sessions.
+/// the stream it saw; it is cleared between sessions. `meanwhile` says what
+/// a failure costs, for its warning.
 pub(crate) async fn keep_following<F, Fut>(
     what: &str,
+    meanwhile: &str,
     caught_up: &AtomicBool,
+    broker: &Broker,
     mut stopping: watch::Receiver<bool>,
     mut session: F,
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    tokio::select! {
+        () = broker.connected() => {}
+        _ = stopping.wait_for(|stop| *stop) => return,
+    }
     let mut backoff = Duration::from_secs(1);
     let mut warned = false;
     loop {
@@ -40,7 +51,7 @@ pub(crate) async fn keep_following<F, Fut>(
         {
             warn!(
                 error = format!("{err:#}"),
-                "{what}: cannot follow the history; retrying (the console reads the stream meanwhile)"
+                "{what}: cannot follow the history; retrying ({meanwhile})"
             );
             warned = true;
         }

@@ -313,12 +313,22 @@ impl Index {
     /// says so once and tries again.
     pub async fn follow(
         self: std::sync::Arc<Self>,
-        amqp: AmqpSettings,
+        broker: crate::broker::Broker,
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
+        let amqp = broker.amqp().clone();
         let session = || self.session(&amqp, &stream);
-        super::follow::keep_following("history index", &self.caught_up, stopping, session).await;
+        let meanwhile = "the console reads the stream meanwhile";
+        super::follow::keep_following(
+            "history index",
+            meanwhile,
+            &self.caught_up,
+            &broker,
+            stopping,
+            session,
+        )
+        .await;
     }
 
     async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {

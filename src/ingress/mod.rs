@@ -22,6 +22,9 @@ use crate::config::{Secret, Settings};
 use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
+use crate::traces::Traces;
+use crate::wire::envelope::TraceContext;
+use crate::wire::headers::{TRACEPARENT, TRACESTATE};
 use error::IngressError;
 use log_budget::LogBudget;
 
@@ -40,6 +43,7 @@ pub struct Ingress {
     delivery: Delivery,
     /// `None` when `ingress.dedup_window` is 0.
     dedup: Option<Arc<Dedup>>,
+    traces: Arc<Traces>,
     metrics: Metrics,
     log_budget: LogBudget,
 }
@@ -49,6 +53,7 @@ impl Ingress {
         settings: &Settings,
         delivery: Delivery,
         dedup: Option<Arc<Dedup>>,
+        traces: Arc<Traces>,
         metrics: Metrics,
     ) -> Ingress {
         Ingress {
@@ -61,6 +66,7 @@ impl Ingress {
             body_timeout: settings.server.body_timeout(),
             delivery,
             dedup,
+            traces,
             metrics,
             log_budget: LogBudget::per_second(LOG_LINES_PER_SECOND),
         }
@@ -92,6 +98,21 @@ impl Ingress {
             forwarded_for,
             &self.trusted_proxies,
         ))
+    }
+
+    /// The W3C trace context of the request, when a trusted proxy (the TCP
+    /// peer is in `ingress.trusted_proxies`) sent it: anyone else's is
+    /// ignored, as it would only name a trace nobody records.
+    fn trusted_trace(&self, req: &HttpRequest) -> Option<TraceContext> {
+        let peer = req.peer_addr()?.ip();
+        if !self.trusted_proxies.contains(peer) {
+            return None;
+        }
+        let text = |name| req.headers().get(name)?.to_str().ok().map(str::to_owned);
+        Some(TraceContext {
+            traceparent: text(TRACEPARENT)?,
+            tracestate: text(TRACESTATE),
+        })
     }
 
     /// The configured client id that `x-client-id` matches. Every id is

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use bytes::Bytes;
 use serde::Serialize;
 use tracing::{Level, Span, debug, field, info, info_span, warn};
@@ -22,7 +22,8 @@ use crate::dedup::{Claim, DedupKey};
 use crate::delivery::Delivered;
 use crate::event::Event;
 use crate::metrics::Outcome;
-use crate::wire::envelope::{Receipt, event_message, quarantine_message};
+use crate::traces::WebhookTrace;
+use crate::wire::envelope::{Kind, Receipt, event_message, quarantine_message};
 
 /// The answer to a webhook that is durable: `accepted`, or `duplicate` of
 /// the message `id` accepted earlier.
@@ -32,18 +33,26 @@ struct Accepted {
     id: Uuid,
 }
 
-/// What is known of a webhook so far, for the span of its log lines.
+/// What is known of a webhook so far, for the span of its log lines, and
+/// its trace (see [`crate::traces`]) once the sender is authenticated.
 ///
-/// The span is built only when a line is written: a span entered around the
-/// whole request cost about 4-6 µs per webhook, 6-9 % of the relay's CPU
+/// The log span is built only when a line is written: a span entered around
+/// the whole request cost about 4-6 µs per webhook, 6-9 % of the relay's CPU
 /// (BENCHMARKS.md), for lines that are rarely written.
 #[derive(Default)]
-struct Known {
+struct Known<'a> {
+    log: Logged,
+    trace: Option<WebhookTrace<'a>>,
+}
+
+/// The fields of a webhook's log lines.
+#[derive(Default)]
+struct Logged {
     source_ip: Option<IpAddr>,
     message_id: Option<Uuid>,
 }
 
-impl Known {
+impl Logged {
     fn span(&self, outcome: Option<Outcome>) -> Span {
         info_span!(
             "webhook",
@@ -66,6 +75,12 @@ pub(super) async fn receive(
     let outcome = result
         .as_ref()
         .map_or_else(IngressError::outcome, |(_, outcome)| *outcome);
+    if let Some(trace) = known.trace.take() {
+        let status = result
+            .as_ref()
+            .map_or_else(|err| err.status_code(), |(response, _)| response.status());
+        trace.end(status.as_u16(), outcome.as_str());
+    }
     ingress.metrics.request(outcome);
     if result.is_ok() {
         ingress.metrics.observe_webhook(started.elapsed());
@@ -76,6 +91,7 @@ pub(super) async fn receive(
         // `RUST_LOG=info,hookrelay=debug` brings the lines back.
         if tracing::enabled!(Level::DEBUG) {
             known
+                .log
                 .span(Some(outcome))
                 .in_scope(|| debug!("webhook accepted"));
         }
@@ -83,6 +99,7 @@ pub(super) async fn receive(
         // Everything else can come in floods (a scanner, an outage): logged
         // within a budget, counted in full by the metrics.
         known
+            .log
             .span(Some(outcome))
             .in_scope(|| log_outcome(&result, dropped));
     }
@@ -114,17 +131,21 @@ fn log_outcome(result: &Result<(HttpResponse, Outcome), IngressError>, dropped: 
     }
 }
 
-async fn accept(
+async fn accept<'a>(
     req: &HttpRequest,
     payload: web::Payload,
-    ingress: &Ingress,
-    known: &mut Known,
+    ingress: &'a Ingress,
+    known: &mut Known<'a>,
 ) -> Result<(HttpResponse, Outcome), IngressError> {
     let received_at = SystemTime::now();
     let source_ip = ingress.allowed_client(req)?;
-    known.source_ip = Some(source_ip);
+    known.log.source_ip = Some(source_ip);
     ingress.check_header_limits(req)?;
     let client_id = ingress.authenticate(req)?;
+    let parent = ingress.trusted_trace(req);
+    let trace = known
+        .trace
+        .insert(ingress.traces.webhook(parent.as_ref(), received_at));
     if !is_json(req) {
         return Err(IngressError::UnsupportedMediaType);
     }
@@ -135,13 +156,13 @@ async fn accept(
     .await
     .map_err(|_| IngressError::BodyTimeout(ingress.body_timeout))??;
 
-    let receipt = Receipt::new(client_id, source_ip, received_at);
-    known.message_id = Some(receipt.message_id);
+    let mut receipt = Receipt::new(client_id, source_ip, received_at);
+    known.log.message_id = Some(receipt.message_id);
     match Event::parse(&body) {
         Ok(event) => {
             ingress.metrics.schema_warnings(event.warnings());
             if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
-                known.span(None).in_scope(|| {
+                known.log.span(None).in_scope(|| {
                     warn!(
                         code = code.as_str(),
                         "undocumented error code; routed anyway"
@@ -161,15 +182,20 @@ async fn accept(
                 },
                 None => None,
             };
+            receipt.trace =
+                Some(trace.publish(|| Kind::Event(event.routing_key()), receipt.message_id));
             let message = || event_message(&event, &receipt, body.clone());
-            let outcome = match ingress.delivery.deliver(message).await {
+            let delivered = ingress.delivery.deliver(message).await;
+            trace.delivered(delivered.as_ref());
+            let outcome = match delivered {
                 Ok(Delivered::Published) => Outcome::Accepted,
                 // Said once per routing key by the spool's refused lane, not
                 // once per webhook.
-                Ok(Delivered::Refused(_)) => Outcome::Refused,
-                Ok(Delivered::Spooled(why)) => {
+                Ok(Delivered::Refused { .. }) => Outcome::Refused,
+                Ok(Delivered::Spooled { why, .. }) => {
                     if let Some(why) = why {
                         known
+                            .log
                             .span(None)
                             .in_scope(|| warn!(error = %why, "RabbitMQ did not confirm; spooled"));
                     }
@@ -188,12 +214,11 @@ async fn accept(
             Ok((HttpResponse::Ok().json(accepted), outcome))
         }
         Err(reason) => {
+            receipt.trace = Some(trace.publish(|| Kind::Quarantine, receipt.message_id));
             let message = || quarantine_message(&reason, &receipt, body.clone());
-            ingress
-                .delivery
-                .deliver(message)
-                .await
-                .map_err(|err| IngressError::NotStored(Box::new(err)))?;
+            let delivered = ingress.delivery.deliver(message).await;
+            trace.delivered(delivered.as_ref());
+            delivered.map_err(|err| IngressError::NotStored(Box::new(err)))?;
             Err(IngressError::Quarantined {
                 id: receipt.message_id,
                 reason,

@@ -140,6 +140,24 @@ pub struct Headers {
     )]
     #[schemars(with = "String", regex(pattern = r"^[0-9a-f]{64}$"))]
     pub dedup_key: Option<String>,
+    /// W3C trace context of the relay's publish, `00-<trace id>-<span id>-<flags>`:
+    /// continue the trace from it (a consumer span whose parent it is). A new
+    /// trace per webhook, or the one a proxy the relay trusts
+    /// (`ingress.trusted_proxies`) started, with its flags; a new trace is
+    /// flagged sampled (`01`), so that your consumer records its side, also
+    /// when the relay exports no spans of its own (`telemetry.otlp_endpoint`
+    /// unset: the parent span is then absent from your backend). On every
+    /// event this version accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    )]
+    pub traceparent: Option<String>,
+    /// W3C trace state, passed on from a trusted proxy's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub tracestate: Option<String>,
     /// The documented fields the body goes without, e.g.
     /// `user.loginName missing; account.provider not a string`.
     #[serde(

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::headers::{
     ACCOUNT_ID, CLIENT_ID, DEDUP_KEY, ERROR, ERROR_KNOWN, HOOK, QUARANTINE_REASON, RECEIVED_AT,
-    SCHEMA_WARNINGS, SOURCE_IP, USER_ID, set_text, text, time,
+    SCHEMA_WARNINGS, SOURCE_IP, TRACEPARENT, TRACESTATE, USER_ID, set_text, text, time,
 };
 use crate::dedup::DedupKey;
 use crate::event::{Event, ParseError, RoutingKey};
@@ -36,6 +36,27 @@ pub struct Receipt {
     pub client_id: String,
     pub source_ip: IpAddr,
     pub received_at: SystemTime,
+    /// The trace the message continues (see [`crate::traces`]).
+    pub trace: Option<TraceContext>,
+}
+
+/// W3C trace context, as it travels in a message's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The trace context a message carries, if any.
+    pub fn of(properties: &BasicProperties) -> Option<TraceContext> {
+        let headers = properties.headers().as_ref();
+        Some(TraceContext {
+            traceparent: text(headers, TRACEPARENT)?,
+            tracestate: text(headers, TRACESTATE),
+        })
+    }
 }
 
 /// A message without the receipt the relay writes on every message.
@@ -50,6 +71,7 @@ impl Receipt {
             client_id: client_id.to_owned(),
             source_ip,
             received_at,
+            trace: None,
         }
     }
 
@@ -73,6 +95,7 @@ impl Receipt {
             client_id,
             source_ip,
             received_at,
+            trace: TraceContext::of(properties),
         })
     }
 }
@@ -141,6 +164,12 @@ fn receipt_headers(receipt: &Receipt) -> FieldTable {
         RECEIVED_AT,
         &humantime::format_rfc3339_millis(receipt.received_at).to_string(),
     );
+    if let Some(trace) = &receipt.trace {
+        set_text(&mut headers, TRACEPARENT, &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            set_text(&mut headers, TRACESTATE, state);
+        }
+    }
     headers
 }
 

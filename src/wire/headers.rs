@@ -34,6 +34,11 @@ pub const RECEIVED_AT: &str = "x-received-at";
 /// What identifies the event, hashed (see [`crate::dedup`]): the same for the
 /// sender's retries of one webhook, so consumers can tell a retry from a new event.
 pub const DEDUP_KEY: &str = "x-dedup-key";
+/// W3C trace context (`00-<trace id>-<span id>-<flags>`): the relay's publish,
+/// for consumers to continue the trace.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state, passed on from a trusted proxy's trace.
+pub const TRACESTATE: &str = "tracestate";
 /// The documented fields the body goes without.
 pub const SCHEMA_WARNINGS: &str = "x-schema-warnings";
 /// Why a body was quarantined (quarantined bodies only: not events).
@@ -69,7 +74,7 @@ pub const LAST_DEATH_EXCHANGE: &str = "x-last-death-exchange";
 
 /// The headers the relay, its replays and the retry protocol write on events
 /// (not [`QUARANTINE_REASON`]: a quarantined body never reaches a consumer).
-pub const RELAYS: [&str; 15] = [
+pub const RELAYS: [&str; 17] = [
     HOOK,
     USER_ID,
     ACCOUNT_ID,
@@ -79,6 +84,8 @@ pub const RELAYS: [&str; 15] = [
     SOURCE_IP,
     RECEIVED_AT,
     DEDUP_KEY,
+    TRACEPARENT,
+    TRACESTATE,
     SCHEMA_WARNINGS,
     RETRY_ATTEMPT,
     REPLAY_COUNT,

@@ -264,3 +264,45 @@ async fn a_consumer_of_account_changes_gets_each_one_typed_once() {
     assert_eq!(app.depth(&queue.name).await, 0, "acknowledged");
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handler_continues_the_trace_the_relay_started() {
+    use opentelemetry::trace::TraceContextExt;
+
+    let proxy_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let trusted = [("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "127.0.0.1/32")];
+    let (app, queue) = relay_bound(&trusted, "sync.error.#", QueueType::Classic, &[]).await;
+    let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Ack);
+    let response = app
+        .http
+        .post(format!("{}/webhooks", app.address))
+        .header("content-type", "application/json")
+        .header("x-client-id", crate::helpers::CLIENT_ID)
+        .header(
+            "traceparent",
+            format!("00-{proxy_trace}-00f067aa0ba902b7-01"),
+        )
+        .body(sync_error("LoginFailedError"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await
+    );
+
+    let trace = seen.lock().unwrap()[0].2.trace.clone();
+    let span = trace.span();
+    let context = span.span_context();
+    assert_eq!(context.trace_id().to_string(), proxy_trace);
+    assert!(
+        context.is_sampled(),
+        "the relay's sampling decision goes on"
+    );
+    drop(stop);
+    running.await.unwrap().unwrap();
+    app.stop().await.unwrap();
+}

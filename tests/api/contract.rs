@@ -89,7 +89,8 @@ async fn taken(app: &TestApp, queue: &str, kind: &str) -> BasicGetMessage {
 async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_ways() {
     // Arrange: a quorum queue with a retry tier, and a classic queue bound
     // to everything.
-    let mut settings = test_settings(&[]);
+    // The test is also a proxy the relay trusts, to send a trace context.
+    let mut settings = test_settings(&[("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "127.0.0.1/32")]);
     let exchange = settings.amqp.exchange.clone();
     let (reprompt, all) = (format!("{exchange}.reprompt"), format!("{exchange}.all"));
     let mut queue = QueueSettings::new(&reprompt, &["sync.error.#"], QueueType::Quorum);
@@ -106,7 +107,23 @@ async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_way
     app.send(sync_error("BrandNewError")).await;
     app.send(r#"{"hook":"SyncAccount","user":{"id":"u-2"},"account":{"id":"a-2"}}"#)
         .await;
-    for n in 0..4 {
+    // Through the trusted proxy, which started a trace with a trace state.
+    let traced = app
+        .http
+        .post(format!("{}/webhooks", app.address))
+        .header("content-type", "application/json")
+        .header("x-client-id", crate::helpers::CLIENT_ID)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("tracestate", "proxy=7")
+        .body(sync_account())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
+    for n in 0..5 {
         seen.extend(fits(
             "published",
             &taken(&app, &all, &format!("published #{n}")).await,

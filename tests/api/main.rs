@@ -21,4 +21,5 @@ mod quarantine;
 mod replay;
 mod spool;
 mod topology;
+mod traces;
 mod webhook;
