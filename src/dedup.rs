@@ -28,7 +28,6 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::broker;
-use crate::config::AmqpSettings;
 use crate::event::Event;
 use crate::history::{self, Filter, Reader, Start};
 use crate::wire::headers::{DEDUP_KEY, RECEIVED_AT, text, time};
@@ -42,8 +41,8 @@ const MAX_KEYS: usize = 1_000_000;
 /// hashed as its UTF-8 length in decimal, `:`, and its bytes (an absent
 /// provider or error code as the empty string), so no two lists of fields
 /// hash alike; docs/src/contract.md shows it in Python.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DedupKey(String);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupKey([u8; 32]);
 
 impl DedupKey {
     pub fn of(event: &Event, client_id: &str) -> DedupKey {
@@ -56,22 +55,51 @@ impl DedupKey {
             event.error_code().map_or("", |code| code.as_str()),
         ];
         let mut hash = Sha256::new();
+        let mut digits = [0u8; 20];
         for field in fields {
-            hash.update(field.len().to_string());
+            hash.update(decimal(field.len(), &mut digits));
             hash.update(b":");
             hash.update(field);
         }
-        let mut hex = String::with_capacity(64);
-        for byte in hash.finalize() {
-            use std::fmt::Write as _;
-            // Writing into a String cannot fail.
-            let _ = write!(hex, "{byte:02x}");
-        }
-        DedupKey(hex)
+        DedupKey(hash.finalize().into())
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The key as the `x-dedup-key` header writes it: 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
+        for byte in self.0 {
+            hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        }
+        hex
+    }
+
+    /// A key read back from an `x-dedup-key` header.
+    pub fn from_hex(hex: &str) -> Option<DedupKey> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+        let mut key = [0u8; 32];
+        for (byte, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(DedupKey(key))
+    }
+}
+
+/// `n` in decimal ASCII, written at the end of `buffer`.
+fn decimal(mut n: usize, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buffer[start..];
+        }
     }
 }
 
@@ -84,9 +112,9 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct State {
-    keys: HashMap<String, Seen>,
+    keys: HashMap<DedupKey, Seen>,
     /// Seen keys in the order they were noted, for expiry.
-    order: VecDeque<(SystemTime, String)>,
+    order: VecDeque<(SystemTime, DedupKey)>,
 }
 
 enum Seen {
@@ -108,7 +136,7 @@ pub enum Claim<'a> {
 /// [`Claimed::durable`], it is forgotten, and a waiting retry is published.
 pub struct Claimed<'a> {
     dedup: &'a Dedup,
-    key: String,
+    key: DedupKey,
     /// Dropped with the claim: wakes the retries waiting on it.
     _in_flight: watch::Sender<()>,
     durable: bool,
@@ -141,7 +169,7 @@ impl Dedup {
                 let mut state = self.lock();
                 let now = SystemTime::now();
                 state.expire(now, self.window);
-                match state.keys.entry(key.0.clone()) {
+                match state.keys.entry(*key) {
                     Entry::Occupied(seen) => match seen.get() {
                         Seen::Done { id, at } if self.within(*at, now) => {
                             return Claim::Duplicate(*id);
@@ -168,20 +196,20 @@ impl Dedup {
     fn claimed(&self, key: &DedupKey, sender: watch::Sender<()>) -> Claimed<'_> {
         Claimed {
             dedup: self,
-            key: key.0.clone(),
+            key: *key,
             _in_flight: sender,
             durable: false,
         }
     }
 
     /// Notes a key read back from the history, unless it is known already.
-    pub fn remember(&self, key: String, id: Uuid, at: SystemTime) {
+    pub fn remember(&self, key: DedupKey, id: Uuid, at: SystemTime) {
         let now = SystemTime::now();
         if !self.within(at, now) {
             return;
         }
         let mut state = self.lock();
-        if let Entry::Vacant(vacant) = state.keys.entry(key.clone()) {
+        if let Entry::Vacant(vacant) = state.keys.entry(key) {
             vacant.insert(Seen::Done { id, at });
             state.order.push_back((at, key));
             state.expire(now, self.window);
@@ -213,27 +241,17 @@ impl Dedup {
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
-        let amqp = broker.amqp().clone();
-        let session = || self.session(&amqp, &stream);
-        let meanwhile = "retries of webhooks accepted before a restart, or by another relay, are \
-                         not recognised meanwhile";
-        history::keep_following(
-            "dedup keys",
-            meanwhile,
-            &self.caught_up,
-            &broker,
-            stopping,
-            session,
-        )
-        .await;
+        history::follow(&*self, broker, stream, stopping).await;
     }
+}
 
-    async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {
-        let connection =
-            broker::connect(amqp, amqp.tool_connection_name("hookrelay-dedup")).await?;
-        let result = self.read(&connection, stream).await;
-        broker::close(&connection, "dedup follower stopped").await;
-        result
+impl history::Follower for Dedup {
+    const WHAT: &'static str = "dedup keys";
+    const MEANWHILE: &'static str = "retries of webhooks accepted before a restart, or by another relay, are not recognised meanwhile";
+    const CONNECTION: &'static str = "hookrelay-dedup";
+
+    fn caught_up_flag(&self) -> &AtomicBool {
+        &self.caught_up
     }
 
     async fn read(&self, connection: &lapin::Connection, stream: &str) -> anyhow::Result<()> {
@@ -259,9 +277,8 @@ impl Dedup {
                 .message_id()
                 .as_ref()
                 .and_then(|id| id.as_str().parse().ok());
-            if let (Some(key), Some(id), Some(at)) =
-                (text(headers, DEDUP_KEY), id, time(headers, RECEIVED_AT))
-            {
+            let key = text(headers, DEDUP_KEY).and_then(|hex| DedupKey::from_hex(&hex));
+            if let (Some(key), Some(id), Some(at)) = (key, id, time(headers, RECEIVED_AT)) {
                 self.remember(key, id, at);
             }
             if end.is_some_and(|end| event.offset >= end) {
@@ -277,8 +294,8 @@ impl Claimed<'_> {
     pub fn durable(mut self, id: Uuid) {
         let mut state = self.dedup.lock();
         let at = SystemTime::now();
-        state.keys.insert(self.key.clone(), Seen::Done { id, at });
-        state.order.push_back((at, std::mem::take(&mut self.key)));
+        state.keys.insert(self.key, Seen::Done { id, at });
+        state.order.push_back((at, self.key));
         self.durable = true;
     }
 }
@@ -331,7 +348,9 @@ mod tests {
     fn the_key_is_what_identifies_the_event_and_not_the_login_name() {
         let same = DedupKey::of(&event(&ACCOUNT.replace("alice", "bob")), "app");
         assert_eq!(key(), same);
-        assert_eq!(key().as_str().len(), 64);
+        assert_eq!(key().to_hex().len(), 64);
+        assert_eq!(DedupKey::from_hex(&key().to_hex()), Some(key()));
+        assert_eq!(DedupKey::from_hex("not hex"), None);
         for other in [
             DedupKey::of(&event(ACCOUNT), "other-app"),
             DedupKey::of(&event(&ACCOUNT.replace("\"u1\"", "\"u2\"")), "app"),
@@ -357,7 +376,7 @@ mod tests {
         let mut hash = Sha256::new();
         hash.update(b"11:SyncAccount3:app2:u12:a14:bank0:");
         let expected: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(key().as_str(), expected);
+        assert_eq!(key().to_hex(), expected);
     }
 
     #[tokio::test]
@@ -372,7 +391,7 @@ mod tests {
 
         let old = SystemTime::now() - Duration::from_secs(120);
         let dedup = Dedup::new(Duration::from_secs(60)).unwrap();
-        dedup.remember(key().0, id, old);
+        dedup.remember(key(), id, old);
         assert!(matches!(dedup.claim(&key()).await, Claim::New(_)));
         assert!(Dedup::new(Duration::ZERO).is_none());
     }

@@ -131,7 +131,7 @@ pub fn event_message(event: &Event, receipt: &Receipt, body: Bytes) -> Message {
     set_text(
         &mut headers,
         DEDUP_KEY,
-        DedupKey::of(event, &receipt.client_id).as_str(),
+        &DedupKey::of(event, &receipt.client_id).to_hex(),
     );
     if !event.warnings().is_empty() {
         let warnings: Vec<String> = event.warnings().iter().map(|w| w.to_string()).collect();
