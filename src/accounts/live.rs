@@ -16,7 +16,6 @@ use tokio::sync::watch;
 
 use super::Book;
 use crate::broker;
-use crate::config::AmqpSettings;
 use crate::history::{self, Filter, Reader, Start};
 
 /// The book and whether it is current.
@@ -52,26 +51,7 @@ impl LiveBook {
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
-        let amqp = broker.amqp().clone();
-        let session = || self.session(&amqp, &stream);
-        let meanwhile = "the console folds the history per request meanwhile";
-        history::keep_following(
-            "account book",
-            meanwhile,
-            &self.caught_up,
-            &broker,
-            stopping,
-            session,
-        )
-        .await;
-    }
-
-    async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {
-        let connection =
-            broker::connect(amqp, amqp.tool_connection_name("hookrelay-accounts-view")).await?;
-        let result = self.fold(&connection, stream).await;
-        broker::close(&connection, "account book stopped").await;
-        result
+        history::follow(&*self, broker, stream, stopping).await;
     }
 
     async fn fold(&self, connection: &lapin::Connection, stream: &str) -> anyhow::Result<()> {
@@ -100,5 +80,19 @@ impl LiveBook {
                 .apply(&event);
         }
         anyhow::bail!("the history read ended")
+    }
+}
+
+impl history::Follower for LiveBook {
+    const WHAT: &'static str = "account book";
+    const MEANWHILE: &'static str = "the console folds the history per request meanwhile";
+    const CONNECTION: &'static str = "hookrelay-accounts-view";
+
+    fn caught_up_flag(&self) -> &AtomicBool {
+        &self.caught_up
+    }
+
+    async fn read(&self, connection: &lapin::Connection, stream: &str) -> anyhow::Result<()> {
+        self.fold(connection, stream).await
     }
 }

@@ -30,8 +30,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use super::{Filter, Reader, Recorded, Start};
-use crate::broker;
-use crate::config::AmqpSettings;
 use crate::wire::headers::{ACCOUNT_ID, CLIENT_ID, USER_ID, text};
 use crate::wire::topic::TopicPattern;
 
@@ -317,26 +315,7 @@ impl Index {
         stream: String,
         stopping: watch::Receiver<bool>,
     ) {
-        let amqp = broker.amqp().clone();
-        let session = || self.session(&amqp, &stream);
-        let meanwhile = "the console reads the stream meanwhile";
-        super::follow::keep_following(
-            "history index",
-            meanwhile,
-            &self.caught_up,
-            &broker,
-            stopping,
-            session,
-        )
-        .await;
-    }
-
-    async fn session(&self, amqp: &AmqpSettings, stream: &str) -> anyhow::Result<()> {
-        let connection =
-            broker::connect(amqp, amqp.tool_connection_name("hookrelay-index")).await?;
-        let result = self.follow_on(&connection, stream).await;
-        broker::close(&connection, "index stopped").await;
-        result
+        super::follow(&*self, broker, stream, stopping).await;
     }
 
     async fn follow_on(&self, connection: &lapin::Connection, stream: &str) -> anyhow::Result<()> {
@@ -450,6 +429,20 @@ async fn first_offset(connection: &lapin::Connection, stream: &str) -> anyhow::R
     let first = reader.next().await?.map(|event| event.offset);
     reader.close().await;
     Ok(first)
+}
+
+impl super::Follower for Index {
+    const WHAT: &'static str = "history index";
+    const MEANWHILE: &'static str = "the console reads the stream meanwhile";
+    const CONNECTION: &'static str = "hookrelay-index";
+
+    fn caught_up_flag(&self) -> &AtomicBool {
+        &self.caught_up
+    }
+
+    async fn read(&self, connection: &lapin::Connection, stream: &str) -> anyhow::Result<()> {
+        self.follow_on(connection, stream).await
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ mod follow;
 pub mod index;
 mod search;
 
-pub(crate) use follow::keep_following;
+pub(crate) use follow::{Follower, follow};
 pub use index::Index;
 pub use search::{Page, newest};
 

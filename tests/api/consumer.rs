@@ -273,19 +273,10 @@ async fn the_handler_continues_the_trace_the_relay_started() {
     let trusted = [("HOOKRELAY__INGRESS__TRUSTED_PROXIES", "127.0.0.1/32")];
     let (app, queue) = relay_bound(&trusted, "sync.error.#", QueueType::Classic, &[]).await;
     let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Ack);
+    let traceparent = format!("00-{proxy_trace}-00f067aa0ba902b7-01");
     let response = app
-        .http
-        .post(format!("{}/webhooks", app.address))
-        .header("content-type", "application/json")
-        .header("x-client-id", crate::helpers::CLIENT_ID)
-        .header(
-            "traceparent",
-            format!("00-{proxy_trace}-00f067aa0ba902b7-01"),
-        )
-        .body(sync_error("LoginFailedError"))
-        .send()
-        .await
-        .unwrap();
+        .post_traced(sync_error("LoginFailedError"), &traceparent, None)
+        .await;
     assert_eq!(response.status(), 200);
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -108,20 +108,10 @@ async fn every_kind_of_message_a_consumer_can_meet_matches_the_contract_both_way
     app.send(r#"{"hook":"SyncAccount","user":{"id":"u-2"},"account":{"id":"a-2"}}"#)
         .await;
     // Through the trusted proxy, which started a trace with a trace state.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let traced = app
-        .http
-        .post(format!("{}/webhooks", app.address))
-        .header("content-type", "application/json")
-        .header("x-client-id", crate::helpers::CLIENT_ID)
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("tracestate", "proxy=7")
-        .body(sync_account())
-        .send()
-        .await
-        .unwrap();
+        .post_traced(sync_account(), traceparent, Some("proxy=7"))
+        .await;
     assert_eq!(traced.status(), 200);
     for n in 0..5 {
         seen.extend(fits(

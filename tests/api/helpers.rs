@@ -306,6 +306,23 @@ impl TestApp {
         .await
     }
 
+    /// POSTs `body` as [`TestApp::post_webhook`] does, with a W3C trace
+    /// context, as a proxy that started a trace would.
+    pub(crate) async fn post_traced(
+        &self,
+        body: impl Into<String>,
+        traceparent: &str,
+        tracestate: Option<&str>,
+    ) -> reqwest::Response {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("x-client-id", CLIENT_ID),
+            ("traceparent", traceparent),
+        ];
+        headers.extend(tracestate.map(|state| ("tracestate", state)));
+        self.post(body, &headers).await
+    }
+
     /// POSTs `body` to the webhook path with exactly these headers.
     pub(crate) async fn post(
         &self,

@@ -87,17 +87,10 @@ async fn a_webhooks_spans_are_exported_and_its_message_continues_the_trace() {
     ])
     .await;
     let queue = app.bind_queue(&["sync.#"]).await;
+    let traceparent = format!("00-{PROXY_TRACE}-{PROXY_SPAN}-01");
     let response = app
-        .http
-        .post(format!("{}/webhooks", app.address))
-        .header("content-type", "application/json")
-        .header("x-client-id", crate::helpers::CLIENT_ID)
-        .header("traceparent", format!("00-{PROXY_TRACE}-{PROXY_SPAN}-01"))
-        .header("tracestate", "proxy=7")
-        .body(sync_account())
-        .send()
-        .await
-        .unwrap();
+        .post_traced(sync_account(), &traceparent, Some("proxy=7"))
+        .await;
     assert_eq!(response.status(), 200);
     let message = app.next_message(&queue).await.expect("the event");
     let traceparent = text_header(&message, "traceparent");
@@ -157,16 +150,8 @@ async fn a_webhooks_spans_are_exported_and_its_message_continues_the_trace() {
 async fn an_untrusted_traceparent_is_ignored() {
     let app = spawn_app(&[]).await;
     let queue = app.bind_queue(&["sync.#"]).await;
-    let response = app
-        .http
-        .post(format!("{}/webhooks", app.address))
-        .header("content-type", "application/json")
-        .header("x-client-id", crate::helpers::CLIENT_ID)
-        .header("traceparent", format!("00-{PROXY_TRACE}-{PROXY_SPAN}-00"))
-        .body(sync_account())
-        .send()
-        .await
-        .unwrap();
+    let traceparent = format!("00-{PROXY_TRACE}-{PROXY_SPAN}-00");
+    let response = app.post_traced(sync_account(), &traceparent, None).await;
     assert_eq!(response.status(), 200);
     let message = app.next_message(&queue).await.expect("the event");
     let traceparent = text_header(&message, "traceparent");
