@@ -172,15 +172,19 @@ ui() { local method=$1 path=$2; shift 2; curl -sf -u "$UI_USER" -X "$method" -H 
 queue_messages() { ui GET "/queues/%2F/$1" 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin).get("messages", ""))' 2>/dev/null || true; }
 
 # Sends webhooks; prints the status code, and the id, of each (one per line).
-# send URL BODY_KIND COUNT [PARALLEL]
+# The n-th names user u-PREFIXn and account a-PREFIXn: the same body twice
+# within ingress.dedup_window is one event (answered "duplicate", published
+# once), so a batch that must be published whole takes a prefix of its own.
+# send URL BODY_KIND COUNT [PARALLEL] [PREFIX]
 send() {
   python3 - "$@" <<'PY'
 import json, sys, concurrent.futures, urllib.request, urllib.error
 url, kind, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 parallel = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+prefix = sys.argv[5] if len(sys.argv) > 5 else ""
 def body(n):
-    user = {"id": f"u-{n}", "loginName": "someone@example.com"}
-    account = {"id": f"a-{n}", "provider": "Compose Bank"}
+    user = {"id": f"u-{prefix}{n}", "loginName": "someone@example.com"}
+    account = {"id": f"a-{prefix}{n}", "provider": "Compose Bank"}
     if kind == "SyncAccount":
         return {"hook": "SyncAccount", "user": user, "account": account}
     if kind == "invalid":
@@ -224,10 +228,18 @@ single() {
   ui POST /bindings/%2F/e/webhooks/q/compose-check-accounts -d '{"routing_key":"account.#"}' >/dev/null
   local kinds=(SyncAccount LoginFailedError SecurityQuestionError TemporaryFailureError
     UnhandledConnectorError UnknownConnectorError BrandNewError)
+  local answer first=""
   for kind in "${kinds[@]}"; do
-    [ "$(send "$RELAY" "$kind" 1 | cut -d' ' -f1)" = 200 ] || fail "$kind was not accepted"
+    answer=$(send "$RELAY" "$kind" 1)
+    [ "${answer%% *}" = 200 ] || fail "$kind was not accepted: $answer"
+    [ -n "$first" ] || first=$answer
   done
   [ "$(send "$RELAY" invalid 1 | cut -d' ' -f1)" = 422 ] || fail "an invalid body was not answered 422"
+  # The sender's retry of the first (SyncAccount): 200 with the first one's
+  # id, and not published again (the queue below holds one sync.account).
+  again=$(send "$RELAY" SyncAccount 1)
+  [ "$again" = "$first" ] || fail "a retry was not answered with the first id: $first, then $again"
+  echo "a retry of $first answered with the same id"
   got=$(ui POST /queues/%2F/compose-check/get -d '{"count":100,"ackmode":"ack_requeue_false","encoding":"auto"}' |
     python3 -c 'import json, sys; print(" ".join(sorted(m["routing_key"] for m in json.load(sys.stdin))))')
   want="sync.account sync.error.BrandNewError sync.error.LoginFailedError sync.error.SecurityQuestionError sync.error.TemporaryFailureError sync.error.UnhandledConnectorError sync.error.UnknownConnectorError"
@@ -267,7 +279,7 @@ single() {
   step "docker-compose stop rabbitmq while 200 webhooks arrive: all 200, spooled; the relay restarted meanwhile keeps its spool"
   "${compose[@]}" stop rabbitmq
   within 60 broker_is "$ADMIN" disconnected || fail "the relay did not notice"
-  send "$RELAY" LoginFailedError 200 8 > /tmp/compose-check-spooled.txt
+  send "$RELAY" LoginFailedError 200 8 spooled- > /tmp/compose-check-spooled.txt
   [ "$(grep -c '^200 ' /tmp/compose-check-spooled.txt)" = 200 ] || fail "not every webhook was accepted: $(cut -d' ' -f1 /tmp/compose-check-spooled.txt | sort | uniq -c)"
   [ "$(depth "$ADMIN")" = 200 ] || fail "spool depth $(depth "$ADMIN"), not 200"
   "${compose[@]}" restart hookrelay
@@ -290,7 +302,7 @@ single() {
   "${compose[@]}" exec -T hookrelay hookrelay spool list
 
   step "docker-compose down, then up: the queues and their messages are kept"
-  send "$RELAY" SyncAccount 1 >/dev/null
+  send "$RELAY" SyncAccount 1 1 kept- >/dev/null
   "${compose[@]}" down
   "${compose[@]}" up -d
   within 240 ready "$ADMIN" || fail "not ready after down and up"
@@ -317,9 +329,9 @@ cluster() {
   echo "3 nodes running; relay 1 on $(field "$ADMIN/readyz" '["node"]'), relay 2 on $(field "$admin2/readyz" '["node"]')"
 
   step "load on both relays; docker-compose kill rabbit1 (relay 1's node) in the middle: nothing acknowledged is lost"
-  ( send "$RELAY" LoginFailedError 300 4 > /tmp/compose-check-cluster-1.txt ) &
+  ( send "$RELAY" LoginFailedError 300 4 c1- > /tmp/compose-check-cluster-1.txt ) &
   local load1=$!
-  ( send "$relay2" LoginFailedError 300 4 > /tmp/compose-check-cluster-2.txt ) &
+  ( send "$relay2" LoginFailedError 300 4 c2- > /tmp/compose-check-cluster-2.txt ) &
   local load2=$!
   # The fault comes while the load runs: once relay 1 has taken 60 of its 300.
   within 60 accepted_at_least "$ADMIN" 60 || fail "the load did not start"
