@@ -36,11 +36,11 @@ use crate::wire::headers::{DEDUP_KEY, RECEIVED_AT, text, time};
 /// webhooks a second for a 10-minute window, 600 000 are needed.
 const MAX_KEYS: usize = 1_000_000;
 
-/// The hex SHA-256 of what identifies an event: hook, client id, user id,
-/// account id, provider and error code, never `loginName`. Each field is
-/// hashed as its UTF-8 length in decimal, `:`, and its bytes (an absent
-/// provider or error code as the empty string), so no two lists of fields
-/// hash alike; docs/src/contract.md shows it in Python.
+/// The SHA-256 of what identifies an event (64 hex digits in `x-dedup-key`):
+/// hook, client id, user id, account id, provider and error code, never
+/// `loginName`. Each field is hashed as its UTF-8 length in decimal, `:`,
+/// and its bytes (an absent provider or error code as the empty string), so
+/// no two lists of fields hash alike; docs/src/consumer.md shows it in Python.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DedupKey([u8; 32]);
 
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_key_is_the_documented_hash() {
-        // The recipe of docs/src/contract.md, spelled out: a consumer in
+        // The recipe of docs/src/consumer.md, spelled out: a consumer in
         // another language computes the same key.
         let mut hash = Sha256::new();
         hash.update(b"11:SyncAccount3:app2:u12:a14:bank0:");
