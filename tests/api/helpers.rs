@@ -513,7 +513,14 @@ impl Drop for TestApp {
 
 /// Deletes the exchanges and queues a relay with `settings` declares.
 pub(crate) async fn delete_topology(channel: &Channel, settings: &Settings) {
-    let topology = Topology::of(settings);
+    // Every queue the exchange can have, whatever this test's settings say:
+    // a relay process started with other settings (a config file, the
+    // defaults' [accounts] on) may have declared the history or the
+    // accounts queue, which would outlive the test.
+    let mut every = settings.clone();
+    every.history.enabled = true;
+    every.accounts.enabled = true;
+    let topology = Topology::of(&every);
     let consumer_queues = topology.consumer_queues().iter().flat_map(|q| {
         let tiers = (1..=q.retry.len()).map(|n| hookrelay::wire::retry::tier_queue(&q.name, n));
         std::iter::once(q.name.clone()).chain(tiers)
