@@ -2,15 +2,16 @@
 
 # relay_config FILE EXCHANGE PORT ADMIN_PORT SPOOL [HISTORY] [QUEUE_TYPE]:
 # a benchmark relay's config. Only 127.0.0.1 with client id bench-client gets
-# in, and a queue EXCHANGE.all bound to `#` takes every event. The dedup
-# window is off (DEDUP_WINDOW overrides): the load tools send one body again
-# and again, which the check would answer as duplicates without a publish.
+# in, and a queue EXCHANGE.all bound to `#` takes every event. Everything
+# else is the default: [accounts] on, and (with HISTORY true, the default)
+# the history. A load tool that sends one body again and again sends copies
+# that are stored once while one is in flight: bench/webhooks.lua (wrk) sends
+# distinct bodies, as distinct events are.
 relay_config() {
   cat > "$1" <<TOML
 [ingress]
 allowed_ips = ["127.0.0.1"]
 client_ids = ["bench-client"]
-dedup_window = "${DEDUP_WINDOW:-0}"
 [server]
 listen = "127.0.0.1:$3"
 admin_listen = "127.0.0.1:$4"
@@ -31,9 +32,9 @@ TOML
 # EXCHANGE, on the broker rabbitmqctl reaches.
 delete_topology() {
   local q x
-  for q in all unrouted dead-letter quarantine history accounts; do rabbitmqctl -q delete_queue "$1.$q" >/dev/null 2>&1 || true; done
+  for q in all all-changes unrouted dead-letter quarantine history accounts announcer; do rabbitmqctl -q delete_queue "$1.$q" >/dev/null 2>&1 || true; done
   # rabbitmqctl has no delete_exchange: ask the broker's own function.
-  for x in "" .in .unrouted .dlx; do
+  for x in "" .in .unrouted .dlx .changes; do
     rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$1$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
   done
 }

@@ -1,16 +1,18 @@
-//! Benchmark: how long the account announcer's fold of the history takes on
-//! start, and what it holds in memory per account (bench/accounts.sh).
+//! Benchmark: how long a relay's first start takes to fold the history into
+//! its derived store, and what that costs in memory per account
+//! (bench/accounts.sh).
 //!
 //! Fills a stream of its own with `--events` events of `--accounts` accounts
 //! (published as the relay publishes them: the same headers, a UUIDv7 id, a
 //! webhook body; a mix of outcomes), then reads it back with the history
-//! reader into a [`Ledger`], as an announcer does when it takes over, and
-//! prints one JSON line: events, accounts, seconds, events per second, and
-//! the process's resident memory before and after (per account). Deletes
-//! the stream.
+//! reader into a new derived store (SQLite, in a temporary folder), in
+//! batches as the relay's follower does, and prints one JSON line: events,
+//! accounts, changes owed, seconds, events per second, and the process's
+//! resident memory before and after (per account). Deletes the stream and
+//! the store.
 //!
 //! ```text
-//! cargo run --release --example accounts_fold -- --events 1000000 --accounts 100000
+//! cargo run --release --example accounts_fold -- --events 1000000 --accounts 1000000
 //! ```
 
 #[path = "support/history_fill.rs"]
@@ -20,11 +22,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use hookrelay::accounts::Ledger;
-use hookrelay::history::{Filter, Reader, Start};
+use hookrelay::derived::store::{Derives, Item, Store};
+use hookrelay::history::{Ends, Filter, Reader, Start};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+
+/// Events per transaction, as the relay's follower writes them.
+const BATCH: usize = 2000;
 
 #[derive(Parser)]
 struct Args {
@@ -71,34 +76,60 @@ async fn main() -> anyhow::Result<()> {
         args.events,
         args.accounts,
         args.in_flight,
+        false,
     )
     .await?;
     let fill_seconds = filled.elapsed().as_secs_f64();
 
+    let folder = std::env::temp_dir().join(&stream);
+    let store = Store::open(&folder.join("history-index.sqlite"))?;
+    let derives = Derives {
+        index: false,
+        accounts: true,
+        escalate_after: 3,
+    };
     let rss_before = history_fill::rss_kib();
     let started = Instant::now();
-    let mut ledger = Ledger::new(3);
-    let mut reader =
-        Reader::open(&connection, &stream, Start::First, false, Filter::default()).await?;
-    while let Some(event) = reader.next().await? {
-        ledger.fold(&event);
+    let mut reader = Reader::open(
+        &connection,
+        &stream,
+        Start::First,
+        Ends::AtTheEnd,
+        Filter::default(),
+    )
+    .await?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut owed = 0;
+    loop {
+        let event = reader.next().await?;
+        let end = event.is_none();
+        batch.extend(event.map(|event| Item::of(event, derives)));
+        if batch.len() == BATCH || (end && !batch.is_empty()) {
+            owed += store.apply(&batch, derives)?.changes;
+            batch.clear();
+        }
+        if end {
+            break;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     let read = reader.read();
     reader.close().await;
     let rss_after = history_fill::rss_kib();
-    let accounts = ledger.book().len() as u64;
+    let accounts: u64 = store.count_by_state()?.iter().map(|(_, n)| n).sum();
 
     channel
         .queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
         .await?;
     let _ = connection.close(200, "done".into()).await;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&folder);
     println!(
         "{}",
         serde_json::json!({
             "events": read,
             "accounts": accounts,
-            "owed": ledger.owed(),
+            "owed": owed,
             "fill_seconds": fill_seconds,
             "fold_seconds": seconds,
             "events_per_second": read as f64 / seconds,

@@ -36,6 +36,10 @@ struct Args {
     /// Publishes awaiting their confirm at once.
     #[arg(long, default_value_t = 2_000)]
     in_flight: usize,
+    /// Each account's first event with its announcement, as a relay makes
+    /// it: nothing is owed after the fill.
+    #[arg(long)]
+    announced: bool,
 }
 
 #[tokio::main]
@@ -51,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         args.events,
         args.accounts,
         args.in_flight,
+        args.announced,
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -91,8 +91,8 @@ impl Delivery {
     /// `build` is called once for the publish, which consumes the message, and
     /// once more only if the message must go to the spool after all. Building
     /// it twice on that rare path costs less than cloning its properties for
-    /// every webhook in case it fails: the clone and its drop were about 6 % of
-    /// the relay's instructions per webhook (BENCHMARKS.md).
+    /// every webhook in case it fails (a measurable share of the relay's
+    /// instructions per webhook: BENCHMARKS.md).
     pub async fn deliver(&self, build: impl Fn() -> Message) -> Result<Delivered, DeliveryError> {
         // Only `bench/run.sh` builds this feature: it measures what HTTP and the
         // checks cost on their own. Such a binary stores nothing.

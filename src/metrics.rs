@@ -21,9 +21,10 @@ use crate::wire::envelope::Kind;
 pub enum Outcome {
     /// Parsed and confirmed by RabbitMQ: 200.
     Accepted,
-    /// A retry of a webhook accepted within `ingress.dedup_window`: 200
-    /// `duplicate`, not published again.
-    Duplicate,
+    /// An identical copy (same client id, same bytes) arrived while this one
+    /// was being stored: stored once, the newer copy answers 200 for it and
+    /// this one gets 503 (see `ingress::copies`). Not a failure.
+    Superseded,
     /// Not a valid event, kept in the quarantine queue: 422.
     Quarantined,
     /// The source address is not allowed: 403.
@@ -54,13 +55,15 @@ pub enum Outcome {
     BrokerUnavailable,
     /// RabbitMQ could not confirm and the spool is full: 503.
     SpoolFull,
+    /// Storing it was interrupted by the relay stopping: 503.
+    Interrupted,
 }
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
-            Outcome::Duplicate => "duplicate",
+            Outcome::Superseded => "superseded",
             Outcome::Quarantined => "quarantined",
             Outcome::Forbidden => "forbidden",
             Outcome::Unauthorized => "unauthorized",
@@ -75,6 +78,7 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::BrokerUnavailable => "broker_unavailable",
             Outcome::SpoolFull => "spool_full",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -193,7 +197,10 @@ struct Inner {
     spool_commits: Counter,
     account_changes: Family<AccountStateLabel, Counter>,
     accounts_announcing: Gauge,
+    account_changes_owed: Gauge,
+    audit_missing: Gauge,
     console_unauthorized: Counter,
+    console_throttled: Counter,
     console_actions: Family<ActionLabel, Counter>,
     events: Family<RoutingKeyLabel, Counter>,
     queue_messages: Family<QueueRoleLabel, Gauge>,
@@ -376,16 +383,37 @@ impl Metrics {
         let accounts_announcing = Gauge::default();
         registry.register(
             "accounts_announcing",
-            "1 while this relay is the one announcing account changes (RabbitMQ gives \
-             <exchange>.accounts to one relay at a time; a relay knows it is the one at its \
-             first event); 0 while another is, or it is not connected",
+            "1 while this relay is the one announcing account changes (it holds the lease \
+             <exchange>.announcer, which RabbitMQ gives to one relay at a time); 0 while another \
+             does, or while this one is catching up with the history",
             accounts_announcing.clone(),
+        );
+        let account_changes_owed = Gauge::default();
+        registry.register(
+            "account_changes_owed",
+            "Changes of accounts' states this relay's store has read in the history and not yet \
+             seen announced there: what the announcing relay still has to publish",
+            account_changes_owed.clone(),
+        );
+        let audit_missing = Gauge::default();
+        registry.register(
+            "audit_missing",
+            "Numbers relays gave stored webhooks that this relay's follower has not found in the \
+             history, nor explained by a note or its own spool, for longer than \
+             audit.missing_after: a stored webhook may be lost (run `hookrelay audit`)",
+            audit_missing.clone(),
         );
         let console_unauthorized = Counter::default();
         registry.register(
             "console_unauthorized",
             "Console requests (API or login) refused for a missing or wrong admin token or session",
             console_unauthorized.clone(),
+        );
+        let console_throttled = Counter::default();
+        registry.register(
+            "console_throttled",
+            "Addresses braked (429 for a while) after too many wrong console tokens in a row",
+            console_throttled.clone(),
         );
         let console_actions = Family::<ActionLabel, Counter>::default();
         registry.register(
@@ -472,7 +500,10 @@ impl Metrics {
                 spool_commits,
                 account_changes,
                 accounts_announcing,
+                account_changes_owed,
+                audit_missing,
                 console_unauthorized,
+                console_throttled,
                 console_actions,
                 events,
                 queue_messages,
@@ -528,6 +559,11 @@ impl Metrics {
     /// A console request without a valid token or session.
     pub fn console_unauthorized(&self) {
         self.inner.console_unauthorized.inc();
+    }
+
+    /// An address braked for guessing the console's token.
+    pub fn console_throttled(&self) {
+        self.inner.console_throttled.inc();
     }
 
     /// An action taken from the console.
@@ -617,6 +653,24 @@ impl Metrics {
 
     pub fn accounts_announcing(&self, active: bool) {
         self.inner.accounts_announcing.set(i64::from(active));
+    }
+
+    /// Whether this relay announces account changes now.
+    pub fn is_announcing(&self) -> bool {
+        self.inner.accounts_announcing.get() == 1
+    }
+
+    /// Changes owed, as the derived store counts them.
+    pub fn account_changes_owed(&self, owed: u64) {
+        self.inner
+            .account_changes_owed
+            .set(i64::try_from(owed).unwrap_or(i64::MAX));
+    }
+
+    pub fn audit_missing(&self, numbers: u64) {
+        self.inner
+            .audit_missing
+            .set(i64::try_from(numbers).unwrap_or(i64::MAX));
     }
 
     pub fn spool_state(&self, depth: u64, refused: u64, parked: u64, bytes: u64) {
@@ -749,7 +803,7 @@ mod tests {
         let text = Metrics::new().encode();
         for sample in [
             r#"hookrelay_webhook_requests_total{outcome="quarantined"} 0"#,
-            r#"hookrelay_webhook_requests_total{outcome="duplicate"} 0"#,
+            r#"hookrelay_webhook_requests_total{outcome="superseded"} 0"#,
             r#"hookrelay_events_total{routing_key="sync.account"} 0"#,
             r#"hookrelay_events_total{routing_key="sync.error.other"} 0"#,
             r#"hookrelay_publish_refused_total{routing_key="sync.error.LoginFailedError"} 0"#,

@@ -21,22 +21,22 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use futures_util::future::{BoxFuture, select_all};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info};
 
-use crate::accounts::LiveBook;
 use crate::accounts::announcer::Announcer;
 use crate::admin::{self, Admin, Console, Rates};
+use crate::audit::{self, Keeping, numbering::Numbering};
 use crate::broker::{Broker, Publisher, Topology};
 use crate::config::Settings;
-use crate::dedup::Dedup;
 use crate::delivery::Delivery;
-use crate::history::Index;
+use crate::derived::{Derived, Derives};
 use crate::ingress::tls;
 use crate::ingress::{self, Ingress, WebhookPath};
 use crate::metrics::Metrics;
 use crate::spool::{Spool, drain};
+use crate::stopping::Switch;
 use crate::traces::Traces;
 
 /// The background task that keeps the RabbitMQ connection and topology up.
@@ -45,13 +45,12 @@ pub const BROKER_TASK: &str = "broker supervisor";
 pub const DRAIN_TASK: &str = "spool drainer";
 /// The background task that announces changes of accounts' states.
 pub const ANNOUNCER_TASK: &str = "account announcer";
-/// The background task that follows the history into the console's index.
-pub const INDEX_TASK: &str = "history index";
-/// The background task that keeps the console's book of accounts current.
-pub const ACCOUNTS_VIEW_TASK: &str = "console account book";
-/// The background task that reads the dedup keys of the window back from
-/// the history (this relay's from before a restart, and other relays').
-pub const DEDUP_TASK: &str = "dedup keys";
+/// The background task that follows the history into the relay's derived
+/// store: the console's index, every account's state, the changes owed.
+pub const FOLLOWER_TASK: &str = "history follower";
+/// The background task that keeps the relay's numbers: the state file, and
+/// the notes in the history the audit reads.
+pub const AUDIT_TASK: &str = "audit keeper";
 /// The background task that samples webhook rates for the console.
 pub const RATES_TASK: &str = "console rates";
 
@@ -64,7 +63,7 @@ pub struct Application {
     spool: Option<Spool>,
     traces: Arc<Traces>,
     tasks: Tasks,
-    stopping: watch::Sender<bool>,
+    stopping: Switch,
 }
 
 impl Application {
@@ -87,121 +86,64 @@ impl Application {
             tracing::warn!("built with bench-http-only: webhooks are answered 200 and DISCARDED");
         }
         // Every fallible step first: a failure here leaves no task behind.
-        let tls_config = settings
-            .server
-            .tls
-            .as_ref()
-            .map(tls::server_config)
-            .transpose()?;
-        let listener = TcpListener::bind(settings.server.listen)
-            .with_context(|| format!("cannot bind server.listen {}", settings.server.listen))?;
-        let admin_listener =
-            TcpListener::bind(settings.server.admin_listen).with_context(|| {
-                format!(
-                    "cannot bind server.admin_listen {}",
-                    settings.server.admin_listen
-                )
-            })?;
-        let port = listener.local_addr()?.port();
-        let admin_port = admin_listener.local_addr()?.port();
+        let listeners = Listeners::bind(&settings)?;
+        let (port, admin_port) = listeners.ports()?;
         let metrics = Metrics::new();
-        let history_index = match (
-            settings.admin.console_token(),
-            Topology::of(&settings).history_stream(),
-        ) {
-            (Some(_), Some(stream)) => {
-                let path = settings.admin.index_path(&settings.spool);
-                Some((Arc::new(Index::open(&path)?), stream.to_owned()))
-            }
-            _ => None,
-        };
-        let live_book = (history_index.is_some() && settings.accounts.enabled).then(|| {
-            Arc::new(LiveBook::new(
-                settings.accounts.temporary_failures_to_escalate,
-            ))
-        });
         let spool = match &settings.spool {
             spool if spool.enabled => Some(Spool::open(spool, &settings.queues, metrics.clone())?),
             _ => None,
         };
-
-        let broker = Broker::new(
-            settings.amqp.clone(),
-            Topology::of(&settings),
-            metrics.clone(),
-        );
+        let derived = derived_store(&settings, metrics.clone())?;
+        let numbering = numbering(&settings)?;
+        // Every name the relay uses, built once and handed around.
+        let topology = Topology::of(&settings);
+        let broker = Broker::new(settings.amqp.clone(), topology.clone(), metrics.clone());
         let publisher = Publisher::new(broker.clone());
         let delivery = Delivery::new(publisher.clone(), spool.clone());
-        let dedup = Dedup::new(settings.ingress.dedup_window).map(Arc::new);
-        let traces = Arc::new(Traces::new(&settings, metrics.clone())?);
-        let ingress = web::Data::new(Ingress::new(
+        let traces = Arc::new(Traces::new(&settings, topology, metrics.clone())?);
+        let ingress = Ingress::new(
             &settings,
             delivery,
-            dedup.clone(),
+            numbering.clone(),
             traces.clone(),
             metrics.clone(),
-        ));
-        let server = &settings.server;
-        let webhook_path = WebhookPath::new(&server.webhook_path, server.path_token.clone());
-        let public = HttpServer::new(move || {
-            App::new()
-                .app_data(ingress.clone())
-                .configure(ingress::routes(webhook_path.clone()))
-        })
-        .workers(server.worker_count())
-        .max_connections(server.max_connections_per_worker())
-        .client_request_timeout(server.header_timeout())
-        .keep_alive(Duration::from_secs(server.keep_alive_secs))
-        .shutdown_timeout(server.shutdown_timeout_secs)
-        .disable_signals();
-        let public = match tls_config {
-            Some(tls_config) => public.listen_rustls_0_23(listener, tls_config)?,
-            None => public.listen(listener)?,
-        };
-        let announcer = Announcer::new(&settings, broker.clone(), metrics.clone());
-        let console = settings
-            .admin
-            .console_token()
-            .map(|token| Console::new(token.clone(), settings.admin.protected_by));
+        );
+        let public = public_server(&settings, listeners.public, listeners.tls, ingress)?;
+        let announcer = Announcer::new(
+            broker.clone(),
+            derived.as_ref().map(|(derived, _)| derived.clone()),
+            metrics.clone(),
+        );
+        let console = console(&settings);
         let console_on = console.is_some();
         let rates = Arc::new(Rates::new(metrics.clone()));
-        let admin_state = web::Data::new(Admin {
+        let (keeper_metrics, settings_spool_path) = (metrics.clone(), settings.spool.path.clone());
+        let audit_missing_after = settings.audit.missing_after;
+        let admin_state = Admin {
+            numbering: numbering.clone(),
             broker: broker.clone(),
             metrics,
             spool: spool.clone(),
             settings: Arc::new(settings.clone()),
             console,
             rates: rates.clone(),
-            index: history_index.as_ref().map(|(index, _)| index.clone()),
-            accounts: live_book.clone(),
-            dedup: dedup.clone(),
-        });
-        let admin_routes = admin::routes(console_on);
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_state.clone())
-                .configure(admin_routes.clone())
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(admin_listener)?;
+            derived: derived.as_ref().map(|(derived, _)| derived.clone()),
+        };
+        let admin = admin_server(listeners.admin, admin_state, console_on)?;
 
-        // Nothing can fail from here on. The background tasks start with
-        // `run_until_stopped`, which watches them.
-        let (public, admin) = (public.run(), admin.run());
+        // Nothing can fail from here on. The servers and the background
+        // tasks start with `run_until_stopped`, which watches them.
         let mut tasks = Tasks::default();
         tasks.add(BROKER_TASK, broker.supervise());
-        let stopping = watch::Sender::new(false);
+        let stopping = Switch::new();
         if let Some(spool) = &spool {
-            tasks.add(
-                DRAIN_TASK,
-                drain::run(
-                    spool.clone(),
-                    publisher,
-                    broker.clone(),
-                    stopping.subscribe(),
-                ),
+            let draining = drain::run(
+                spool.clone(),
+                publisher,
+                broker.clone(),
+                stopping.subscribe(),
             );
+            tasks.add(DRAIN_TASK, draining);
         }
         if let Some(announcer) = announcer {
             tasks.add(ANNOUNCER_TASK, announcer.run(stopping.subscribe()));
@@ -209,17 +151,23 @@ impl Application {
         if console_on {
             tasks.add(RATES_TASK, rates.run());
         }
-        if let (Some(dedup), Some(stream)) = (dedup, Topology::of(&settings).history_stream()) {
-            let following = dedup.follow(broker.clone(), stream.to_owned(), stopping.subscribe());
-            tasks.add(DEDUP_TASK, following);
+        if let Some(numbering) = numbering {
+            let keeping = Keeping {
+                broker: broker.clone(),
+                stream: broker.topology().history_stream().map(str::to_owned),
+                derived: derived.as_ref().map(|(derived, _)| derived.clone()),
+                spool: spool.as_ref().map(|_| settings_spool_path.clone()),
+                metrics: keeper_metrics,
+                missing_after: audit_missing_after,
+            };
+            tasks.add(
+                AUDIT_TASK,
+                audit::keep(numbering, keeping, stopping.subscribe()),
+            );
         }
-        if let Some((index, stream)) = history_index {
-            if let Some(book) = live_book {
-                let following = book.follow(broker.clone(), stream.clone(), stopping.subscribe());
-                tasks.add(ACCOUNTS_VIEW_TASK, following);
-            }
-            let following = index.follow(broker.clone(), stream, stopping.subscribe());
-            tasks.add(INDEX_TASK, following);
+        if let Some((derived, stream)) = derived {
+            let following = derived.follow(broker.clone(), stream, stopping.subscribe());
+            tasks.add(FOLLOWER_TASK, following);
         }
         Ok(Application {
             port,
@@ -293,12 +241,12 @@ impl Application {
         info!("shutting down: finishing in-flight webhooks");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
-        stopping.send_replace(true);
+        stopping.stop();
         tasks.finish(DRAIN_TASK).await;
         tasks.finish(ANNOUNCER_TASK).await;
-        tasks.finish(INDEX_TASK).await;
-        tasks.finish(ACCOUNTS_VIEW_TASK).await;
-        tasks.finish(DEDUP_TASK).await;
+        tasks.finish(FOLLOWER_TASK).await;
+        // After the servers: no webhook is in flight, so a clean stop.
+        tasks.finish(AUDIT_TASK).await;
         if let Some(spool) = &spool
             && !spool.is_empty()
         {
@@ -317,6 +265,122 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+/// Both listeners bound, and the public one's TLS configuration read: the
+/// steps that fail on a busy port or a bad certificate, before anything runs.
+struct Listeners {
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let server = &settings.server;
+        let tls = server.tls.as_ref().map(tls::server_config).transpose()?;
+        let public = TcpListener::bind(server.listen)
+            .with_context(|| format!("cannot bind server.listen {}", server.listen))?;
+        let admin = TcpListener::bind(server.admin_listen)
+            .with_context(|| format!("cannot bind server.admin_listen {}", server.admin_listen))?;
+        Ok(Listeners { public, admin, tls })
+    }
+
+    /// The ports bound (the real ones when the configuration says 0).
+    fn ports(&self) -> std::io::Result<(u16, u16)> {
+        Ok((
+            self.public.local_addr()?.port(),
+            self.admin.local_addr()?.port(),
+        ))
+    }
+}
+
+/// The webhook listener: its workers, limits and timeouts, over TLS when
+/// `server.tls` is set.
+fn public_server(
+    settings: &Settings,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    ingress: Ingress,
+) -> std::io::Result<Server> {
+    let ingress = web::Data::new(ingress);
+    let server = &settings.server;
+    let webhook_path = WebhookPath::new(&server.webhook_path, server.path_token.clone());
+    let public = HttpServer::new(move || {
+        App::new()
+            .app_data(ingress.clone())
+            .configure(ingress::routes(webhook_path.clone()))
+    })
+    .workers(server.worker_count())
+    .max_connections(server.max_connections_per_worker())
+    .client_request_timeout(server.header_timeout())
+    .keep_alive(Duration::from_secs(server.keep_alive_secs))
+    .shutdown_timeout(server.shutdown_timeout_secs)
+    .disable_signals();
+    // A server does nothing until it is awaited: `run_until_stopped` does.
+    let public = match tls {
+        Some(tls) => public.listen_rustls_0_23(listener, tls)?,
+        None => public.listen(listener)?,
+    };
+    Ok(public.run())
+}
+
+/// The console's token and how it is protected, when `admin.token` is set.
+fn console(settings: &Settings) -> Option<Console> {
+    let admin = &settings.admin;
+    admin.console_token().map(|token| {
+        Console::new(
+            token.clone(),
+            admin.protected_by,
+            admin.public_origin.clone(),
+            admin.trusted_proxies.clone(),
+        )
+    })
+}
+
+/// The admin listener: probes and metrics, and the console when it is on.
+/// One worker: what it serves is light, and the console's heavy reads run
+/// on threads of their own.
+fn admin_server(listener: TcpListener, state: Admin, console_on: bool) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let routes = admin::routes(console_on);
+    HttpServer::new(move || App::new().app_data(state.clone()).configure(routes.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .map(|server| server.run())
+}
+
+/// The relay's identity and numbers, from its state file; none with
+/// `[audit] enabled = false`.
+fn numbering(settings: &Settings) -> anyhow::Result<Option<Arc<Numbering>>> {
+    if !settings.audit.enabled {
+        return Ok(None);
+    }
+    let path = settings.audit_state_path();
+    let numbering = Numbering::open(&path, settings.audit.relay_id.as_deref())?;
+    Ok(Some(Arc::new(numbering)))
+}
+
+/// The relay's derived store and the stream it follows, when it derives
+/// anything: accounts (`[accounts]`), or the console's index (a console
+/// token); both need the history.
+fn derived_store(
+    settings: &Settings,
+    metrics: Metrics,
+) -> anyhow::Result<Option<(Arc<Derived>, String)>> {
+    let Some(stream) = Topology::of(settings).history_stream().map(str::to_owned) else {
+        return Ok(None);
+    };
+    let derives = Derives {
+        index: settings.admin.console_token().is_some(),
+        accounts: settings.accounts.enabled,
+        escalate_after: settings.accounts.temporary_failures_to_escalate,
+    };
+    if !derives.index && !derives.accounts {
+        return Ok(None);
+    }
+    let derived = Derived::open(&settings.history_index_path(), derives, metrics)?;
+    Ok(Some((derived, stream)))
 }
 
 fn server_failure(which: &str, result: Result<std::io::Result<()>, JoinError>) -> anyhow::Error {

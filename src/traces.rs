@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::broker::Topology;
 use crate::config::Settings;
-use crate::delivery::{Delivered, DeliveryError, SpoolWrite};
+use crate::delivery::{Delivered, DeliveryError};
 use crate::metrics::Metrics;
 use crate::wire::envelope::{Kind, TraceContext};
 use crate::wire::headers::{TRACEPARENT, TRACESTATE};
@@ -62,7 +62,11 @@ struct Export {
 
 impl Traces {
     /// Builds the OTLP exporter when `telemetry.otlp_endpoint` is set.
-    pub(crate) fn new(settings: &Settings, metrics: Metrics) -> anyhow::Result<Traces> {
+    pub(crate) fn new(
+        settings: &Settings,
+        topology: Topology,
+        metrics: Metrics,
+    ) -> anyhow::Result<Traces> {
         let export = match &settings.telemetry.otlp_endpoint {
             Some(endpoint) => {
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -94,7 +98,7 @@ impl Traces {
             export,
             ids: RandomIdGenerator::default(),
             propagator: TraceContextPropagator::new(),
-            topology: Topology::of(settings),
+            topology,
             route: settings.server.webhook_path.clone(),
         })
     }
@@ -133,17 +137,37 @@ impl Traces {
     }
 
     fn extract(&self, trace: &TraceContext) -> Context {
-        self.propagator.extract(&carrier(trace))
+        self.propagator.extract(&trace.carrier())
     }
 
     fn inject(&self, span: &SpanContext) -> TraceContext {
-        let context = Context::new().with_remote_span_context(span.clone());
-        let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
-        self.propagator.inject_context(&context, &mut carrier);
-        TraceContext {
-            traceparent: carrier.remove(TRACEPARENT).unwrap_or_default(),
-            tracestate: carrier.remove(TRACESTATE).filter(|state| !state.is_empty()),
-        }
+        inject(&self.propagator, span)
+    }
+}
+
+/// A new trace, flagged sampled and recorded by no span of the relay's: for
+/// an event the relay publishes outside any request (a body an older relay
+/// quarantined without a trace context, redriven now), so that it carries a
+/// `traceparent` as every event does.
+pub fn new_trace() -> TraceContext {
+    let ids = RandomIdGenerator::default();
+    let span = SpanContext::new(
+        ids.new_trace_id(),
+        ids.new_span_id(),
+        TraceFlags::SAMPLED,
+        false,
+        Default::default(),
+    );
+    inject(&TraceContextPropagator::new(), &span)
+}
+
+fn inject(propagator: &TraceContextPropagator, span: &SpanContext) -> TraceContext {
+    let context = Context::new().with_remote_span_context(span.clone());
+    let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
+    propagator.inject_context(&context, &mut carrier);
+    TraceContext {
+        traceparent: carrier.remove(TRACEPARENT).unwrap_or_default(),
+        tracestate: carrier.remove(TRACESTATE).filter(|state| !state.is_empty()),
     }
 }
 
@@ -198,47 +222,6 @@ impl<E: SpanExporter> SpanExporter for Watched<E> {
     }
 }
 
-/// A consumer's side of the trace: a `process <queue>` span (kind consumer)
-/// whose parent is the publish the message names, made by the global tracer
-/// provider, the app's own (a no-op one until the app installs one: the
-/// context still carries the trace on). Without a `traceparent`, a new trace.
-pub fn consumer_context(
-    trace: Option<&TraceContext>,
-    queue: &str,
-    routing_key: &str,
-    message_id: &str,
-) -> Context {
-    let parent = trace.map_or_else(Context::new, |trace| {
-        TraceContextPropagator::new().extract(&carrier(trace))
-    });
-    let tracer = opentelemetry::global::tracer("hookrelay::consumer");
-    let span = tracer
-        .span_builder(format!("process {queue}"))
-        .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "rabbitmq"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.destination.name", queue.to_owned()),
-            KeyValue::new(
-                "messaging.rabbitmq.destination.routing_key",
-                routing_key.to_owned(),
-            ),
-            KeyValue::new("messaging.message.id", message_id.to_owned()),
-        ])
-        .start_with_context(&tracer, &parent);
-    parent.with_span(span)
-}
-
-/// The headers a propagator reads.
-fn carrier(trace: &TraceContext) -> HashMap<String, String> {
-    let mut carrier = HashMap::with_capacity(2);
-    carrier.insert(TRACEPARENT.to_owned(), trace.traceparent.clone());
-    if let Some(state) = &trace.tracestate {
-        carrier.insert(TRACESTATE.to_owned(), state.clone());
-    }
-    carrier
-}
-
 /// One webhook's spans while it is handled.
 pub struct WebhookTrace<'a> {
     traces: &'a Traces,
@@ -247,8 +230,51 @@ pub struct WebhookTrace<'a> {
     /// The server span, when exporting.
     server: Option<Context>,
     /// The publish's span, between [`WebhookTrace::publish`] and
-    /// [`WebhookTrace::delivered`].
+    /// [`PublishSpan::delivered`].
     producer: Option<Context>,
+}
+
+/// The publish's span, taken from a [`WebhookTrace`] by the task that
+/// stores the message (see [`crate::ingress`]'s copies): it ends when the
+/// message is stored, whatever became of the request.
+#[derive(Default)]
+pub struct PublishSpan {
+    producer: Option<Context>,
+    server: Option<Context>,
+}
+
+impl PublishSpan {
+    /// Ends the publish's span with where the message is now, and records
+    /// the spool write, if there was one.
+    pub fn delivered(self, traces: &Traces, result: Result<&Delivered, &DeliveryError>) {
+        let Some(producer) = self.producer else {
+            return;
+        };
+        let span = producer.span();
+        let (delivered, write) = match result {
+            Ok(Delivered::Published) => ("published", None),
+            Ok(Delivered::Spooled { write, .. }) => ("spooled", Some(*write)),
+            Ok(Delivered::Refused { why, write }) => {
+                span.set_status(Status::error(why.to_string()));
+                ("refused", Some(*write))
+            }
+            Err(err) => {
+                span.set_status(Status::error(err.to_string()));
+                ("not stored", None)
+            }
+        };
+        span.set_attribute(KeyValue::new("hookrelay.delivered", delivered));
+        span.end();
+        if let (Some(write), Some(export), Some(server)) = (write, &traces.export, &self.server) {
+            let mut span = export
+                .tracer
+                .span_builder("spool write")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(write.started)
+                .start_with_context(&export.tracer, server);
+            span.end_with_timestamp(write.started + write.took);
+        }
+    }
 }
 
 impl WebhookTrace<'_> {
@@ -285,30 +311,17 @@ impl WebhookTrace<'_> {
         trace
     }
 
-    /// Ends the publish's span with where the message is now, and records
-    /// the spool write, if there was one.
-    pub fn delivered(&mut self, result: Result<&Delivered, &DeliveryError>) {
-        let Some(producer) = self.producer.take() else {
-            return;
-        };
-        let span = producer.span();
-        let (delivered, write) = match result {
-            Ok(Delivered::Published) => ("published", None),
-            Ok(Delivered::Spooled { write, .. }) => ("spooled", Some(*write)),
-            Ok(Delivered::Refused { why, write }) => {
-                span.set_status(Status::error(why.to_string()));
-                ("refused", Some(*write))
-            }
-            Err(err) => {
-                span.set_status(Status::error(err.to_string()));
-                ("not stored", None)
-            }
-        };
-        span.set_attribute(KeyValue::new("hookrelay.delivered", delivered));
-        span.end();
-        if let Some(write) = write {
-            self.spool_write(write);
+    /// The publish's span, to end once the message is stored.
+    pub fn take_publish(&mut self) -> PublishSpan {
+        PublishSpan {
+            producer: self.producer.take(),
+            server: self.server.clone(),
         }
+    }
+
+    /// Ends the publish's span with where the message is now.
+    pub fn delivered(&mut self, result: Result<&Delivered, &DeliveryError>) {
+        self.take_publish().delivered(self.traces, result);
     }
 
     /// Ends the request's span with the answer.
@@ -326,19 +339,6 @@ impl WebhookTrace<'_> {
             span.set_status(Status::error(outcome));
         }
         span.end();
-    }
-
-    fn spool_write(&self, write: SpoolWrite) {
-        let (Some(export), Some(server)) = (&self.traces.export, &self.server) else {
-            return;
-        };
-        let mut span = export
-            .tracer
-            .span_builder("spool write")
-            .with_kind(SpanKind::Internal)
-            .with_start_time(write.started)
-            .start_with_context(&export.tracer, server);
-        span.end_with_timestamp(write.started + write.took);
     }
 
     /// The publish's context when nothing is recorded: the trusted parent's
@@ -371,7 +371,8 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        Traces::new(&Settings::load_with_env(None, env).unwrap(), Metrics::new()).unwrap()
+        let settings = Settings::load_with_env(None, env).unwrap();
+        Traces::new(&settings, Topology::of(&settings), Metrics::new()).unwrap()
     }
 
     fn kind() -> Kind {

@@ -190,11 +190,14 @@ async fn a_full_queue_costs_only_its_own_consumer() {
     while started.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
         n += 1;
+        // Each its own event: identical copies in flight together would be
+        // stored once, and only the newest answered 200.
         let body = if n.is_multiple_of(2) {
             sync_account()
         } else {
             sync_error("TemporaryFailureError")
-        };
+        }
+        .replace("acct-1", &format!("acct-{n}"));
         let (app2, clock2) = (app.clone(), clock.clone());
         sends.spawn(async move {
             let sent = Instant::now();

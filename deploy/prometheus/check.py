@@ -2,11 +2,13 @@
 """Checks the monitoring files with promtool (Debian's `prometheus` package):
 
 1. `promtool check rules` on deploy/prometheus/hookrelay.rules.yml;
-2. `promtool test rules` on hookrelay.rules.test.yml, each expected alert's
-   description filled in from the rules file (static text: the tests spell
-   out labels, firing times and the templated summaries);
-3. every alert of the rules file fires in at least one test;
-4. every PromQL expression of the Grafana dashboard (deploy/grafana/) parses:
+2. every expected alert in hookrelay.rules.test.yml spells out the rule's
+   description as the rules file has it (`check.py --write` rewrites them
+   from the rules file after a description changed);
+3. `promtool test rules deploy/prometheus/hookrelay.rules.test.yml`, the
+   command the README and the rules file name, exactly as a reader runs it;
+4. every alert of the rules file fires in at least one test;
+5. every PromQL expression of the Grafana dashboard (deploy/grafana/) parses:
    they are written into a rules file as recording rules for promtool.
 
 Needs python3-yaml. Exits non-zero on the first failure.
@@ -58,18 +60,61 @@ def check_rules():
             if "{{" in description:
                 sys.exit(f"{name}: a description must be static text (the summary is templated)")
             for alert in case.get("exp_alerts") or []:
-                alert.setdefault("exp_annotations", {})["description"] = description
                 fired.add(name)
+                if alert.get("exp_annotations", {}).get("description") != description:
+                    sys.exit(
+                        f"{TESTS}: an expected {name} does not spell out the rules file's "
+                        f"description: run `python3 deploy/prometheus/check.py --write`"
+                    )
     never = sorted(set(by_name) - fired)
     if never:
         sys.exit(f"these alerts fire in no test of {TESTS}: {', '.join(never)}")
-    with tempfile.TemporaryDirectory() as work:
-        tests["rule_files"] = [RULES]
-        filled = os.path.join(work, "tests.yml")
-        with open(filled, "w") as file:
-            json.dump(tests, file)  # JSON is YAML
-        promtool("test", "rules", filled)
+    # From the repository's root, as the README says it.
+    root = os.path.join(HERE, "..", "..")
+    print("+ promtool test rules deploy/prometheus/hookrelay.rules.test.yml", flush=True)
+    subprocess.run(
+        ["promtool", "test", "rules", "deploy/prometheus/hookrelay.rules.test.yml"],
+        check=True,
+        cwd=root,
+    )
     print(f"{len(by_name)} alerts, each fires in a test")
+
+
+def write_descriptions():
+    """Rewrites each expected alert's annotations in the tests file as a
+    block with the summary it has and the rules file's description, keeping
+    the file's comments and layout."""
+    with open(RULES) as file:
+        by_name = alerts(yaml.safe_load(file))
+    with open(TESTS) as file:
+        lines = file.read().split("\n")
+    out, name, n = [], None, 0
+    while n < len(lines):
+        line = lines[n]
+        found = re.search(r"alertname: (\w+)", line)
+        if found:
+            name = found.group(1)
+        inline = re.match(r'^(\s*)exp_annotations: \{ summary: (".*") \}\s*$', line)
+        block = re.match(r"^(\s*)exp_annotations:\s*$", line)
+        if inline or block:
+            indent = (inline or block).group(1)
+            if inline:
+                summary, n = inline.group(2), n + 1
+            else:
+                summary = lines[n + 1].strip()[len("summary: "):]
+                n += 3  # the summary's line and the description's
+            description = json.dumps(by_name[name]["annotations"]["description"], ensure_ascii=False)
+            out += [
+                f"{indent}exp_annotations:",
+                f"{indent}  summary: {summary}",
+                f"{indent}  description: {description}",
+            ]
+            continue
+        out.append(line)
+        n += 1
+    with open(TESTS, "w") as file:
+        file.write("\n".join(out))
+    print(f"wrote the descriptions of {TESTS}")
 
 
 def dashboard_expressions(node):
@@ -106,5 +151,7 @@ def check_dashboard():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_descriptions()
     check_rules()
     check_dashboard()

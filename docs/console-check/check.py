@@ -104,6 +104,15 @@ bindings = ["sync.#"]
         method, _, _ = channel.basic_get(queue)
         channel.basic_reject(method.delivery_tag, requeue=False)
         channel.connection.close()
+        # What the relay derives from the history answers once it has read
+        # it (before that, /api/accounts says 503 "catching_up", as documented).
+        for _ in range(600):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as answer:
+                if json.load(answer).get("history_follower", {}).get("caught_up"):
+                    break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("the relay did not catch up with its history")
 
         result = subprocess.run([
             *args.schemathesis.split(), "run", SCHEMA,
@@ -128,9 +137,10 @@ bindings = ["sync.#"]
             sys.stderr.write(open(os.path.join(work, "relay.log")).read()[-4000:])
         cleanup = pika.BlockingConnection(pika.URLParameters(args.url)).channel()
         for name in [queue, f"{exchange}.unrouted", f"{exchange}.dead-letter", f"{exchange}.quarantine",
-                     f"{exchange}.history", f"{exchange}.accounts"]:
+                     f"{exchange}.history", f"{exchange}.announcer"]:
             cleanup.queue_delete(name)
-        for name in [exchange, f"{exchange}.in", f"{exchange}.unrouted", f"{exchange}.dlx"]:
+        for name in [exchange, f"{exchange}.in", f"{exchange}.unrouted", f"{exchange}.dlx",
+                     f"{exchange}.changes"]:
             cleanup.exchange_delete(name)
         cleanup.connection.close()
 

@@ -128,11 +128,11 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         else:
             raise SystemExit("the relay did not connect to RabbitMQ")
 
-        def send(code, user):
+        def send(code, user, provider="Big Bank"):
             body = json.dumps({
                 "hook": "SyncError",
                 "user": {"id": user, "loginName": "jane@example.com"},
-                "account": {"id": "a-7", "provider": "Big Bank"},
+                "account": {"id": "a-7", "provider": provider},
                 "error": code,
             }).encode()
             request = urllib.request.Request(
@@ -242,9 +242,10 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
             raise SystemExit(f"a duplicate of a handled id reached the handler: {called}")
 
         # 4. An undocumented code: handled (the sender's support should hear
-        #    of it), not dead-lettered.
+        #    of it), not dead-lettered. Its provider is not a string (the
+        #    contract allows it): the dedup-key recipe must still match.
         seen.clear()
-        novel = send("BrandNewError", "u-3")
+        novel = send("BrandNewError", "u-3", provider={"name": "Big Bank", "id": 7})
 
         def thorough(event, routing_key, properties, attempt):
             check_contract(event, properties)
@@ -280,9 +281,11 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         relay.wait(timeout=30)
         cleanup = pika.BlockingConnection(pika.URLParameters(args.url)).channel()
         for name in [queue, f"{queue}.retry.1", f"{queue}.retry.2", f"{exchange}.unrouted",
-                     f"{exchange}.dead-letter", f"{exchange}.quarantine", f"{exchange}.history"]:
+                     f"{exchange}.dead-letter", f"{exchange}.quarantine", f"{exchange}.history",
+                     f"{exchange}.announcer"]:
             cleanup.queue_delete(name)
-        for name in [exchange, f"{exchange}.in", f"{exchange}.unrouted", f"{exchange}.dlx"]:
+        for name in [exchange, f"{exchange}.in", f"{exchange}.unrouted", f"{exchange}.dlx",
+                     f"{exchange}.changes"]:
             cleanup.exchange_delete(name)
         cleanup.connection.close()
         if connection is not None and connection.is_open:

@@ -49,9 +49,11 @@ TRACER = trace.get_tracer("hookrelay.consumer")
 
 def dedup_key(hook, client_id, user_id, account_id, provider=None, error=None):
     """The event's `x-dedup-key`, as the contract defines it: the same for every
-    retry the sender makes of one webhook (keep it to drop those the relay
-    could not: docs/src/consumer.md)."""
-    fields = [hook, client_id, user_id, account_id, provider or "", error or ""]
+    copy of one webhook the sender delivers (keep it to drop the sender's
+    retries: docs/src/consumer.md). A provider that is not a string counts as
+    absent."""
+    provider = provider if isinstance(provider, str) else ""
+    fields = [hook, client_id, user_id, account_id, provider, error or ""]
     data = b"".join(b"%d:%s" % (len(f.encode()), f.encode()) for f in fields)
     return hashlib.sha256(data).hexdigest()
 

@@ -4,12 +4,14 @@
 
 use std::time::SystemTime;
 
-use hookrelay::wire::headers::{self, ACCOUNT_ID, CLIENT_ID, RECEIVED_AT, USER_ID};
+use hookrelay::wire::headers::{
+    self, ACCOUNT_ID, CLIENT_ID, RECEIVED_AT, RELAY_ID, RELAY_SEQ, USER_ID,
+};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ExchangeKind};
 
 /// The outcomes of the events, in turn: mostly syncs, some failures.
@@ -24,13 +26,21 @@ const OUTCOMES: [&str; 8] = [
     "sync.error.TemporaryFailureError",
 ];
 
-/// Publishes the events to the stream through a fanout of its own, confirmed, `in_flight` at once.
+/// The relay the events say stored them (`x-relay-id`), numbered from 1.
+pub(crate) const RELAY: &str = "bench-fill";
+
+/// Publishes the events to the stream through a fanout of its own,
+/// confirmed, `in_flight` at once. With `announced`, each account's first
+/// event is followed by the announcement of the change it made (an
+/// `account.*` message naming it in `x-caused-by`), as a relay would have
+/// published it: a history in which nothing is owed.
 pub(crate) async fn fill(
     connection: &Connection,
     stream: &str,
     events: u64,
     accounts: u64,
     in_flight: usize,
+    announced: bool,
 ) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     let entry = format!("{stream}.in");
@@ -75,10 +85,17 @@ pub(crate) async fn fill(
                 r#"{{"hook":"SyncAccount","user":{{"id":"user-{account:08}","loginName":"someone@example.com"}},"account":{{"id":"acct-{account:08}","provider":"First Bank"}}}}"#
             ),
         };
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut stamped = found.clone();
+        headers::set_text(&mut stamped, RELAY_ID, RELAY);
+        stamped.insert(
+            RELAY_SEQ.into(),
+            AMQPValue::LongLongInt(i64::try_from(n + 1)?),
+        );
         let properties = BasicProperties::default()
-            .with_message_id(uuid::Uuid::now_v7().to_string().into())
+            .with_message_id(id.as_str().into())
             .with_delivery_mode(2)
-            .with_headers(found);
+            .with_headers(stamped);
         // Through a fanout, as the relay's entry exchange: the stream keeps
         // the routing key, which says the outcome.
         let confirm = channel
@@ -91,7 +108,24 @@ pub(crate) async fn fill(
             )
             .await?;
         pending.push_back(confirm);
-        if pending.len() >= in_flight {
+        if announced && n < accounts {
+            let mut headers = found;
+            headers::set_text(&mut headers, headers::CAUSED_BY, &id);
+            let announcement = channel
+                .basic_publish(
+                    entry.as_str().into(),
+                    "account.ok".into(),
+                    BasicPublishOptions::default(),
+                    br#"{"state":"ok"}"#,
+                    BasicProperties::default()
+                        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await?;
+            pending.push_back(announcement);
+        }
+        while pending.len() >= in_flight {
             pending.pop_front().expect("one").await?;
         }
     }

@@ -1,300 +1,351 @@
-//! The account announcer: a background task of the relay that publishes one
-//! `account.<state>` message per change of an account's state.
+//! The account announcer: a background task of the relay that publishes
+//! each change of an account's state once, as an `account.<state>` message
+//! through `<exchange>.changes` (which the history stream is bound to, so
+//! every announcement is in the history too).
 //!
-//! Every event also lands in the queue `<exchange>.accounts` (bound to the
-//! entry fanout, declared with the topology). Each relay consumes it, and
-//! RabbitMQ's single active consumer gives its messages to one relay at a
-//! time: with several relays on one broker, one announces, the others stand
-//! by and take over when it goes away. The announcer that takes over folds
-//! the whole history first, so it knows every account's state and which
-//! changes the history holds no announcement of ([`Ledger`]), then for each
-//! event of the queue: applies it, publishes the change it made (persistent,
-//! confirmed, through the entry fanout like every event, so it is in the
-//! history too), and only then acknowledges the event. A relay that stops
-//! between the two leaves the event in the queue, and its successor finds the
-//! announcement in the history: nothing is announced twice, nothing skipped.
+//! What to announce comes from the relay's derived store
+//! ([`crate::derived`]): its follower owes a change when it applies the
+//! event that caused it, and pays it when it reads the announcement back
+//! from the history (`x-caused-by`). Every relay derives the same states and
+//! owes the same changes from the same stream; one of them announces:
 //!
-//! There is no database: the history is the record. An account silent for
-//! longer than the history keeps events (`history.max_age`) is forgotten; its
-//! next event is announced as a change from nothing (`previous_state: null`).
+//! - **One at a time.** The relays take turns through a lease: the durable
+//!   queue `<exchange>.announcer`, with RabbitMQ's single active consumer and
+//!   one token message in it. Only the active consumer receives the token,
+//!   and it holds it (never acknowledged) for as long as its connection
+//!   lives; when that connection goes, RabbitMQ gives the token to the next
+//!   relay at once. Standing by costs no polling and no write per event.
+//! - **Only once caught up.** A relay competes for the lease only once its
+//!   follower has read the history to its end (a fresh relay folds first).
+//! - **Exactly once.** On taking the lease, the announcer first waits until
+//!   its follower has applied the stream up to its end as it is *now*: every
+//!   announcement a predecessor had confirmed is in the history before that
+//!   end (its connection, which published them, is gone), so whatever the
+//!   store still owes was not announced. Within its turn it publishes each
+//!   owed change once (a cursor over the owed changes, in event order). A
+//!   nack or a missing confirm is not a guess: it waits for the history
+//!   again, then announces what is still owed.
+//!
+//! Announcements are pipelined ([`PIPELINE`] in flight), so the announcer
+//! keeps up with a relay whose every webhook changes an account.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use lapin::Acker;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use tokio::sync::watch;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use std::sync::Arc;
 use tracing::{debug, info, warn};
 
-use super::ledger::Ledger;
-use crate::broker::{self, Broker, BrokerState, Outgoing, Topology, publish_confirmed};
-use crate::config::Settings;
-use crate::history::{Filter, Reader, Recorded, Start};
+use crate::backoff::{Backoff, Ended};
+use crate::broker::{self, Broker, BrokerState, Outgoing, Topology, publish_all};
+use crate::config::AmqpSettings;
+use crate::derived::{Derived, Owed};
+use crate::history;
 use crate::metrics::Metrics;
-use crate::wire::account::AccountChange;
+use crate::stopping::Stopping;
 
-/// Events of the queue in flight at once: the announcer takes them one by
-/// one, this many are on their way.
-const PREFETCH: u16 = 200;
-/// Events handled before they are acknowledged together (one frame, not one
-/// per event): an announcer that stops before its ack leaves them in the
-/// queue, and the next one finds each folded (and its change, if any,
-/// announced) in the history.
-const ACK_EVERY: u32 = 100;
-/// How long the queue stays quiet before what was handled is acknowledged.
-const ACK_IDLE: Duration = Duration::from_millis(50);
+/// Announcements in flight at once.
+const PIPELINE: usize = 64;
+/// Owed changes read from the store at once.
+const OWED_PAGE: usize = 512;
+/// How often a relay that is not caught up looks again.
+const CATCH_UP_POLL: Duration = Duration::from_millis(200);
 /// The pause before trying again, doubled up to the maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
-/// How long to wait for the relay's own connection (which declares the queue)
-/// before looking again.
-const BROKER_WAIT: Duration = Duration::from_secs(5);
 
 /// What the announcer needs from the relay.
 pub(crate) struct Announcer {
-    settings: Settings,
+    amqp: AmqpSettings,
     topology: Topology,
     broker: Broker,
+    derived: Arc<Derived>,
     metrics: Metrics,
 }
 
-/// The latest event handled and not acknowledged yet, and how many are.
-#[derive(Default)]
-struct Acks {
-    last: Option<Acker>,
-    count: u32,
-}
-
-impl Acks {
-    fn handled(&mut self, acker: Acker) {
-        self.last = Some(acker);
-        self.count += 1;
-    }
-
-    fn pending(&self) -> bool {
-        self.last.is_some()
-    }
-
-    /// Acknowledges every event handled so far.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        if let Some(last) = self.last.take() {
-            last.ack(BasicAckOptions { multiple: true })
-                .await
-                .context("cannot acknowledge the events of the accounts queue")?;
-        }
-        self.count = 0;
-        Ok(())
-    }
-}
-
-/// Why a session with RabbitMQ ended.
-enum Ended {
-    Stopped,
-    Lost(anyhow::Error),
-}
-
 impl Announcer {
-    /// `None` unless `[accounts]` and `[history]` are both on.
-    pub(crate) fn new(settings: &Settings, broker: Broker, metrics: Metrics) -> Option<Announcer> {
-        let topology = broker.topology().clone();
-        topology.accounts_queue()?;
+    /// `None` unless the relay derives accounts (and so follows the history).
+    pub(crate) fn new(
+        broker: Broker,
+        derived: Option<Arc<Derived>>,
+        metrics: Metrics,
+    ) -> Option<Announcer> {
+        let derived = derived.filter(|derived| derived.derives().accounts)?;
         Some(Announcer {
-            settings: settings.clone(),
-            topology,
+            amqp: broker.amqp().clone(),
+            topology: broker.topology().clone(),
             broker,
+            derived,
             metrics,
         })
     }
 
-    /// Announces until `stop` turns true.
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = FIRST_BACKOFF;
+    /// Stands by, announces when its turn comes, until `stop` turns true.
+    pub(crate) async fn run(self, mut stop: Stopping) {
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut failing = false;
-        while !*stop.borrow() {
-            // The relay's own connection declares the queue: wait for it, so a
-            // start does not begin with a refused consume.
-            let connected = tokio::select! {
-                connected = self.broker.wait_until_connected(BROKER_WAIT) => connected,
-                _ = stop.changed() => break,
-            };
-            if !connected {
-                continue;
+        loop {
+            if !self.ready(&mut stop).await {
+                break;
             }
             let began = Instant::now();
-            let ended = self.session(&mut stop).await;
-            // A session that lasted was a recovery: the next loss is news,
-            // and is retried quickly again.
+            let ended = self.turn(&mut stop).await;
+            self.metrics.accounts_announcing(false);
+            // A turn that lasted was a recovery: the next loss is news, and
+            // is retried quickly again.
             if began.elapsed() > MAX_BACKOFF {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 failing = false;
             }
+            let delay = backoff.next_delay();
             match ended {
                 Ended::Stopped => break,
                 Ended::Lost(err) => {
-                    self.metrics.accounts_announcing(false);
                     let error = format!("{err:#}");
                     // When RabbitMQ is gone the relay already says so, once.
                     if self.broker.state() == BrokerState::Connected && !failing {
-                        warn!(%error, retry_in_ms = backoff.as_millis() as u64,
-                            "the account announcer lost RabbitMQ; account changes wait in \
-                             their queue until it is back");
+                        warn!(%error, retry_in_ms = delay.as_millis() as u64,
+                            "the account announcer lost its connection; changes wait in the \
+                             history index until this relay or another announces them");
                         failing = true;
                     } else {
-                        debug!(%error, "account announcer session ended");
+                        debug!(%error, "account announcer turn ended");
                     }
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = stop.changed() => break,
+            if !Backoff::sleep(delay, &mut stop).await {
+                break;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         self.metrics.accounts_announcing(false);
     }
 
-    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Ended {
-        let amqp = &self.settings.amqp;
-        let name = amqp.tool_connection_name("hookrelay-accounts");
-        let connection = match broker::connect(amqp, name).await {
+    /// Waits until the relay is connected (its own connection declares the
+    /// changes exchange) and its follower has caught up: false when stopped.
+    async fn ready(&self, stop: &mut Stopping) -> bool {
+        let ready = async {
+            self.broker.connected().await;
+            while !self.derived.caught_up() {
+                tokio::time::sleep(CATCH_UP_POLL).await;
+            }
+        };
+        tokio::select! {
+            () = ready => true,
+            () = stop.stopped() => false,
+        }
+    }
+
+    /// One connection: stands by for the lease, then announces while it
+    /// holds it; ends when stopped, whatever it was doing.
+    async fn turn(&self, stop: &mut Stopping) -> Ended<anyhow::Error> {
+        let name = self.amqp.tool_connection_name("hookrelay-announcer");
+        let connection = match broker::connect(&self.amqp, name).await {
             Ok(connection) => connection,
             Err(err) => return Ended::Lost(err.into()),
         };
-        let ended = match self.announce(&connection, stop).await {
-            Ok(()) => Ended::Stopped,
-            Err(err) => Ended::Lost(err),
+        let mut stopped = stop.clone();
+        let ended = tokio::select! {
+            result = self.hold_and_announce(&connection, stop) => match result {
+                Ok(()) => Ended::Stopped,
+                Err(err) => Ended::Lost(err),
+            },
+            () = stopped.stopped() => Ended::Stopped,
         };
+        // Closing hands the lease to the next relay at once.
         broker::close(&connection, "account announcer done").await;
         ended
     }
 
-    /// Stands by until RabbitMQ makes this relay the active consumer (its
-    /// first delivery), folds the history, then announces until stopped.
-    async fn announce(
+    async fn hold_and_announce(
         &self,
         connection: &Connection,
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stopping,
     ) -> anyhow::Result<()> {
-        let queue = self.topology.accounts_queue().expect("checked by new");
-        let stream = self.topology.history_stream().expect("accounts need it");
+        let lease = self.topology.announcer_lease();
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
+        let declared = channel
+            .queue_declare(
+                ShortString::from(lease.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                self.lease_arguments(),
+            )
+            .await
+            .with_context(|| format!("cannot declare the announcer's lease {lease}"))?;
+        // The token: one is enough; two (relays that started together) do
+        // no harm, since the active consumer receives them all.
+        if declared.message_count() == 0 && declared.consumer_count() == 0 {
+            put_token(&channel, &lease).await?;
+        }
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut token = channel
             .basic_consume(
-                queue.into(),
-                "hookrelay-accounts".into(),
+                ShortString::from(lease.as_str()),
+                "hookrelay-announcer".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("cannot consume {queue}"))?;
-
-        let first = tokio::select! {
-            delivery = consumer.next() => delivery,
-            _ = stop.changed() => return Ok(()),
-        };
-        let first = first.context("RabbitMQ cancelled the consumer")??;
+            .with_context(|| format!("cannot consume the announcer's lease {lease}"))?;
+        // Standing by: RabbitMQ gives the token to one relay at a time.
+        token
+            .next()
+            .await
+            .context("RabbitMQ cancelled the announcer's lease consumer")??;
         self.metrics.accounts_announcing(true);
-        let started = Instant::now();
-        let mut ledger = Ledger::new(self.settings.accounts.temporary_failures_to_escalate);
-        ledger.expect_first(
-            first
-                .properties
-                .message_id()
-                .as_ref()
-                .map(ToString::to_string),
-        );
-        let mut reader =
-            Reader::open(connection, stream, Start::First, false, Filter::default()).await?;
-        while let Some(event) = reader.next().await.context("folding the history")? {
-            ledger.fold(&event);
-        }
         info!(
-            events = reader.read(),
-            accounts = ledger.book().len(),
-            owed = ledger.owed(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "this relay announces account changes: history folded"
+            owed = self.derived.owed(),
+            "this relay announces account changes now (it holds {lease})"
         );
-        reader.close().await;
-
-        let mut acks = Acks::default();
-        self.handle(&channel, &mut ledger, first, &mut acks).await?;
-        loop {
-            let delivery = tokio::select! {
-                delivery = consumer.next() => delivery,
-                // Nothing more for now: acknowledge what was handled.
-                () = tokio::time::sleep(ACK_IDLE), if acks.pending() => {
-                    acks.flush().await?;
-                    continue;
-                }
-                _ = stop.changed() => return acks.flush().await,
-            };
-            let delivery = delivery.context("RabbitMQ cancelled the consumer")??;
-            self.handle(&channel, &mut ledger, delivery, &mut acks)
-                .await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut lease_lost = Box::pin(async move {
+            // Cancelled by RabbitMQ (the lease queue deleted), or the
+            // connection closed: the turn is over.
+            let _ = token.next().await;
+        });
+        tokio::select! {
+            result = self.announce(connection, &publisher, stop) => result,
+            () = &mut lease_lost => anyhow::bail!("the announcer's lease {lease} was lost"),
         }
     }
 
-    /// Applies one event of the queue; announces the change it made, then
-    /// acknowledges it (with the events before it, in one frame).
-    async fn handle(
+    /// Single active consumer; quorum on a cluster (`amqp.queue_type`), so
+    /// the lease outlives the node it was declared on.
+    fn lease_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.amqp.queue_type == crate::config::QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        arguments
+    }
+
+    /// Announces what the store owes, once each, until stopped.
+    async fn announce(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        stop: &mut Stopping,
+    ) -> anyhow::Result<()> {
+        let stream = self
+            .topology
+            .history_stream()
+            .context("accounts are derived from the history")?;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        loop {
+            // What a predecessor confirmed is in the history before its end.
+            let end = history::last_event(connection, stream, history::END_WAIT_ONCE).await?;
+            if let Some(end) = end {
+                tokio::select! {
+                    () = self.derived.applied_through(end.offset) => {}
+                    () = stop.stopped() => return Ok(()),
+                }
+            }
+            match self.announce_owed(channel, stop).await? {
+                Ended::Stopped => return Ok(()),
+                Ended::Lost(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
+                        "RabbitMQ did not take an account change; announcing it again once the \
+                         history says what it holds");
+                    if !Backoff::sleep(delay, stop).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the owed changes after a cursor, in order, until RabbitMQ
+    /// does not take one (a nack, a return, no confirm in time: `Lost`) or
+    /// the relay stops.
+    async fn announce_owed(
         &self,
         channel: &Channel,
-        ledger: &mut Ledger,
-        delivery: Delivery,
-        acks: &mut Acks,
-    ) -> anyhow::Result<()> {
-        let event = Recorded {
-            offset: 0,
-            routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties,
-            body: delivery.data,
-        };
-        let announced = match ledger.take(&event) {
-            Some(change) => {
-                self.publish(channel, &change).await?;
-                true
+        stop: &mut Stopping,
+    ) -> anyhow::Result<Ended<anyhow::Error>> {
+        let mut cursor = None;
+        loop {
+            let owed = self
+                .derived
+                .read(move |store| store.owed_after(cursor, OWED_PAGE))
+                .await?;
+            debug!(
+                owed = owed.len(),
+                ?cursor,
+                "account announcer: owed changes read"
+            );
+            if owed.is_empty() {
+                tokio::select! {
+                    () = self.derived.owed_changed() => continue,
+                    () = stop.stopped() => return Ok(Ended::Stopped),
+                }
             }
-            None => false,
-        };
-        acks.handled(delivery.acker);
-        if announced || acks.count >= ACK_EVERY {
-            acks.flush().await?;
+            for window in owed.chunks(PIPELINE) {
+                let now = SystemTime::now();
+                let messages: Vec<Outgoing> =
+                    window.iter().map(|owed| self.outgoing(owed, now)).collect();
+                let results = publish_all(channel, &messages, self.amqp.confirm_timeout()).await;
+                for (owed, result) in window.iter().zip(results) {
+                    if let Err(err) = result {
+                        return Ok(Ended::Lost(err.into()));
+                    }
+                    cursor = Some(owed.offset);
+                    self.metrics
+                        .account_change_announced(owed.change.state.as_str());
+                    debug!(
+                        client_id = %owed.change.client_id,
+                        account_id = %owed.change.account_id,
+                        state = owed.change.state.as_str(),
+                        caused_by = %owed.change.caused_by,
+                        "account change announced"
+                    );
+                }
+                if stop.is_stopping() {
+                    return Ok(Ended::Stopped);
+                }
+            }
         }
-        Ok(())
     }
 
-    async fn publish(&self, channel: &Channel, change: &AccountChange) -> anyhow::Result<()> {
-        let outgoing = Outgoing {
-            exchange: self.topology.entry_exchange().to_owned(),
-            routing_key: change.routing_key(),
-            body: change.body().into(),
-            properties: change.properties(SystemTime::now()),
-        };
-        publish_confirmed(channel, &outgoing, self.settings.amqp.confirm_timeout())
-            .await
-            .with_context(|| format!("cannot announce {}", outgoing.routing_key))?;
-        self.metrics.account_change_announced(change.state.as_str());
-        info!(
-            client_id = %change.client_id,
-            account_id = %change.account_id,
-            state = change.state.as_str(),
-            previous_state = change.previous_state.map(|s| s.as_str()),
-            code = change.code.as_deref(),
-            streak = change.streak,
-            caused_by = %change.caused_by,
-            "account change announced"
-        );
-        Ok(())
+    fn outgoing(&self, owed: &Owed, now: SystemTime) -> Outgoing {
+        Outgoing {
+            exchange: self.topology.changes_exchange().to_owned(),
+            routing_key: owed.change.routing_key(),
+            body: owed.change.body().into(),
+            properties: owed.change.properties(now, owed.trace.as_ref()),
+        }
     }
+}
+
+/// Puts the lease's token in its queue, persistent and confirmed.
+async fn put_token(channel: &Channel, lease: &str) -> anyhow::Result<()> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_publish(
+            "".into(),
+            ShortString::from(lease),
+            BasicPublishOptions::default(),
+            b"the account announcer's turn: whoever holds this announces",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    Ok(())
 }

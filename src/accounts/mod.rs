@@ -4,28 +4,27 @@
 //! `sync.*` routing keys are what the sender said; an account's [`State`] is
 //! what it means: the user must reconnect, the sender's support must look at
 //! it, or nothing is needed. [`state`] holds the rule, as one pure function
-//! table-tested against the spec's sentences; [`book`](mod@book) folds the history's
-//! events into every account's state; [`ledger`] adds what the announcer
-//! owes, and `announcer` (a task of the relay) publishes each change as an
-//! `account.<state>` message ([`AccountChange`](crate::wire::account::AccountChange));
-//! [`live`] keeps a book current for the console.
+//! table-tested against the spec's sentences; [`book`](mod@book) applies it
+//! to each account in event time (a late event changes nothing); the
+//! relay's derived store ([`crate::derived`]) keeps every account's state
+//! and the changes it owes, and `announcer` (a task of the relay, one relay
+//! at a time) publishes each change once as an `account.<state>` message
+//! ([`AccountChange`](crate::wire::account::AccountChange)) through
+//! `<exchange>.changes`.
 
 pub(crate) mod announcer;
 pub mod book;
-pub mod ledger;
-pub mod live;
 pub mod state;
 
-pub use book::{Book, Entry, Key};
-pub use ledger::Ledger;
-pub use live::LiveBook;
+pub use book::{Book, Entry, Fold, Key, LastEvent, Report};
 pub use state::{Account, ContactReason, Outcome, ReconnectReason, State, Transition};
 
 use anyhow::Context;
 
 use crate::broker::{self, Topology};
 use crate::config::Settings;
-use crate::history::{Filter, Reader, Recorded, Start};
+use crate::history::{Ends, Filter, Reader, Recorded, Start};
+use crate::wire::account::StateName;
 
 /// Every account's state, folded from the whole history (oldest event
 /// first). Accounts silent for longer than the history keeps events are not
@@ -55,8 +54,10 @@ pub async fn book(settings: &Settings) -> anyhow::Result<Book> {
     Ok(book)
 }
 
-/// One account's events, oldest first, each with the state it left the
-/// account in and whether that was a change.
+/// One account's events, in the order the history holds them, each with
+/// the state it left the account in, whether that was a change, and
+/// whether it came late (older than an event applied before it: it changed
+/// nothing).
 pub async fn timeline(
     settings: &Settings,
     account_id: &str,
@@ -70,14 +71,19 @@ pub async fn timeline(
     };
     let mut steps = Vec::new();
     read_history(settings, filter, |event| {
-        if !event.routing_key.starts_with("sync.") {
+        let Some((report, folded)) = book.apply(event) else {
             return;
-        }
-        let changed = book.apply(event);
-        if let Some(entry) = Key::of(event).and_then(|key| book.get(&key)) {
+        };
+        let (changed, late) = match &folded {
+            Fold::Applied { transition, .. } => (transition.is_some(), false),
+            Fold::Late => (false, true),
+        };
+        if let Some(entry) = book.get(&report.key) {
             steps.push(Step {
                 entry: entry.clone(),
-                changed: changed.is_some(),
+                event: report.event,
+                changed,
+                late,
             });
         }
     })
@@ -88,9 +94,7 @@ pub async fn timeline(
 /// Which accounts a listing shows; every condition set must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// A state's name: `ok`, `needs_reconnect`, `retrying`,
-    /// `contact_provider`, `unknown`.
-    pub state: Option<String>,
+    pub state: Option<StateName>,
     pub client_id: Option<String>,
     pub provider: Option<String>,
     /// In their state since this time or later.
@@ -106,8 +110,7 @@ impl Selection {
                 .and_then(|since| humantime::parse_rfc3339_weak(since).ok())
         };
         self.state
-            .as_deref()
-            .is_none_or(|state| entry.state.name() == state)
+            .is_none_or(|state| StateName::from(&entry.state) == state)
             && self
                 .client_id
                 .as_deref()
@@ -125,10 +128,16 @@ impl Selection {
 /// An account after one of its events.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Step {
+    /// The account after this event.
     #[serde(flatten)]
     pub entry: Entry,
+    /// This event.
+    pub event: LastEvent,
     /// Whether this event changed the account's state.
     pub changed: bool,
+    /// Whether it came after a newer event of the account (a spooled or
+    /// re-driven webhook): then it changed nothing.
+    pub late: bool,
 }
 
 async fn read_history(
@@ -146,7 +155,8 @@ async fn read_history(
         );
     };
     broker::with_tool_connection(&settings.amqp, "hookrelay-accounts", async |connection| {
-        let mut reader = Reader::open(connection, stream, Start::First, false, filter).await?;
+        let mut reader =
+            Reader::open(connection, stream, Start::First, Ends::AtTheEnd, filter).await?;
         while let Some(event) = reader.next().await.context("reading the history")? {
             each(&event);
         }

@@ -26,10 +26,12 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Serialize;
+use serde::ser::SerializeMap;
 
 use crate::event::{ErrorCode, EventKind};
-use crate::wire::account::StateName;
+use crate::wire::account::{Reason, StateName};
 
 /// What the latest sync of an account said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +50,7 @@ impl From<&EventKind> for Outcome {
 }
 
 /// Why the user must reconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReconnectReason {
     /// `LoginFailedError`: new credentials.
     Credentials,
@@ -58,8 +59,7 @@ pub enum ReconnectReason {
 }
 
 /// Why the sender's support must look at the account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "reason", content = "code")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContactReason {
     /// `TemporaryFailureError`s in a row reached the threshold.
     RepeatedTemporaryFailures,
@@ -67,9 +67,9 @@ pub enum ContactReason {
     ConnectorError(String),
 }
 
-/// What an account needs, and from whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+/// What an account needs, and from whom. Shown (and serialised) as the
+/// announcement says it: `state`, `reason` and `code` ([`State::reason`], [`State::code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// Synced: nothing to do.
     Ok,
@@ -88,6 +88,116 @@ impl State {
     pub fn name(&self) -> &'static str {
         StateName::from(self).as_str()
     }
+
+    /// Why the account is in this state, where there is more than one reason.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            State::NeedsReconnect {
+                reason: ReconnectReason::Credentials,
+            } => Some(Reason::Credentials),
+            State::NeedsReconnect {
+                reason: ReconnectReason::Verification,
+            } => Some(Reason::Verification),
+            State::ContactProvider {
+                because: ContactReason::RepeatedTemporaryFailures,
+            } => Some(Reason::RepeatedTemporaryFailures),
+            State::ContactProvider {
+                because: ContactReason::ConnectorError(_),
+            } => Some(Reason::ConnectorError),
+            State::Ok | State::Retrying | State::Unknown { .. } => None,
+        }
+    }
+
+    /// The error code of the event that put the account in this state;
+    /// `None` for `ok`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            State::Ok => None,
+            State::NeedsReconnect {
+                reason: ReconnectReason::Credentials,
+            } => Some("LoginFailedError"),
+            State::NeedsReconnect {
+                reason: ReconnectReason::Verification,
+            } => Some("SecurityQuestionError"),
+            State::Retrying
+            | State::ContactProvider {
+                because: ContactReason::RepeatedTemporaryFailures,
+            } => Some("TemporaryFailureError"),
+            State::ContactProvider {
+                because: ContactReason::ConnectorError(code),
+            }
+            | State::Unknown { code } => Some(code),
+        }
+    }
+
+    /// The state from what [`State::name`], [`State::reason`] and
+    /// [`State::code`] say of it (as stored); `None` when they disagree.
+    pub fn from_parts(
+        name: StateName,
+        reason: Option<Reason>,
+        code: Option<&str>,
+    ) -> Option<State> {
+        let state = match (name, reason) {
+            (StateName::Ok, None) => State::Ok,
+            (StateName::NeedsReconnect, Some(Reason::Credentials)) => State::NeedsReconnect {
+                reason: ReconnectReason::Credentials,
+            },
+            (StateName::NeedsReconnect, Some(Reason::Verification)) => State::NeedsReconnect {
+                reason: ReconnectReason::Verification,
+            },
+            (StateName::Retrying, None) => State::Retrying,
+            (StateName::ContactProvider, Some(Reason::RepeatedTemporaryFailures)) => {
+                State::ContactProvider {
+                    because: ContactReason::RepeatedTemporaryFailures,
+                }
+            }
+            (StateName::ContactProvider, Some(Reason::ConnectorError)) => State::ContactProvider {
+                because: ContactReason::ConnectorError(code?.to_owned()),
+            },
+            (StateName::Unknown, None) => State::Unknown {
+                code: code?.to_owned(),
+            },
+            _ => return None,
+        };
+        Some(state)
+    }
+}
+
+/// `{"state": …, "reason": …, "code": …}`, the announcement's vocabulary.
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("state", &StateName::from(self))?;
+        map.serialize_entry("reason", &self.reason())?;
+        map.serialize_entry("code", &self.code())?;
+        map.end()
+    }
+}
+
+/// The shape [`State`] serialises to, for its JSON Schema.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct StateShape {
+    state: StateName,
+    /// Why, where a state has more than one reason.
+    reason: Option<Reason>,
+    /// The error code of the event that put the account in this state;
+    /// null for `ok`.
+    code: Option<String>,
+}
+
+impl JsonSchema for State {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AccountState".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        StateShape::json_schema(generator)
+    }
 }
 
 impl From<&State> for StateName {
@@ -102,13 +212,19 @@ impl From<&State> for StateName {
     }
 }
 
+/// `needs_reconnect (credentials)`, `contact_provider (connector_error:
+/// UnhandledConnectorError)`, `unknown (RateLimitedError)`, `ok`: the words
+/// of the JSON and the announcements, never Rust's.
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            State::NeedsReconnect { reason } => write!(f, "needs_reconnect ({reason:?})"),
-            State::ContactProvider { because } => write!(f, "contact_provider ({because:?})"),
-            State::Unknown { code } => write!(f, "unknown ({code})"),
-            other => f.write_str(other.name()),
+        f.write_str(self.name())?;
+        match (self.reason(), self) {
+            (Some(Reason::ConnectorError), _) => {
+                write!(f, " (connector_error: {})", self.code().unwrap_or_default())
+            }
+            (Some(reason), _) => write!(f, " ({})", reason.as_str()),
+            (None, State::Unknown { code }) => write!(f, " ({code})"),
+            (None, _) => Ok(()),
         }
     }
 }
@@ -214,12 +330,12 @@ mod tests {
             (
                 "LoginFailedError: requires a reconnection, new credentials",
                 failed("LoginFailedError"),
-                "needs_reconnect (Credentials)",
+                "needs_reconnect (credentials)",
             ),
             (
                 "SecurityQuestionError: user input, a Reconnect process",
                 failed("SecurityQuestionError"),
-                "needs_reconnect (Verification)",
+                "needs_reconnect (verification)",
             ),
             (
                 "TemporaryFailureError: retried automatically, no need to take action",
@@ -229,12 +345,12 @@ mod tests {
             (
                 "UnhandledConnectorError: contact us with the account id",
                 failed("UnhandledConnectorError"),
-                "contact_provider (ConnectorError(\"UnhandledConnectorError\"))",
+                "contact_provider (connector_error: UnhandledConnectorError)",
             ),
             (
                 "UnknownConnectorError: contact us with the account id",
                 failed("UnknownConnectorError"),
-                "contact_provider (ConnectorError(\"UnknownConnectorError\"))",
+                "contact_provider (connector_error: UnknownConnectorError)",
             ),
             (
                 "a code the spec does not list: routed, meaning unknown",
@@ -256,7 +372,7 @@ mod tests {
             failed("LoginFailedError"),
             Outcome::Synced,
         ]);
-        assert_eq!(heard, ["needs_reconnect (Credentials)", "ok"]);
+        assert_eq!(heard, ["needs_reconnect (credentials)", "ok"]);
         assert_eq!(account.state, State::Ok);
     }
 
@@ -270,7 +386,7 @@ mod tests {
         let (heard, account) = fold(&[temporary.clone(), temporary.clone(), temporary.clone()]);
         assert_eq!(
             heard,
-            ["retrying", "contact_provider (RepeatedTemporaryFailures)"],
+            ["retrying", "contact_provider (repeated_temporary_failures)"],
             "the third, the threshold, escalates"
         );
         assert_eq!(account.streak, 3);
@@ -305,7 +421,7 @@ mod tests {
             failed("TemporaryFailureError"),
             failed("TemporaryFailureError"),
         ]);
-        assert_eq!(heard, ["needs_reconnect (Verification)"]);
+        assert_eq!(heard, ["needs_reconnect (verification)"]);
         assert_eq!(account.streak, 3);
 
         let (heard, _) = fold(&[
@@ -314,7 +430,7 @@ mod tests {
         ]);
         assert_eq!(
             heard,
-            ["contact_provider (ConnectorError(\"UnhandledConnectorError\"))"]
+            ["contact_provider (connector_error: UnhandledConnectorError)"]
         );
     }
 
@@ -329,11 +445,54 @@ mod tests {
         assert_eq!(
             heard,
             [
-                "needs_reconnect (Credentials)",
-                "needs_reconnect (Verification)",
-                "contact_provider (ConnectorError(\"UnknownConnectorError\"))",
-                "contact_provider (ConnectorError(\"UnhandledConnectorError\"))",
+                "needs_reconnect (credentials)",
+                "needs_reconnect (verification)",
+                "contact_provider (connector_error: UnknownConnectorError)",
+                "contact_provider (connector_error: UnhandledConnectorError)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_state_is_stored_and_shown_as_name_reason_and_code() {
+        let states = [
+            State::Ok,
+            State::NeedsReconnect {
+                reason: ReconnectReason::Credentials,
+            },
+            State::NeedsReconnect {
+                reason: ReconnectReason::Verification,
+            },
+            State::Retrying,
+            State::ContactProvider {
+                because: ContactReason::RepeatedTemporaryFailures,
+            },
+            State::ContactProvider {
+                because: ContactReason::ConnectorError("UnhandledConnectorError".into()),
+            },
+            State::Unknown {
+                code: "RateLimitedError".into(),
+            },
+        ];
+        for state in states {
+            let parts = (StateName::from(&state), state.reason(), state.code());
+            assert_eq!(
+                State::from_parts(parts.0, parts.1, parts.2).as_ref(),
+                Some(&state),
+                "{state}"
+            );
+        }
+        let json = serde_json::to_value(State::ContactProvider {
+            because: ContactReason::ConnectorError("UnknownConnectorError".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"state": "contact_provider", "reason": "connector_error", "code": "UnknownConnectorError"})
+        );
+        assert_eq!(
+            State::from_parts(StateName::Ok, Some(Reason::Credentials), None),
+            None
         );
     }
 

@@ -5,34 +5,47 @@
 //! action is logged with who took it and counted in
 //! `hookrelay_console_actions_total`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::{HttpResponse, web};
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use super::answers::{
+    AccountPage, DeadLettersReplayed, Done, EventPage, EventView, Held, HeldHere, IndexState,
+    Journey, Messages, QuarantineRedriven, QueueConflict, QueueRole, QueueState, Queues, Source,
+    SpoolContents, SpoolRetried, SpoolRetrySummary, SpoolState, Status,
+};
 use tracing::info;
 
 use super::Admin;
 use super::auth::{ConsoleError, Operator};
 use super::health::readiness;
-use crate::accounts::{self, Book, Selection};
+use crate::accounts::{self, Selection};
 use crate::broker::{self, Topology};
+use crate::derived::Derived;
 use crate::history::index::Row;
 use crate::history::{self, Filter, PointInTime, Recorded, Start};
 use crate::replay::dead_letters::{self, ReplayOptions};
 use crate::replay::{history as history_replay, quarantine};
 use crate::spool::listing;
 use crate::watch::inspect;
-use crate::watch::render;
+use crate::watch::render::{self, Shown};
 use crate::wire::account::StateName;
 use crate::wire::topic::TopicPattern;
 
 /// Events on a page when the query says nothing.
-const DEFAULT_LIMIT: usize = 50;
+pub(super) const DEFAULT_LIMIT: usize = 50;
 /// The most events, messages or entries one answer holds.
-const MAX_LIMIT: usize = 500;
-/// How far an event's lookup searches the dead letters and the quarantine.
-const LOCATE_DEPTH: u32 = 1000;
+pub(super) const MAX_LIMIT: usize = 500;
+/// How deep an event's lookup searches each queue that may hold it (the
+/// dead letters, the quarantine, the unrouted): the messages looked at are
+/// held (out of a concurrent replay's reach) until the search of that queue
+/// ends.
+pub(super) const LOCATE_DEPTH: u32 = 500;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     // Bad input gets the same JSON answer as every other refusal, not
@@ -48,8 +61,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/status", web::get().to(status))
             .route("/events", web::get().to(events))
             .route("/events/{message_id}", web::get().to(event))
+            .route("/events/{message_id}/held", web::post().to(event_held))
             .route("/queues", web::get().to(queues))
             .route("/queues/{name}/messages", web::get().to(queue_messages))
+            .route("/queues/{name}/messages", web::post().to(look_at_queue))
             .route("/accounts", web::get().to(accounts_list))
             .route("/spool", web::get().to(spool))
             .route("/dead-letters/replay", web::post().to(replay_dead_letters))
@@ -63,6 +78,29 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 type Answer = Result<HttpResponse, ConsoleError>;
+
+/// How long a console request waits for RabbitMQ to answer what it asked (a
+/// look, a search, a queue's depth) before saying so: a broker that took
+/// the connection and then stopped answering must not hang a page.
+const RABBITMQ_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Runs `work` on a connection of the console's own, within
+/// [`RABBITMQ_DEADLINE`]; one that runs out closes its connection, which
+/// puts back whatever it held.
+async fn ask_rabbitmq<T>(
+    admin: &Admin,
+    work: impl AsyncFnOnce(&lapin::Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let asked = broker::with_tool_connection(&admin.settings.amqp, "hookrelay-console", work);
+    tokio::time::timeout(RABBITMQ_DEADLINE, asked)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "RabbitMQ did not answer within {} s",
+                RABBITMQ_DEADLINE.as_secs()
+            ))
+        })
+}
 
 /// A query or body value that must parse, or a 400 naming it.
 fn parse<T: std::str::FromStr>(name: &str, value: Option<&str>) -> Result<Option<T>, ConsoleError>
@@ -93,31 +131,60 @@ fn time(name: &str, value: Option<&str>) -> Result<Option<SystemTime>, ConsoleEr
 }
 
 fn history_stream(admin: &Admin) -> Result<String, ConsoleError> {
-    Topology::of(&admin.settings)
+    admin
+        .topology()
         .history_stream()
         .map(str::to_owned)
         .ok_or_else(|| ConsoleError::Off("the history is off ([history] enabled = false)".into()))
 }
 
+/// What `/readyz` says, the rates, and what the relay's store holds.
+pub(super) async fn status_of(admin: &Admin) -> Result<Status, ConsoleError> {
+    let mut status = Status {
+        ready: readiness(admin),
+        rates: admin.rates.snapshot(),
+        index: None,
+    };
+    if let Some(derived) = &admin.derived {
+        let derives = derived.derives();
+        let (indexed, by_state) = derived
+            .read(move |store| {
+                let indexed = derives.index.then(|| store.indexed()).transpose()?;
+                let by_state = derives
+                    .accounts
+                    .then(|| store.count_by_state())
+                    .transpose()?;
+                Ok((indexed, by_state))
+            })
+            .await?;
+        status.index = indexed.map(|rows| IndexState {
+            caught_up: derived.caught_up(),
+            rows,
+        });
+        // What /readyz says of the accounts (`owed`, `announcing`), and more.
+        if let (Some(by_state), Some(accounts)) = (by_state, status.ready.accounts.as_mut()) {
+            let by_state: BTreeMap<String, u64> = by_state
+                .into_iter()
+                .map(|(state, count)| (state.as_str().to_owned(), count))
+                .collect();
+            accounts.caught_up = Some(derived.caught_up());
+            accounts.accounts = Some(by_state.values().sum());
+            accounts.by_state = Some(by_state);
+        }
+    }
+    Ok(status)
+}
+
 async fn status(admin: web::Data<Admin>, _: Operator) -> Answer {
-    let (_, mut body) = readiness(&admin);
-    body["rates"] = json!(admin.rates.snapshot());
-    if let Some(index) = admin.index.clone() {
-        let rows = tokio::task::spawn_blocking(move || index.len())
-            .await
-            .map_err(|err| ConsoleError::Failed(err.into()))??;
-        body["index"] = json!({
-            "caught_up": admin.index.as_ref().is_some_and(|index| index.caught_up()),
-            "rows": rows,
-        });
-    }
-    if let Some(live) = &admin.accounts {
-        body["accounts"] = json!({
-            "caught_up": live.caught_up(),
-            "accounts": live.read(Book::len),
-        });
-    }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(status_of(&admin).await?))
+}
+
+/// The derived store, when it indexes events and has caught up.
+fn index(admin: &Admin) -> Option<&Arc<Derived>> {
+    admin
+        .derived
+        .as_ref()
+        .filter(|derived| derived.derives().index && derived.caught_up())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,17 +200,6 @@ pub(super) struct EventsQuery {
     pub cursor: Option<u64>,
 }
 
-/// An event as the API shows it: `loginName` masked.
-#[derive(Serialize)]
-pub(super) struct EventView {
-    pub offset: u64,
-    pub message_id: Option<String>,
-    pub routing_key: String,
-    pub received_at: Option<String>,
-    pub headers: Value,
-    pub body: Box<serde_json::value::RawValue>,
-}
-
 impl EventView {
     /// `reveal`: show `loginName` as received (the caller logs it).
     pub(super) fn of(event: &Recorded, reveal: bool) -> EventView {
@@ -153,7 +209,7 @@ impl EventView {
             routing_key: event.routing_key.clone(),
             received_at: event.received_at_text(),
             headers: render::headers(event.properties.headers().as_ref()),
-            body: render::body(&event.body, reveal),
+            body: render::body(&event.body, Shown::as_received_if(reveal)),
         }
     }
 }
@@ -167,7 +223,7 @@ fn nonempty(value: Option<String>) -> Option<String> {
 pub(super) async fn search_events(
     admin: &Admin,
     query: EventsQuery,
-) -> Result<Value, ConsoleError> {
+) -> Result<EventPage, ConsoleError> {
     let stream = history_stream(admin)?;
     let filter = Filter {
         routing_keys: parse::<TopicPattern>("routing_key", query.routing_key.as_deref())?
@@ -179,121 +235,251 @@ pub(super) async fn search_events(
         since: time("since", query.since.as_deref())?,
         until: time("until", query.until.as_deref())?,
         message_ids: nonempty(query.message_id).into_iter().collect(),
+        notes: false,
     };
     let limit = limit(query.limit, DEFAULT_LIMIT)?;
-    if let Some(index) = admin.index.clone().filter(|index| index.caught_up()) {
-        let found = tokio::task::spawn_blocking(move || index.search(&filter, query.cursor, limit))
-            .await
-            .map_err(|err| ConsoleError::Failed(err.into()))??;
-        return Ok(json!({
-            "events": found.rows,
-            "next_cursor": found.next_cursor,
-            "source": "index",
-        }));
+    if let Some(index) = index(admin) {
+        let cursor = query.cursor;
+        let found = index
+            .read(move |store| store.search(&filter, cursor, limit))
+            .await?;
+        return Ok(EventPage {
+            events: found.rows,
+            next_cursor: found.next_cursor,
+            source: Source::Index,
+            behind: None,
+            read: None,
+        });
     }
-    let page = broker::with_tool_connection(
-        &admin.settings.amqp,
-        "hookrelay-console",
-        async |connection| history::newest(connection, &stream, filter, query.cursor, limit).await,
-    )
-    .await?;
-    Ok(json!({
-        "events": page.events.iter().map(Row::of).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-        "source": "stream",
-        "read": page.read,
-    }))
+    let read = ask_rabbitmq(admin, async |connection| {
+        history::newest(connection, &stream, filter.clone(), query.cursor, limit).await
+    })
+    .await;
+    match read {
+        Ok(page) => Ok(EventPage {
+            events: page.events.iter().map(Row::of).collect(),
+            next_cursor: page.next_cursor,
+            source: Source::Stream,
+            behind: None,
+            read: Some(page.read),
+        }),
+        // RabbitMQ away: what the index holds (it resumes from its file) is
+        // better than nothing, said to be behind.
+        Err(err) => {
+            let Some(index) = admin.derived.clone().filter(|d| d.derives().index) else {
+                return Err(err.into());
+            };
+            let cursor = query.cursor;
+            let found = index
+                .read(move |store| store.search(&filter, cursor, limit))
+                .await?;
+            Ok(EventPage {
+                events: found.rows,
+                next_cursor: found.next_cursor,
+                source: Source::Index,
+                behind: Some(format!(
+                    "the index may be behind the history, which cannot be read now: {err:#}"
+                )),
+                read: None,
+            })
+        }
+    }
 }
 
 async fn events(admin: web::Data<Admin>, _: Operator, query: web::Query<EventsQuery>) -> Answer {
     Ok(HttpResponse::Ok().json(search_events(&admin, query.into_inner()).await?))
 }
 
-/// One event and where it went: the queues bound to its routing key now,
-/// and whether it sits in the dead letters or the quarantine. `reveal`
-/// (logged, with who asked) shows its `loginName`.
+/// Whether a lookup of an event also searches the queues that may hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Search {
+    /// A GET: nothing is taken from any queue.
+    NotSearched,
+    /// A POST: the dead letters, the quarantine and the unrouted queue are
+    /// searched, each message taken and put back.
+    Searched,
+}
+
+/// One event and where it went: every queue bound to its routing key now
+/// (through the management API when `amqp.management_url` is set, else the
+/// configured ones, saying so), and, with [`Search::Searched`], whether it sits
+/// in the dead letters, the quarantine or the unrouted queue. One
+/// connection; each queue searched at most [`LOCATE_DEPTH`] deep, put back as
+/// soon as the event is found. A quorum queue is not searched (a look would
+/// count a delivery of each message). `reveal` (logged, with who asked)
+/// shows its `loginName`.
 pub(super) async fn locate_event(
     admin: &Admin,
     operator: &Operator,
     message_id: &str,
     reveal: bool,
-) -> Result<Value, ConsoleError> {
+    search: Search,
+) -> Result<Journey, ConsoleError> {
     let stream = history_stream(admin)?;
-    let indexed = match admin.index.clone().filter(|index| index.caught_up()) {
+    let indexed = match index(admin) {
         Some(index) => {
             let id = message_id.to_owned();
-            Some(
-                tokio::task::spawn_blocking(move || index.find(&id))
-                    .await
-                    .map_err(|err| ConsoleError::Failed(err.into()))??,
-            )
+            Some(index.read(move |store| store.find(&id)).await?)
         }
         None => None,
     };
-    let found = broker::with_tool_connection(
-        &admin.settings.amqp,
-        "hookrelay-console",
-        async |connection| match indexed {
-            Some(Some(row)) => history::index::at_offset(connection, &stream, row.offset).await,
+    let topology = admin.broker.topology().clone();
+    let (found, held) = ask_rabbitmq(admin, async |connection| {
+        let found = match &indexed {
+            Some(Some(row)) => history::index::at_offset(connection, &stream, row.offset).await?,
             // The index has caught up and does not know it.
-            Some(None) => Ok(None),
+            Some(None) => None,
             None => {
                 let filter = Filter {
                     message_ids: vec![message_id.to_owned()],
                     ..Filter::default()
                 };
                 let page = history::newest(connection, &stream, filter, None, 1).await?;
-                Ok(page.events.into_iter().next())
+                page.events.into_iter().next()
             }
-        },
-    )
+        };
+        if found.is_none() || search == Search::NotSearched {
+            return Ok((found, Vec::new()));
+        }
+        let mut held = Vec::new();
+        for queue in [
+            topology.dead_letter_queue(),
+            topology.quarantine_queue(),
+            topology.unrouted(),
+        ] {
+            held.push(search_queue(connection, &topology, queue, message_id).await?);
+        }
+        anyhow::Ok((found, held))
+    })
     .await?;
     let Some(event) = found.as_ref() else {
         return Err(ConsoleError::NotFound(format!(
             "no event {message_id} in the history (it keeps history.max_age)"
         )));
     };
-    let topology = Topology::of(&admin.settings);
-    let mut held = Vec::new();
-    for queue in [topology.dead_letter_queue(), topology.quarantine_queue()] {
-        let mut found = None;
-        let summary = inspect::inspect(
-            &admin.settings.amqp,
-            queue,
-            Some(LOCATE_DEPTH),
-            false,
-            topology.delivery_limit(queue),
-            |message| {
-                if message.message_id.as_deref() == Some(message_id) && found.is_none() {
-                    found = Some(json!({
-                        "queue": queue,
-                        "position": message.position,
-                        "reason": message.reason,
-                        "headers": message.headers,
-                    }));
-                }
-            },
-        )
-        .await?;
-        held.push(json!({
-            "queue": queue,
-            "searched": summary.shown,
-            "depth": summary.depth,
-            "found": found,
-        }));
-    }
     if reveal {
         info!(by = %operator, message_id, "console: loginName revealed");
     }
-    let bound = match event.routing_key.as_str() {
-        history::QUARANTINED => vec![topology.quarantine_queue()],
-        key => topology.consumer_queues_bound_to(key),
+    let (bound, bound_from) = bound_queues(admin, &topology, &event.routing_key).await;
+    let searched = search == Search::Searched;
+    Ok(Journey {
+        event: EventView::of(event, reveal),
+        bound_queues: bound,
+        bound_queues_from: bound_from,
+        search: (!searched).then(|| {
+            format!(
+                "POST /api/events/{message_id}/held to look for it in the dead letters, the \
+                 quarantine and the unrouted queue (each message looked at is taken and put back)"
+            )
+        }),
+        held: searched.then_some(held),
+    })
+}
+
+/// Whether `queue` holds the message `message_id`, looked for at most
+/// [`LOCATE_DEPTH`] deep.
+async fn search_queue(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    queue: &str,
+    message_id: &str,
+) -> anyhow::Result<Held> {
+    if topology.delivery_limit(queue).is_some() {
+        return Ok(Held {
+            queue: queue.to_owned(),
+            searched: 0,
+            depth: None,
+            found: None,
+            not_searched: Some(
+                "a quorum queue: a look counts a delivery of each message (POST \
+                 /api/queues/{name}/messages to look)"
+                    .to_owned(),
+            ),
+        });
+    }
+    let mut found = None;
+    let summary = inspect::inspect_on(
+        connection,
+        queue,
+        Some(LOCATE_DEPTH),
+        Shown::Masked,
+        None,
+        |message| {
+            if message.message_id.as_deref() != Some(message_id) {
+                return std::ops::ControlFlow::Continue(());
+            }
+            found = Some(HeldHere {
+                queue: queue.to_owned(),
+                position: message.position,
+                reason: message.reason,
+                headers: message.headers,
+            });
+            std::ops::ControlFlow::Break(())
+        },
+    )
+    .await?;
+    Ok(Held {
+        queue: queue.to_owned(),
+        searched: summary.shown,
+        depth: Some(summary.depth),
+        found,
+        not_searched: None,
+    })
+}
+
+/// The queues bound to `routing_key` now: from RabbitMQ's management API
+/// when there is one (every queue, a consumer's own included), else from
+/// the configuration; and which of the two it is.
+async fn bound_queues(
+    admin: &Admin,
+    topology: &Topology,
+    routing_key: &str,
+) -> (Vec<String>, String) {
+    if routing_key == history::QUARANTINED {
+        return (
+            vec![topology.quarantine_queue().to_owned()],
+            "the quarantine".to_owned(),
+        );
+    }
+    let configured = || {
+        topology
+            .consumer_queues_bound_to(routing_key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     };
-    Ok(json!({
-        "event": EventView::of(event, reveal),
-        "bound_queues": bound,
-        "held": held,
-    }))
+    let Some(management) = broker::management::Management::new(&admin.settings.amqp) else {
+        return (
+            configured(),
+            "the configuration only ([[queues]]): set amqp.management_url to see every queue \
+             bound, a consumer's own included"
+                .to_owned(),
+        );
+    };
+    let exchange = match routing_key.starts_with(crate::wire::account::ROUTING_PREFIX) {
+        true => topology.changes_exchange(),
+        false => topology.exchange(),
+    };
+    match management.bindings_from(exchange).await {
+        Ok(bindings) => {
+            let mut queues: Vec<String> = bindings
+                .into_iter()
+                .filter(|(_, pattern)| {
+                    pattern
+                        .parse::<TopicPattern>()
+                        .is_ok_and(|pattern| pattern.matches(routing_key))
+                })
+                .map(|(queue, _)| queue)
+                .collect();
+            queues.sort();
+            queues.dedup();
+            (queues, format!("RabbitMQ's bindings of {exchange}, now"))
+        }
+        Err(err) => (
+            configured(),
+            format!("the configuration only: the management API did not answer ({err})"),
+        ),
+    }
 }
 
 #[derive(Deserialize)]
@@ -308,58 +494,67 @@ async fn event(
     path: web::Path<String>,
     query: web::Query<EventQuery>,
 ) -> Answer {
-    let found = locate_event(&admin, &operator, &path, query.reveal).await?;
+    let found = locate_event(&admin, &operator, &path, query.reveal, Search::NotSearched).await?;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// The same, and the queues that may hold it searched.
+async fn event_held(
+    admin: web::Data<Admin>,
+    operator: Operator,
+    path: web::Path<String>,
+    query: web::Query<EventQuery>,
+) -> Answer {
+    let found = locate_event(&admin, &operator, &path, query.reveal, Search::Searched).await?;
+    info!(by = %operator, message_id = %path, "console: searched the queues that may hold an event");
     Ok(HttpResponse::Ok().json(found))
 }
 
 /// The relay's own queues and every `[[queues]]` entry: depth, consumers,
 /// and any conflict RabbitMQ reported.
-pub(super) async fn queue_list(admin: &Admin) -> Result<Value, ConsoleError> {
-    let topology = Topology::of(&admin.settings);
-    let names = known_queues(&topology);
+pub(super) async fn queue_list(admin: &Admin) -> Result<Queues, ConsoleError> {
+    let topology = admin.topology();
+    let names = known_queues(topology);
     let names: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
-    let stats = broker::with_tool_connection(
-        &admin.settings.amqp,
-        "hookrelay-console",
-        async |connection| broker::queue_stats(connection, &names).await,
-    )
+    let stats = ask_rabbitmq(admin, async |connection| {
+        broker::queue_stats(connection, &names).await
+    })
     .await?;
     let conflicts = admin.broker.status().queue_conflicts;
-    let queues: Vec<Value> = stats
+    let queues = stats
         .into_iter()
-        .zip(known_queues(&topology))
-        .map(|(stats, (_, role))| {
-            let conflict = conflicts
+        .zip(known_queues(topology))
+        .map(|(stats, (_, role))| QueueState {
+            conflict: conflicts
                 .iter()
                 .find(|c| c.queue.as_deref() == Some(stats.name.as_str()))
-                .map(|c| json!({ "object": c.object, "reason": c.reason }));
-            json!({
-                "name": stats.name,
-                "role": role,
-                "messages": stats.messages,
-                "consumers": stats.consumers,
-                "error": stats.error,
-                "conflict": conflict,
-            })
+                .map(|c| QueueConflict {
+                    object: c.object.clone(),
+                    reason: c.reason.clone(),
+                }),
+            name: stats.name,
+            role,
+            messages: stats.messages,
+            consumers: stats.consumers,
+            error: stats.error,
         })
         .collect();
-    Ok(json!({ "queues": queues }))
+    Ok(Queues { queues })
 }
 
 /// Every queue the console may show, with what it is for.
-fn known_queues(topology: &Topology) -> Vec<(&str, &'static str)> {
+fn known_queues(topology: &Topology) -> Vec<(&str, QueueRole)> {
     let mut queues = vec![
-        (topology.dead_letter_queue(), "dead_letters"),
-        (topology.quarantine_queue(), "quarantine"),
-        (topology.unrouted(), "unrouted"),
+        (topology.dead_letter_queue(), QueueRole::DeadLetters),
+        (topology.quarantine_queue(), QueueRole::Quarantine),
+        (topology.unrouted(), QueueRole::Unrouted),
     ];
-    queues.extend(topology.history_stream().map(|q| (q, "history")));
-    queues.extend(topology.accounts_queue().map(|q| (q, "accounts")));
+    queues.extend(topology.history_stream().map(|q| (q, QueueRole::History)));
     queues.extend(
         topology
             .consumer_queues()
             .iter()
-            .map(|q| (q.name.as_str(), "consumer")),
+            .map(|q| (q.name.as_str(), QueueRole::Consumer)),
     );
     queues
 }
@@ -373,41 +568,93 @@ struct MessagesQuery {
     limit: Option<usize>,
 }
 
-/// What `hookrelay inspect` shows of a queue, every message put back in place.
-pub(super) async fn peek(admin: &Admin, queue: &str, limit: usize) -> Result<Value, ConsoleError> {
-    let topology = Topology::of(&admin.settings);
-    let known = known_queues(&topology);
+/// What a look at a queue may do. A GET changes nothing, on the API or on
+/// RabbitMQ: it answers a queue's depth. Showing messages means taking each
+/// and putting it back (RabbitMQ marks it redelivered, hides it meanwhile,
+/// and a quorum queue counts a delivery toward its limit): a POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Look {
+    /// A GET: the depth, and how to look.
+    Depth,
+    /// A POST that says so: the messages, each put back in place.
+    Messages,
+}
+
+/// What `hookrelay inspect` shows of a queue, every message put back in
+/// place; with [`Look::Depth`], its depth only, and how to look.
+pub(super) async fn peek(
+    admin: &Admin,
+    queue: &str,
+    limit: usize,
+    look: Look,
+) -> Result<Messages, ConsoleError> {
+    let topology = admin.topology();
+    let known = known_queues(topology);
     match known.iter().find(|(name, _)| *name == queue) {
         None => {
             return Err(ConsoleError::NotFound(format!(
                 "{queue} is not one of the relay's queues or a [[queues]] entry"
             )));
         }
-        Some((_, "history")) => {
+        Some((_, QueueRole::History)) => {
             return Err(ConsoleError::BadRequest(format!(
                 "{queue} is the history stream: read it with /api/events"
             )));
         }
-        // Its one consumer is this relay's announcer (or another's): a look
-        // would take its next events from under it for a moment.
-        Some((_, "accounts")) => {
-            return Err(ConsoleError::BadRequest(format!(
-                "{queue} is the account announcer's work queue: see /api/accounts"
-            )));
-        }
         Some(_) => {}
     }
+    let delivery_limit = topology.delivery_limit(queue);
+    if look == Look::Depth {
+        let depth = ask_rabbitmq(admin, async |connection| {
+            broker::queue_stats(connection, &[queue]).await
+        })
+        .await?
+        .first()
+        .and_then(|stats| stats.messages)
+        .unwrap_or(0);
+        let what = match delivery_limit {
+            Some(limit) => format!(
+                "{queue} is a quorum queue: a look counts one delivery of each message shown, \
+                 and after {limit} RabbitMQ dead-letters it."
+            ),
+            None => format!(
+                "A look takes each message of {queue} and puts it back: RabbitMQ marks it \
+                 redelivered, and hides it from consumers and replays while it is looked at."
+            ),
+        };
+        return Ok(Messages {
+            look: Some(format!("{what} POST to this address to look.")),
+            messages: Vec::new(),
+            summary: inspect::Summary {
+                shown: 0,
+                depth,
+                counts_deliveries: delivery_limit.is_some(),
+                pushed_over: 0,
+            },
+        });
+    }
     let mut messages = Vec::new();
-    let summary = inspect::inspect(
-        &admin.settings.amqp,
-        queue,
-        u32::try_from(limit).ok(),
-        false,
-        topology.delivery_limit(queue),
-        |message| messages.push(message),
-    )
+    let summary = ask_rabbitmq(admin, async |connection| {
+        let limit = u32::try_from(limit).ok();
+        inspect::inspect_on(
+            connection,
+            queue,
+            limit,
+            Shown::Masked,
+            delivery_limit,
+            |message| {
+                messages.push(message);
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .await
+    })
     .await?;
-    Ok(json!({ "messages": messages, "summary": summary }))
+    Ok(Messages {
+        look: None,
+        messages,
+        summary,
+    })
 }
 
 async fn queue_messages(
@@ -417,7 +664,36 @@ async fn queue_messages(
     query: web::Query<MessagesQuery>,
 ) -> Answer {
     let limit = limit(query.limit, DEFAULT_LIMIT)?;
-    Ok(HttpResponse::Ok().json(peek(&admin, &path, limit).await?))
+    Ok(HttpResponse::Ok().json(peek(&admin, &path, limit, Look::Depth).await?))
+}
+
+/// A look's body: how many messages at most.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LookBody {
+    limit: Option<usize>,
+}
+
+/// A look at a queue's messages, each taken and put back (counting a
+/// delivery on a quorum queue); logged with who asked. An empty body looks
+/// at the default number; a body must be `{"limit": n}` and nothing else.
+async fn look_at_queue(
+    admin: web::Data<Admin>,
+    operator: Operator,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Answer {
+    let asked: LookBody = match body.is_empty() {
+        true => LookBody::default(),
+        false => serde_json::from_slice(&body)
+            .map_err(|err| ConsoleError::BadRequest(format!("the body: {err}")))?,
+    };
+    let limit = limit(asked.limit, DEFAULT_LIMIT)?;
+    let found = peek(&admin, &path, limit, Look::Messages).await?;
+    info!(by = %operator, queue = %path, shown = found.summary.shown,
+        counted_deliveries = found.summary.counts_deliveries,
+        "console: looked at a queue's messages, each put back");
+    Ok(HttpResponse::Ok().json(found))
 }
 
 #[derive(Deserialize)]
@@ -426,40 +702,75 @@ pub(super) struct AccountsQuery {
     pub client_id: Option<String>,
     pub provider: Option<String>,
     pub since: Option<String>,
+    pub limit: Option<usize>,
+    /// `client_id/account_id` of the last account of the page before
+    /// (`next_cursor` of its answer).
+    pub cursor: Option<String>,
 }
 
-/// Every account's state, as `hookrelay accounts --json` lists it.
+/// The accounts a selection admits, a page at a time, in key order, from
+/// the relay's derived store: 503 until it has caught up with the history.
 pub(super) async fn account_list(
     admin: &Admin,
     query: AccountsQuery,
-) -> Result<Value, ConsoleError> {
+) -> Result<AccountPage, ConsoleError> {
     if !admin.settings.accounts.enabled {
         return Err(ConsoleError::Off(
             "accounts are off ([accounts] enabled = false)".to_owned(),
         ));
     }
     history_stream(admin)?;
+    let Some(derived) = admin.derived.clone() else {
+        return Err(ConsoleError::Off("the history is off".to_owned()));
+    };
+    if !derived.caught_up() {
+        return Err(ConsoleError::CatchingUp(
+            "the relay is still reading the history into its accounts (after a first start, \
+             or a new stream): ask again in a moment"
+                .to_owned(),
+        ));
+    }
     let selection = Selection {
-        state: query.state.map(|state| state.as_str().to_owned()),
+        state: query.state,
         client_id: nonempty(query.client_id),
         provider: nonempty(query.provider),
         since: time("since", query.since.as_deref())?,
     };
-    let listed = |book: &Book| {
-        let shown: Vec<_> = book
-            .entries()
-            .filter(|entry| selection.admits(entry))
-            .collect();
-        json!({ "accounts": shown, "total": book.len() })
+    let after = match nonempty(query.cursor) {
+        Some(cursor) => Some(parse_account_cursor(&cursor)?),
+        None => None,
     };
-    if let Some(live) = admin.accounts.as_ref().filter(|live| live.caught_up()) {
-        let mut answer = live.read(listed);
-        answer["source"] = json!("live");
-        return Ok(answer);
-    }
-    let mut answer = listed(&accounts::book(&admin.settings).await?);
-    answer["source"] = json!("history");
-    Ok(answer)
+    let limit = limit(query.limit, MAX_LIMIT)?;
+    let page = derived
+        .read(move |store| store.accounts(&selection, after.as_ref(), limit))
+        .await?;
+    Ok(AccountPage {
+        accounts: page.accounts,
+        next_cursor: page.next.map(|key| account_cursor(&key)),
+    })
+}
+
+/// An account's place in a listing: `client_id/account_id`, each
+/// percent-encoded (an id may hold a `/`).
+fn account_cursor(key: &accounts::Key) -> String {
+    let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    format!("{}/{}", encode(&key.client_id), encode(&key.account_id))
+}
+
+fn parse_account_cursor(cursor: &str) -> Result<accounts::Key, ConsoleError> {
+    let bad =
+        || ConsoleError::BadRequest(format!("cursor: `{cursor}` is not a cursor this API gave"));
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| bad())
+    };
+    let (client, account) = cursor.split_once('/').ok_or_else(bad)?;
+    Ok(accounts::Key {
+        client_id: decode(client)?,
+        account_id: decode(account)?,
+    })
 }
 
 async fn accounts_list(
@@ -470,40 +781,73 @@ async fn accounts_list(
     Ok(HttpResponse::Ok().json(account_list(&admin, query.into_inner()).await?))
 }
 
-/// The spool: depth, the oldest entry's age, and its entries (parked first).
-pub(super) async fn spool_state(admin: &Admin) -> Result<Value, ConsoleError> {
+/// Which spooled webhooks a listing shows.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SpoolQuery {
+    pub account_id: Option<String>,
+    pub message_id: Option<String>,
+    pub limit: Option<usize>,
+    /// `next_cursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// The spool: depth, the oldest entry's age, and a page of its entries in
+/// the order they were spooled, those of one account or one message id when
+/// asked (reading at most `listing::MAX_EXAMINED` rows per page: a page of a
+/// filter may come back short, with a cursor to read on). The spool is
+/// local: this answers while RabbitMQ is away, when it matters most.
+pub(super) async fn spool_state(
+    admin: &Admin,
+    query: SpoolQuery,
+) -> Result<SpoolState, ConsoleError> {
     let Some(spool) = &admin.spool else {
-        return Ok(json!({ "enabled": false }));
+        return Ok(SpoolState {
+            enabled: false,
+            contents: None,
+        });
     };
+    let limit = limit(query.limit, DEFAULT_LIMIT)?;
+    let after: Option<i64> = parse("cursor", query.cursor.as_deref())?;
     let oldest = spool
         .oldest_age()
         .await
         .map_err(|err| ConsoleError::Failed(err.into()))?;
     let path = admin.settings.spool.path.clone();
-    let mut entries = tokio::task::spawn_blocking(move || listing::list(&path))
-        .await
-        .map_err(|err| ConsoleError::Failed(err.into()))?
-        .map_err(|err| ConsoleError::Failed(err.into()))?;
-    let total = entries.len();
-    entries.truncate(MAX_LIMIT);
-    Ok(json!({
-        "enabled": true,
-        "depth": spool.depth(),
-        "refused": spool.refused(),
-        "parked": spool.parked(),
-        "oldest_age_seconds": oldest.as_ref().map(Duration::as_secs_f64),
-        "entries": entries,
-        "entries_total": total,
-    }))
+    let (account_id, message_id) = (nonempty(query.account_id), nonempty(query.message_id));
+    let page = tokio::task::spawn_blocking(move || {
+        listing::page(&path, after, limit, |entry| {
+            account_id
+                .as_ref()
+                .is_none_or(|id| entry.account_id.as_ref() == Some(id))
+                && message_id
+                    .as_ref()
+                    .is_none_or(|id| entry.message_id.as_ref() == Some(id))
+        })
+    })
+    .await
+    .map_err(|err| ConsoleError::Failed(err.into()))?
+    .map_err(|err| ConsoleError::Failed(err.into()))?;
+    Ok(SpoolState {
+        enabled: true,
+        contents: Some(SpoolContents {
+            depth: spool.depth(),
+            refused: spool.refused(),
+            parked: spool.parked(),
+            oldest_age_seconds: oldest.as_ref().map(Duration::as_secs_f64),
+            entries: page.listed,
+            examined: page.examined,
+            next_cursor: page.next.map(|seq| seq.to_string()),
+        }),
+    })
 }
 
-async fn spool(admin: web::Data<Admin>, _: Operator) -> Answer {
-    Ok(HttpResponse::Ok().json(spool_state(&admin).await?))
+async fn spool(admin: web::Data<Admin>, _: Operator, query: web::Query<SpoolQuery>) -> Answer {
+    Ok(HttpResponse::Ok().json(spool_state(&admin, query.into_inner()).await?))
 }
 
 /// `POST /api/dead-letters/replay`: some message ids, or all of a reason,
 /// a queue or a routing key, or everything with `all`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeadLetterReplay {
     #[serde(default)]
@@ -526,7 +870,7 @@ async fn replay_dead(
     admin: &Admin,
     operator: &Operator,
     request: DeadLetterReplay,
-) -> Result<Value, ConsoleError> {
+) -> Result<DeadLettersReplayed, ConsoleError> {
     let reason = nonempty(request.reason);
     if let Some(reason) = &reason
         && !DEATH_REASONS.contains(&reason.as_str())
@@ -560,13 +904,13 @@ async fn replay_dead(
     let mut entries = Entries::new();
     let summary =
         dead_letters::replay(&admin.settings, &options, |entry| entries.add(entry)).await?;
-    Ok(done(
+    Ok(answer_action(
         admin,
         operator,
         "dead_letters_replay",
         options.dry_run,
-        &summary,
-        &entries.0,
+        summary,
+        entries,
     ))
 }
 
@@ -579,7 +923,7 @@ async fn replay_dead_letters(
 }
 
 /// `POST /api/quarantine/redrive`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Redrive {
     #[serde(default)]
@@ -593,7 +937,7 @@ async fn redrive(
     admin: &Admin,
     operator: &Operator,
     request: Redrive,
-) -> Result<Value, ConsoleError> {
+) -> Result<QuarantineRedriven, ConsoleError> {
     let options = quarantine::Options {
         limit: request.limit,
         dry_run: request.dry_run,
@@ -602,13 +946,13 @@ async fn redrive(
     let mut entries = Entries::new();
     let summary =
         quarantine::redrive(&admin.settings, &options, |entry| entries.add(entry)).await?;
-    Ok(done(
+    Ok(answer_action(
         admin,
         operator,
         "quarantine_redrive",
         options.dry_run,
-        &summary,
-        &entries.0,
+        summary,
+        entries,
     ))
 }
 
@@ -622,14 +966,16 @@ async fn redrive_quarantine(
 
 /// `POST /api/history/replay`: message ids or a time range, to one queue or
 /// through the exchange.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct HistoryReplay {
+pub(super) struct HistoryReplay {
     #[serde(default)]
     message_ids: Vec<String>,
+    /// RFC 3339, or a duration ago (`90m`, `7d`).
     since: Option<String>,
     until: Option<String>,
     account_id: Option<String>,
+    /// A topic pattern.
     routing_key: Option<String>,
     to_queue: Option<String>,
     #[serde(default)]
@@ -658,11 +1004,9 @@ async fn replay_history(
         }
     };
     if let history_replay::Destination::Queue(queue) = &destination {
-        let found = broker::with_tool_connection(
-            &admin.settings.amqp,
-            "hookrelay-console",
-            async |connection| broker::queue_stats(connection, &[queue.as_str()]).await,
-        )
+        let found = ask_rabbitmq(&admin, async |connection| {
+            broker::queue_stats(connection, &[queue.as_str()]).await
+        })
         .await?;
         if let Some(error) = found.first().and_then(|stats| stats.error.as_ref()) {
             return Err(ConsoleError::NotFound(format!("to_queue: {error}")));
@@ -693,18 +1037,18 @@ async fn replay_history(
     let mut entries = Entries::new();
     let summary =
         history_replay::replay(&admin.settings, &options, |sent| entries.add(sent)).await?;
-    Ok(HttpResponse::Ok().json(done(
+    Ok(HttpResponse::Ok().json(answer_action(
         &admin,
         &operator,
         "history_replay",
         options.dry_run,
-        &summary,
-        &entries.0,
+        summary,
+        entries,
     )))
 }
 
 /// `POST /api/spool/retry`: parked webhooks, by `seq`, or all of them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SpoolRetry {
     #[serde(default)]
@@ -717,7 +1061,7 @@ async fn spool_retry(
     admin: &Admin,
     operator: &Operator,
     request: SpoolRetry,
-) -> Result<Value, ConsoleError> {
+) -> Result<SpoolRetried, ConsoleError> {
     if admin.spool.is_none() {
         return Err(ConsoleError::Off(
             "the spool is off ([spool] enabled = false)".into(),
@@ -734,12 +1078,15 @@ async fn spool_retry(
         .await
         .map_err(|err| ConsoleError::Failed(err.into()))?
         .map_err(|err| ConsoleError::Failed(err.into()))?;
-    let summary = json!({
-        "marked": marked,
-        "not_parked": if request.all { 0 } else { request.seqs.len().saturating_sub(marked) },
-    });
-    acted(admin, operator, "spool_retry", false, &summary);
-    Ok(json!({ "summary": summary }))
+    let summary = SpoolRetrySummary {
+        marked,
+        not_parked: match request.all {
+            true => 0,
+            false => request.seqs.len().saturating_sub(marked),
+        },
+    };
+    record_action(admin, operator, "spool_retry", false, &summary);
+    Ok(SpoolRetried { summary })
 }
 
 async fn retry_spool(
@@ -767,20 +1114,23 @@ impl<T: Clone> Entries<T> {
 
 /// Logs and counts an action, and answers what it did: its summary and
 /// its entries, as the CLI prints them with `--json`.
-fn done(
+fn answer_action<S: Serialize, E>(
     admin: &Admin,
     operator: &Operator,
     action: &'static str,
     dry_run: bool,
-    summary: &impl Serialize,
-    entries: &[impl Serialize],
-) -> Value {
-    acted(admin, operator, action, dry_run, summary);
-    json!({ "summary": summary, "entries": entries })
+    summary: S,
+    entries: Entries<E>,
+) -> Done<S, E> {
+    record_action(admin, operator, action, dry_run, &summary);
+    Done {
+        summary,
+        entries: entries.0,
+    }
 }
 
 /// Logs and counts an action: who, what, and what came of it.
-fn acted(
+fn record_action(
     admin: &Admin,
     operator: &Operator,
     action: &'static str,

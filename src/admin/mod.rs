@@ -6,9 +6,11 @@
 //! (`replay`, `history`, `accounts`, `watch::inspect`, `spool::listing`);
 //! nothing here reimplements them.
 
+mod answers;
 mod api;
 mod auth;
 mod health;
+pub mod openapi;
 mod pages;
 mod rates;
 
@@ -16,11 +18,10 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-use crate::accounts::LiveBook;
-use crate::broker::Broker;
+use crate::audit::numbering::Numbering;
+use crate::broker::{Broker, Topology};
 use crate::config::Settings;
-use crate::dedup::Dedup;
-use crate::history::Index;
+use crate::derived::Derived;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 
@@ -36,12 +37,18 @@ pub(crate) struct Admin {
     /// `None` while the console is off (no `admin.token`).
     pub console: Option<Console>,
     pub rates: Arc<Rates>,
-    /// The history's index, while the console and the history are on.
-    pub index: Option<Arc<Index>>,
-    /// Every account's state, kept current, while accounts are on too.
-    pub accounts: Option<Arc<LiveBook>>,
-    /// The dedup keys of the window, unless `ingress.dedup_window` is 0.
-    pub dedup: Option<Arc<Dedup>>,
+    /// What the relay derives from the history (the console's index, every
+    /// account's state), while the history is on.
+    pub derived: Option<Arc<Derived>>,
+    /// The relay's numbers (none with `[audit] enabled = false`).
+    pub numbering: Option<Arc<Numbering>>,
+}
+
+impl Admin {
+    /// The relay's names, built once at start (the broker's own).
+    pub(crate) fn topology(&self) -> &Topology {
+        self.broker.topology()
+    }
 }
 
 /// The admin listener's routes: health always, the console when it is on.

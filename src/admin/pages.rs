@@ -8,20 +8,26 @@ use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::Admin;
-use super::api::{self, AccountsQuery, EventQuery, EventsQuery};
+use super::answers::Messages;
+use super::api::{self, AccountsQuery, EventQuery, EventsQuery, Look, Search};
 use super::auth::{ConsoleError, Operator};
 use super::health::readiness;
-use crate::broker::Topology;
+use crate::accounts::State;
+use crate::spool::listing;
+use crate::wire::account::{Reason, StateName};
+use tracing::info;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(overview))
         .route("/events", web::get().to(events))
         .route("/events/{message_id}", web::get().to(event))
+        .route("/events/{message_id}", web::post().to(event_searched))
         .route("/dead-letters", web::get().to(dead_letters))
+        .route("/dead-letters", web::post().to(dead_letters_looked))
         .route("/quarantine", web::get().to(quarantine))
+        .route("/quarantine", web::post().to(quarantine_looked))
         .route("/accounts", web::get().to(accounts))
         .route("/spool", web::get().to(spool));
 }
@@ -66,6 +72,56 @@ fn head(title: &str, script: bool) -> Markup {
             @if script { script { (PreEscaped(SCRIPT)) } }
         }
     }
+}
+
+/// A console error, answered as a page (the same status, the reason in
+/// words, and what to do) rather than the API's JSON: a page is what an
+/// operator opened.
+#[derive(Debug)]
+pub(super) struct PageError(ConsoleError);
+
+impl From<ConsoleError> for PageError {
+    fn from(err: ConsoleError) -> PageError {
+        PageError(err)
+    }
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl actix_web::ResponseError for PageError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if matches!(self.0, ConsoleError::Unauthorized { .. }) {
+            return self.0.error_response();
+        }
+        let hint = match self.0.status_code().as_u16() {
+            502 => {
+                "RabbitMQ could not be asked. What is local still answers: the Events page from the relay's index (once it has caught up), the Spool page, the Accounts page."
+            }
+            503 => "The relay is still reading its history; this page answers in a moment.",
+            _ => "",
+        };
+        let body = html! {
+            p .not_ready { (self.0.to_string()) }
+            @if !hint.is_empty() { p { (hint) } }
+        };
+        let mut response = page("Not now", body);
+        *response.status_mut() = self.0.status_code();
+        response
+    }
+}
+
+/// A value for a link's query string: an id with `&`, `#`, `+` or `%` in
+/// it must reach the next page as it is.
+fn encoded(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn page(title: &str, body: Markup) -> HttpResponse {
@@ -117,46 +173,54 @@ pub(super) fn login(problem: Option<&str>) -> HttpResponse {
         .body(markup.into_string())
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    }
+/// A value that may be missing, as a cell shows it: `-` when it is.
+fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }
 
-async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
-    let (_, ready) = readiness(&admin);
+async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, PageError> {
+    let ready = readiness(&admin);
     let rates = admin.rates.snapshot();
     let queues = api::queue_list(&admin).await.ok();
-    let status = text(&ready["status"]);
+    let status: &str = ready.status.into();
     let body = html! {
-        p { "Status: " strong class=(status) { (status) } " · RabbitMQ " (text(&ready["broker"]))
-            @if let Some(reason) = ready.get("reason") { " (" (text(reason)) ")" } }
-        @if let Some(spool) = ready.get("spool") {
-            p { "Spool: " (text(&spool["depth"])) " waiting, " (text(&spool["parked"])) " parked, "
-                (text(&spool["refused"])) " refused by RabbitMQ" }
+        p { "Status: " strong class=(status) { (status) } " · RabbitMQ " (ready.broker)
+            @if let Some(reason) = &ready.reason { " (" (reason) ")" } }
+        @if let Some(spool) = &ready.spool {
+            p { "Spool: " (spool.depth) " waiting, " (spool.parked) " parked, "
+                (spool.refused) " refused by RabbitMQ" }
         }
-        @if let Some(index) = &admin.index {
-            p { "Event index: "
-                @if index.caught_up() { "caught up with the history" } @else { "catching up (event searches read the history meanwhile)" } }
+        @if let Some(follower) = &ready.history_follower {
+            p { "History follower: "
+                @if follower.caught_up { "caught up with the history" } @else { "catching up (event searches read the history, accounts wait, meanwhile)" } }
         }
-        @for conflict in ready["queue_conflicts"].as_array().into_iter().flatten() {
-            p .not_ready { "Queue conflict on " (text(&conflict["queue"])) ": " (text(&conflict["reason"])) }
+        @if let Some(audit) = &ready.audit {
+            p class=(if audit.missing > 0 { "not_ready" } else { "" }) { "Audit (relay " (audit.relay_id) "): stored since start " (audit.stored_since_start)
+                @if let Some(read) = audit.in_the_history_since_start { "; read back from the history " (read) }
+                "; in the spool " (ready.spool.as_ref().map_or(0, |spool| spool.depth))
+                "; missing " (audit.missing)
+                @if audit.missing > 0 { " (run hookrelay audit)" } }
+        }
+        @for notice in &ready.upgrade {
+            p .not_ready { "Upgrade: " (notice) }
+        }
+        @for conflict in &ready.queue_conflicts {
+            p .not_ready { "Queue conflict on " (or_dash(conflict.queue.as_ref())) ": " (conflict.reason) }
         }
         h2 { "Webhooks per minute (last " (rates.window_seconds) " s)" }
         table { tr { th { "outcome" } th { "per minute" } }
             @for (outcome, rate) in &rates.per_minute {
-                tr { td { (outcome) } td { (text(rate)) } }
+                tr { td { (outcome) } td { (rate) } }
             }
         }
         h2 { "Queues" }
         @if let Some(queues) = queues {
             table { tr { th { "queue" } th { "role" } th { "messages" } th { "consumers" } th { "problem" } }
-                @for queue in queues["queues"].as_array().into_iter().flatten() {
-                    tr { td { (text(&queue["name"])) } td { (text(&queue["role"])) }
-                         td { (text(&queue["messages"])) } td { (text(&queue["consumers"])) }
-                         td .not_ready { (text(&queue["error"])) " " (text(&queue["conflict"])) } }
+                @for queue in &queues.queues {
+                    tr { td { (queue.name) } td { (<&str>::from(queue.role)) }
+                         td { (or_dash(queue.messages)) } td { (or_dash(queue.consumers)) }
+                         td .not_ready { (queue.error.as_deref().unwrap_or_default()) " "
+                             @if let Some(conflict) = &queue.conflict { (conflict.object) ": " (conflict.reason) } } }
                 }
             }
         } @else { p .not_ready { "RabbitMQ cannot be asked right now." } }
@@ -176,7 +240,7 @@ async fn events(
     admin: web::Data<Admin>,
     _: Operator,
     form: web::Query<EventsForm>,
-) -> Result<HttpResponse, ConsoleError> {
+) -> Result<HttpResponse, PageError> {
     let form = form.into_inner();
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let query = EventsQuery {
@@ -187,7 +251,7 @@ async fn events(
         ..EventsQuery::default()
     };
     let found = api::search_events(&admin, query).await?;
-    let next = found["next_cursor"].as_u64();
+    let next = found.next_cursor;
     let body = html! {
         form method="get" action="/events" {
             input name="account_id" placeholder="account id" value=(value(&form.account_id));
@@ -196,20 +260,21 @@ async fn events(
             button { "Search" }
         }
         table { tr { th { "received" } th { "routing key" } th { "account" } th { "user" } th { "message id" } }
-            @for event in found["events"].as_array().into_iter().flatten() {
+            @for event in &found.events {
                 tr {
-                    td { (text(&event["received_at"])) }
-                    td { (text(&event["routing_key"])) }
-                    td { (text(&event["account_id"])) }
-                    td { (text(&event["user_id"])) }
-                    td { a href={ "/events/" (text(&event["message_id"])) } { (text(&event["message_id"])) } }
+                    td { (or_dash(event.received_at.as_ref())) }
+                    td { (event.routing_key) }
+                    td { (or_dash(event.account_id.as_ref())) }
+                    td { (or_dash(event.user_id.as_ref())) }
+                    td { a href={ "/events/" (or_dash(event.message_id.as_ref())) } { (or_dash(event.message_id.as_ref())) } }
                 }
             }
         }
         @if let Some(next) = next {
-            p { a href={ "/events?account_id=" (value(&form.account_id)) "&user_id=" (value(&form.user_id)) "&cursor=" (next) } { "Older events" } }
+            p { a href={ "/events?account_id=" (encoded(&value(&form.account_id))) "&user_id=" (encoded(&value(&form.user_id))) "&cursor=" (next) } { "Older events" } }
         }
-        p { small { "From the " (text(&found["source"])) "." } }
+        p { small { "From the " (<&str>::from(found.source)) "." } }
+        @if let Some(behind) = &found.behind { p .degraded { (behind) } }
     };
     Ok(page("Events", body))
 }
@@ -219,55 +284,104 @@ async fn event(
     operator: Operator,
     path: web::Path<String>,
     query: web::Query<EventQuery>,
-) -> Result<HttpResponse, ConsoleError> {
-    let found = api::locate_event(&admin, &operator, &path, query.reveal).await?;
-    let event = &found["event"];
+) -> Result<HttpResponse, PageError> {
+    event_page(&admin, &operator, &path, query.reveal, Search::NotSearched).await
+}
+
+/// The page after "look for it": a POST, as the search takes each message
+/// of the queues searched and puts it back.
+async fn event_searched(
+    admin: web::Data<Admin>,
+    operator: Operator,
+    path: web::Path<String>,
+    query: web::Query<EventQuery>,
+) -> Result<HttpResponse, PageError> {
+    info!(by = %operator, message_id = %path, "console: searched the queues that may hold an event");
+    event_page(&admin, &operator, &path, query.reveal, Search::Searched).await
+}
+
+async fn event_page(
+    admin: &Admin,
+    operator: &Operator,
+    path: &str,
+    reveal: bool,
+    search: Search,
+) -> Result<HttpResponse, PageError> {
+    let found = api::locate_event(admin, operator, path, reveal, search).await?;
+    let event = &found.event;
     let body = html! {
-        p { strong { (text(&event["routing_key"])) } " received " (text(&event["received_at"])) }
+        p { strong { (event.routing_key) } " received " (or_dash(event.received_at.as_ref())) }
         h2 { "Where it went" }
+        p { small { "Queues bound to its routing key now, from " (found.bound_queues_from) ":" } }
         ul {
-            @for queue in found["bound_queues"].as_array().into_iter().flatten() {
-                li { "bound now: " (text(queue)) }
+            @for queue in &found.bound_queues {
+                li { "bound now: " (queue) }
             }
-            @for held in found["held"].as_array().into_iter().flatten() {
-                li { (text(&held["queue"])) ": "
-                    @if held["found"].is_null() { "not there (searched " (text(&held["searched"])) " of " (text(&held["depth"])) ")" }
-                    @else { strong { "held here" } ", reason " (text(&held["found"]["reason"])) }
+            @if found.bound_queues.is_empty() {
+                li { "no queue is bound to it now" }
+            }
+        }
+        p { small { "Where it may be held:" } }
+        @if search == Search::NotSearched {
+            form method="post" {
+                button type="submit" { "Look for it in the dead letters, the quarantine and the unrouted queue" }
+                " (each message looked at is taken and put back)"
+            }
+        }
+        ul {
+            @for held in found.held.iter().flatten() {
+                li { (held.queue) ": "
+                    @if let Some(why) = &held.not_searched { "not searched (" (why) ")" }
+                    @else if let Some(here) = &held.found { strong { "held here" } ", reason " (or_dash(here.reason.as_ref())) }
+                    @else { "not there (searched " (held.searched) " of " (or_dash(held.depth)) ")" }
                 }
             }
         }
         h2 { "Headers" }
-        pre { (serde_json::to_string_pretty(&event["headers"]).unwrap_or_default()) }
-        @if query.reveal {
+        pre { (serde_json::to_string_pretty(&event.headers).unwrap_or_default()) }
+        @if reveal {
             h2 { "Body, as received (this reveal is logged)" }
         } @else {
             h2 { "Body (loginName masked: " a href="?reveal=true" { "reveal it" } ", which is logged)" }
         }
-        pre { (serde_json::to_string_pretty(&event["body"]).unwrap_or_default()) }
+        pre { (pretty(&event.body)) }
     };
-    Ok(page(&format!("Event {}", path.as_str()), body))
+    Ok(page(&format!("Event {path}"), body))
 }
 
 /// A queue's messages with checkboxes, and the buttons that act on them.
-fn messages_table(found: &Value, pickable: bool) -> Markup {
+fn messages_table(found: &Messages, pickable: bool) -> Markup {
+    let summary = &found.summary;
     html! {
-        p { "Showing " (text(&found["summary"]["shown"])) " of " (text(&found["summary"]["depth"])) " (all put back in place)." }
-        @if found["summary"]["counts_deliveries"] == true {
+        @if let Some(look) = &found.look {
+            p { (summary.depth) " messages. " (look) }
+            form method="post" { button type="submit" { "Look at them" } }
+        } @else {
+            p { "Showing " (summary.shown) " of " (summary.depth) " (all put back in place)." }
+        }
+        @if summary.counts_deliveries {
             p .degraded { "A quorum queue counts deliveries: this look counted one for each message shown ("
-                (text(&found["summary"]["pushed_over"])) " pushed over its delivery limit, and so dead-lettered)." }
+                (summary.pushed_over) " pushed over its delivery limit, and so dead-lettered)." }
         }
         table { tr { @if pickable { th {} } th { "message id" } th { "routing key" } th { "reason" } th { "body" } }
-            @for message in found["messages"].as_array().into_iter().flatten() {
+            @for message in &found.messages {
                 tr {
-                    @if pickable { td { input type="checkbox" name="pick" value=(text(&message["message_id"])); } }
-                    td { a href={ "/events/" (text(&message["message_id"])) } { (text(&message["message_id"])) } }
-                    td { (text(&message["routing_key"])) }
-                    td { (text(&message["reason"])) }
-                    td { code { (message["body"].to_string()) } }
+                    @if pickable { td { input type="checkbox" name="pick" value=(or_dash(message.message_id.as_ref())); } }
+                    td { a href={ "/events/" (or_dash(message.message_id.as_ref())) } { (or_dash(message.message_id.as_ref())) } }
+                    td { (message.routing_key) }
+                    td { (or_dash(message.reason.as_ref())) }
+                    td { code { (message.body.get()) } }
                 }
             }
         }
     }
+}
+
+/// A body as JSON, indented, or as it is when it is not JSON.
+fn pretty(body: &serde_json::value::RawValue) -> String {
+    serde_json::from_str::<serde_json::Value>(body.get())
+        .and_then(|value| serde_json::to_string_pretty(&value))
+        .unwrap_or_else(|_| body.get().to_owned())
 }
 
 /// A queue of the relay's with its messages, what it is for, and the
@@ -279,8 +393,9 @@ async fn queue_page(
     about: &str,
     buttons: Markup,
     pickable: bool,
-) -> Result<HttpResponse, ConsoleError> {
-    let found = api::peek(admin, queue, 200).await?;
+    look: Look,
+) -> Result<HttpResponse, PageError> {
+    let found = api::peek(admin, queue, 200, look).await?;
     let body = html! {
         p { (about) }
         (buttons)
@@ -289,95 +404,169 @@ async fn queue_page(
     Ok(page(title, body))
 }
 
-async fn dead_letters(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
-    let queue = Topology::of(&admin.settings).dead_letter_queue().to_owned();
+async fn dead_letters(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, PageError> {
+    dead_letters_page(&admin, Look::Depth).await
+}
+
+/// The page after "look at them" on a quorum queue: a POST, as it counts a
+/// delivery of each message shown.
+async fn dead_letters_looked(
+    admin: web::Data<Admin>,
+    operator: Operator,
+) -> Result<HttpResponse, PageError> {
+    info!(by = %operator, "console: looked at the dead letters, counting deliveries");
+    dead_letters_page(&admin, Look::Messages).await
+}
+
+async fn dead_letters_page(admin: &Admin, look: Look) -> Result<HttpResponse, PageError> {
+    let queue = admin.topology().dead_letter_queue().to_owned();
     let buttons = html! {
         button onclick="act('/api/dead-letters/replay', {message_ids: selected()}, 'Replay the selected dead letters to the queues they died in?')" { "Replay selected" }
         button onclick="act('/api/dead-letters/replay', {all: true}, 'Replay EVERY dead letter to the queue it died in?')" { "Replay all" }
     };
     let about = "Replaying sends a dead letter back to the queue it died in only, so only the consumer that failed sees it again.";
-    queue_page(&admin, "Dead letters", &queue, about, buttons, true).await
+    queue_page(admin, "Dead letters", &queue, about, buttons, true, look).await
 }
 
-async fn quarantine(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
-    let queue = Topology::of(&admin.settings).quarantine_queue().to_owned();
+async fn quarantine(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, PageError> {
+    quarantine_page(&admin, Look::Depth).await
+}
+
+async fn quarantine_looked(
+    admin: web::Data<Admin>,
+    operator: Operator,
+) -> Result<HttpResponse, PageError> {
+    info!(by = %operator, "console: looked at the quarantine, counting deliveries");
+    quarantine_page(&admin, Look::Messages).await
+}
+
+async fn quarantine_page(admin: &Admin, look: Look) -> Result<HttpResponse, PageError> {
+    let queue = admin.topology().quarantine_queue().to_owned();
     let buttons = html! {
         button onclick="act('/api/quarantine/redrive', {dry_run: true}, 'See what would be re-driven?')" { "Dry run" }
         button onclick="act('/api/quarantine/redrive', {message_ids: selected()}, 'Re-drive the selected bodies, if they parse now?')" { "Re-drive selected" }
         button onclick="act('/api/quarantine/redrive', {}, 'Re-drive every body that parses now?')" { "Re-drive all" }
     };
     let about = "Bodies that were not valid events. Re-driving sends on those that parse now (after a fix); the rest stay.";
-    queue_page(&admin, "Quarantine", &queue, about, buttons, true).await
+    queue_page(admin, "Quarantine", &queue, about, buttons, true, look).await
 }
 
+/// Who needs whom: a section per state that needs someone, each a page of
+/// accounts; `?state=` shows one state, a page at a time (`cursor`).
 async fn accounts(
     admin: web::Data<Admin>,
     _: Operator,
     query: web::Query<AccountsQuery>,
-) -> Result<HttpResponse, ConsoleError> {
-    let found = api::account_list(&admin, query.into_inner()).await?;
-    let list = found["accounts"].as_array().cloned().unwrap_or_default();
-    let group =
-        |state: &str| -> Vec<&Value> { list.iter().filter(|a| a["state"] == state).collect() };
-    let table = |rows: Vec<&Value>| {
-        html! {
-            table { tr { th { "account" } th { "user" } th { "client" } th { "provider" } th { "since" } th { "why" } th { "last event" } }
-                @for account in rows {
-                    tr { td { a href={ "/events?account_id=" (text(&account["account_id"])) } { (text(&account["account_id"])) } }
-                         td { (text(&account["user_id"])) } td { (text(&account["client_id"])) }
-                         td { (text(&account["provider"])) } td { (text(&account["since"])) }
-                         td { (why(account)) }
-                         td { (text(&account["last_event"]["routing_key"])) } }
+) -> Result<HttpResponse, PageError> {
+    const SECTIONS: [(StateName, &str); 4] = [
+        (StateName::NeedsReconnect, "The user must reconnect"),
+        (StateName::ContactProvider, "The sender's support must look"),
+        (
+            StateName::Unknown,
+            "An error code the sender does not document",
+        ),
+        (
+            StateName::Retrying,
+            "Retrying (temporary failures, retried by the sender)",
+        ),
+    ];
+    const PER_SECTION: usize = 100;
+    let query = query.into_inner();
+    let shown: Vec<(StateName, &str)> = match query.state {
+        Some(state) => vec![(
+            state,
+            SECTIONS
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or("Synced", |(_, title)| title),
+        )],
+        None => SECTIONS.to_vec(),
+    };
+    let mut sections = Vec::new();
+    for (state, title) in shown {
+        let page = api::account_list(
+            &admin,
+            AccountsQuery {
+                state: Some(state),
+                limit: Some(query.limit.unwrap_or(PER_SECTION)),
+                cursor: query.cursor.clone().filter(|_| query.state.is_some()),
+                client_id: query.client_id.clone(),
+                provider: query.provider.clone(),
+                since: query.since.clone(),
+            },
+        )
+        .await?;
+        sections.push((state, title, page));
+    }
+    let body = html! {
+        @for (state, title, page) in &sections {
+            h2 { (title) }
+            table { tr { th { "account" } th { "user" } th { "client" } th { "provider" } th { "since" } th { "why" } th { "streak" } th { "last event" } }
+                @for account in &page.accounts {
+                    tr { td { a href={ "/events?account_id=" (encoded(&account.key.account_id)) } { (account.key.account_id) } }
+                         td { (account.user_id) } td { (account.key.client_id) }
+                         td { (or_dash(account.provider.as_ref())) } td { (or_dash(account.since.as_ref())) }
+                         td { (why(&account.state)) } td { (account.streak) }
+                         td { (account.last_event.routing_key) " " (or_dash(account.last_event.received_at.as_ref())) } }
                 }
             }
+            @if let Some(cursor) = &page.next_cursor {
+                p { a href={ "/accounts?state=" (state.as_str()) "&cursor=" (cursor) } { "more" } }
+            }
         }
-    };
-    let body = html! {
-        h2 { "The user must reconnect" }
-        (table(group("needs_reconnect")))
-        h2 { "The sender's support must look" }
-        (table(group("contact_provider")))
-        h2 { "Retrying (temporary failures)" }
-        (table(group("retrying")))
-        p { small { (list.len()) " of " (text(&found["total"])) " accounts shown; the others are ok." } }
+        p { small { "Accounts that are ok are not listed; " a href="/accounts?state=ok" { "list them" } "." } }
     };
     Ok(page("Accounts", body))
 }
 
-/// Why an account is in its state, in its state's own fields.
-fn why(account: &Value) -> String {
-    let parts = [
-        &account["reason"],
-        &account["because"]["reason"],
-        &account["because"]["code"],
-        &account["code"],
-    ];
-    let words: Vec<String> = parts
+/// Why an account is in its state: its reason and the error code behind it.
+fn why(state: &State) -> String {
+    let reason = state.reason().map(Reason::as_str);
+    [reason, state.code()]
         .into_iter()
-        .filter(|part| !part.is_null())
-        .map(text)
-        .collect();
-    words.join(" ")
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-async fn spool(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, ConsoleError> {
-    let found = api::spool_state(&admin).await?;
+/// What waits in the spool, searchable by account or message id: the
+/// spool is local, so this answers while RabbitMQ is away.
+async fn spool(
+    admin: web::Data<Admin>,
+    _: Operator,
+    query: web::Query<api::SpoolQuery>,
+) -> Result<HttpResponse, PageError> {
+    let query = query.into_inner();
+    let (account, message) = (
+        query.account_id.clone().unwrap_or_default(),
+        query.message_id.clone().unwrap_or_default(),
+    );
+    let found = api::spool_state(&admin, query).await?;
     let body = html! {
-        @if found["enabled"] == false { p { "The spool is off." } } @else {
-            p { (text(&found["depth"])) " waiting, " (text(&found["parked"])) " parked; oldest "
-                (text(&found["oldest_age_seconds"])) " s old." }
+        @if let Some(found) = &found.contents {
+            p { (found.depth) " waiting, " (found.parked) " parked; oldest "
+                (or_dash(found.oldest_age_seconds)) " s old." }
+            form method="get" {
+                input name="account_id" placeholder="account id" value=(account);
+                input name="message_id" placeholder="message id" value=(message);
+                button type="submit" { "Find" }
+            }
             button onclick="act('/api/spool/retry', {all: true}, 'Send every parked webhook again?')" { "Retry all parked" }
-            table { tr { th { "seq" } th { "state" } th { "routing key" } th { "spooled" } th { "last error" } th {} }
-                @for entry in found["entries"].as_array().into_iter().flatten() {
-                    tr { td { (text(&entry["seq"])) } td { (text(&entry["state"])) }
-                         td { (text(&entry["routing_key"])) } td { (text(&entry["spooled_at"])) }
-                         td { (text(&entry["last_error"])) }
-                         td { @if entry["state"] == "parked" {
-                             button onclick={ "act('/api/spool/retry', {seqs: [" (text(&entry["seq"])) "]}, 'Send this parked webhook again?')" } { "Retry" }
+            table { tr { th { "seq" } th { "state" } th { "message id" } th { "account" } th { "routing key" } th { "spooled" } th { "last error" } th {} }
+                @for entry in &found.entries {
+                    tr { td { (entry.seq) } td { (<&str>::from(entry.state)) }
+                         td { (or_dash(entry.message_id.as_ref())) } td { (or_dash(entry.account_id.as_ref())) }
+                         td { (or_dash(entry.routing_key.as_ref())) } td { (entry.spooled_at) }
+                         td { (or_dash(entry.last_error.as_ref())) }
+                         td { @if entry.state == listing::State::Parked {
+                             button onclick={ "act('/api/spool/retry', {seqs: [" (entry.seq) "]}, 'Send this parked webhook again?')" } { "Retry" }
                          } } }
                 }
             }
-        }
+            @if let Some(next) = &found.next_cursor {
+                p { a href={ "/spool?account_id=" (encoded(&account)) "&message_id=" (encoded(&message)) "&cursor=" (next) } { "Next page" } }
+            }
+        } @else { p { "The spool is off." } }
     };
     Ok(page("Spool", body))
 }

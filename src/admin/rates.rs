@@ -3,6 +3,7 @@
 //! is "how many since the oldest sample, per minute". Prometheus computes
 //! the same from `/metrics`; this is for an operator without one.
 
+use schemars::JsonSchema;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use serde::Serialize;
 use strum::VariantArray;
 
 use crate::metrics::{Metrics, Outcome};
+use crate::unpoisoned::Locked;
 
 /// How often the counters are sampled.
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
@@ -28,7 +30,7 @@ struct Sample {
 }
 
 /// Requests per minute by outcome, over the last `window_seconds`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct Snapshot {
     pub window_seconds: u64,
     /// Every outcome, `accepted` first; 0 where nothing happened.
@@ -67,7 +69,7 @@ impl Rates {
             at: Instant::now(),
             counts: self.counts(),
         };
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut samples = self.samples.locked();
         while samples
             .front()
             .is_some_and(|oldest| sample.at.duration_since(oldest.at) > WINDOW)
@@ -80,7 +82,7 @@ impl Rates {
     /// The rates now, against the oldest sample in the window.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let now = (Instant::now(), self.counts());
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let samples = self.samples.locked();
         let (since, before) = samples.front().map_or((now.0, now.1.clone()), |oldest| {
             (oldest.at, oldest.counts.clone())
         });

@@ -11,8 +11,6 @@ use crate::config::{QueueSettings, QueueType};
 /// The relay's own quorum queues' delivery limit: never reached in practice.
 pub(super) const OWN_DELIVERY_LIMIT: i64 = 1_000_000;
 pub(super) const OWN_DELIVERY_LIMIT_ARG: &str = "x-delivery-limit";
-/// How long `<exchange>.accounts` outlives its last consumer.
-pub const ACCOUNTS_QUEUE_EXPIRES: Duration = Duration::from_secs(24 * 3600);
 
 impl Topology {
     /// Arguments of the unrouted, dead-letter and quarantine queues: nothing
@@ -31,27 +29,6 @@ impl Topology {
                 AMQPValue::LongLongInt(OWN_DELIVERY_LIMIT),
             );
         }
-        args
-    }
-
-    /// Arguments of the account announcer's queue `<exchange>.accounts`: the
-    /// own queues' type and limit, one consumer at a time across every relay
-    /// (so each change is announced once), and deleted by RabbitMQ once no
-    /// relay has consumed it for [`ACCOUNTS_QUEUE_EXPIRES`]: bound to the
-    /// entry fanout, it would otherwise keep a copy of every event forever
-    /// after `[accounts]` was turned off.
-    pub(super) fn accounts_queue_arguments(&self) -> FieldTable {
-        let mut args = self.own_queue_arguments();
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        args.insert(
-            "x-expires".into(),
-            long(
-                ACCOUNTS_QUEUE_EXPIRES
-                    .as_millis()
-                    .try_into()
-                    .unwrap_or(u64::MAX),
-            ),
-        );
         args
     }
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::unpoisoned::{Locked, ReadWrite};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 
@@ -76,17 +77,14 @@ impl Channels {
             return Ok(false);
         };
         {
-            let mut replaced_at = slot.replaced_at.lock().unwrap_or_else(|e| e.into_inner());
+            let mut replaced_at = slot.replaced_at.locked();
             if replaced_at.is_some_and(|at| at.elapsed() < REPLACE_AT_MOST_EVERY) {
                 return Ok(false);
             }
             *replaced_at = Some(Instant::now());
         }
         let fresh = confirming(connection).await?;
-        let old = std::mem::replace(
-            &mut *slot.channel.write().unwrap_or_else(|e| e.into_inner()),
-            fresh,
-        );
+        let old = std::mem::replace(&mut *slot.channel.writing(), fresh);
         tokio::spawn(async move {
             tokio::time::sleep(CLOSE_REPLACED_AFTER).await;
             let _ = old
@@ -99,7 +97,7 @@ impl Channels {
 
 fn read(slot: &Slot) -> std::sync::RwLockReadGuard<'_, Channel> {
     // A panic elsewhere while holding the lock leaves a valid channel behind.
-    slot.channel.read().unwrap_or_else(|e| e.into_inner())
+    slot.channel.reading()
 }
 
 async fn confirming(connection: &Connection) -> lapin::Result<Channel> {

@@ -88,7 +88,24 @@ impl Topology {
     ) -> Result<Declared, lapin::Error> {
         let mut declarer = Declarer::open(connection).await?;
         let mut report = Declared::default();
+        self.declare_own(&mut declarer, &mut report).await?;
+        self.declare_history(&mut declarer, &mut report, skip)
+            .await?;
+        for queue in &self.queues {
+            self.declare_consumer_queue(&mut declarer, &mut report, queue, skip)
+                .await?;
+        }
+        declarer.close().await;
+        Ok(report)
+    }
 
+    /// The relay's own exchanges and queues: the entry, the topic exchange
+    /// and its alternate, the dead letters, the quarantine, the changes.
+    async fn declare_own(
+        &self,
+        declarer: &mut Declarer<'_>,
+        report: &mut Declared,
+    ) -> Result<(), lapin::Error> {
         // The alternate exchange before the exchange that names it.
         let own = [
             Object::Exchange(&self.unrouted, ExchangeKind::Fanout, FieldTable::default()),
@@ -109,13 +126,16 @@ impl Topology {
             self.own_queue(&self.dead_letter_queue),
             Object::QueueBinding(&self.dead_letter_queue, &self.dead_letter_exchange, "#"),
             self.own_queue(&self.quarantine),
+            // No alternate exchange: a change no consumer subscribed to is
+            // kept by the history alone, and nothing piles up unrouted.
+            Object::Exchange(&self.changes, ExchangeKind::Topic, FieldTable::default()),
         ];
         for object in own {
             let earlier = match &object {
                 Object::Queue(name, _) => self.earlier_own_queue_arguments().map(|a| (*name, a)),
                 _ => None,
             };
-            let Some(conflict) = declarer.ensure(object, &mut report).await? else {
+            let Some(conflict) = declarer.ensure(object, report).await? else {
                 continue;
             };
             // Refused: perhaps the queue an earlier version declared. It works;
@@ -123,7 +143,7 @@ impl Topology {
             if let Some((name, arguments)) = earlier
                 && conflict.reason.contains(OWN_DELIVERY_LIMIT_ARG)
                 && declarer
-                    .ensure(Object::Queue(name, arguments), &mut report)
+                    .ensure(Object::Queue(name, arguments), report)
                     .await?
                     .is_none()
             {
@@ -137,7 +157,16 @@ impl Topology {
             }
             report.own_conflicts.push(conflict);
         }
+        Ok(())
+    }
 
+    /// The history stream and its bindings, when the history is on.
+    async fn declare_history(
+        &self,
+        declarer: &mut Declarer<'_>,
+        report: &mut Declared,
+        skip: &HashSet<String>,
+    ) -> Result<(), lapin::Error> {
         // Not fatal when refused (a retention changed in the configuration
         // cannot change an existing stream): reported like a consumer queue,
         // and bound anyway, so the history goes on with the stream there is.
@@ -146,64 +175,71 @@ impl Topology {
                 report.skipped.push(history.name.clone());
             } else {
                 let stream = Object::Queue(&history.name, history.arguments());
-                if let Some(conflict) = declarer.ensure(stream, &mut report).await? {
+                if let Some(conflict) = declarer.ensure(stream, report).await? {
                     report
                         .queue_conflicts
                         .push(conflict.for_queue(&history.name));
                 }
             }
-            let binding = Object::QueueBinding(&history.name, &self.entry, "");
-            if let Some(conflict) = declarer.ensure(binding, &mut report).await? {
-                report
-                    .queue_conflicts
-                    .push(conflict.for_queue(&history.name));
+            // Every event, and every change the relay announces: the derived
+            // layer reads its own announcements back from here.
+            let bindings = [
+                Object::QueueBinding(&history.name, &self.entry, ""),
+                Object::QueueBinding(&history.name, &self.changes, "#"),
+            ];
+            for binding in bindings {
+                if let Some(conflict) = declarer.ensure(binding, report).await? {
+                    report
+                        .queue_conflicts
+                        .push(conflict.for_queue(&history.name));
+                }
             }
         }
+        Ok(())
+    }
 
-        // Reported, not fatal, like the history: without it accounts are not
-        // announced, and webhooks are relayed all the same.
-        if let Some(accounts) = &self.accounts {
-            let queue = Object::Queue(accounts, self.accounts_queue_arguments());
-            let binding = Object::QueueBinding(accounts, &self.entry, "");
-            for object in [queue, binding] {
-                if let Some(conflict) = declarer.ensure(object, &mut report).await? {
-                    report.queue_conflicts.push(conflict.for_queue(accounts));
-                }
+    /// One `[[queues]]` entry: its retry tiers, the queue, its bindings.
+    async fn declare_consumer_queue(
+        &self,
+        declarer: &mut Declarer<'_>,
+        report: &mut Declared,
+        queue: &QueueSettings,
+        skip: &HashSet<String>,
+    ) -> Result<(), lapin::Error> {
+        // The retry tiers before the queue: a consumer that finds the
+        // queue learns its tiers from what exists (the contract's way),
+        // so they must be there first.
+        for (n, delay) in queue.retry.iter().enumerate() {
+            let tier = crate::wire::retry::tier_queue(&queue.name, n + 1);
+            let arguments = retry_tier_arguments(queue, self.tier_type(queue), *delay);
+            let declared = declarer.ensure(Object::Queue(&tier, arguments), report);
+            if let Some(conflict) = declared.await? {
+                report.queue_conflicts.push(conflict.for_queue(&queue.name));
             }
         }
-
-        for queue in &self.queues {
-            let skipped = skip.contains(&queue.name) && declarer.queue_exists(&queue.name).await?;
-            if skipped {
-                report.skipped.push(queue.name.clone());
-            } else {
-                let arguments = consumer_queue_arguments(queue, &self.dead_letter_exchange);
-                let declared = declarer.ensure(Object::Queue(&queue.name, arguments), &mut report);
-                if let Some(conflict) = declared.await? {
-                    let conflict = self.explain(&mut declarer, queue, conflict).await?;
-                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
-                }
-            }
-            // Bound even when its declaration was refused: a queue that exists
-            // with other arguments is still the user's queue, and its events
-            // should reach it while the conflict lasts.
-            for pattern in &queue.bindings {
-                let binding = Object::QueueBinding(&queue.name, &self.exchange, pattern);
-                if let Some(conflict) = declarer.ensure(binding, &mut report).await? {
-                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
-                }
-            }
-            for (n, delay) in queue.retry.iter().enumerate() {
-                let tier = crate::wire::retry::tier_queue(&queue.name, n + 1);
-                let arguments = retry_tier_arguments(queue, self.tier_type(queue), *delay);
-                let declared = declarer.ensure(Object::Queue(&tier, arguments), &mut report);
-                if let Some(conflict) = declared.await? {
-                    report.queue_conflicts.push(conflict.for_queue(&queue.name));
-                }
+        let skipped = skip.contains(&queue.name) && declarer.queue_exists(&queue.name).await?;
+        if skipped {
+            report.skipped.push(queue.name.clone());
+        } else {
+            let arguments = consumer_queue_arguments(queue, &self.dead_letter_exchange);
+            let declared = declarer.ensure(Object::Queue(&queue.name, arguments), report);
+            if let Some(conflict) = declared.await? {
+                let conflict = self.explain(declarer, queue, conflict).await?;
+                report.queue_conflicts.push(conflict.for_queue(&queue.name));
             }
         }
-        declarer.close().await;
-        Ok(report)
+        // Bound even when its declaration was refused: a queue that exists
+        // with other arguments is still the user's queue, and its events
+        // should reach it while the conflict lasts.
+        let bindings = (queue.bindings.iter().map(|p| (&self.exchange, p)))
+            .chain(queue.changes.iter().map(|p| (&self.changes, p)));
+        for (exchange, pattern) in bindings {
+            let binding = Object::QueueBinding(&queue.name, exchange, pattern);
+            if let Some(conflict) = declarer.ensure(binding, report).await? {
+                report.queue_conflicts.push(conflict.for_queue(&queue.name));
+            }
+        }
+        Ok(())
     }
 
     /// RabbitMQ names only the first argument that differs, so a queue that

@@ -13,9 +13,9 @@
 //!   fit (after the other queues bound to its key took it); `drop-head`
 //!   dead-letters the oldest message and acks.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -185,10 +185,27 @@ impl Management {
         &self,
         exchange: &str,
     ) -> Result<Vec<String>, ManagementError> {
+        let mut queues: Vec<String> = self
+            .bindings_from(exchange)
+            .await?
+            .into_iter()
+            .map(|(queue, _)| queue)
+            .collect();
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
+
+    /// Every binding of a queue to `exchange`: the queue and its pattern.
+    pub(crate) async fn bindings_from(
+        &self,
+        exchange: &str,
+    ) -> Result<Vec<(String, String)>, ManagementError> {
         #[derive(Deserialize)]
         struct Binding {
             destination: String,
             destination_type: String,
+            routing_key: String,
         }
         let path = format!(
             "/api/exchanges/{}/{}/bindings/source",
@@ -196,14 +213,11 @@ impl Management {
             encode(exchange)
         );
         let bindings: Vec<Binding> = self.get(&path).await?;
-        let mut queues: Vec<String> = bindings
+        Ok(bindings
             .into_iter()
             .filter(|b| b.destination_type == "queue")
-            .map(|b| b.destination)
-            .collect();
-        queues.sort();
-        queues.dedup();
-        Ok(queues)
+            .map(|b| (b.destination, b.routing_key))
+            .collect())
     }
 
     /// A queue's state, once RabbitMQ has statistics for it and shows the
@@ -267,16 +281,14 @@ impl Management {
 }
 
 /// Percent-encodes one path segment (a vhost `/` is `%2F`).
+/// A path segment: everything but RFC 3986's unreserved characters encoded.
 fn encode(segment: &str) -> String {
-    let mut encoded = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //!   changes it (and the metrics and log lines that say so).
 //! * `Publisher`: one confirmed publish of a relay message; `browse`:
 //!   reading a queue without taking from it; `management`: RabbitMQ's
-//!   management API, for what AMQP cannot tell.
+//!   management API, for what AMQP cannot tell; `upgrade`: what an earlier
+//!   version left on the broker that this one routes differently.
 
 mod arguments;
 pub(crate) mod browse;
@@ -25,14 +26,15 @@ mod publisher;
 mod session;
 mod status;
 mod supervisor;
+mod upgrade;
 
-pub use arguments::{ACCOUNTS_QUEUE_EXPIRES, consumer_queue_arguments};
+pub use arguments::consumer_queue_arguments;
 pub(crate) use connect::close_channel;
 pub use connect::{ConnectError, close, connect, with_tool_connection};
 pub(crate) use declare::refusal_text;
 pub use declare::{Conflict, Declared, Outdated};
 pub use names::{Address, Topology};
 pub(crate) use publisher::Publisher;
-pub use publisher::{Outgoing, PublishError, publish_confirmed};
+pub use publisher::{Outgoing, PublishError, publish_all, publish_confirmed};
 pub use status::{BrokerState, Status};
 pub(crate) use supervisor::Broker;

@@ -6,14 +6,21 @@
 //! every event ─► <exchange>.in (fanout: the entry point, one publish per webhook)
 //!                  ├─► stream <exchange>.history (with [history] on): every event, kept for days
 //!                  ├─► watchers (hookrelay tail, without history) bind here: they see everything, route nothing
-//!                  ├─► queue <exchange>.accounts (with [accounts] and [history] on): the announcer's
-//!                  │     work list, single active consumer across relays (accounts::announcer)
-//!                  └─► <exchange> (topic) ─► consumer queues ([[queues]], bound by routing key)
+//!                  └─► <exchange> (topic) ─► consumer queues ([[queues]] bindings, by routing key)
 //!                        └─ no consumer queue matches ─► alternate exchange <exchange>.unrouted
 //!                                                          (fanout) ─► queue <exchange>.unrouted
+//! what the relay derives (account.<state>) ─► <exchange>.changes (topic)
+//!                  ├─#─► stream <exchange>.history (the derived layer reads its own announcements back)
+//!                  └─► consumer queues ([[queues]] changes, by routing key); nothing else: no
+//!                      alternate exchange, so a change nobody subscribed to is only in the history
 //! consumer queues ─ rejected/expired ─► <exchange>.dlx (topic) ─#─► queue <exchange>.dead-letter
 //! quarantined bodies ─► default exchange ─► queue <exchange>.quarantine (+ a copy to the history)
+//! the one announcer among relays holds the exclusive queue <exchange>.announcer (a lease)
 //! ```
+//!
+//! Two kinds of truth, two exchanges: `<exchange>` carries only what the
+//! sender said, so a consumer bound there with `#` gets webhooks and nothing
+//! else, and nothing of the relay's lands in `<exchange>.unrouted`.
 //!
 //! Watchers bind to the entry fanout, never to the topic exchange: a queue
 //! bound to the topic exchange with `#` would match every event, and the
@@ -34,6 +41,7 @@ use std::sync::{Arc, Mutex};
 
 use super::arguments::OWN_DELIVERY_LIMIT;
 use crate::config::{HistorySettings, QueueSettings, QueueType, Settings};
+use crate::unpoisoned::Locked;
 use crate::wire::envelope::Kind;
 use crate::wire::topic::TopicPattern;
 
@@ -50,8 +58,8 @@ pub struct Topology {
     /// The type of the relay's own queues and of retry tiers.
     pub(super) queue_type: QueueType,
     pub(super) history: Option<HistoryStream>,
-    /// The queue of every event the account announcer has still to fold, when on.
-    pub(super) accounts: Option<String>,
+    /// The topic exchange of what the relay derives (`account.<state>`).
+    pub(super) changes: String,
     /// Own queues this broker holds in an earlier version's form: declared
     /// that way from then on, so RabbitMQ does not log a refusal at every check.
     pub(super) outdated: Arc<Mutex<HashSet<String>>>,
@@ -79,16 +87,15 @@ impl Topology {
     pub fn of(settings: &Settings) -> Topology {
         let topology = Topology::new(&settings.amqp.exchange, &settings.queues)
             .with_queue_type(settings.amqp.queue_type);
-        match (settings.history.enabled, settings.accounts.enabled) {
-            (true, true) => topology.with_history(&settings.history).with_accounts(),
-            (true, false) => topology.with_history(&settings.history),
-            (false, _) => topology,
+        match settings.history.enabled {
+            true => topology.with_history(&settings.history),
+            false => topology,
         }
     }
 
     pub fn new(exchange: &str, queues: &[QueueSettings]) -> Topology {
         Topology {
-            entry: format!("{exchange}.in"),
+            entry: crate::wire::retry::entry_exchange(exchange),
             exchange: exchange.to_owned(),
             unrouted: format!("{exchange}.unrouted"),
             dead_letter_exchange: format!("{exchange}.dlx"),
@@ -97,7 +104,7 @@ impl Topology {
             queues: queues.to_vec(),
             queue_type: QueueType::Classic,
             history: None,
-            accounts: None,
+            changes: format!("{exchange}.changes"),
             outdated: Arc::default(),
         }
     }
@@ -118,16 +125,22 @@ impl Topology {
         self
     }
 
-    /// With the account announcer's queue `<exchange>.accounts`: account
-    /// states are folded from the history, so only with it.
-    pub fn with_accounts(mut self) -> Topology {
-        self.accounts = Some(format!("{}.accounts", self.exchange));
-        self
+    /// The topic exchange the relay announces what it derives through
+    /// (`account.<state>`), apart from the sender's events.
+    pub fn changes_exchange(&self) -> &str {
+        &self.changes
     }
 
-    /// The account announcer's queue, when accounts and the history are on.
-    pub fn accounts_queue(&self) -> Option<&str> {
-        self.accounts.as_deref()
+    /// The exclusive queue the relay that announces holds: while it does,
+    /// no other relay can declare it (see `accounts::announcer`).
+    pub fn announcer_lease(&self) -> String {
+        format!("{}.announcer", self.exchange)
+    }
+
+    /// The queue earlier versions fed every event to for their announcer:
+    /// this one deletes it once no relay of theirs consumes it.
+    pub fn legacy_accounts_queue(&self) -> String {
+        format!("{}.accounts", self.exchange)
     }
 
     /// What a queue this topology declares is for: the label `role` of
@@ -140,8 +153,6 @@ impl Topology {
             Some("quarantine")
         } else if queue == self.unrouted {
             Some("unrouted")
-        } else if self.accounts.as_deref() == Some(queue) {
-            Some("accounts")
         } else if self.queues.iter().any(|q| q.name == queue) {
             Some("consumer")
         } else if self.queues.iter().any(|q| {
@@ -206,12 +217,13 @@ impl Topology {
     }
 
     /// The relay's own exchanges.
-    pub fn own_exchanges(&self) -> [&str; 4] {
+    pub fn own_exchanges(&self) -> [&str; 5] {
         [
             &self.entry,
             &self.exchange,
             &self.unrouted,
             &self.dead_letter_exchange,
+            &self.changes,
         ]
     }
 
@@ -223,7 +235,6 @@ impl Topology {
             &self.quarantine,
         ];
         queues.extend(self.history_stream());
-        queues.extend(self.accounts_queue());
         queues
     }
 
@@ -232,16 +243,21 @@ impl Topology {
     pub fn reported_queues(&self) -> Vec<&str> {
         let mut queues: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
         queues.extend(self.history_stream());
-        queues.extend(self.accounts_queue());
         queues
     }
 
-    /// The consumer queues whose configured bindings match `routing_key`.
+    /// The consumer queues whose configured bindings match `routing_key`:
+    /// their `changes` for what the relay announces, else their `bindings`.
     pub fn consumer_queues_bound_to(&self, routing_key: &str) -> Vec<&str> {
+        let announced = routing_key.starts_with(crate::wire::account::ROUTING_PREFIX);
         self.queues
             .iter()
             .filter(|queue| {
-                queue.bindings.iter().any(|binding| {
+                let patterns = match announced {
+                    true => &queue.changes,
+                    false => &queue.bindings,
+                };
+                patterns.iter().any(|binding| {
                     binding
                         .parse::<TopicPattern>()
                         .is_ok_and(|pattern| pattern.matches(routing_key))
@@ -268,7 +284,7 @@ impl Topology {
     }
 
     pub(super) fn lock_outdated(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.outdated.lock().unwrap_or_else(|e| e.into_inner())
+        self.outdated.locked()
     }
 
     /// A retry tier is quorum when its queue is, or when the relay's own
@@ -311,7 +327,13 @@ mod tests {
         let topology = Topology::new("hooks", &[]);
         assert_eq!(
             topology.own_exchanges(),
-            ["hooks.in", "hooks", "hooks.unrouted", "hooks.dlx"]
+            [
+                "hooks.in",
+                "hooks",
+                "hooks.unrouted",
+                "hooks.dlx",
+                "hooks.changes"
+            ]
         );
         assert_eq!(
             topology.own_queues(),
@@ -322,6 +344,7 @@ mod tests {
             enabled: true,
             max_age: std::time::Duration::from_secs(3600),
             max_bytes: bytesize::ByteSize::mib(10),
+            index_path: None,
         };
         let with_history = topology.with_history(&settings);
         assert_eq!(with_history.history_stream(), Some("hooks.history"));

@@ -23,8 +23,9 @@ use super::names::Address;
 use super::session::Session;
 use super::status::BrokerState;
 use super::supervisor::Broker;
-use crate::wire::envelope::{Kind, Message};
-use tracing::debug;
+use crate::unpoisoned::Locked;
+use crate::wire::envelope::{Kind, Message, Stamp};
+use tracing::{debug, warn};
 
 /// A message addressed by name, for the tools that republish what they read
 /// (`hookrelay replay`) and the benchmark's baseline publisher.
@@ -138,7 +139,15 @@ impl Publisher {
     /// safe in its queue, so a failure here costs only the history's view.
     async fn keep_in_history(&self, channel: &Channel, copy: Outgoing) {
         if let Err(err) = publish_confirmed(channel, &copy, self.confirm_timeout).await {
-            debug!(error = %err, "a quarantined body is in its queue but not in the history");
+            // `hookrelay audit` will count its number as lost: say where it is.
+            let stamp = Stamp::of(copy.properties.headers().as_ref());
+            warn!(
+                error = %err,
+                message_id = copy.properties.message_id().as_ref().map(|id| id.as_str()),
+                relay_seq = stamp.map(|stamp| stamp.seq),
+                "a quarantined body is in its queue but not in the history: the audit will \
+                 report its number as lost"
+            );
         }
     }
 
@@ -259,6 +268,35 @@ pub async fn publish_confirmed(
     settle(confirmation, timeout)
 }
 
+/// Publishes `messages` on `channel` (in confirm mode, used by this caller
+/// alone) all in flight at once, then waits up to `timeout` for their
+/// confirms: one result per message, in order.
+pub async fn publish_all(
+    channel: &Channel,
+    messages: &[Outgoing],
+    timeout: Duration,
+) -> Vec<Result<(), PublishError>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut in_flight = Vec::with_capacity(messages.len());
+    for message in messages {
+        let address = Address {
+            exchange: &message.exchange,
+            routing_key: &message.routing_key,
+        };
+        let sent = send(channel, address, &message.body, message.properties.clone());
+        in_flight.push(tokio::time::timeout_at(deadline, sent).await);
+    }
+    let mut results = Vec::with_capacity(in_flight.len());
+    for sent in in_flight {
+        results.push(match sent {
+            Ok(Ok(confirm)) => settle(tokio::time::timeout_at(deadline, confirm).await, timeout),
+            Ok(Err(err)) => Err(PublishError::Channel(err)),
+            Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
+        });
+    }
+    results
+}
+
 /// Keeps a channel's publishes in the order of their numbers. lapin numbers
 /// a publish (the delivery tag its confirm is matched by) and then queues its
 /// frames, two steps under two locks; two threads publishing on one channel
@@ -289,7 +327,7 @@ async fn send(
         properties,
     ));
     let first = {
-        let _in_order = PUBLISH_ORDER.lock().unwrap_or_else(|e| e.into_inner());
+        let _in_order = PUBLISH_ORDER.locked();
         publish.as_mut().now_or_never()
     };
     match first {

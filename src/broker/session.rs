@@ -91,6 +91,10 @@ impl Session {
         declare(context, &self.connection, retries).await
     }
 
+    pub(super) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     /// Whether RabbitMQ blocked publishers on this connection when it opened.
     pub(super) fn opened_blocked(&self) -> bool {
         self.connection.status().blocked()

@@ -49,6 +49,11 @@ pub struct Status {
     pub queue_conflicts: Vec<Conflict>,
     /// The node of `amqp.uri` the relay is connected to (password masked).
     pub node: Option<String>,
+    /// What an earlier version left that this one routes differently, and
+    /// what to do (see `upgrade`).
+    pub upgrade: Vec<String>,
+    /// Whether some of it needs a human (a consumer that receives nothing).
+    pub upgrade_needs_action: bool,
 }
 
 /// The current [`Status`], and the one place that changes it.
@@ -80,6 +85,8 @@ impl StatusBoard {
                 reason: Some("not connected yet".to_owned()),
                 queue_conflicts: Vec::new(),
                 node: None,
+                upgrade: Vec::new(),
+                upgrade_needs_action: false,
             }),
             blocked: AtomicBool::new(false),
             metrics,
@@ -209,6 +216,21 @@ impl StatusBoard {
         self.status.send_if_modified(|status| {
             let changed = status.node != node;
             status.node = node;
+            changed
+        });
+    }
+
+    /// Records what an earlier version left; logs each notice once, when it appears.
+    pub(super) fn set_upgrade(&self, found: &super::upgrade::Findings) {
+        let notices = found.notices();
+        let previous = self.status.borrow().upgrade.clone();
+        for notice in notices.iter().filter(|n| !previous.contains(n)) {
+            warn!(notice = %notice, "left by an earlier version of the relay");
+        }
+        self.status.send_if_modified(|status| {
+            let changed = status.upgrade != notices;
+            status.upgrade = notices;
+            status.upgrade_needs_action = found.old_route.is_some();
             changed
         });
     }

@@ -16,7 +16,6 @@
 //! The supervisor runs on the runtime that spawns [`Broker::supervise`]: the
 //! process's main runtime, which outlives the HTTP workers' own runtimes.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +29,11 @@ use super::declare::Conflict;
 use super::names::Topology;
 use super::session::{Context, Down, Session};
 use super::status::{BrokerState, ConflictRetries, Status, StatusBoard};
+use super::upgrade;
+use crate::backoff::{Backoff, Ended};
 use crate::config::AmqpSettings;
 use crate::metrics::Metrics;
+use crate::stopping::{Stopping, Switch};
 
 /// How often the supervisor double-checks a session it has heard nothing about.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,12 +60,7 @@ struct Inner {
     last_trouble: Mutex<Option<String>>,
     /// Poked when RabbitMQ returned a message of ours: check the topology now.
     repair: Notify,
-    shutdown: watch::Sender<bool>,
-}
-
-enum Ended {
-    Shutdown,
-    Down(Down),
+    shutdown: Switch,
 }
 
 impl Broker {
@@ -79,7 +76,7 @@ impl Broker {
                 trouble: Notify::new(),
                 last_trouble: Mutex::new(None),
                 repair: Notify::new(),
-                shutdown: watch::Sender::new(false),
+                shutdown: Switch::new(),
             }),
         }
     }
@@ -126,7 +123,7 @@ impl Broker {
     /// cleanly; [`Broker::supervise`] returns once it has. Call it after the
     /// HTTP server has finished its in-flight requests.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.shutdown.stop();
     }
 
     pub(crate) fn session(&self) -> Option<Arc<Session>> {
@@ -170,14 +167,14 @@ impl Inner {
 
 async fn supervise(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut next_node = 0;
     let mut retries = ConflictRetries::default();
-    while !*shutdown.borrow_and_update() {
+    while !shutdown.is_stopping() {
         let context = inner.context();
         let opened = tokio::select! {
             opened = Session::open(&context, next_node, &mut retries) => opened,
-            _ = shutdown.changed() => break,
+            () = shutdown.stopped() => break,
         };
         let (session, events, node) = match opened {
             Ok(opened) => opened,
@@ -186,7 +183,7 @@ async fn supervise(inner: Arc<Inner>) {
                 record(&inner, down);
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_delay()) => continue,
-                    _ = shutdown.changed() => break,
+                    () = shutdown.stopped() => break,
                 }
             }
         };
@@ -207,6 +204,7 @@ async fn supervise(inner: Arc<Inner>) {
             node = %inner.amqp.uri[node],
             "connected to RabbitMQ; topology declared"
         );
+        check_upgrade(&inner, &session).await;
 
         let ended = watch_session(&inner, &session, events, &mut retries, &mut shutdown).await;
 
@@ -215,13 +213,19 @@ async fn supervise(inner: Arc<Inner>) {
         inner.status.set_node(None);
         session.close().await;
         match ended {
-            Ended::Shutdown => {
+            Ended::Stopped => {
                 info!("RabbitMQ connection closed");
                 break;
             }
-            Ended::Down(down) => record(&inner, down),
+            Ended::Lost(down) => record(&inner, down),
         }
     }
+}
+
+/// Looks for what an earlier version left, and says so (see `upgrade`).
+async fn check_upgrade(inner: &Inner, session: &Session) {
+    let found = upgrade::check(session.connection(), &inner.topology, &inner.amqp).await;
+    inner.status.set_upgrade(&found);
 }
 
 fn record(inner: &Inner, down: Down) {
@@ -248,8 +252,8 @@ async fn watch_session(
     session: &Session,
     mut events: BoxStream<'static, Event>,
     retries: &mut ConflictRetries,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Ended {
+    shutdown: &mut Stopping,
+) -> Ended<Down> {
     let mut health_check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     let check_every = inner.amqp.topology_check_interval();
     let mut topology_check =
@@ -258,14 +262,14 @@ async fn watch_session(
     let mut last_good_check = std::time::SystemTime::now();
     loop {
         let why = tokio::select! {
-            _ = shutdown.changed() => return Ended::Shutdown,
+            () = shutdown.stopped() => return Ended::Stopped,
             event = events.next() => match event {
                 // lapin also reports each channel that RabbitMQ closed (a refused
                 // declare, a publish to a missing exchange): the operation itself
                 // got that error, and a closed publishing channel is found by the
                 // checks below. Only a connection-level error ends the session.
                 Some(Event::Error(err)) if err.is_amqp_soft_error() => continue,
-                Some(Event::Error(err)) => return Ended::Down(Down::Lost(err.to_string())),
+                Some(Event::Error(err)) => return Ended::Lost(Down::Lost(err.to_string())),
                 Some(Event::ConnectionBlocked(reason)) => {
                     inner.status.set_blocked(Some(reason));
                     continue;
@@ -275,7 +279,7 @@ async fn watch_session(
                     continue;
                 }
                 Some(_) => continue,
-                None => return Ended::Down(Down::Lost("connection events ended".to_owned())),
+                None => return Ended::Lost(Down::Lost("connection events ended".to_owned())),
             },
             () = inner.trouble.notified() => {
                 if let Some(problem) = session.problem() {
@@ -284,12 +288,12 @@ async fn watch_session(
                         Some(what) => format!("{problem} ({what})"),
                         None => problem,
                     };
-                    return Ended::Down(Down::Lost(reason));
+                    return Ended::Lost(Down::Lost(reason));
                 }
                 continue;
             }
             _ = health_check.tick() => match session.problem() {
-                Some(problem) => return Ended::Down(Down::Lost(problem)),
+                Some(problem) => return Ended::Lost(Down::Lost(problem)),
                 None => continue,
             },
             _ = topology_check.tick() => "periodic check",
@@ -326,51 +330,12 @@ async fn watch_session(
             Ok(_) => {
                 debug!(trigger = why, took = ?started.elapsed(), "topology checked");
             }
-            Err(down) => return Ended::Down(down),
+            Err(down) => return Ended::Lost(down),
+        }
+        // Said until it is gone; nothing to look for once it is.
+        if !inner.status.get().upgrade.is_empty() {
+            check_upgrade(inner, session).await;
         }
         last_good_check = std::time::SystemTime::now();
-    }
-}
-
-/// Exponential backoff with jitter, so replicas do not reconnect in lockstep.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let base = FIRST_BACKOFF
-            .saturating_mul(1 << self.failures.min(16))
-            .min(MAX_BACKOFF);
-        self.failures = self.failures.saturating_add(1);
-        // Half fixed, half random: RandomState is seeded randomly per process.
-        let random = RandomState::new().build_hasher().finish();
-        let half = base / 2;
-        half + half.mul_f64((random % 1000) as f64 / 1000.0)
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let first = backoff.next_delay();
-        assert!(
-            first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF,
-            "{first:?}"
-        );
-        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= MAX_BACKOFF));
-        assert!(delays[19] >= MAX_BACKOFF / 2);
-        backoff.reset();
-        assert!(backoff.next_delay() <= FIRST_BACKOFF);
     }
 }

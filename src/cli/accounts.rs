@@ -6,6 +6,7 @@ use super::output::say;
 use crate::accounts::{self, Selection};
 use crate::config::Settings;
 use crate::history::PointInTime;
+use crate::wire::account::StateName;
 
 #[derive(Debug, clap::Args)]
 pub struct AccountsArgs {
@@ -15,8 +16,8 @@ pub struct AccountsArgs {
     pub account_id: Option<String>,
     /// Only accounts in this state: ok, needs_reconnect, retrying,
     /// contact_provider, unknown.
-    #[arg(long, value_name = "STATE", value_parser = ["ok", "needs_reconnect", "retrying", "contact_provider", "unknown"])]
-    pub state: Option<String>,
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<StateName>,
     /// Only accounts of this client app (`x-client-id`).
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
@@ -41,11 +42,15 @@ pub(super) async fn run(settings: Settings, args: AccountsArgs) -> anyhow::Resul
             } else {
                 say!(
                     "{} {} {} -> {}{} streak={}",
-                    step.entry.last_event.received_at.as_deref().unwrap_or("-"),
-                    step.entry.last_event.message_id,
-                    step.entry.last_event.routing_key,
+                    step.event.received_at.as_deref().unwrap_or("-"),
+                    step.event.message_id,
+                    step.event.routing_key,
                     step.entry.state,
-                    if step.changed { " (changed)" } else { "" },
+                    match (step.changed, step.late) {
+                        (true, _) => " (changed)",
+                        (false, true) => " (late: older than an event before it; changed nothing)",
+                        (false, false) => "",
+                    },
                     step.entry.streak,
                 );
             }
@@ -56,7 +61,7 @@ pub(super) async fn run(settings: Settings, args: AccountsArgs) -> anyhow::Resul
     let book = accounts::book(&settings).await?;
     let mut shown = 0;
     let selection = Selection {
-        state: args.state.clone(),
+        state: args.state,
         client_id: args.client_id.clone(),
         provider: args.provider.clone(),
         since: args.since.map(|at| at.0),

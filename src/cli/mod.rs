@@ -8,6 +8,7 @@
 //! their warnings are seen and their output on stdout stays clean.
 
 mod accounts;
+mod audit;
 mod output;
 mod replay;
 mod spool;
@@ -79,6 +80,10 @@ pub enum Command {
     /// (needs_reconnect), the sender's support (contact_provider), or nothing;
     /// with ACCOUNT_ID, that account's timeline. Folded from the history.
     Accounts(accounts::AccountsArgs),
+    /// Account for every webhook each relay stored: read the history and
+    /// print, per relay, the numbers seen and every gap with what became of
+    /// it. Exits non-zero when a stored webhook is not in the history.
+    Audit(audit::AuditArgs),
     /// The local spool: list what waits in it or is parked, retry parked webhooks.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
@@ -101,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => watch::inspect(settings, args).await,
         Command::Accounts(args) => accounts::run(settings, args).await,
         Command::Spool(command) => spool::run(settings, command),
+        Command::Audit(args) => audit::run(settings, args).await,
     }
 }
 
@@ -150,11 +156,15 @@ impl HistoryFilterArgs {
             since: self.since.map(|at| at.0),
             until: self.until.map(|at| at.0),
             message_ids: Vec::new(),
+            notes: false,
         }
     }
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    for warning in settings.warnings() {
+        tracing::warn!(what = %warning, "the configuration needs a look");
+    }
     let app = Application::build(settings.clone()).await?;
     tracing::info!(
         listen = %settings.server.listen,

@@ -11,9 +11,9 @@ use super::HistoryFilterArgs;
 use crate::broker;
 use crate::broker::Topology;
 use crate::config::Settings;
-use crate::history::{Reader, Recorded};
+use crate::history::{Ends, Reader, Recorded};
 use crate::watch::inspect::{self, Inspected};
-use crate::watch::render;
+use crate::watch::render::{self, Shown};
 use crate::watch::tail::{self, TailOptions, Tailed};
 use crate::wire::headers::{ACCOUNT_ID, CLIENT_ID, USER_ID};
 use crate::wire::topic::TopicPattern;
@@ -129,8 +129,12 @@ pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Resu
     };
     broker::with_tool_connection(&settings.amqp, "hookrelay-events", async |connection| {
         let filter = args.filter.filter(args.routing_key.into_iter().collect());
+        let ends = match args.follow {
+            true => Ends::Following,
+            false => Ends::AtTheEnd,
+        };
         let mut reader =
-            Reader::open(connection, stream, args.filter.start(), args.follow, filter).await?;
+            Reader::open(connection, stream, args.filter.start(), ends, filter).await?;
         let mut shown = 0;
         let reading = async {
             while args.limit.is_none_or(|limit| shown < limit) {
@@ -159,7 +163,7 @@ pub(super) async fn events(settings: Settings, args: EventsArgs) -> anyhow::Resu
 
 fn print_event(event: &Recorded, json: bool, raw: bool) {
     let headers = event.properties.headers().as_ref();
-    let body = render::body(&event.body, raw);
+    let body = render::body(&event.body, Shown::as_received_if(raw));
     if json {
         let listed = Listed {
             message_id: event.message_id(),
@@ -205,7 +209,7 @@ pub(super) async fn inspect(settings: Settings, args: InspectArgs) -> anyhow::Re
         &settings.amqp,
         &args.queue,
         args.limit,
-        args.raw,
+        Shown::as_received_if(args.raw),
         delivery_limit,
         |message: Inspected| {
             if json {

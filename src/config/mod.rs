@@ -28,6 +28,7 @@ use de::{
 };
 pub use ip_ranges::IpRanges;
 pub use secret::{AmqpUri, InvalidAmqpUri, Secret};
+pub use validate::web_origin;
 
 /// The documented defaults, compiled in.
 const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -45,6 +46,7 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub history: HistorySettings,
     pub accounts: AccountsSettings,
+    pub audit: AuditSettings,
     pub admin: AdminSettings,
     pub telemetry: TelemetrySettings,
     #[serde(default)]
@@ -118,11 +120,11 @@ pub struct IngressSettings {
     pub trusted_proxies: IpRanges,
     #[serde(deserialize_with = "string_list")]
     pub client_ids: Vec<String>,
-    /// A webhook with the dedup key of one accepted this long ago or less is
-    /// a retry of the sender's: answered 200 `duplicate`, not published again.
-    /// Zero turns the check off.
-    #[serde(with = "human_duration")]
-    pub dedup_window: Duration,
+    /// Gone: every copy the sender delivers is published (repeats are
+    /// events). Still read, so that a configuration that sets it starts,
+    /// with a warning ([`Settings::warnings`]).
+    #[serde(default, deserialize_with = "optional_string", skip_serializing)]
+    pub dedup_window: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,6 +178,11 @@ pub struct HistorySettings {
     pub max_age: Duration,
     /// The stream is kept under about this size, oldest events dropped first.
     pub max_bytes: bytesize::ByteSize,
+    /// The relay's SQLite file of what it derives from the stream (the
+    /// console's index of events, every account's state, the changes it
+    /// owes); beside the spool file when unset ([`Settings::history_index_path`]).
+    #[serde(default, deserialize_with = "optional_path")]
+    pub index_path: Option<PathBuf>,
 }
 
 /// Accounts that need someone (`hookrelay accounts`): each account's state,
@@ -189,6 +196,26 @@ pub struct AccountsSettings {
     pub temporary_failures_to_escalate: u32,
 }
 
+/// The relay's identity and numbers, which `hookrelay audit` reckons with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Whether stored webhooks are numbered.
+    pub enabled: bool,
+    /// How long a number may be missing from the history before the relay's
+    /// follower counts it (`hookrelay_audit_missing`).
+    #[serde(with = "human_duration")]
+    pub missing_after: Duration,
+    /// `x-relay-id`; unset: a UUID made at the first start, kept in the
+    /// state file.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub relay_id: Option<String>,
+    /// The state file; unset: beside the spool file
+    /// ([`Settings::audit_state_path`]).
+    #[serde(default, deserialize_with = "optional_path")]
+    pub state_path: Option<PathBuf>,
+}
+
 /// The operator console (`/api/` and its pages on `server.admin_listen`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -200,14 +227,23 @@ pub struct AdminSettings {
     /// A file holding the token (a Docker or Kubernetes secret).
     #[serde(default, deserialize_with = "optional_path")]
     pub token_file: Option<PathBuf>,
-    /// The console's index of the history (a SQLite file); beside the
-    /// spool file when empty.
-    #[serde(default, deserialize_with = "optional_path")]
+    /// Moved to `history.index_path`; still read ([`Settings::warnings`]).
+    #[serde(default, deserialize_with = "optional_path", skip_serializing)]
     pub index_path: Option<PathBuf>,
     /// What protects a console on a non-loopback `admin_listen`, which is
     /// refused otherwise.
     #[serde(default, deserialize_with = "optional_protection")]
     pub protected_by: Option<Protection>,
+    /// The origin users open the console at (`https://relay.example.com`),
+    /// when a proxy in front rewrites `Host`: requests that change something
+    /// must come from it, and an `https` one makes cookies `Secure`.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub public_origin: Option<String>,
+    /// Proxies in front of the console whose `X-Forwarded-For` is believed,
+    /// for the address the brake on guessing counts (the ingress's are not:
+    /// trusting the console's proxy must not widen who may send webhooks).
+    #[serde(default, deserialize_with = "ip_ranges")]
+    pub trusted_proxies: IpRanges,
 }
 
 /// What keeps a console on a non-loopback address from the network.
@@ -225,13 +261,6 @@ impl AdminSettings {
     pub fn console_token(&self) -> Option<&Secret> {
         self.token.as_ref()
     }
-
-    /// Where the console keeps its index of the history.
-    pub fn index_path(&self, spool: &SpoolSettings) -> PathBuf {
-        self.index_path
-            .clone()
-            .unwrap_or_else(|| spool.path.with_file_name("history-index.sqlite"))
-    }
 }
 
 /// A consumer queue the relay declares and binds for its users.
@@ -239,7 +268,13 @@ impl AdminSettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub name: String,
+    /// Patterns bound on the sender's exchange (`amqp.exchange`): `sync.*`.
+    #[serde(default)]
     pub bindings: Vec<String>,
+    /// Patterns bound on the relay's own exchange of what it derives,
+    /// `<exchange>.changes`: `account.<state>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     /// Unset: `amqp.queue_type` (filled in by [`Settings::load`]).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<QueueType>,
@@ -272,6 +307,7 @@ impl QueueSettings {
         QueueSettings {
             name: name.to_owned(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            changes: Vec::new(),
             kind: Some(kind),
             retry: Vec::new(),
             delivery_limit: default_delivery_limit(),
@@ -380,6 +416,77 @@ impl Settings {
         }
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Where the relay keeps what it derives from the history:
+    /// `history.index_path`, else the older `admin.index_path`, else beside
+    /// the spool file and named after it (`spool.sqlite`:
+    /// `history-index.sqlite`; `spool-2.sqlite`: `spool-2.history-index.sqlite`),
+    /// so that relays with spools of their own have indexes of their own.
+    pub fn history_index_path(&self) -> PathBuf {
+        self.history
+            .index_path
+            .clone()
+            .or_else(|| self.admin.index_path.clone())
+            .unwrap_or_else(|| self.beside_the_spool("history-index.sqlite"))
+    }
+
+    /// A file of the relay's named `name` in the spool's folder, prefixed
+    /// with the spool file's name unless that is `spool`: relays with spools
+    /// of their own get files of their own.
+    fn beside_the_spool(&self, name: &str) -> PathBuf {
+        let name = match self.spool.path.file_stem().and_then(|s| s.to_str()) {
+            Some("spool") | None => name.to_owned(),
+            Some(stem) => format!("{stem}.{name}"),
+        };
+        self.spool.path.with_file_name(name)
+    }
+
+    /// The relay's state file (its identity and numbers): `audit.state_path`,
+    /// else beside the spool file and named after it (`spool.sqlite`:
+    /// `relay.state`; `spool-2.sqlite`: `spool-2.relay.state`).
+    pub fn audit_state_path(&self) -> PathBuf {
+        self.audit
+            .state_path
+            .clone()
+            .unwrap_or_else(|| self.beside_the_spool("relay.state"))
+    }
+
+    /// What the settings say that an operator should change, each with what
+    /// to do: settings this version still reads but no longer uses as they
+    /// say, and combinations that work worse than they could. Said once at
+    /// start, as warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut said = Vec::new();
+        if let Some(window) = &self.ingress.dedup_window {
+            said.push(format!(
+                "ingress.dedup_window ({window}) is no longer used: every copy of a webhook the \
+                 sender delivers is published, since repeats are events (a TemporaryFailureError \
+                 that keeps happening, an on-demand sync); only an identical copy that arrives \
+                 while the first is still being stored is stored once. Consumers that want to \
+                 drop the sender's retries compare `x-dedup-key`. Remove the setting"
+            ));
+        }
+        if self.admin.token.is_some()
+            && self.admin.protected_by == Some(Protection::TlsProxy)
+            && self.admin.trusted_proxies.is_empty()
+        {
+            said.push(
+                "admin.protected_by is tls_proxy but admin.trusted_proxies is empty: every \
+                 console user then has the proxy's address, so ten wrong tokens from anyone \
+                 brake everyone's token logins for a minute (sessions keep working). List the \
+                 proxy in admin.trusted_proxies"
+                    .to_owned(),
+            );
+        }
+        if let Some(path) = &self.admin.index_path {
+            said.push(format!(
+                "admin.index_path ({}) moved to history.index_path (the file now also holds \
+                 every account's state); it is used as set, rename the setting",
+                path.display()
+            ));
+        }
+        said
     }
 
     /// The settings as TOML, with secrets masked.

@@ -354,3 +354,45 @@ fn the_password_is_masked_wherever_the_uri_is_shown() {
         "amqps://relay:s3cret@mq.example:5671/prod"
     );
 }
+
+#[test]
+fn a_public_origin_is_read_as_a_browser_writes_it_and_refused_when_no_browser_would() {
+    for (given, origin) in [
+        ("https://relay.example.com", "https://relay.example.com"),
+        (
+            "HTTPS://Relay.Example.com:443/",
+            "https://relay.example.com",
+        ),
+        ("http://10.0.0.5:9090", "http://10.0.0.5:9090"),
+    ] {
+        assert_eq!(crate::config::web_origin(given).as_deref(), Ok(origin));
+        assert!(load(&[WITH_ID, ("HOOKRELAY__ADMIN__PUBLIC_ORIGIN", given)]).is_ok());
+    }
+    for refused in [
+        "relay.example.com",
+        "https://user:pass@relay.example.com",
+        "https://relay.example.com/console",
+        "https://relay.example.com/?a=1",
+        "ftp://relay.example.com",
+    ] {
+        let err = load(&[WITH_ID, ("HOOKRELAY__ADMIN__PUBLIC_ORIGIN", refused)])
+            .expect_err(refused)
+            .to_string();
+        assert!(err.contains("admin.public_origin"), "{refused}: {err}");
+    }
+}
+
+#[test]
+fn a_console_behind_a_tls_proxy_without_its_address_is_warned_about_once() {
+    let behind = [
+        WITH_ID,
+        ("HOOKRELAY__ADMIN__TOKEN", "0123456789abcdef0123"),
+        ("HOOKRELAY__ADMIN__PROTECTED_BY", "tls_proxy"),
+    ];
+    let warned = load(&behind).unwrap().warnings();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("admin.trusted_proxies"), "{warned:?}");
+    let mut told = behind.to_vec();
+    told.push(("HOOKRELAY__ADMIN__TRUSTED_PROXIES", "10.0.0.5/32"));
+    assert!(load(&told).unwrap().warnings().is_empty());
+}

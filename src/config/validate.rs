@@ -83,6 +83,11 @@ impl Settings {
                 );
             }
         }
+        if let Some(origin) = &self.admin.public_origin
+            && let Err(why) = web_origin(origin)
+        {
+            return invalid("admin.public_origin", why);
+        }
         if self.amqp.uri.is_empty() {
             return invalid("amqp.uri", "is empty: name at least one RabbitMQ node");
         }
@@ -146,27 +151,66 @@ impl Settings {
                     "must be 1 to 255 characters, not starting with `amq.`",
                 );
             }
-            if queue.bindings.is_empty() {
+            if queue.bindings.is_empty() && queue.changes.is_empty() {
                 return invalid(
                     "queues.bindings",
-                    "must list at least one routing-key pattern",
+                    "must list at least one routing-key pattern (or `changes` at least one)",
                 );
             }
-            if queue.bindings.iter().any(|b| b.is_empty() || b.len() > 255) {
+            if queue
+                .bindings
+                .iter()
+                .chain(&queue.changes)
+                .any(|b| b.is_empty() || b.len() > 255)
+            {
                 return invalid("queues.bindings", "patterns must be 1 to 255 characters");
             }
-            let cannot_match = queue.bindings.iter().find(|binding| {
-                binding
-                    .parse::<TopicPattern>()
-                    .is_ok_and(|pattern| !pattern.can_match_an_event())
-            });
-            if let Some(binding) = cannot_match {
+            let patterns = |list: &[String]| -> Vec<(String, TopicPattern)> {
+                list.iter()
+                    .filter_map(|b| Some((b.clone(), b.parse::<TopicPattern>().ok()?)))
+                    .collect()
+            };
+            for (binding, pattern) in patterns(&queue.bindings) {
+                if pattern.can_match_an_event() {
+                    continue;
+                }
+                let problem = if pattern.can_match_a_change() {
+                    format!(
+                        "`{binding}` (queue {}) would match what the relay announces, which \
+                         goes through its own exchange {}.changes, never the sender's: list it \
+                         under `changes` instead (`changes = [\"{binding}\"]`)",
+                        queue.name, self.amqp.exchange
+                    )
+                } else {
+                    format!(
+                        "`{binding}` (queue {}) matches no routing key the sender's events \
+                         have: sync.account, or sync.error.<code> (see docs/src/consumer.md, \
+                         \"Routing keys\")",
+                        queue.name
+                    )
+                };
                 return Err(ConfigError::Invalid {
                     key: "queues.bindings",
+                    problem,
+                });
+            }
+            if let Some((binding, _)) = patterns(&queue.changes)
+                .into_iter()
+                .find(|(_, pattern)| !pattern.can_match_a_change())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "queues.changes",
                     problem: format!(
-                        "`{binding}` (queue {}) matches no routing key the relay publishes: \
-                         sync.account, or sync.error.<code> (see docs/src/consumer.md, \"Routing keys\")",
-                        queue.name
+                        "`{binding}` (queue {}) matches nothing the relay announces on {}.changes: \
+                         account.<state>, the state one of {} (see docs/src/consumer.md, \
+                         \"Routing keys\")",
+                        queue.name,
+                        self.amqp.exchange,
+                        crate::wire::account::StateName::ALL
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             }
@@ -198,5 +242,26 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// `text` as a browser writes it in an `Origin` header: scheme and host,
+/// lowercase, the port only when not the scheme's own, no user, no path
+/// (`HTTPS://Relay.example.com:443/` is `https://relay.example.com`).
+pub fn web_origin(text: &str) -> Result<String, &'static str> {
+    const WHAT: &str = "must be an origin: http(s), a host (with its port when not the \
+                        scheme's own), no user, path, query or fragment, e.g. \
+                        \"https://relay.example.com\"";
+    let url = url::Url::parse(text).map_err(|_| WHAT)?;
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.host().is_some();
+    match bare {
+        true => Ok(url.origin().ascii_serialization()),
+        false => Err(WHAT),
     }
 }

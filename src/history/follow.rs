@@ -9,10 +9,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tracing::warn;
 
+use crate::backoff::Backoff;
 use crate::broker::{self, Broker};
+use crate::stopping::Stopping;
 
 /// What follows the history: its names, its flag, and one session's read.
 pub(crate) trait Follower: Sync {
@@ -40,7 +41,7 @@ pub(crate) async fn follow<F: Follower>(
     follower: &F,
     broker: Broker,
     stream: String,
-    stopping: watch::Receiver<bool>,
+    stopping: Stopping,
 ) {
     let amqp = broker.amqp().clone();
     let session = || async {
@@ -64,7 +65,7 @@ async fn keep_following<F, Fut>(
     meanwhile: &str,
     caught_up: &AtomicBool,
     broker: &Broker,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Stopping,
     mut session: F,
 ) where
     F: FnMut() -> Fut,
@@ -72,18 +73,18 @@ async fn keep_following<F, Fut>(
 {
     tokio::select! {
         () = broker.connected() => {}
-        _ = stopping.wait_for(|stop| *stop) => return,
+        () = stopping.stopped() => return,
     }
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut warned = false;
     loop {
         let result = tokio::select! {
             result = session() => result,
-            _ = stopping.wait_for(|stop| *stop) => return,
+            () = stopping.stopped() => return,
         };
         if caught_up.swap(false, Ordering::AcqRel) {
             warned = false;
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
         if let Err(err) = result
             && !warned
@@ -94,10 +95,8 @@ async fn keep_following<F, Fut>(
             );
             warned = true;
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
+        if !Backoff::sleep(backoff.next_delay(), &mut stopping).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }

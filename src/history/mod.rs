@@ -25,7 +25,6 @@ pub mod index;
 mod search;
 
 pub(crate) use follow::{Follower, follow};
-pub use index::Index;
 pub use search::{Page, newest};
 
 use std::str::FromStr;
@@ -49,11 +48,22 @@ const ACK_EVERY: u64 = 250;
 /// How long a read without `follow` waits for the next delivery before it
 /// gives up, short of the end it knows of.
 pub const STALL: Duration = Duration::from_secs(60);
-/// How long to wait for the last chunk of a stream, and for more of it.
-const LAST_CHUNK_WAIT: Duration = Duration::from_secs(1);
-const LAST_CHUNK_GAP: Duration = Duration::from_millis(150);
+/// How long a one-off read (events, replay, audit) waits for the first
+/// message of the stream's last chunk. AMQP has no "end of stream" signal,
+/// so only an empty stream waits it out; a busy broker that answers late
+/// must not be taken for an empty one (a read would then print nothing).
+pub(crate) const END_WAIT_ONCE: Duration = Duration::from_secs(5);
+/// The same wait for the follower, which reads on whatever it decides: a
+/// late answer only makes it say "caught up" a moment early.
+pub(crate) const END_WAIT_FOLLOWING: Duration = Duration::from_secs(1);
+/// How long the rest of the last chunk may lag behind its first message:
+/// RabbitMQ sends a chunk in one go, so this is the client's own delay in
+/// a loaded process, never the broker's.
+const LAST_CHUNK_GAP: Duration = Duration::from_millis(500);
 /// The routing key events shows for a quarantined body (a 422'd webhook).
 pub const QUARANTINED: &str = "quarantine";
+/// The routing key a relay's note shows (see [`crate::audit::notes`]).
+pub const RELAY_NOTE: &str = "relay.note";
 
 /// Where in the stream a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +94,9 @@ pub struct Filter {
     pub until: Option<SystemTime>,
     /// Any of these `message_id`s; empty: any.
     pub message_ids: Vec<String>,
+    /// The relays' notes about their numbers too (`hookrelay audit` reads
+    /// them); no reader but the audit's wants them.
+    pub notes: bool,
 }
 
 /// A point in time as an operator writes it: RFC 3339
@@ -127,16 +140,24 @@ pub struct Reader {
     last_tag: u64,
 }
 
+/// Where a read of the history stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// At the stream's end as it is when the read starts.
+    AtTheEnd,
+    /// Never: it waits for new events (until `filter.until`, if set).
+    Following,
+}
+
 impl Reader {
-    /// Starts reading `stream` at `start`. Without `follow`, the read ends at
-    /// the stream's end as it is now; with it, it waits for new events (until
-    /// `filter.until`, if set).
+    /// Starts reading `stream` at `start`, to its end as it is now or
+    /// following it, as `ends` says.
     ///
     /// ```no_run
     /// # async fn run() -> anyhow::Result<()> {
     /// use hookrelay::broker::{Topology, with_tool_connection};
     /// use hookrelay::config::Settings;
-    /// use hookrelay::history::{Filter, Reader, Start};
+    /// use hookrelay::history::{Ends, Filter, Reader, Start};
     ///
     /// let settings = Settings::load(Some("relay.toml".as_ref()))?;
     /// let topology = Topology::of(&settings);
@@ -144,7 +165,7 @@ impl Reader {
     /// // Did we get the webhook for account a-7?
     /// let filter = Filter { account_id: Some("a-7".to_owned()), ..Filter::default() };
     /// with_tool_connection(&settings.amqp, "my-console", async |connection| {
-    ///     let mut reader = Reader::open(connection, stream, Start::First, false, filter).await?;
+    ///     let mut reader = Reader::open(connection, stream, Start::First, Ends::AtTheEnd, filter).await?;
     ///     while let Some(event) = reader.next().await? {
     ///         println!("{:?} {} {:?}", event.message_id(), event.routing_key, event.received_at());
     ///     }
@@ -158,18 +179,21 @@ impl Reader {
         connection: &Connection,
         stream: &str,
         start: Start,
-        follow: bool,
+        ends: Ends,
         filter: Filter,
     ) -> anyhow::Result<Reader> {
+        let follow = ends == Ends::Following;
         let last = if follow {
             None
         } else {
-            last_event(connection, stream).await?
+            last_event(connection, stream, END_WAIT_ONCE).await?
         };
-        // A start after the last event: RabbitMQ sends nothing, so there is
+        // A start after the last chunk: RabbitMQ sends nothing, so there is
         // nothing to wait for (and nothing would pass the filter's `since`).
+        // A chunk is stored after every event in it was received, so when
+        // the whole last chunk was received before `at`, so was everything.
         let after_the_end = match (start, &last) {
-            (Start::At(at), Some(last)) => last.received_at.is_some_and(|last| last < at),
+            (Start::At(at), Some(last)) => last.latest_received_at.is_some_and(|last| last < at),
             (Start::Offset(offset), Some(last)) => last.offset < offset,
             _ => false,
         };
@@ -207,7 +231,6 @@ impl Reader {
             };
             let offset = offset(delivery.properties.headers().as_ref()).unwrap_or(0);
             self.seen = Some(offset);
-            self.read += 1;
             if let Some(end) = self.end {
                 if offset > end {
                     self.done = true;
@@ -215,18 +238,20 @@ impl Reader {
                 }
                 self.done = offset == end;
             }
-            let quarantined = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .is_some_and(|h| h.inner().contains_key(QUARANTINE_REASON));
+            let headers = delivery.properties.headers().as_ref();
+            let quarantined = headers.is_some_and(|h| h.inner().contains_key(QUARANTINE_REASON));
+            let note = crate::audit::notes::is_note(headers);
+            // Events read: a relay's note is not one.
+            self.read += u64::from(!note);
             let recorded = Recorded {
                 offset,
-                // A quarantined body's copy came through the default exchange,
-                // its routing key the stream's name: say what it is instead.
-                routing_key: match quarantined {
-                    true => QUARANTINED.to_owned(),
-                    false => delivery.routing_key.to_string(),
+                // A quarantined body's copy and a relay's note came through
+                // the default exchange, their routing key the stream's name:
+                // say what each is instead.
+                routing_key: match (quarantined, note) {
+                    (true, _) => QUARANTINED.to_owned(),
+                    (false, true) => RELAY_NOTE.to_owned(),
+                    (false, false) => delivery.routing_key.to_string(),
                 },
                 properties: delivery.properties,
                 body: delivery.data,
@@ -298,11 +323,12 @@ impl Filter {
                 .is_none_or(|wanted| text(headers, key).as_deref() == Some(wanted.as_str()))
         };
         let received = || event.received_at();
-        (self.routing_keys.is_empty()
-            || self
-                .routing_keys
-                .iter()
-                .any(|p| p.matches(&event.routing_key)))
+        (self.notes || event.routing_key != RELAY_NOTE)
+            && (self.routing_keys.is_empty()
+                || self
+                    .routing_keys
+                    .iter()
+                    .any(|p| p.matches(&event.routing_key)))
             && same(&self.user_id, USER_ID)
             && same(&self.account_id, ACCOUNT_ID)
             && same(&self.client_id, CLIENT_ID)
@@ -390,14 +416,18 @@ async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Resul
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LastEvent {
     pub(crate) offset: u64,
-    received_at: Option<SystemTime>,
+    /// The latest `x-received-at` in the last chunk: not always the last
+    /// event's own (a spool drained late, a relay's note, another relay).
+    latest_received_at: Option<SystemTime>,
 }
 
-/// The last event in `stream`, or `None` when it is empty: a consumer at
-/// `last` gets the whole last chunk, whose highest offset it is.
+/// The last event in `stream`, or `None` when nothing came within
+/// `first_within` (an empty stream): a consumer at `last` gets the whole
+/// last chunk, whose highest offset it is.
 pub(crate) async fn last_event(
     connection: &Connection,
     stream: &str,
+    first_within: Duration,
 ) -> anyhow::Result<Option<LastEvent>> {
     let channel = connection
         .create_channel()
@@ -405,17 +435,29 @@ pub(crate) async fn last_event(
         .context("cannot open a channel")?;
     let mut consumer = consume(&channel, stream, Start::Last).await?;
     let mut last: Option<LastEvent> = None;
-    let mut wait = LAST_CHUNK_WAIT;
+    let mut wait = first_within;
+    let mut unacked = 0;
     while let Ok(Some(delivery)) = tokio::time::timeout(wait, consumer.next()).await {
         let delivery = delivery.context("the connection to RabbitMQ was lost")?;
+        // A chunk may hold more than the prefetch: keep the credit flowing.
+        unacked += 1;
+        if unacked >= ACK_EVERY {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .context("cannot acknowledge stream deliveries")?;
+            unacked = 0;
+        }
         let headers = delivery.properties.headers().as_ref();
-        if let Some(offset) = offset(headers)
-            && last.is_none_or(|last| offset > last.offset)
-        {
-            let received_at = headers::time(headers, RECEIVED_AT);
+        let received_at = headers::time(headers, RECEIVED_AT);
+        let latest_received_at = last
+            .and_then(|last| last.latest_received_at)
+            .max(received_at);
+        if let Some(offset) = offset(headers) {
             last = Some(LastEvent {
-                offset,
-                received_at,
+                offset: last.map_or(offset, |last| last.offset.max(offset)),
+                latest_received_at,
             });
         }
         wait = LAST_CHUNK_GAP;

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use lapin::Connection;
 
-use super::{Filter, Reader, Recorded, Start};
+use super::{Ends, Filter, Reader, Recorded, Start};
 
 /// One page of events, newest first.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub async fn newest(
     limit: usize,
 ) -> anyhow::Result<Page> {
     let start = filter.since.map_or(Start::First, Start::At);
-    let mut reader = Reader::open(connection, stream, start, false, filter).await?;
+    let mut reader = Reader::open(connection, stream, start, Ends::AtTheEnd, filter).await?;
     let mut kept = VecDeque::with_capacity(limit.saturating_add(1).min(1024));
     let mut older = false;
     while let Some(event) = reader.next().await? {

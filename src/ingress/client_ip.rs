@@ -11,6 +11,19 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::ip_ranges::IpRanges;
 
+/// The client address of an HTTP request: its peer, or behind
+/// `trusted_proxies` the address they saw (see [`resolve`]); `None` when the
+/// connection has no IP peer.
+pub fn of_request(req: &actix_web::HttpRequest, trusted_proxies: &IpRanges) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let forwarded_for = req
+        .headers()
+        .get_all("x-forwarded-for")
+        // An unreadable value is garbage, which stops the walk (fails closed).
+        .map(|value| value.to_str().unwrap_or(""));
+    Some(resolve(peer, forwarded_for, trusted_proxies))
+}
+
 /// Resolves the client address of a request that reached us from `peer`.
 ///
 /// `forwarded_for` yields the values of every `X-Forwarded-For` header in the

@@ -48,6 +48,16 @@ pub(crate) enum IngressError {
     /// Neither RabbitMQ nor the spool took it; the sender should retry.
     #[error("temporarily unable to store the event; retry later")]
     NotStored(#[source] Box<DeliveryError>),
+    /// An identical copy arrived while this one was being stored: that
+    /// copy's answer stands for the one message stored (see `copies`).
+    #[error(
+        "an identical copy of this webhook arrived while it was being stored: the event is \
+         stored once, and that copy's answer stands for it; retry if it got none"
+    )]
+    Superseded,
+    /// Storing it was interrupted (the relay is stopping); the sender should retry.
+    #[error("storing the event was interrupted (the relay is stopping); retry later")]
+    Interrupted,
 }
 
 #[derive(Serialize)]
@@ -82,6 +92,8 @@ impl IngressError {
                 Outcome::SpoolFull
             }
             IngressError::NotStored(_) => Outcome::BrokerUnavailable,
+            IngressError::Superseded => Outcome::Superseded,
+            IngressError::Interrupted => Outcome::Interrupted,
         }
     }
 }
@@ -98,7 +110,9 @@ impl ResponseError for IngressError {
             IngressError::BodyUnreadable => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Quarantined { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            IngressError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::NotStored(_) | IngressError::Superseded | IngressError::Interrupted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -109,8 +123,13 @@ impl ResponseError for IngressError {
         };
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            IngressError::NotStored(_) => {
+            IngressError::NotStored(_) | IngressError::Interrupted => {
                 response.insert_header((RETRY_AFTER, RETRY_AFTER_SECS));
+            }
+            // The newer copy's answer is the one that counts; should this
+            // one still be heard, a retry soon is harmless.
+            IngressError::Superseded => {
+                response.insert_header((RETRY_AFTER, "1"));
             }
             IngressError::MethodNotAllowed => {
                 response.insert_header((ALLOW, "POST"));

@@ -5,8 +5,10 @@
 //! would otherwise write one line each and could fill the disk, so past the
 //! budget lines are dropped and the next line written says how many were.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::unpoisoned::Locked;
 
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -42,7 +44,7 @@ impl LogBudget {
     fn admit_at(&self, now: Instant) -> Option<u64> {
         // The window holds only counters, so a panic elsewhere cannot leave it
         // inconsistent: a poisoned lock is still good to use.
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut window = self.window.locked();
         if now.saturating_duration_since(window.started) >= WINDOW {
             window.started = now;
             window.written = 0;

@@ -1,10 +1,12 @@
 //! The public HTTP app: the webhook path and nothing else.
 //!
 //! `client_ip` decides who is calling, `webhook` runs the checks and the
-//! publish, `error` turns every refusal into a status code and a JSON reason,
-//! `log_budget` keeps a flood of refusals out of the log.
+//! publish, `copies` stores identical copies in flight once, `error` turns
+//! every refusal into a status code and a JSON reason, `log_budget` keeps a
+//! flood of refusals out of the log.
 
 pub mod client_ip;
+mod copies;
 pub(crate) mod error;
 mod log_budget;
 pub(crate) mod tls;
@@ -17,9 +19,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, guard, web};
 use subtle::ConstantTimeEq;
 
+use crate::audit::numbering::{Numbering, Ticket};
 use crate::config::ip_ranges::IpRanges;
 use crate::config::{Secret, Settings};
-use crate::dedup::Dedup;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::traces::Traces;
@@ -41,8 +43,11 @@ pub struct Ingress {
     max_body_bytes: usize,
     body_timeout: Duration,
     delivery: Delivery,
-    /// `None` when `ingress.dedup_window` is 0.
-    dedup: Option<Arc<Dedup>>,
+    /// This relay's numbers: one for each webhook it stores (none with
+    /// `[audit] enabled = false`).
+    numbering: Option<Arc<Numbering>>,
+    /// Identical copies in flight, stored once.
+    copies: Arc<copies::Copies<webhook::Stored>>,
     traces: Arc<Traces>,
     metrics: Metrics,
     log_budget: LogBudget,
@@ -52,7 +57,7 @@ impl Ingress {
     pub fn new(
         settings: &Settings,
         delivery: Delivery,
-        dedup: Option<Arc<Dedup>>,
+        numbering: Option<Arc<Numbering>>,
         traces: Arc<Traces>,
         metrics: Metrics,
     ) -> Ingress {
@@ -65,11 +70,17 @@ impl Ingress {
             max_body_bytes: settings.server.max_body_bytes,
             body_timeout: settings.server.body_timeout(),
             delivery,
-            dedup,
+            numbering,
+            copies: copies::Copies::new(),
             traces,
             metrics,
             log_budget: LogBudget::per_second(LOG_LINES_PER_SECOND),
         }
+    }
+
+    /// The next number, for a webhook about to be stored.
+    fn number(&self) -> Option<Ticket> {
+        self.numbering.as_ref().and_then(Numbering::take)
     }
 
     /// The caller's address, if it is on the allowlist: the first check for
@@ -87,17 +98,7 @@ impl Ingress {
 
     /// The caller's address; `None` when the connection has no IP peer.
     fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
-        let peer = req.peer_addr()?.ip();
-        let forwarded_for = req
-            .headers()
-            .get_all("x-forwarded-for")
-            // An unreadable value is garbage, which stops the walk (fails closed).
-            .map(|value| value.to_str().unwrap_or(""));
-        Some(client_ip::resolve(
-            peer,
-            forwarded_for,
-            &self.trusted_proxies,
-        ))
+        client_ip::of_request(req, &self.trusted_proxies)
     }
 
     /// The W3C trace context of the request, when a trusted proxy (the TCP

@@ -4,7 +4,8 @@
 //! Source address (403), client id (401), content type (415) and size (413) are
 //! all decided before the body is read, so a refused request costs no body
 //! read and no broker round trip. Only once the event is durable (confirmed by
-//! RabbitMQ, or fsync'd to the spool) do we answer 200.
+//! RabbitMQ, or fsync'd to the spool) do we answer 200, and only one copy
+//! of a webhook in flight here is answered 200 for it (see [`super::copies`]).
 
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
@@ -17,42 +18,56 @@ use tracing::{Level, Span, debug, field, info, info_span, warn};
 use uuid::Uuid;
 
 use super::Ingress;
+use super::copies::Answer;
 use super::error::IngressError;
-use crate::dedup::{Claim, DedupKey};
-use crate::delivery::Delivered;
-use crate::event::Event;
+use crate::audit::numbering::Ticket;
+use crate::delivery::{Delivered, DeliveryError};
+use crate::event::{Event, ParseError};
 use crate::metrics::Outcome;
 use crate::traces::WebhookTrace;
 use crate::wire::envelope::{Kind, Receipt, event_message, quarantine_message};
 
-/// The answer to a webhook that is durable: `accepted`, or `duplicate` of
-/// the message `id` accepted earlier.
+/// The answer to a webhook that is durable.
 #[derive(Serialize)]
 struct Accepted {
     status: &'static str,
+    /// The stored message's `message_id`.
     id: Uuid,
+    /// Where it is now: `rabbitmq` (confirmed) or `spool` (on the relay's
+    /// disk, published once RabbitMQ takes it). Both are durable.
+    stored: &'static str,
 }
+
+/// How one store of a webhook ended: the message it stored, and where.
+#[derive(Debug)]
+pub(super) struct Stored {
+    message_id: Uuid,
+    delivered: Result<Delivered, DeliveryError>,
+}
+
+/// How often a copy may find the flight it joined failed and store itself.
+const ATTEMPTS: u32 = 2;
 
 /// What is known of a webhook so far, for the span of its log lines, and
 /// its trace (see [`crate::traces`]) once the sender is authenticated.
 ///
 /// The log span is built only when a line is written: a span entered around
-/// the whole request cost about 4-6 µs per webhook, 6-9 % of the relay's CPU
-/// (BENCHMARKS.md), for lines that are rarely written.
+/// the whole request cost a measurable share of the relay's CPU
+/// (BENCHMARKS.md) for lines that are rarely written.
 #[derive(Default)]
-struct Known<'a> {
-    log: Logged,
+struct WebhookContext<'a> {
+    log: LogFields,
     trace: Option<WebhookTrace<'a>>,
 }
 
 /// The fields of a webhook's log lines.
 #[derive(Default)]
-struct Logged {
+struct LogFields {
     source_ip: Option<IpAddr>,
     message_id: Option<Uuid>,
 }
 
-impl Logged {
+impl LogFields {
     fn span(&self, outcome: Option<Outcome>) -> Span {
         info_span!(
             "webhook",
@@ -70,7 +85,7 @@ pub(super) async fn receive(
     ingress: web::Data<Ingress>,
 ) -> Result<HttpResponse, IngressError> {
     let started = Instant::now();
-    let mut known = Known::default();
+    let mut known = WebhookContext::default();
     let result = accept(&req, payload, &ingress, &mut known).await;
     let outcome = result
         .as_ref()
@@ -85,9 +100,9 @@ pub(super) async fn receive(
     if result.is_ok() {
         ingress.metrics.observe_webhook(started.elapsed());
     }
-    if matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
-        // At debug: one info line per accepted webhook cost 30% of the relay's
-        // CPU in the benchmark (BENCHMARKS.md); the metrics count them, and
+    if outcome == Outcome::Accepted {
+        // At debug: one info line per accepted webhook is a large share of
+        // the relay's CPU (BENCHMARKS.md); the metrics count them, and
         // `RUST_LOG=info,hookrelay=debug` brings the lines back.
         if tracing::enabled!(Level::DEBUG) {
             known
@@ -134,8 +149,8 @@ fn log_outcome(result: &Result<(HttpResponse, Outcome), IngressError>, dropped: 
 async fn accept<'a>(
     req: &HttpRequest,
     payload: web::Payload,
-    ingress: &'a Ingress,
-    known: &mut Known<'a>,
+    ingress: &'a web::Data<Ingress>,
+    known: &mut WebhookContext<'a>,
 ) -> Result<(HttpResponse, Outcome), IngressError> {
     let received_at = SystemTime::now();
     let source_ip = ingress.allowed_client(req)?;
@@ -146,85 +161,172 @@ async fn accept<'a>(
     let trace = known
         .trace
         .insert(ingress.traces.webhook(parent.as_ref(), received_at));
+    let body = json_body(req, payload, ingress).await?;
+
+    let receipt = Receipt::new(client_id, source_ip, received_at);
+    known.log.message_id = Some(receipt.message_id);
+    let event = match Event::parse(&body) {
+        Ok(event) => event,
+        Err(reason) => return Err(quarantine(ingress, reason, receipt, body, trace).await),
+    };
+    ingress.metrics.schema_warnings(event.warnings());
+    if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
+        known.log.span(None).in_scope(|| {
+            warn!(
+                code = code.as_str(),
+                "undocumented error code; routed anyway"
+            );
+        });
+    }
+    let stored = store(ingress, client_id, &body, &event, receipt, trace).await?;
+    answer(stored, known)
+}
+
+/// The body of a request that says it is JSON, read within the body
+/// timeout and the size limit.
+async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    ingress: &Ingress,
+) -> Result<Bytes, IngressError> {
     if !is_json(req) {
         return Err(IngressError::UnsupportedMediaType);
     }
-    let body = tokio::time::timeout(
+    tokio::time::timeout(
         ingress.body_timeout,
         read_body(req, payload, ingress.max_body_bytes),
     )
     .await
-    .map_err(|_| IngressError::BodyTimeout(ingress.body_timeout))??;
+    .map_err(|_| IngressError::BodyTimeout(ingress.body_timeout))?
+}
 
-    let mut receipt = Receipt::new(client_id, source_ip, received_at);
-    known.log.message_id = Some(receipt.message_id);
-    match Event::parse(&body) {
-        Ok(event) => {
-            ingress.metrics.schema_warnings(event.warnings());
-            if let Some(code) = event.error_code().filter(|code| !code.is_known()) {
-                known.log.span(None).in_scope(|| {
-                    warn!(
-                        code = code.as_str(),
-                        "undocumented error code; routed anyway"
-                    );
-                });
+/// A body from an authenticated sender that is not an event: stored in the
+/// quarantine (nothing is dropped), and answered 422 with the reason, or
+/// 503 when it could not be stored.
+async fn quarantine(
+    ingress: &Ingress,
+    reason: ParseError,
+    mut receipt: Receipt,
+    body: Bytes,
+    trace: &mut WebhookTrace<'_>,
+) -> IngressError {
+    receipt.trace = Some(trace.publish(|| Kind::Quarantine, receipt.message_id));
+    let number = ingress.number();
+    receipt.stamp = number.as_ref().map(Ticket::stamp);
+    let message = || quarantine_message(&reason, &receipt, body.clone());
+    let delivered = ingress.delivery.deliver(message).await;
+    trace.delivered(delivered.as_ref());
+    if let Some(number) = number
+        && delivered.is_ok()
+    {
+        number.stored();
+    }
+    match delivered {
+        Ok(_) => IngressError::Quarantined {
+            id: receipt.message_id,
+            reason,
+        },
+        Err(err) => IngressError::NotStored(Box::new(err)),
+    }
+}
+
+/// What the sender hears for a stored event: 200 and where it is, or why
+/// it was not stored.
+fn answer(
+    stored: Stored,
+    known: &mut WebhookContext<'_>,
+) -> Result<(HttpResponse, Outcome), IngressError> {
+    // A copy that joined another's flight answers with that message's id.
+    known.log.message_id = Some(stored.message_id);
+    let outcome = match stored.delivered {
+        Ok(Delivered::Published) => Outcome::Accepted,
+        // Said once per routing key by the spool's refused lane, not
+        // once per webhook.
+        Ok(Delivered::Refused { .. }) => Outcome::Refused,
+        Ok(Delivered::Spooled { why, .. }) => {
+            if let Some(why) = why {
+                known
+                    .log
+                    .span(None)
+                    .in_scope(|| warn!(error = %why, "RabbitMQ did not confirm; spooled"));
             }
-            let claimed = match &ingress.dedup {
-                Some(dedup) => match dedup.claim(&DedupKey::of(&event, client_id)).await {
-                    Claim::Duplicate(id) => {
-                        let duplicate = Accepted {
-                            status: "duplicate",
-                            id,
-                        };
-                        return Ok((HttpResponse::Ok().json(duplicate), Outcome::Duplicate));
-                    }
-                    Claim::New(claimed) => Some(claimed),
-                },
-                None => None,
-            };
+            Outcome::Spooled
+        }
+        Err(err) => return Err(IngressError::NotStored(Box::new(err))),
+    };
+    let accepted = Accepted {
+        status: "accepted",
+        id: stored.message_id,
+        stored: match outcome {
+            Outcome::Accepted => "rabbitmq",
+            _ => "spool",
+        },
+    };
+    Ok((HttpResponse::Ok().json(accepted), outcome))
+}
+
+/// Stores the event, once for every identical copy in flight on this relay
+/// (see [`super::copies`]): the message this request answers for, or why
+/// it answers for none.
+async fn store(
+    ingress: &web::Data<Ingress>,
+    client_id: &str,
+    body: &Bytes,
+    event: &Event,
+    mut receipt: Receipt,
+    trace: &mut WebhookTrace<'_>,
+) -> Result<Stored, IngressError> {
+    for attempt in 1..=ATTEMPTS {
+        let start = || {
             receipt.trace =
                 Some(trace.publish(|| Kind::Event(event.routing_key()), receipt.message_id));
-            let message = || event_message(&event, &receipt, body.clone());
-            let delivered = ingress.delivery.deliver(message).await;
-            trace.delivered(delivered.as_ref());
-            let outcome = match delivered {
-                Ok(Delivered::Published) => Outcome::Accepted,
-                // Said once per routing key by the spool's refused lane, not
-                // once per webhook.
-                Ok(Delivered::Refused { .. }) => Outcome::Refused,
-                Ok(Delivered::Spooled { why, .. }) => {
-                    if let Some(why) = why {
-                        known
-                            .log
-                            .span(None)
-                            .in_scope(|| warn!(error = %why, "RabbitMQ did not confirm; spooled"));
+            let span = trace.take_publish();
+            let (ingress, event, receipt, body) = (
+                ingress.clone(),
+                event.clone(),
+                receipt.clone(),
+                body.clone(),
+            );
+            async move {
+                // Taken here, where the webhook is stored: a copy that joins
+                // another's flight shares its number, as it shares its message.
+                let number = ingress.number();
+                let mut receipt = receipt;
+                receipt.stamp = number.as_ref().map(Ticket::stamp);
+                let message = || event_message(&event, &receipt, body.clone());
+                let delivered = ingress.delivery.deliver(message).await;
+                span.delivered(&ingress.traces, delivered.as_ref());
+                if delivered.is_ok() {
+                    ingress.metrics.event(&event);
+                    if let Some(number) = number {
+                        number.stored();
                     }
-                    Outcome::Spooled
                 }
-                Err(err) => return Err(IngressError::NotStored(Box::new(err))),
-            };
-            if let Some(claimed) = claimed {
-                claimed.durable(receipt.message_id);
+                Stored {
+                    message_id: receipt.message_id,
+                    delivered,
+                }
             }
-            ingress.metrics.event(&event);
-            let accepted = Accepted {
-                status: "accepted",
-                id: receipt.message_id,
-            };
-            Ok((HttpResponse::Ok().json(accepted), outcome))
-        }
-        Err(reason) => {
-            receipt.trace = Some(trace.publish(|| Kind::Quarantine, receipt.message_id));
-            let message = || quarantine_message(&reason, &receipt, body.clone());
-            let delivered = ingress.delivery.deliver(message).await;
-            trace.delivered(delivered.as_ref());
-            delivered.map_err(|err| IngressError::NotStored(Box::new(err)))?;
-            Err(IngressError::Quarantined {
-                id: receipt.message_id,
-                reason,
-            })
+        };
+        match ingress.copies.store(client_id, body, start).await {
+            Answer::Superseded => return Err(IngressError::Superseded),
+            // The copy this one joined was not stored: this one stores itself.
+            Answer::Landed {
+                outcome: Stored {
+                    delivered: Err(_), ..
+                },
+                started: false,
+            }
+            | Answer::Abandoned
+                if attempt < ATTEMPTS =>
+            {
+                receipt.message_id = Uuid::now_v7();
+            }
+            Answer::Landed { outcome, .. } => return Ok(outcome),
+            Answer::Abandoned => break,
         }
     }
+    Err(IngressError::Interrupted)
 }
 
 /// Any method but POST on the webhook path: 403 for a source that is not

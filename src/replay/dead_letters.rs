@@ -9,6 +9,7 @@
 //! one higher and its original route in `x-original-*`. A message without a
 //! death record is left in place and reported.
 
+use schemars::JsonSchema;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,7 +39,8 @@ pub struct ReplayOptions {
 }
 
 /// One visited message worth reporting (non-matching ones are only counted).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetterReplayed")]
 pub struct Entry {
     pub action: Action,
     pub message_id: Option<String>,
@@ -54,8 +56,9 @@ pub struct Entry {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DeadLetterAction")]
 pub enum Action {
     Replayed,
     WouldReplay,
@@ -64,7 +67,8 @@ pub enum Action {
     NoDeathRecord,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetterReplaySummary")]
 pub struct Summary {
     pub replayed: usize,
     pub would_replay: usize,
@@ -186,7 +190,11 @@ fn decide(
         return (Verdict::Keep, None);
     }
     let properties = delivery.properties.clone();
-    let replayed = replay_headers(properties.headers().as_ref(), &death);
+    let mut replayed = replay_headers(properties.headers().as_ref(), &death);
+    // An event (an account change carries no `hook`) an older relay published.
+    if replayed.contains_key(crate::wire::headers::HOOK) {
+        super::every_events_headers(&mut replayed, &delivery.data);
+    }
     let outgoing = replayed_message(
         &death,
         destination,

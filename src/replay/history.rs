@@ -12,12 +12,14 @@
 
 use bytes::Bytes;
 use lapin::types::AMQPValue;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Pass, Source, Step, Verdict};
 use crate::broker::{self, Outgoing, Topology, browse};
 use crate::config::Settings;
-use crate::history::{Filter, QUARANTINED, Reader, Recorded, Start};
+use crate::history::{Ends, Filter, QUARANTINED, Reader, Recorded, Start};
+use crate::wire::account::ROUTING_PREFIX;
 use crate::wire::death::replay_count;
 use crate::wire::headers::{
     self, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_FROM, STREAM_OFFSET,
@@ -43,7 +45,8 @@ pub struct Options {
 }
 
 /// One event the run sent, would send, or failed to send.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "HistoryReplayed")]
 pub struct Sent {
     pub action: Action,
     pub message_id: Option<String>,
@@ -55,8 +58,9 @@ pub struct Sent {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "HistoryReplayAction")]
 pub enum Action {
     Replayed,
     WouldReplay,
@@ -65,7 +69,8 @@ pub enum Action {
     Skipped,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "HistoryReplaySummary")]
 pub struct Summary {
     pub replayed: usize,
     pub would_replay: usize,
@@ -124,7 +129,7 @@ pub async fn replay(
             connection,
             stream,
             options.start,
-            false,
+            Ends::AtTheEnd,
             options.filter.clone(),
         )
         .await?;
@@ -193,26 +198,39 @@ fn decide(event: &Recorded, destination: &Destination, topology: &Topology) -> (
         );
         return (Verdict::Keep, sent);
     }
+    // An announcement goes back through the relay's own exchange (which
+    // keeps a copy in the history: harmless, its cause is paid already), a
+    // webhook through the topic exchange (not the entry fanout: no second
+    // copy in the history).
+    let announced = event.routing_key.starts_with(ROUTING_PREFIX);
     let (exchange, routing_key) = match destination {
         Destination::Queue(queue) => (String::new(), queue.clone()),
+        Destination::Exchange if announced => (
+            topology.changes_exchange().to_owned(),
+            event.routing_key.clone(),
+        ),
         Destination::Exchange => (topology.exchange().to_owned(), event.routing_key.clone()),
+    };
+    let first_exchange = match announced {
+        true => topology.changes_exchange(),
+        false => topology.entry_exchange(),
     };
     let outgoing = Outgoing {
         exchange,
         routing_key,
-        properties: replayed_properties(event, topology.entry_exchange()),
+        properties: replayed_properties(event, first_exchange),
         body: Bytes::from(event.body.clone()),
     };
     (Verdict::Send(Box::new(outgoing)), sent)
 }
 
 /// The event's properties, persistent, with the replay recorded in its
-/// headers, and the route it first took (`x-original-exchange`: the entry
+/// headers, and the route it first took (`x-original-exchange`: the
 /// exchange it was published to; `x-original-routing-key`) unless an earlier
 /// replay recorded it: sent to a queue through the default exchange, the
 /// message's own routing key is then that queue's name, and consumers
 /// dispatch on the original.
-fn replayed_properties(event: &Recorded, entry_exchange: &str) -> lapin::BasicProperties {
+fn replayed_properties(event: &Recorded, first_exchange: &str) -> lapin::BasicProperties {
     let kept = event.properties.headers().as_ref();
     // The stream offset is RabbitMQ's, on every message read from a stream.
     let mut headers = headers::copied(kept, &[STREAM_OFFSET, REPLAY_COUNT]);
@@ -221,8 +239,11 @@ fn replayed_properties(event: &Recorded, entry_exchange: &str) -> lapin::BasicPr
         AMQPValue::LongLongInt(replay_count(kept) + 1),
     );
     headers::set_text(&mut headers, REPLAYED_FROM, "history");
+    if !event.routing_key.starts_with(ROUTING_PREFIX) {
+        super::every_events_headers(&mut headers, &event.body);
+    }
     if !headers.contains_key(ORIGINAL_ROUTING_KEY) {
-        headers::set_text(&mut headers, ORIGINAL_EXCHANGE, entry_exchange);
+        headers::set_text(&mut headers, ORIGINAL_EXCHANGE, first_exchange);
         headers::set_text(&mut headers, ORIGINAL_ROUTING_KEY, &event.routing_key);
     }
     event
@@ -238,6 +259,9 @@ mod tests {
     use lapin::types::FieldTable;
 
     use super::*;
+    use crate::event::Event;
+    use crate::wire::dedup_key::DedupKey;
+    use crate::wire::headers::{CLIENT_ID, DEDUP_KEY, TRACEPARENT};
 
     #[test]
     fn a_replayed_event_keeps_its_id_and_headers_and_says_where_it_came_from() {
@@ -275,5 +299,34 @@ mod tests {
             headers[ORIGINAL_EXCHANGE],
             AMQPValue::LongString("hooks.in".into())
         );
+    }
+
+    #[test]
+    fn an_event_an_older_relay_accepted_is_replayed_with_every_events_headers() {
+        let body =
+            br#"{"hook":"SyncAccount","user":{"id":"u1"},"account":{"id":"a1","provider":"Bank"}}"#;
+        let mut headers = FieldTable::default();
+        headers.insert(CLIENT_ID.into(), AMQPValue::LongString("app".into()));
+        let older = |routing_key: &str| Recorded {
+            offset: 7,
+            routing_key: routing_key.to_owned(),
+            properties: BasicProperties::default().with_headers(headers.clone()),
+            body: body.to_vec(),
+        };
+
+        let properties = replayed_properties(&older("sync.account"), "hooks.in");
+
+        let headers = properties.headers().as_ref().unwrap().inner();
+        let expected = DedupKey::of(&Event::parse(body).unwrap(), "app").to_hex();
+        assert_eq!(headers[DEDUP_KEY], AMQPValue::LongString(expected.into()));
+        let trace = headers::text(properties.headers().as_ref(), TRACEPARENT).unwrap();
+        assert!(
+            trace.starts_with("00-") && trace.ends_with("-01"),
+            "{trace}"
+        );
+        // An account change has neither: the relay writes its own headers.
+        let change = replayed_properties(&older("account.ok"), "hooks.changes");
+        let change = change.headers().as_ref().unwrap().inner();
+        assert!(!change.contains_key(DEDUP_KEY) && !change.contains_key(TRACEPARENT));
     }
 }

@@ -203,3 +203,23 @@ impl Source for QueueSource {
             .with_context(|| format!("sent on, but cannot acknowledge {}", self.what))
     }
 }
+
+/// What every event carries and one an older relay accepted may lack: its
+/// `x-dedup-key` (from the body and `x-client-id`, as the relay computes it
+/// on receipt) and a `traceparent` (a new trace), so that a replayed event
+/// holds to the contract as a new one does (from the history or the dead
+/// letters alike).
+pub(super) fn every_events_headers(headers: &mut lapin::types::FieldTable, body: &[u8]) {
+    use crate::wire::headers::{self, CLIENT_ID, DEDUP_KEY, TRACEPARENT};
+    if !headers.contains_key(DEDUP_KEY)
+        && let Some(client_id) = headers::text(Some(&*headers), CLIENT_ID)
+        && let Ok(parsed) = crate::event::Event::parse(body)
+    {
+        let key = crate::wire::dedup_key::DedupKey::of(&parsed, &client_id).to_hex();
+        headers::set_text(headers, DEDUP_KEY, &key);
+    }
+    if !headers.contains_key(TRACEPARENT) {
+        let trace = crate::traces::new_trace();
+        headers::set_text(headers, TRACEPARENT, &trace.traceparent);
+    }
+}

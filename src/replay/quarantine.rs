@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 use lapin::message::Delivery;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Pass, QueueSource, Step, Verdict};
@@ -36,7 +37,8 @@ pub struct Options {
 }
 
 /// One quarantined body and what became of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "Redriven")]
 pub struct Redrive {
     pub action: Action,
     pub message_id: Option<String>,
@@ -50,8 +52,9 @@ pub struct Redrive {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "RedriveAction")]
 pub enum Action {
     Redriven,
     WouldRedrive,
@@ -59,7 +62,8 @@ pub enum Action {
     Failed,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "RedriveSummary")]
 pub struct Summary {
     pub redriven: usize,
     pub would_redrive: usize,
@@ -159,7 +163,10 @@ fn decide(delivery: &Delivery, topology: &Topology) -> (Verdict, Redrive) {
     let parsed = Event::parse(&delivery.data)
         .map_err(|err| err.reason())
         .and_then(|event| {
-            let receipt = Receipt::of(properties).map_err(|err| err.to_string())?;
+            let mut receipt = Receipt::of(properties).map_err(|err| err.to_string())?;
+            // Every event carries a trace context; an older relay stored
+            // quarantined bodies without one.
+            receipt.trace.get_or_insert_with(crate::traces::new_trace);
             Ok((event, receipt))
         });
     let (event, receipt) = match parsed {

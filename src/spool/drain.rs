@@ -19,11 +19,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{Refusal, Spool, Spooled};
 use crate::broker::{Broker, PublishError, Publisher};
+use crate::stopping::Stopping;
 use crate::wire::envelope::Message;
 
 /// Messages per batch: enough to fill the pipe, few enough to bound memory.
@@ -41,7 +41,7 @@ pub(crate) async fn run(
     spool: Spool,
     publisher: Publisher,
     broker: Broker,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Stopping,
 ) {
     if !spool.is_empty() {
         info!(
@@ -57,10 +57,10 @@ pub(crate) async fn run(
         last_error: None,
         last_retry_check: Instant::now(),
     };
-    while !*shutdown.borrow_and_update() {
+    while !shutdown.is_stopping() {
         tokio::select! {
             () = drainer.spool.wait_for_work(RETRY_CHECK) => {}
-            _ = shutdown.changed() => break,
+            () = shutdown.stopped() => break,
         }
         drainer.take_back_retries().await;
         if drainer.spool.is_empty() {
@@ -79,7 +79,7 @@ pub(crate) async fn run(
         if let Some(pause) = pause {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => break,
+                () = shutdown.stopped() => break,
             }
         }
     }

@@ -5,20 +5,32 @@
 //! `/readyz` and the metrics report), so `retry` only marks them; the relay
 //! takes them back within a second, or at its next start.
 
+use schemars::JsonSchema;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::{SpoolError, store};
+use crate::wire::envelope::Stamp;
 
 /// One spooled or parked message, as an operator sees it: no body (it holds
 /// personal data), only what identifies it and what happened to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "SpoolEntry")]
 pub struct Listed {
     pub seq: i64,
     pub state: State,
     pub message_id: Option<String>,
+    /// The event's `account-id`, to find what waits of one account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The relay that stored it (`x-relay-id`) and its number there
+    /// (`x-relay-seq`): what `hookrelay audit` looks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_seq: Option<u64>,
     /// `event` or `quarantine`.
     pub kind: String,
     /// An event's routing key.
@@ -39,8 +51,10 @@ pub struct Listed {
     pub retry_requested: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr)]
+#[schemars(rename = "SpoolEntryState")]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum State {
     /// In the backlog, waiting its turn to be published.
     Spooled,
@@ -50,8 +64,14 @@ pub enum State {
     Parked,
 }
 
-/// Every parked message, then every spooled one (backlog and refused), each
-/// oldest first.
+/// Rows a page may read past without admitting them: a filter that matches
+/// little in a spool of millions (RabbitMQ away for a day) answers in
+/// bounded time, with a cursor to read on from.
+pub const MAX_EXAMINED: usize = 20_000;
+
+/// Every spooled message, parked, refused or in the backlog, in the order it
+/// was spooled (`seq`; a parked one keeps its place; one sent again after
+/// `spool retry` goes to the back).
 ///
 /// ```no_run
 /// # fn run() -> Result<(), hookrelay::spool::SpoolError> {
@@ -69,57 +89,92 @@ pub enum State {
 /// # }
 /// ```
 pub fn list(path: &Path) -> Result<Vec<Listed>, SpoolError> {
+    Ok(page(path, None, usize::MAX, |_| true)?.listed)
+}
+
+/// A page of the listing.
+#[derive(Debug)]
+pub struct Page {
+    pub listed: Vec<Listed>,
+    /// The `seq` to read on after, when there may be more.
+    pub next: Option<i64>,
+    /// Rows read for this page, admitted or not.
+    pub examined: usize,
+}
+
+/// At most `limit` of the messages [`list`] gives that `keep` admits, with
+/// `seq` above `after`, reading at most [`MAX_EXAMINED`] rows (unless the
+/// limit is `usize::MAX`: the whole listing). One order over both tables (by
+/// `seq`), so a row parked while someone pages keeps its place and is
+/// neither skipped nor shown twice. A parked row taken back (`spool retry`)
+/// gets a new `seq`, at the end, so a listing under way may show it again
+/// there. Rows are read one at a time, so a page costs a page's memory.
+pub fn page(
+    path: &Path,
+    after: Option<i64>,
+    limit: usize,
+    keep: impl Fn(&Listed) -> bool,
+) -> Result<Page, SpoolError> {
     let db = store::open(path, false)?;
-    let mut listed = Vec::new();
-    let mut parked = db.prepare(
-        "SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error, parked_at, retry_requested
-         FROM parked ORDER BY seq",
+    let mut rows = db.prepare(
+        "SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error,
+                NULL AS retry_at, parked_at, retry_requested, 1 AS parked
+         FROM parked WHERE seq > ?1
+         UNION ALL
+         SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error,
+                retry_at, NULL, 0, 0
+         FROM spool WHERE seq > ?1
+         ORDER BY seq",
     )?;
-    let rows = parked.query_map([], |row| {
-        Ok(Listed {
-            seq: row.get(0)?,
-            state: State::Parked,
-            message_id: message_id(&row.get::<_, Vec<u8>>(3)?),
-            kind: row.get(1)?,
-            routing_key: non_empty(row.get(2)?),
-            spooled_at: rfc3339(row.get(4)?),
-            refusals: row.get(5)?,
-            last_error: non_empty(row.get(6)?),
-            parked_at: Some(rfc3339(row.get(7)?)),
-            retry_at: None,
-            retry_requested: row.get(8)?,
-        })
-    })?;
-    for row in rows {
-        listed.push(row?);
-    }
-    let mut spooled = db.prepare(
-        "SELECT seq, kind, routing_key, properties, spooled_at, refusals, last_error, retry_at
-         FROM spool ORDER BY seq",
-    )?;
-    let rows = spooled.query_map([], |row| {
+    let rows = rows.query_map([after.unwrap_or(i64::MIN)], |row| {
+        let parked: bool = row.get(10)?;
         let retry_at: Option<i64> = row.get(7)?;
+        let identity = identify(&row.get::<_, Vec<u8>>(3)?);
         Ok(Listed {
             seq: row.get(0)?,
-            state: match retry_at {
-                Some(_) => State::Refused,
-                None => State::Spooled,
+            state: match (parked, retry_at) {
+                (true, _) => State::Parked,
+                (false, Some(_)) => State::Refused,
+                (false, None) => State::Spooled,
             },
-            message_id: message_id(&row.get::<_, Vec<u8>>(3)?),
+            message_id: identity.message_id,
+            account_id: identity.account_id,
+            relay_id: identity.stamp.as_ref().map(|stamp| stamp.relay.to_string()),
+            relay_seq: identity.stamp.map(|stamp| stamp.seq),
             kind: row.get(1)?,
             routing_key: non_empty(row.get(2)?),
             spooled_at: rfc3339(row.get(4)?),
             refusals: row.get(5)?,
             last_error: row.get::<_, Option<String>>(6)?.and_then(non_empty),
-            parked_at: None,
+            parked_at: row.get::<_, Option<i64>>(8)?.map(rfc3339),
             retry_at: retry_at.map(rfc3339),
-            retry_requested: false,
+            retry_requested: row.get(9)?,
         })
     })?;
+    let whole = limit == usize::MAX;
+    let mut page = Page {
+        listed: Vec::new(),
+        next: None,
+        examined: 0,
+    };
     for row in rows {
-        listed.push(row?);
+        let row = row?;
+        if page.examined == MAX_EXAMINED && !whole {
+            // Read on from the last row read, admitted or not.
+            page.next = Some(row.seq - 1);
+            return Ok(page);
+        }
+        page.examined += 1;
+        if !keep(&row) {
+            continue;
+        }
+        if page.listed.len() == limit {
+            page.next = page.listed.last().map(|last| last.seq);
+            return Ok(page);
+        }
+        page.listed.push(row);
     }
-    Ok(listed)
+    Ok(page)
 }
 
 /// Marks the parked messages `seqs` (all of them when empty) to be sent again;
@@ -141,12 +196,29 @@ pub fn request_retry(path: &Path, seqs: &[i64]) -> Result<usize, SpoolError> {
     Ok(marked)
 }
 
-fn message_id(properties: &[u8]) -> Option<String> {
-    store::decode_properties(properties)
-        .ok()?
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string())
+/// A spooled message's id and account, read from its stored properties.
+/// What identifies a spooled message: its id, its account, and which
+/// relay stored it under which number.
+struct Identity {
+    message_id: Option<String>,
+    account_id: Option<String>,
+    stamp: Option<Stamp>,
+}
+
+fn identify(properties: &[u8]) -> Identity {
+    let Ok(properties) = store::decode_properties(properties) else {
+        return Identity {
+            message_id: None,
+            account_id: None,
+            stamp: None,
+        };
+    };
+    let headers = properties.headers().as_ref();
+    Identity {
+        message_id: properties.message_id().as_ref().map(|id| id.to_string()),
+        account_id: crate::wire::headers::text(headers, crate::wire::headers::ACCOUNT_ID),
+        stamp: Stamp::of(headers),
+    }
 }
 
 fn non_empty(text: String) -> Option<String> {

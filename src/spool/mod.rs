@@ -25,7 +25,6 @@
 
 pub(crate) mod drain;
 pub mod listing;
-mod lock;
 mod parking;
 mod refused;
 mod store;
@@ -41,10 +40,10 @@ use tracing::warn;
 
 use crate::config::{QueueSettings, SpoolSettings};
 use crate::metrics::Metrics;
+use crate::unpoisoned::Locked;
 use crate::wire::envelope::Message;
-use lock::lock_spool;
 use parking::{park, take_back_retries};
-use refused::{Lane, Left, lane_key};
+use refused::{Lane, LaneExit, lane_key};
 pub use refused::{QUARANTINE, RefusedKey, RetryPolicy};
 use store::Row;
 use writer::{APPENDS_WAITING, Append, Reservation};
@@ -136,7 +135,12 @@ impl Spool {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create the spool folder {}", parent.display()))?;
         }
-        let held = lock_spool(path)?;
+        let held = crate::file_lock::hold(
+            path,
+            "the spool",
+            "two relays on one spool would publish everything twice. Give each relay its own \
+             spool.path",
+        )?;
         let connection = store::open(path, true)
             .with_context(|| format!("cannot open the spool {}", path.display()))?;
         let policy = RetryPolicy {
@@ -390,13 +394,13 @@ impl Spool {
                             }
                         }
                     }
-                    let mut hurry = tx.prepare_cached(
+                    let mut retry_now = tx.prepare_cached(
                         "UPDATE spool SET retry_at = ?3
                          WHERE retry_at > ?3 AND kind = ?1 AND routing_key = ?2",
                     )?;
                     let now = now_millis();
                     for (kind, routing_key) in &lane {
-                        hurry.execute(params![kind, routing_key, now])?;
+                        retry_now.execute(params![kind, routing_key, now])?;
                     }
                 }
                 tx.commit()?;
@@ -406,7 +410,7 @@ impl Spool {
                 for (kind, routing_key) in &lane {
                     inner
                         .lane
-                        .left(lane_key(kind, routing_key), Left::Delivered);
+                        .left(lane_key(kind, routing_key), LaneExit::Delivered);
                 }
                 Ok(backlog + lane.len() as u64)
             })
@@ -524,7 +528,7 @@ impl Inner {
 /// The lock, even if a thread panicked while holding it: SQLite's own
 /// transactions keep the data consistent.
 fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
-    db.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    db.locked()
 }
 
 fn now_millis() -> i64 {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::refused::{Left, lane_key};
+use super::refused::{LaneExit, lane_key};
 use super::{Db, Inner, Refusal, Spool, SpoolError, now_millis};
 
 impl Spool {
@@ -63,9 +63,14 @@ impl Spool {
                         Ok(Refusal::RetryIn(retry_in))
                     }
                     None => {
+                        // In the lane now (retry_at set), whichever lane it
+                        // came from: `park` takes it from there, so a row
+                        // parked at its first refusal (max_refusals = 1)
+                        // leaves the backlog's count once, not twice.
                         db.connection.execute(
-                            "UPDATE spool SET refusals = ?2 WHERE seq = ?1",
-                            params![seq, refusals],
+                            "UPDATE spool SET refusals = ?2, retry_at = COALESCE(retry_at, ?3) \
+                             WHERE seq = ?1",
+                            params![seq, refusals, now_millis()],
                         )?;
                         park(db, inner, seq, &reason)?;
                         Ok(Refusal::Parked { refusals })
@@ -114,7 +119,9 @@ pub(super) fn park(db: &mut Db, inner: &Inner, seq: i64, reason: &str) -> Result
     tx.commit()?;
     if in_lane {
         inner.refused.fetch_sub(1, Ordering::SeqCst);
-        inner.lane.left(lane_key(&kind, &routing_key), Left::Parked);
+        inner
+            .lane
+            .left(lane_key(&kind, &routing_key), LaneExit::Parked);
     } else {
         inner.backlog.fetch_sub(1, Ordering::SeqCst);
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 use crate::config::QueueSettings;
+use crate::unpoisoned::Locked;
 use crate::wire::topic::TopicPattern;
 
 /// The key the lane's bookkeeping uses for a quarantined body, which has no
@@ -87,7 +88,7 @@ struct Episode {
 
 /// How a webhook left the lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Left {
+pub(super) enum LaneExit {
     Delivered,
     Parked,
 }
@@ -165,15 +166,15 @@ impl Lane {
     }
 
     /// A webhook of `key` left the lane.
-    pub(super) fn left(&self, key: &str, how: Left) {
+    pub(super) fn left(&self, key: &str, exit: LaneExit) {
         let mut keys = self.lock();
         let Some(episode) = keys.get_mut(key) else {
             return;
         };
         episode.waiting = episode.waiting.saturating_sub(1);
-        match how {
-            Left::Delivered => episode.delivered += 1,
-            Left::Parked => {
+        match exit {
+            LaneExit::Delivered => episode.delivered += 1,
+            LaneExit::Parked => {
                 episode.parked += 1;
                 if episode.parked == 1 {
                     warn!(
@@ -224,7 +225,7 @@ impl Lane {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Episode>> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+        self.keys.locked()
     }
 }
 
@@ -303,8 +304,8 @@ mod tests {
         assert_eq!(view[0].waiting, 2);
         assert_eq!(view[0].queues, ["reprompt", "audit"]);
 
-        lane.left(key, Left::Delivered);
-        lane.left(key, Left::Parked);
+        lane.left(key, LaneExit::Delivered);
+        lane.left(key, LaneExit::Parked);
         assert!(lane.view().is_empty(), "none waits: nothing to report");
     }
 }

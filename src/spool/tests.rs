@@ -26,11 +26,16 @@ async fn keys(spool: &Spool) -> Vec<String> {
 
 /// A spool at `path` that parks after three refusals.
 fn open_at(path: &Path, max_bytes: u64, metrics: Metrics) -> Spool {
+    open_parking_after(path, max_bytes, metrics, 3)
+}
+
+/// A spool at `path` that parks after `max_refusals` refusals.
+fn open_parking_after(path: &Path, max_bytes: u64, metrics: Metrics, max_refusals: u32) -> Spool {
     let settings = SpoolSettings {
         enabled: true,
         path: path.to_owned(),
         max_bytes,
-        max_refusals: 3,
+        max_refusals,
         refused_retry_delay: Duration::from_millis(100),
     };
     Spool::open(&settings, &[], metrics).unwrap()
@@ -327,6 +332,35 @@ async fn a_message_refused_max_refusals_times_is_parked_and_the_rest_keep_their_
 }
 
 #[tokio::test]
+async fn parked_at_the_first_refusal_every_count_stays_exact() {
+    // max_refusals = 1: a backlog row goes straight to the parked table.
+    for max_refusals in [1, 2] {
+        let path = temp_path();
+        let spool = open_parking_after(&path, 1 << 20, Metrics::new(), max_refusals);
+        for n in 0..3 {
+            spool.append(&message(n)).await.unwrap();
+        }
+        let head = spool.oldest(1).await.unwrap()[0].seq;
+        for _ in 0..max_refusals {
+            spool.was_refused(head, "nack".to_owned()).await.unwrap();
+        }
+        assert_eq!(
+            (spool.backlog(), spool.refused(), spool.parked()),
+            (2, 0, 1),
+            "max_refusals = {max_refusals}"
+        );
+        assert!(spool.refused_keys().is_empty());
+        // What the counts say is what the file holds, after a restart too.
+        drop(spool);
+        let reopened = open_parking_after(&path, 1 << 20, Metrics::new(), max_refusals);
+        assert_eq!(
+            (reopened.backlog(), reopened.refused(), reopened.parked()),
+            (2, 0, 1)
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_refused_message_that_gets_through_hurries_the_others_of_its_key() {
     let spool = open_at(&temp_path(), 1 << 20, Metrics::new());
     spool.append(&message(0)).await.unwrap();
@@ -489,4 +523,65 @@ async fn a_retry_asked_while_the_relay_was_stopped_is_taken_at_startup() {
     let reopened = open_at(&path, 1 << 20, Metrics::new());
 
     assert_eq!((reopened.depth(), reopened.parked()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_listing_a_page_at_a_time_gives_each_row_once_even_as_rows_are_parked() {
+    let path = temp_path();
+    let spool = open_at(&path, 1 << 20, Metrics::new());
+    for n in 0..7 {
+        spool.append(&message(n)).await.unwrap();
+    }
+    let damage = |seqs: &str| {
+        // Rows this version cannot decode: parked when the drainer reads them.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                &format!("UPDATE spool SET routing_key = 'not a key' WHERE seq IN ({seqs})"),
+                [],
+            )
+            .unwrap();
+    };
+    damage("1, 2");
+    spool.oldest(10).await.unwrap();
+    assert_eq!(spool.parked(), 2);
+    let whole = listing::list(&path).unwrap();
+    assert_eq!(whole.len(), 7);
+    assert!(
+        whole[..2]
+            .iter()
+            .all(|row| row.state == listing::State::Parked)
+    );
+
+    // Paging two at a time while the last row is parked behind the reader's back.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = listing::page(&path, after, 2, |_| true).unwrap();
+        assert!(page.listed.len() <= 2);
+        paged.extend(page.listed);
+        if paged.len() == 4 {
+            damage("7");
+            spool.oldest(10).await.unwrap();
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let seqs: Vec<i64> = paged.iter().map(|row| row.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7], "every row once, in order");
+    assert_eq!(
+        paged[6].state,
+        listing::State::Parked,
+        "seen where it moved"
+    );
+
+    let odd = |row: &listing::Listed| row.seq % 2 == 1;
+    let kept = listing::page(&path, None, 100, odd).unwrap();
+    assert_eq!(
+        kept.listed.iter().map(|row| row.seq).collect::<Vec<_>>(),
+        [1, 3, 5, 7]
+    );
+    assert_eq!((kept.examined, kept.next), (7, None));
 }

@@ -6,30 +6,84 @@
 //! byte for byte: a quarantined body with a duplicate key must show the very
 //! duplicate its reason names, which parsing and printing again would hide.
 
+use std::sync::LazyLock;
+
 use lapin::types::{AMQPValue, FieldTable};
+use regex::Regex;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Stands in for `user.loginName` unless raw output is asked for.
 const REDACTED: &str = "[redacted]";
 
-/// The body as JSON when it is JSON, else as a JSON string of its text.
-/// Raw: exactly as received. Otherwise `user.loginName` is redacted.
-pub fn body(data: &[u8], raw: bool) -> Box<RawValue> {
+/// A `loginName` (in any case, as the JSON masking) and its value in a body
+/// that is not JSON (quarantined: cut short, a key twice, not closed): a
+/// string up to its closing quote or the end of the text, an array or an
+/// object up to its end (not nested), or any other token.
+static LOGIN_NAME_IN_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#""(?i-u:loginname)"\s*:\s*(?:"(?:[^"\\]|\\.)*(?:"|\\?$)|\[[^\]]*(?:\]|$)|\{[^}]*(?:\}|$)|[^,}\]\s]*)"#)
+        .expect("a valid pattern")
+});
+
+/// How a body is shown: with every `loginName` masked, or as received (the
+/// CLI's `--raw`, the console's logged reveal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shown {
+    #[default]
+    Masked,
+    AsReceived,
+}
+
+impl Shown {
+    /// From a `--raw` or `reveal` flag.
+    pub fn as_received_if(raw: bool) -> Shown {
+        match raw {
+            true => Shown::AsReceived,
+            false => Shown::Masked,
+        }
+    }
+}
+
+/// The body as JSON when it is JSON, else as a JSON string of its text;
+/// [`Shown::Masked`] masks every `loginName`.
+pub fn body(data: &[u8], shown: Shown) -> Box<RawValue> {
+    let raw = shown == Shown::AsReceived;
     let text = String::from_utf8_lossy(data);
     if raw && let Ok(verbatim) = RawValue::from_string(text.clone().into_owned()) {
         return verbatim;
     }
     let shown = match serde_json::from_slice::<Value>(data) {
         Ok(mut body) => {
-            if let Some(login) = body.pointer_mut("/user/loginName") {
-                *login = Value::String(REDACTED.to_owned());
-            }
+            mask_login_names(&mut body);
             body
         }
-        Err(_) => Value::String(text.into_owned()),
+        // Not JSON (a quarantined body): shown as text, its login names masked.
+        Err(_) if raw => Value::String(text.into_owned()),
+        Err(_) => Value::String(
+            LOGIN_NAME_IN_TEXT
+                .replace_all(&text, format!(r#""loginName":"{REDACTED}""#))
+                .into_owned(),
+        ),
     };
     serde_json::value::to_raw_value(&shown).expect("a JSON value serialises")
+}
+
+/// Masks every `loginName` in `value`, wherever it is: a body in the
+/// quarantine may have any shape (a batch, a wrapper, `user` as a list).
+fn mask_login_names(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (key, inner) in fields.iter_mut() {
+                if key.eq_ignore_ascii_case("loginName") {
+                    *inner = Value::String(REDACTED.to_owned());
+                } else {
+                    mask_login_names(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_login_names),
+        _ => {}
+    }
 }
 
 /// AMQP headers as plain JSON (lapin's own serde form is tagged by type).
@@ -78,21 +132,21 @@ mod tests {
 
     #[test]
     fn the_login_name_is_redacted_unless_raw() {
-        let shown = body(BODY, false).get().to_owned();
+        let shown = body(BODY, Shown::Masked).get().to_owned();
         assert_eq!(
             shown,
             r#"{"hook":"SyncAccount","user":{"id":"u1","loginName":"[redacted]"},"account":{"id":"a1","provider":"p"}}"#,
             "redacted, key order kept"
         );
-        assert_eq!(body(BODY, true).get().as_bytes(), BODY);
+        assert_eq!(body(BODY, Shown::AsReceived).get().as_bytes(), BODY);
     }
 
     #[test]
     fn raw_is_the_body_as_received_duplicates_and_spacing_included() {
         let received = br#"{"hook":"SyncAccount", "hook":"SyncError","user":{"id":"u1"}}"#;
-        assert_eq!(body(received, true).get().as_bytes(), received);
+        assert_eq!(body(received, Shown::AsReceived).get().as_bytes(), received);
         assert_eq!(
-            body(received, false).get(),
+            body(received, Shown::Masked).get(),
             r#"{"hook":"SyncError","user":{"id":"u1"}}"#,
             "not raw: parsed, so one hook"
         );
@@ -100,8 +154,70 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_json_is_shown_as_text() {
-        assert_eq!(body(b"{not json", false).get(), r#""{not json""#);
-        assert_eq!(body(b"{not json", true).get(), r#""{not json""#);
+        assert_eq!(body(b"{not json", Shown::Masked).get(), r#""{not json""#);
+        assert_eq!(
+            body(b"{not json", Shown::AsReceived).get(),
+            r#""{not json""#
+        );
+    }
+
+    #[test]
+    fn a_login_name_in_a_body_that_is_not_json_is_masked_too() {
+        let cases: [(&[u8], &str); 7] = [
+            // Cut short after the name.
+            (
+                br#"{"hook":"SyncAccount","user":{"id":"u1","loginName":"jane@example.com"},"acc"#,
+                "jane@example.com",
+            ),
+            // Cut short inside the name.
+            (
+                br#"{"hook":"SyncAccount","user":{"id":"u1","loginName" : "jane@exam"#,
+                "jane@exam",
+            ),
+            // An escaped quote inside it, and the key twice, cut short.
+            (br#"{"user":{"loginName":"ja\"ne","loginName":"jo"#, "jo"),
+            (
+                br#"{"user":{"loginName":"ja\"ne","loginName":"jo"#,
+                r#"ja\"ne"#,
+            ),
+            // Not a string.
+            (br#"{"user":{"loginName":12345,"id":"u1"}"#, "12345"),
+            // Another case, as the JSON masking takes it.
+            (
+                br#"{"user":{"LoginName":"jane@example.com","id"#,
+                "jane@example.com",
+            ),
+            // An array of names, cut short inside it.
+            (
+                br#"{"user":{"loginname":["jane@example.com","jo@ex"#,
+                "jo@ex",
+            ),
+        ];
+        for (received, name) in cases {
+            let shown = body(received, Shown::Masked).get().to_owned();
+            assert!(!shown.contains(name), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert!(
+            body(cases[0].0, Shown::AsReceived)
+                .get()
+                .contains("jane@example.com"),
+            "raw shows it"
+        );
+    }
+
+    #[test]
+    fn a_login_name_anywhere_in_a_json_body_is_masked() {
+        let shapes: [&[u8]; 3] = [
+            br#"[{"user":{"id":"u1","loginName":"jane"}},{"user":{"loginName":"joe"}}]"#,
+            br#"{"data":{"user":{"loginName":"jane"}},"loginname":"joe"}"#,
+            br#"{"user":[{"loginName":"jane"},{"id":"u1"}],"hook":"SyncAccount"}"#,
+        ];
+        for received in shapes {
+            let shown = body(received, Shown::Masked).get().to_owned();
+            assert!(!shown.contains("jane") && !shown.contains("joe"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
     }
 
     #[test]

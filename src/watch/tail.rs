@@ -21,8 +21,8 @@ use lapin::Connection;
 
 use crate::broker::{self, Topology};
 use crate::config::Settings;
-use crate::history::{Filter, Reader, Start};
-use crate::watch::render;
+use crate::history::{Ends, Filter, Reader, Start};
+use crate::watch::render::{self, Shown};
 use crate::wire::topic::TopicPattern;
 
 /// What to watch.
@@ -99,7 +99,7 @@ async fn from_history(
         routing_keys: options.patterns.clone(),
         ..Filter::default()
     };
-    let mut reader = Reader::open(connection, stream, Start::Next, true, filter).await?;
+    let mut reader = Reader::open(connection, stream, Start::Next, Ends::Following, filter).await?;
     on_ready(&format!("the history stream {stream}"));
     let mut seen = 0;
     while options.count.is_none_or(|count| seen < count) {
@@ -110,7 +110,7 @@ async fn from_history(
             routing_key: event.routing_key.clone(),
             message_id: event.message_id(),
             headers: render::headers(event.properties.headers().as_ref()),
-            body: render::body(&event.body, options.raw),
+            body: render::body(&event.body, Shown::as_received_if(options.raw)),
         });
         seen += 1;
     }
@@ -183,7 +183,7 @@ async fn from_entry_exchange(
             routing_key: routing_key.to_owned(),
             message_id: properties.message_id().as_ref().map(|id| id.to_string()),
             headers: render::headers(properties.headers().as_ref()),
-            body: render::body(&delivery.data, options.raw),
+            body: render::body(&delivery.data, Shown::as_received_if(options.raw)),
         });
         seen += 1;
     }

@@ -306,7 +306,15 @@ fn a_typo_in_the_configuration_is_answered_in_its_own_terms() {
         ),
         (
             "bindings = [\"sync.acount\"]",
-            "`sync.acount` (queue q) matches no routing key the relay publishes",
+            "`sync.acount` (queue q) matches no routing key the sender's events have",
+        ),
+        (
+            "bindings = [\"account.#\"]",
+            "list it under `changes` instead (`changes = [\"account.#\"]`)",
+        ),
+        (
+            "changes = [\"account.needs_reconect\"]",
+            "`account.needs_reconect` (queue q) matches nothing the relay announces",
         ),
     ];
     for (n, (queue, said)) in cases.iter().enumerate() {
@@ -369,7 +377,7 @@ impl Relay {
 
     /// The first log line for which `pick` returns something, within 10 s.
     fn wait_for<T>(&mut self, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
@@ -500,6 +508,7 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
     assert_eq!(post(secret.clone(), CLIENT_ID).await.unwrap().status(), 200);
     let near_miss = format!("/webhooks/{}", &TOKEN[..31]);
     assert_eq!(post(near_miss, CLIENT_ID).await.unwrap().status(), 404);
+    let flood_began = Instant::now();
     for _ in 0..300 {
         assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
     }
@@ -509,7 +518,7 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
     // refusing, slower than the budget, until a line has said what was left
     // out and every refusal so far is accounted for.
     let mut sent = 300;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let refused_lines = |relay: &Relay| {
         relay
             .seen
@@ -533,8 +542,9 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         );
         assert_eq!(post(secret.clone(), "wrong").await.unwrap().status(), 401);
         sent += 1;
-        relay.lines_for(Duration::from_millis(50));
+        relay.lines_for(Duration::from_millis(200));
     }
+    let flood_took = flood_began.elapsed();
 
     let _ = Command::new("kill")
         .args(["-TERM", &relay.child.id().to_string()])
@@ -550,9 +560,13 @@ async fn a_flood_of_refusals_logs_a_few_lines_and_never_the_path_token() {
         .iter()
         .filter_map(|line| json(line)?["dropped"].as_u64())
         .sum();
-    // 20 lines a second at most: far fewer lines than refusals, however long
-    // a loaded machine took to send them.
-    assert!(refused < sent / 2, "{refused} lines for {sent} refusals");
+    // 20 lines a second at most (a window begun is a window counted),
+    // however long a loaded machine took to send the refusals.
+    let windows = flood_took.as_secs() + 2;
+    assert!(
+        refused <= 20 * windows,
+        "{refused} lines for {sent} refusals in {flood_took:?}"
+    );
     assert_eq!(
         refused + dropped,
         sent,

@@ -326,16 +326,19 @@ async fn shutdown_finishes_in_flight_webhooks_before_closing_rabbitmq() {
     let queue = app.bind_queue(&["#"]).await;
     let (first_done, mut first) = tokio::sync::mpsc::channel::<()>(200);
     let mut requests = JoinSet::new();
-    for _ in 0..100 {
+    for n in 0..100 {
         let http = app.http.clone();
         let url = format!("{}/webhooks", app.address);
         let first_done = first_done.clone();
+        // A hundred events (identical copies in flight together would be
+        // stored once, and only the newest answered 200).
+        let body = sync_account().replace("acct-1", &format!("acct-{n}"));
         requests.spawn(async move {
             let response = http
                 .post(url)
                 .header("content-type", "application/json")
                 .header("x-client-id", crate::helpers::CLIENT_ID)
-                .body(sync_account())
+                .body(body)
                 .send()
                 .await;
             let _ = first_done.try_send(());

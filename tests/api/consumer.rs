@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookrelay::config::{QueueSettings, QueueType};
-use hookrelay::consumer::{Consumer, Incoming, Outcome};
+use hookrelay::consumer::{self, Consumer, Incoming, Outcome};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -29,6 +29,10 @@ async fn relay_bound(
     let mut settings = test_settings(env);
     let name = format!("{}.reprompt", settings.amqp.exchange);
     let mut queue = QueueSettings::new(&name, &[pattern], kind);
+    // What the relay announces is bound on its own exchange.
+    if pattern.starts_with("account.") {
+        queue.changes = std::mem::take(&mut queue.bindings);
+    }
     queue.retry = delays.to_vec();
     settings.queues = vec![queue.clone()];
     let app = spawn_app_unready(settings).await;
@@ -43,11 +47,18 @@ fn consume(
     queue: &QueueSettings,
     decide: impl Fn(u32) -> Outcome + Send + Sync + 'static,
 ) -> (Seen, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
+    let settings = consumer::settings(&app.settings, &queue.name).unwrap();
+    run_recording(Consumer::new(settings).prefetch(4), decide)
+}
+
+/// Runs `consumer` with a handler that records what it saw and answers
+/// `decide(attempt)`; stops when the sender is dropped or fires.
+fn run_recording(
+    consumer: Consumer,
+    decide: impl Fn(u32) -> Outcome + Send + Sync + 'static,
+) -> (Seen, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
     let seen: Seen = Arc::default();
     let (stop, stopped) = oneshot::channel::<()>();
-    let consumer = Consumer::new(&app.settings, &queue.name)
-        .unwrap()
-        .prefetch(4);
     let recorded = seen.clone();
     let decide = Arc::new(decide);
     let running = tokio::spawn(consumer.run(
@@ -225,14 +236,7 @@ async fn a_message_that_keeps_crashing_its_consumer_ends_in_the_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_of_account_changes_gets_each_one_typed_once() {
-    let accounts_on = [("HOOKRELAY__ACCOUNTS__ENABLED", "true")];
-    let (app, queue) = relay_bound(
-        &accounts_on,
-        "account.needs_reconnect",
-        QueueType::Quorum,
-        &[],
-    )
-    .await;
+    let (app, queue) = relay_bound(&[], "account.needs_reconnect", QueueType::Quorum, &[]).await;
     let (seen, stop, running) = consume(&app, &queue, |_| Outcome::Ack);
 
     let first = app.send(sync_error("LoginFailedError")).await;
@@ -246,7 +250,9 @@ async fn a_consumer_of_account_changes_gets_each_one_typed_once() {
         .await,
         "two changes: credentials, then verification"
     );
-    let seen = seen.lock().unwrap().clone();
+    // Handled concurrently (prefetch 4): in the order they were caused.
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(.., incoming)| incoming.account_change().unwrap().caused_by.clone());
     let change = seen[0].2.account_change().expect("an account change");
     assert_eq!(seen[0].2.routing_key, "account.needs_reconnect");
     assert_eq!(change.caused_by, first);
@@ -295,5 +301,49 @@ async fn the_handler_continues_the_trace_the_relay_started() {
     );
     drop(stop);
     running.await.unwrap().unwrap();
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_given_only_an_address_and_a_queue_finds_its_retry_tiers() {
+    // What `hookrelay-consumer` alone is given: no relay configuration.
+    let mut settings = test_settings(&[]);
+    let name = format!("{}.reprompt", settings.amqp.exchange);
+    let mut own = consumer::Settings::new(settings.amqp.uri[0].expose(), &name);
+    own.exchange.clone_from(&settings.amqp.exchange);
+    // Started before the relay declares its queue: it keeps trying until it can.
+    let (seen, stop, running) = run_recording(Consumer::new(own), |attempt| match attempt {
+        1 => Outcome::Retry,
+        _ => Outcome::Ack,
+    });
+
+    let mut queue = QueueSettings::new(&name, &["sync.error.#"], QueueType::Classic);
+    queue.retry = vec![Duration::from_millis(100)];
+    settings.queues = vec![queue];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    let id = app.send(sync_error("LoginFailedError")).await;
+
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            seen.lock().unwrap().len() == 2
+        })
+        .await,
+        "handled once the relay declared the queue, and retried through the tier it learned"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .map(|(attempt, ..)| *attempt)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, _, incoming)| incoming.message_id == id)
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(app.depth(&name).await, 0, "acknowledged");
     app.stop().await.unwrap();
 }

@@ -283,6 +283,9 @@ impl TestApp {
         if let Some(token) = &self.settings.server.path_token {
             env = env.set("HOOKRELAY__SERVER__PATH_TOKEN", token.expose());
         }
+        if let Some(token) = &self.settings.admin.token {
+            env = env.set("HOOKRELAY__ADMIN__TOKEN", token.expose());
+        }
         binary::command(args, &env)
     }
 
@@ -364,8 +367,21 @@ impl TestApp {
         self.bind_queue_with(FieldTable::default(), patterns).await
     }
 
+    /// Declares an exclusive queue bound to `<exchange>.changes`, where the
+    /// relay announces what it derives, with `patterns` (`account.#`).
+    pub(crate) async fn bind_changes(&self, patterns: &[&str]) -> String {
+        let changes = self.topology.changes_exchange().to_owned();
+        self.bind_on(&changes, FieldTable::default(), patterns)
+            .await
+    }
+
     /// [`TestApp::bind_queue`], with queue arguments (a length limit, say).
     pub(crate) async fn bind_queue_with(&self, arguments: FieldTable, patterns: &[&str]) -> String {
+        let exchange = self.exchange().to_owned();
+        self.bind_on(&exchange, arguments, patterns).await
+    }
+
+    async fn bind_on(&self, exchange: &str, arguments: FieldTable, patterns: &[&str]) -> String {
         let name = format!("{}.probe-{}", self.exchange(), Uuid::now_v7());
         self.channel
             .queue_declare(
@@ -383,7 +399,7 @@ impl TestApp {
             self.channel
                 .queue_bind(
                     name.as_str().into(),
-                    self.exchange().into(),
+                    exchange.into(),
                     (*pattern).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -526,7 +542,9 @@ pub(crate) async fn delete_topology(channel: &Channel, settings: &Settings) {
         std::iter::once(q.name.clone()).chain(tiers)
     });
     let own = topology.own_queues().into_iter().map(str::to_owned);
-    for queue in own.chain(consumer_queues) {
+    // The announcer's lease, and the queue an earlier version's announcer read.
+    let derived = [topology.announcer_lease(), topology.legacy_accounts_queue()];
+    for queue in own.chain(consumer_queues).chain(derived) {
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod binary;
 mod broker;
 #[path = "../common/mod.rs"]
@@ -11,7 +12,7 @@ mod common;
 mod console;
 mod consumer;
 mod contract;
-mod dedup;
+mod copies;
 mod helpers;
 mod history;
 mod hostile;

@@ -346,9 +346,17 @@ async fn on_a_cluster_the_relays_own_queues_and_retry_tiers_are_quorum() {
     assert!(app.broker_ready().await, "{}", app.readiness().await);
     let id = app.send(sync_account()).await;
     arrives(&app, app.topology.unrouted(), &id).await;
+    // The announcer's lease, declared once its relay has read the history.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(30), || async {
+            app.metric("hookrelay_accounts_announcing").await == 1.0
+        })
+        .await
+    );
 
     let types = queue_types(&format!("{exchange}.")).await;
     let expected = [
+        (format!("{exchange}.announcer"), "quorum"),
         (format!("{exchange}.dead-letter"), "quorum"),
         (format!("{exchange}.history"), "stream"),
         (format!("{exchange}.quarantine"), "quorum"),

@@ -146,7 +146,6 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         .set("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0")
         .set("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
         .set("HOOKRELAY__ADMIN__TOKEN", TOKEN)
-        .set("HOOKRELAY__ACCOUNTS__ENABLED", "true")
         .settings(None);
     settings.queues = vec![
         QueueSettings::new(&reprompt, &["sync.error.#"], QueueType::Classic),
@@ -278,6 +277,17 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     .await;
     account.send_keys("a-browser").await.unwrap();
     click(&browser, Locator::XPath("//button[text()='Search']")).await;
+    // The page before the search lists the newest events, this one among
+    // them: wait for the search's answer, or the link found is the old
+    // page's and goes stale as the new one loads.
+    let searched = eventually(STEP, || async {
+        browser
+            .current_url()
+            .await
+            .is_ok_and(|url| url.as_str().contains("account_id=a-browser"))
+    })
+    .await;
+    assert!(searched, "the search's page loads");
     let link = shown(
         &browser,
         Locator::LinkText(&id),
@@ -285,6 +295,17 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     )
     .await;
     link.click().await.unwrap();
+    // The page reads no queue until asked: a look takes messages and puts
+    // them back.
+    shown(
+        &browser,
+        Locator::XPath("//button[starts-with(text(), 'Look for it')]"),
+        "the event page offers to look for it",
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
     let held = shown(
         &browser,
         Locator::XPath("//strong[text()='held here']"),
@@ -302,6 +323,15 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         .goto(&format!("{console}/dead-letters"))
         .await
         .unwrap();
+    shown(
+        &browser,
+        Locator::XPath("//button[text()='Look at them']"),
+        "the dead letters' depth, and a button to look",
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
     let pick = shown(
         &browser,
         Locator::Css(&format!("input[name=pick][value='{id}']")),

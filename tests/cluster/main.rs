@@ -132,6 +132,9 @@ async fn under(fault: Fault, scenario: &str) {
 
     reckoning.assert_nothing_lost();
     reckoning.assert_all_accepted();
+    setup
+        .assert_audited(&format!("cluster {scenario}"), DRAINED_WITHIN)
+        .await;
     assert!(
         fault_at + fault_took < load_done,
         "cluster {scenario}: webhooks were sent after the fault"

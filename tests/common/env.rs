@@ -19,11 +19,9 @@ pub(crate) struct RelayEnv(BTreeMap<String, String>);
 impl RelayEnv {
     /// What every test relay needs: one client id, senders on 127.0.0.1, an
     /// exchange of its own (so tests run side by side on one broker), its own
-    /// spool file, and the broker at `amqp_uri`. Account announcements are
-    /// off: they would add `account.*` messages to every test's history and
-    /// unrouted queue; the tests of accounts turn them on. So is the dedup
-    /// window: tests send the same webhook again to mean another event; the
-    /// tests of duplicates (tests/api/dedup.rs) turn it on.
+    /// spool file, and the broker at `amqp_uri`. Every other setting is the
+    /// product's default (history, accounts and their announcements
+    /// included): a test about a setting changes it itself.
     pub(crate) fn new(client_id: &str, exchange: &str, spool: &Path, amqp_uri: &str) -> RelayEnv {
         let spool = spool.to_str().expect("a UTF-8 temp dir");
         RelayEnv(BTreeMap::new())
@@ -32,8 +30,6 @@ impl RelayEnv {
             .set("HOOKRELAY__AMQP__URI", amqp_uri)
             .set("HOOKRELAY__AMQP__EXCHANGE", exchange)
             .set("HOOKRELAY__SPOOL__PATH", spool)
-            .set("HOOKRELAY__ACCOUNTS__ENABLED", "false")
-            .set("HOOKRELAY__INGRESS__DEDUP_WINDOW", "0")
     }
 
     pub(crate) fn set(mut self, key: &str, value: impl Into<String>) -> RelayEnv {

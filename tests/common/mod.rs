@@ -9,6 +9,7 @@
 pub(crate) mod binary;
 pub(crate) mod cleanup;
 pub(crate) mod env;
+pub(crate) mod gate;
 pub(crate) mod metrics;
 pub(crate) mod rabbitmqctl;
 pub(crate) mod wait;

@@ -34,6 +34,8 @@ pub(crate) struct Setup {
     pub amqp_uri: String,
     /// More `HOOKRELAY__...` settings for the relay.
     pub extra_env: Vec<(String, String)>,
+    /// The relay's spool file in `dir` (its history index sits beside it).
+    pub spool_file: String,
 }
 
 impl Setup {
@@ -47,10 +49,14 @@ impl Setup {
         let exchange = format!("fault-{}", Uuid::now_v7());
         let dir = std::env::temp_dir().join(&exchange);
         std::fs::create_dir_all(&dir).unwrap();
-        // A durable queue bound to everything: where every accepted id must arrive.
+        // A durable queue bound to everything: where every accepted id must
+        // arrive; and one bound to every change the relay announces.
         std::fs::write(
             dir.join("relay.toml"),
-            format!("[[queues]]\nname = \"{exchange}.all\"\nbindings = [\"#\"]\n"),
+            format!(
+                "[[queues]]\nname = \"{exchange}.all\"\nbindings = [\"#\"]\n\n\
+                 [[queues]]\nname = \"{exchange}.all-changes\"\nchanges = [\"account.#\"]\n"
+            ),
         )
         .unwrap();
         Setup {
@@ -63,7 +69,26 @@ impl Setup {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            spool_file: "spool.sqlite".to_owned(),
         }
+    }
+
+    /// A second relay beside this one: the same exchange, configuration and
+    /// folder, ports and a spool of its own (and so a history index of its own).
+    pub(crate) fn beside(&self) -> Setup {
+        Setup {
+            port: free_port(),
+            admin_port: free_port(),
+            spool_file: "spool-2.sqlite".to_owned(),
+            exchange: self.exchange.clone(),
+            dir: self.dir.clone(),
+            amqp_uri: self.amqp_uri.clone(),
+            extra_env: self.extra_env.clone(),
+        }
+    }
+
+    pub(crate) fn changes_queue(&self) -> String {
+        format!("{}.all-changes", self.exchange)
     }
 
     /// The first node of `amqp_uri`.
@@ -90,7 +115,7 @@ impl Setup {
         RelayEnv::new(
             CLIENT_ID,
             &self.exchange,
-            &self.dir.join("spool.sqlite"),
+            &self.dir.join(&self.spool_file),
             &self.amqp_uri,
         )
         .set(
@@ -128,6 +153,37 @@ impl Setup {
         }
     }
 
+    /// `hookrelay audit --json --grace 0s` with the relay's configuration,
+    /// until it finds no loss (a restarted relay notes how the run before it
+    /// ended a moment after it connects) or `within` runs out: whether it
+    /// passed, and what it said last.
+    pub(crate) async fn audit(&self, within: Duration) -> (bool, String) {
+        let started = Instant::now();
+        loop {
+            let mut command = binary::command(&["audit", "--json", "--grace", "0s"], &self.env());
+            let output = tokio::task::spawn_blocking(move || command.output().expect("audit runs"))
+                .await
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if output.status.success() || started.elapsed() > within {
+                return (output.status.success(), said);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Asserts that the audit, from the history alone, finds every number
+    /// the relay gave accounted for (see [`Setup::audit`]).
+    pub(crate) async fn assert_audited(&self, name: &str, within: Duration) {
+        let (audited, said) = self.audit(within).await;
+        println!("{name}: hookrelay audit said: {said}");
+        assert!(audited, "{name}: the audit found a loss: {said}");
+    }
+
     /// Deletes what the relay declared, and its folder.
     pub(crate) async fn clean_up(&self) {
         let Ok(connection) =
@@ -139,10 +195,12 @@ impl Setup {
         // The names the relay itself derives from this setup's configuration.
         let settings = self.env().settings(Some(&self.dir.join("relay.toml")));
         let topology = Topology::of(&settings);
-        let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.as_str());
-        for queue in topology.own_queues().into_iter().chain(consumer_queues) {
+        let consumer_queues = topology.consumer_queues().iter().map(|q| q.name.clone());
+        let derived = [topology.announcer_lease(), topology.legacy_accounts_queue()];
+        let own = topology.own_queues().into_iter().map(str::to_owned);
+        for queue in own.chain(consumer_queues).chain(derived) {
             let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
         for exchange in topology.own_exchanges() {
@@ -186,6 +244,14 @@ impl Relay {
             "the relay was not ready within {within:?}; log: {}",
             self.log.display()
         );
+    }
+
+    /// `/readyz`'s body, or `Null` while it does not answer.
+    pub(crate) async fn readiness(&self) -> Value {
+        match reqwest::get(format!("{}/readyz", self.admin)).await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        }
     }
 
     /// The node of `amqp.uri` the relay says it is connected to (`/readyz`).
@@ -344,6 +410,8 @@ pub(crate) struct Load {
     accepted_at: Arc<Mutex<Vec<Instant>>>,
     /// Webhooks per second, all connections together.
     rate: Option<f64>,
+    /// The number of the first webhook: webhook `n` is of account `a<n>`.
+    first: usize,
 }
 
 impl Load {
@@ -353,6 +421,16 @@ impl Load {
             results: Arc::new(Mutex::new(Vec::new())),
             accepted_at: Arc::new(Mutex::new(Vec::new())),
             rate: None,
+            first: 0,
+        }
+    }
+
+    /// A load whose webhooks are numbered from `first` (so of other accounts
+    /// than a load numbered from 0).
+    pub(crate) fn starting_at(first: usize) -> Load {
+        Load {
+            first,
+            ..Load::new()
         }
     }
 
@@ -381,12 +459,13 @@ impl Load {
         let started = tokio::time::Instant::now();
         let mut workers = Vec::new();
         for _ in 0..connections {
-            let (next, progress, results, accepted_at, rate) = (
+            let (next, progress, results, accepted_at, rate, first) = (
                 next.clone(),
                 self.progress.clone(),
                 self.results.clone(),
                 self.accepted_at.clone(),
                 self.rate,
+                self.first,
             );
             workers.push(tokio::spawn(async move {
                 let http = reqwest::Client::builder()
@@ -403,7 +482,7 @@ impl Load {
                         let due = started + Duration::from_secs_f64(n as f64 / rate);
                         tokio::time::sleep_until(due).await;
                     }
-                    let sent = send(&http, &url, n).await;
+                    let sent = send(&http, &url, first + n).await;
                     if matches!(sent, Sent::Accepted(_)) {
                         accepted_at.lock().unwrap().push(Instant::now());
                     }
@@ -430,6 +509,17 @@ impl Load {
 
     pub(crate) fn results(&self) -> Vec<Sent> {
         self.results.lock().unwrap().clone()
+    }
+
+    /// The ids of the webhooks answered 2xx.
+    pub(crate) fn accepted(&self) -> Vec<String> {
+        self.results()
+            .into_iter()
+            .filter_map(|sent| match sent {
+                Sent::Accepted(id) => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -503,6 +593,28 @@ pub(crate) async fn delivered_from(uri: &str, queue: &str) -> HashMap<String, us
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    seen
+}
+
+/// Every message in `queue` on the shared broker: its message id and its
+/// `x-caused-by` (what an account change names as its cause).
+pub(crate) async fn announced(queue: &str) -> Vec<(String, String)> {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let channel = connection.create_channel().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let properties = &message.delivery.properties;
+        let id = properties.message_id().as_ref().map(ToString::to_string);
+        let cause = hookrelay::wire::account::caused_by(properties.headers().as_ref());
+        seen.push((id.unwrap_or_default(), cause.unwrap_or_default()));
     }
     let _ = connection.close(200, "done".into()).await;
     seen

@@ -17,7 +17,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use common::rabbitmqctl;
-use harness::{BrokerGuard, Load, Setup, delivered, reckon};
+use harness::{BrokerGuard, Load, Setup, announced, delivered, reckon};
 
 const TOTAL: usize = 3000;
 const CONNECTIONS: usize = 8;
@@ -52,6 +52,9 @@ async fn settle(
         ready_again.as_millis()
     );
     reckoning.assert_nothing_lost();
+    // What the test knows it sent, the audit must find from the history
+    // alone: every number accounted for.
+    setup.assert_audited(name, DRAINED_WITHIN).await;
     assert!(
         ready_again <= Duration::from_secs(10),
         "{name}: ready again only after {ready_again:?}"
@@ -202,11 +205,13 @@ async fn a_history_read_waits_out_a_broker_that_pauses() {
         "HOOKRELAY__SPOOL__PATH",
         setup.dir.join("events.sqlite").to_str().unwrap(),
     );
-    let mut events = common::binary::command(&["events", "--json"], &env)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The webhooks only: the history also holds the relay's announcements.
+    let mut events =
+        common::binary::command(&["events", "--json", "--routing-key", "sync.#"], &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     // Read every line as it comes, so the read never waits on its own output.
     let stdout = std::io::BufReader::new(events.stdout.take().unwrap());
     let (first_line, first_arrived) = std::sync::mpsc::channel();
@@ -247,4 +252,135 @@ async fn a_history_read_waits_out_a_broker_that_pauses() {
     assert_eq!(read, 5000, "{}", String::from_utf8_lossy(&output.stderr));
     drop(relay);
     setup.clean_up().await;
+}
+
+/// Account changes the relay announced so far, whatever their state (the
+/// fault load's webhooks leave accounts ok, needs_reconnect or retrying).
+async fn announced_so_far(relay: &harness::Relay) -> f64 {
+    let mut total = 0.0;
+    for state in ["ok", "needs_reconnect", "retrying"] {
+        let name = format!("hookrelay_account_changes_announced_total{{state=\"{state}\"}}");
+        total += relay.metric(&name).await;
+    }
+    total
+}
+
+/// Waits (up to `within`) for `condition` on `relay`'s `/readyz`.
+async fn until_ready_says(
+    relay: &harness::Relay,
+    within: Duration,
+    what: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let ready = relay.readiness().await;
+        if condition(&ready) {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: {ready}; log: {}",
+            relay.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announcers_killed_mid_announcement_and_mid_fold_announce_each_change_once() {
+    const BEFORE: usize = 3000;
+    const DURING: usize = 3000;
+    let first = Setup::new();
+    let second = first.beside();
+    let mut announcer = first.start_relay();
+    announcer.wait_connected(READY_WITHIN).await;
+    until_ready_says(&announcer, READY_WITHIN, "the first relay announces", |r| {
+        r["accounts"]["announcing"] == true
+    })
+    .await;
+
+    // A history of new accounts, every change announced.
+    let before = Load::new();
+    before.run(first.port, BEFORE, CONNECTIONS).await;
+    let accepted_before = before.accepted().len();
+    until_ready_says(&announcer, DRAINED_WITHIN, "all announced", |r| {
+        r["accounts"]["owed"] == 0
+    })
+    .await;
+    assert_eq!(announced_so_far(&announcer).await, accepted_before as f64);
+
+    // A new relay reads that history into its store: SIGKILLed half-way,
+    // it starts again and resumes where its last batch ended.
+    let mut reading = second.start_relay();
+    until_ready_says(&reading, READY_WITHIN, "the second relay reads", |r| {
+        r["history_follower"]["offset"]
+            .as_u64()
+            .is_some_and(|offset| offset > 0)
+    })
+    .await;
+    let mid_fold = reading.readiness().await["history_follower"]["caught_up"] == false;
+    reading.kill();
+    assert!(
+        mid_fold,
+        "the second relay was killed while it read the history"
+    );
+    let standby = second.start_relay();
+    standby.wait_connected(READY_WITHIN).await;
+    until_ready_says(
+        &standby,
+        DRAINED_WITHIN,
+        "the second relay caught up",
+        |r| r["history_follower"]["caught_up"] == true,
+    )
+    .await;
+    assert_eq!(
+        standby.readiness().await["accounts"]["owed"],
+        0,
+        "nothing owed: all announced"
+    );
+
+    // New accounts through the second relay while the first announces
+    // them; the first is SIGKILLed in the middle of it.
+    let during = Load::starting_at(BEFORE);
+    let kill = async {
+        let started = Instant::now();
+        while announced_so_far(&announcer).await < (accepted_before + DURING / 4) as f64 {
+            assert!(
+                started.elapsed() < DRAINED_WITHIN,
+                "the first relay stopped announcing"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        announcer.kill();
+    };
+    tokio::join!(during.run(second.port, DURING, CONNECTIONS), kill);
+    until_ready_says(
+        &standby,
+        DRAINED_WITHIN,
+        "the second relay took over",
+        |r| r["accounts"]["announcing"] == true && r["accounts"]["owed"] == 0,
+    )
+    .await;
+
+    // Each change exactly once: one per accepted webhook (each a new account).
+    let mut accepted = before.accepted();
+    accepted.extend(during.accepted());
+    let got = announced(&first.changes_queue()).await;
+    let mut ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut causes: Vec<String> = got.iter().map(|(_, cause)| cause.clone()).collect();
+    causes.sort();
+    accepted.sort();
+    println!(
+        "announcers killed: {} webhooks accepted, {} changes announced, {} distinct",
+        accepted.len(),
+        got.len(),
+        ids.len()
+    );
+    assert_eq!(ids.len(), got.len(), "no change announced twice");
+    assert_eq!(causes, accepted, "every change announced, once");
+    drop(standby);
+    first.clean_up().await;
 }
