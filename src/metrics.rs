@@ -199,6 +199,7 @@ struct Inner {
     accounts_announcing: Gauge,
     account_changes_owed: Gauge,
     audit_missing: Gauge,
+    audit_gaps: Family<RelayLabel, Gauge>,
     console_unauthorized: Counter,
     console_throttled: Counter,
     console_actions: Family<ActionLabel, Counter>,
@@ -219,6 +220,12 @@ struct ResultLabel {
 struct QueueRoleLabel {
     queue: String,
     role: &'static str,
+}
+
+/// A relay's id (`x-relay-id`): this relay's own, one series per process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RelayLabel {
+    relay: String,
 }
 
 /// The version running, for `hookrelay_build_info`.
@@ -403,6 +410,14 @@ impl Metrics {
              audit.missing_after: a stored webhook may be lost (run `hookrelay audit`)",
             audit_missing.clone(),
         );
+        let audit_gaps = Family::<RelayLabel, Gauge>::default();
+        registry.register(
+            "audit_gaps",
+            "Runs of consecutive numbers this relay gave stored webhooks that its follower has \
+             not found in the history, nor explained by a note or its spool, for longer than \
+             audit.missing_after, by relay: each may be a lost webhook (run `hookrelay audit`)",
+            audit_gaps.clone(),
+        );
         let console_unauthorized = Counter::default();
         registry.register(
             "console_unauthorized",
@@ -502,6 +517,7 @@ impl Metrics {
                 accounts_announcing,
                 account_changes_owed,
                 audit_missing,
+                audit_gaps,
                 console_unauthorized,
                 console_throttled,
                 console_actions,
@@ -667,10 +683,17 @@ impl Metrics {
             .set(i64::try_from(owed).unwrap_or(i64::MAX));
     }
 
-    pub fn audit_missing(&self, numbers: u64) {
+    /// What the audit found missing of `relay`'s numbers: how many, in how
+    /// many gaps.
+    pub fn audit_missing(&self, relay: &str, numbers: u64, gaps: u64) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.inner.audit_missing.set(gauge(numbers));
         self.inner
-            .audit_missing
-            .set(i64::try_from(numbers).unwrap_or(i64::MAX));
+            .audit_gaps
+            .get_or_create(&RelayLabel {
+                relay: relay.to_owned(),
+            })
+            .set(gauge(gaps));
     }
 
     pub fn spool_state(&self, depth: u64, refused: u64, parked: u64, bytes: u64) {
@@ -768,6 +791,7 @@ mod tests {
         metrics.queue_messages("q", "consumer", 1);
         metrics.queue_conflict("q", false);
         metrics.broker_state(BrokerState::Connected);
+        metrics.audit_missing("r", 0, 0);
         let text = metrics.encode();
         let families: std::collections::HashSet<&str> = text
             .lines()

@@ -161,8 +161,9 @@ async fn check_missing(
     }
     let confirmed = std::mem::replace(seen_before, missing.is_some());
     let missing: Vec<_> = missing.filter(|_| confirmed).into_iter().collect();
-    let total: u64 = missing.iter().map(|m| m.numbers).sum();
-    metrics.audit_missing(total);
+    let numbers: u64 = missing.iter().map(|m| m.numbers).sum();
+    let gaps: u64 = missing.iter().map(|m| m.gaps).sum();
+    metrics.audit_missing(&relay, numbers, gaps);
     if !numbering.found_missing(missing.clone()) {
         return;
     }

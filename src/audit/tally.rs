@@ -1,7 +1,7 @@
 //! The audit, always on: as the relay's follower reads the history, every
 //! relay's numbers are tallied, and numbers that stay missing past a grace
 //! period (no event, no note explains them) are counted:
-//! `hookrelay_audit_missing`, the alert `HookrelayEventsMissing`, `/readyz`
+//! `hookrelay_audit_gaps` and `hookrelay_audit_missing`, the alert `HookrelayEventsMissing`, `/readyz`
 //! and one ERROR line per change. Only what the follower read since the
 //! relay started is tallied: `hookrelay audit` reckons with the whole history.
 
@@ -41,6 +41,8 @@ struct Relay {
 pub struct Missing {
     pub relay_id: String,
     pub numbers: u64,
+    /// Runs of consecutive missing numbers (a spooled number splits one).
+    pub gaps: u64,
     /// The first run of them, for the log: `from`, `to`.
     pub first: (u64, u64),
 }
@@ -108,21 +110,27 @@ impl Tally {
         spooled: impl Fn(u64) -> bool,
     ) -> Option<Missing> {
         let tallied = self.relays.get(relay)?;
-        let mut numbers = 0;
+        let (mut numbers, mut gaps) = (0, 0);
         let mut first = None;
         for (&from, &(to, since)) in &tallied.missing {
             if now.duration_since(since) < grace {
                 continue;
             }
-            let run = (from..=to).filter(|&number| !spooled(number)).count() as u64;
-            if run > 0 {
-                numbers += run;
+            let mut in_gap = false;
+            for number in from..=to {
+                let missing = !spooled(number);
+                numbers += u64::from(missing);
+                gaps += u64::from(missing && !in_gap);
+                in_gap = missing;
+            }
+            if numbers > 0 {
                 first.get_or_insert((from, to));
             }
         }
         Some(Missing {
             relay_id: relay.to_owned(),
             numbers,
+            gaps,
             first: first?,
         })
     }
@@ -190,8 +198,22 @@ mod tests {
         assert_eq!(numbers(&tally, now), 0, "within the grace");
         let later = now + GRACE;
         let missing = tally.missing_of("r", later, GRACE, NONE_SPOOLED).unwrap();
-        assert_eq!((missing.numbers, missing.first), (3, (9, 9)));
+        assert_eq!(
+            (missing.numbers, missing.gaps, missing.first),
+            (3, 2, (9, 9))
+        );
         assert_eq!(tally.seen_of("r"), 4);
+    }
+
+    #[test]
+    fn a_spooled_number_inside_a_run_leaves_two_gaps() {
+        let (mut tally, now) = (Tally::default(), Instant::now());
+        tally.seen("r", 1, now);
+        tally.seen("r", 10, now);
+        let missing = tally
+            .missing_of("r", now + GRACE, GRACE, |seq| seq == 5)
+            .unwrap();
+        assert_eq!((missing.numbers, missing.gaps), (7, 2), "2-4 and 6-9");
     }
 
     #[test]

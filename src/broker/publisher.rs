@@ -112,9 +112,11 @@ impl Publisher {
                 .await
         })
         .await;
-        let result = settle(confirmation, self.confirm_timeout);
-        if let (Ok(()), Some(copy)) = (&result, copy) {
-            self.keep_in_history(&channel, copy).await;
+        let mut result = settle(confirmation, self.confirm_timeout);
+        if result.is_ok()
+            && let Some(copy) = copy
+        {
+            result = self.keep_in_history(&channel, copy).await;
         }
         self.broker.metrics().observe_publish(started.elapsed());
         self.notice(&result, &message.kind, &session, channel);
@@ -136,19 +138,23 @@ impl Publisher {
     }
 
     /// Publishes the history's copy of a quarantined body. The body is already
-    /// safe in its queue, so a failure here costs only the history's view.
-    async fn keep_in_history(&self, channel: &Channel, copy: Outgoing) {
-        if let Err(err) = publish_confirmed(channel, &copy, self.confirm_timeout).await {
-            // `hookrelay audit` will count its number as lost: say where it is.
+    /// in its queue, but a body the history lacks is one `events` cannot show
+    /// and `hookrelay audit` would count as lost: a failure here fails the
+    /// publish, so the body is spooled and published again, copy included
+    /// (its queue may then hold it twice, under one message id).
+    async fn keep_in_history(&self, channel: &Channel, copy: Outgoing) -> Result<(), PublishError> {
+        let kept = publish_confirmed(channel, &copy, self.confirm_timeout).await;
+        if let Err(err) = &kept {
             let stamp = Stamp::of(copy.properties.headers().as_ref());
             warn!(
                 error = %err,
                 message_id = copy.properties.message_id().as_ref().map(|id| id.as_str()),
                 relay_seq = stamp.map(|stamp| stamp.seq),
-                "a quarantined body is in its queue but not in the history: the audit will \
-                 report its number as lost"
+                "a quarantined body is in its queue but not in the history: it is stored \
+                 again, and its queue may hold it twice"
             );
         }
+        kept
     }
 
     /// Publishes `messages` in order on one channel, all in flight at once, then
@@ -172,8 +178,8 @@ impl Publisher {
             in_flight.push((message.kind, sent));
         }
         let mut results = Vec::with_capacity(in_flight.len());
-        for (kind, sent) in in_flight {
-            let result = match sent {
+        for ((kind, sent), copy) in in_flight.into_iter().zip(copies) {
+            let mut result = match sent {
                 Ok(Ok(confirm)) => settle(
                     tokio::time::timeout_at(deadline, confirm).await,
                     self.confirm_timeout,
@@ -181,13 +187,13 @@ impl Publisher {
                 Ok(Err(err)) => Err(PublishError::Channel(err)),
                 Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
             };
+            if result.is_ok()
+                && let Some(copy) = copy
+            {
+                result = self.keep_in_history(&channel, copy).await;
+            }
             self.notice(&result, &kind, &session, channel.clone());
             results.push(result);
-        }
-        for (result, copy) in results.iter().zip(copies) {
-            if let (Ok(()), Some(copy)) = (result, copy) {
-                self.keep_in_history(&channel, copy).await;
-            }
         }
         Ok(results)
     }

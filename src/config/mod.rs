@@ -203,7 +203,7 @@ pub struct AuditSettings {
     /// Whether stored webhooks are numbered.
     pub enabled: bool,
     /// How long a number may be missing from the history before the relay's
-    /// follower counts it (`hookrelay_audit_missing`).
+    /// follower counts it (`hookrelay_audit_gaps`).
     #[serde(with = "human_duration")]
     pub missing_after: Duration,
     /// `x-relay-id`; unset: a UUID made at the first start, kept in the
