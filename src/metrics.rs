@@ -89,6 +89,16 @@ impl EncodeLabelValue for Outcome {
     }
 }
 
+/// The buckets of a webhook's and a publish's time, in seconds. A confirmed
+/// persistent publish takes a few milliseconds, so the steps are fine from
+/// 1 to 50 ms (at most a quarter apart), for a p99 read within them that
+/// means something; coarser on to 10 s, where only failures land.
+const LATENCY_BUCKETS: [f64; 34] = [
+    0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_25, 0.001_5, 0.001_75, 0.002, 0.002_5, 0.003,
+    0.003_5, 0.004, 0.005, 0.006, 0.007, 0.008, 0.01, 0.012_5, 0.015, 0.017_5, 0.02, 0.025, 0.03,
+    0.035, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: Outcome,
@@ -255,8 +265,7 @@ impl Metrics {
             "Webhook requests by outcome",
             requests.clone(),
         );
-        // 0.25 ms to about 4 s, as the publish below: most of a webhook's time.
-        let webhook_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        let webhook_seconds = Histogram::new(LATENCY_BUCKETS.iter().copied());
         registry.register(
             "webhook_duration_seconds",
             "Time the relay spent on a webhook it accepted, from its handler's start (the \
@@ -264,8 +273,7 @@ impl Metrics {
              spool write",
             webhook_seconds.clone(),
         );
-        // 0.25 ms to about 4 s: a confirmed persistent publish is usually a few ms.
-        let publish_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        let publish_seconds = Histogram::new(LATENCY_BUCKETS.iter().copied());
         registry.register(
             "publish_duration_seconds",
             "Time from publish to RabbitMQ's confirm (or failure)",
@@ -744,6 +752,20 @@ impl Default for Metrics {
 mod tests {
     use super::*;
     use crate::broker::BrokerState;
+
+    #[test]
+    fn between_1_and_50_ms_latency_buckets_are_at_most_a_quarter_apart() {
+        let fine: Vec<f64> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .filter(|&le| (0.001..=0.05).contains(&le))
+            .collect();
+        assert_eq!((fine[0], fine[fine.len() - 1]), (0.001, 0.05));
+        for pair in fine.windows(2) {
+            assert!(pair[1] / pair[0] <= 1.25 + 1e-9, "{pair:?}");
+        }
+        assert!(LATENCY_BUCKETS.is_sorted());
+    }
 
     #[test]
     fn recorded_values_appear_in_the_exposition() {
