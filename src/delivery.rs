@@ -14,8 +14,12 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::broker::{PublishError, Publisher};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{debug, error, warn};
+
+use crate::broker::{PublishError, Publisher, Rescued};
 use crate::spool::{Spool, SpoolError};
+use crate::stopping::Stopping;
 use crate::wire::envelope::Message;
 
 /// Publishes through the broker, falling back to the spool when there is one.
@@ -127,6 +131,63 @@ impl Delivery {
             (Ok(()), Some(why)) if why.is_refusal() => Ok(Delivered::Refused { why, write }),
             (Ok(()), why) => Ok(Delivered::Spooled { why, write }),
             (Err(spool), publish) => Err(DeliveryError::NotSpooled { publish, spool }),
+        }
+    }
+
+    /// Stores what RabbitMQ returned after its publish had ended as
+    /// delivered (its return came with another publish's confirm: see
+    /// `broker::returns`), as a refusal: in the spool's refused lane, retried
+    /// like any refused webhook. Without a spool it is published once more.
+    /// Runs until the relay stops (then stores what is left).
+    pub(crate) async fn keep_rescued(
+        self,
+        mut rescued: UnboundedReceiver<Rescued>,
+        mut stop: Stopping,
+    ) {
+        loop {
+            let returned = tokio::select! {
+                returned = rescued.recv() => returned,
+                () = stop.stopped() => rescued.try_recv().ok(),
+            };
+            let Some(returned) = returned else { return };
+            let (message, why) = match self.publisher.rescued_message(returned) {
+                Ok(rescued) => rescued,
+                Err(other) => {
+                    warn!(
+                        exchange = other.exchange,
+                        routing_key = other.routing_key,
+                        "RabbitMQ returned a message of the relay's own (not a webhook) after \
+                         its publish was confirmed; the topology is declared again"
+                    );
+                    continue;
+                }
+            };
+            let id = message.properties.message_id().clone();
+            let id = id.as_ref().map(|id| id.as_str());
+            let stored = match &self.spool {
+                Some(spool) => spool
+                    .append_refused(&message, why.to_string())
+                    .await
+                    .map_err(|err| err.to_string()),
+                None => self
+                    .publisher
+                    .publish(message)
+                    .await
+                    .map_err(|err| err.to_string()),
+            };
+            match stored {
+                Ok(()) => debug!(
+                    message_id = id,
+                    "a webhook returned with another's confirm is stored again"
+                ),
+                Err(err) => error!(
+                    message_id = id,
+                    error = err,
+                    "RabbitMQ returned a webhook after it was answered as stored, and it cannot be \
+                     stored again: it is in no queue. Find it with `hookrelay events --message-id` \
+                     when the history is on, and ask the sender to send it again"
+                ),
+            }
         }
     }
 }

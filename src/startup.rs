@@ -53,6 +53,8 @@ pub const FOLLOWER_TASK: &str = "history follower";
 pub const AUDIT_TASK: &str = "audit keeper";
 /// The background task that samples webhook rates for the console.
 pub const RATES_TASK: &str = "console rates";
+/// Stores what RabbitMQ returned with another publish's confirm.
+pub const RESCUE_TASK: &str = "returned-message keeper";
 
 pub struct Application {
     port: u16,
@@ -100,6 +102,9 @@ impl Application {
         let broker = Broker::new(settings.amqp.clone(), topology.clone(), metrics.clone());
         let publisher = Publisher::new(broker.clone());
         let delivery = Delivery::new(publisher.clone(), spool.clone());
+        let rescued = publisher
+            .rescued()
+            .map(|rescued| (delivery.clone(), rescued));
         let traces = Arc::new(Traces::new(&settings, topology, metrics.clone())?);
         let ingress = Ingress::new(
             &settings,
@@ -136,6 +141,10 @@ impl Application {
         let mut tasks = Tasks::default();
         tasks.add(BROKER_TASK, broker.supervise());
         let stopping = Switch::new();
+        if let Some((delivery, rescued)) = rescued {
+            let keeping = delivery.keep_rescued(rescued, stopping.subscribe());
+            tasks.add(RESCUE_TASK, keeping);
+        }
         if let Some(spool) = &spool {
             let draining = drain::run(
                 spool.clone(),
@@ -242,6 +251,8 @@ impl Application {
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
         stopping.stop();
+        // Before the drainer: what it rescues goes to the spool.
+        tasks.finish(RESCUE_TASK).await;
         tasks.finish(DRAIN_TASK).await;
         tasks.finish(ANNOUNCER_TASK).await;
         tasks.finish(FOLLOWER_TASK).await;

@@ -4,7 +4,8 @@
 //! Every publish is `mandatory` and waits for the publisher confirm. An `Ack` is
 //! not enough on its own: lapin attaches a `basic.return` (an unroutable
 //! mandatory message) to the `Ack` that follows it, so a returned message counts
-//! as a failure too. Events enter through the entry fanout, so "returned" means
+//! as a failure too (matched to its own publish by message id: see
+//! [`super::returns`]). Events enter through the entry fanout, so "returned" means
 //! that no queue at all took the message: not a consumer queue, not the
 //! unrouted queue. That only happens when the relay's own topology was damaged
 //! (a queue or exchange deleted), so a return also asks the supervisor to
@@ -20,6 +21,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use super::names::Address;
+use super::returns::{Rescued, Returns, Sorted};
 use super::session::Session;
 use super::status::BrokerState;
 use super::supervisor::Broker;
@@ -78,6 +80,7 @@ impl PublishError {
 pub struct Publisher {
     broker: Broker,
     confirm_timeout: Duration,
+    returns: Arc<Returns>,
 }
 
 impl Publisher {
@@ -86,7 +89,48 @@ impl Publisher {
         Publisher {
             broker,
             confirm_timeout,
+            returns: Returns::new(),
         }
+    }
+
+    /// Returned messages whose publish had already ended as delivered (see
+    /// [`super::returns`]), for the one task that stores them; `None` once
+    /// taken.
+    pub fn rescued(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Rescued>> {
+        self.returns.rescued()
+    }
+
+    /// The message `rescued` was, for the spool; the rescued message back when
+    /// it is not one the relay publishes as a webhook (a history copy, a note).
+    /// A return means the topology is damaged: it is declared again at once.
+    pub fn rescued_message(
+        &self,
+        rescued: Rescued,
+    ) -> Result<(Message, PublishError), Box<Rescued>> {
+        let topology = self.broker.topology();
+        let kind = if rescued.exchange == topology.entry_exchange() {
+            match rescued.routing_key.parse() {
+                Ok(key) => Kind::Event(key),
+                Err(_) => return Err(Box::new(rescued)),
+            }
+        } else if rescued.exchange.is_empty() && rescued.routing_key == topology.quarantine_queue()
+        {
+            Kind::Quarantine
+        } else {
+            return Err(Box::new(rescued));
+        };
+        self.broker.metrics().publish_refused(&kind);
+        self.broker.request_repair();
+        let why = PublishError::Returned {
+            code: rescued.refusal.code,
+            text: rescued.refusal.text,
+        };
+        let message = Message {
+            kind,
+            body: Bytes::from(rescued.body),
+            properties: rescued.properties,
+        };
+        Ok((message, why))
     }
 
     /// Publishes persistently where the topology sends this kind of message,
@@ -106,13 +150,14 @@ impl Publisher {
         let started = Instant::now();
         let address = self.broker.topology().address(&message.kind);
         let copy = self.history_copy(&message);
+        let watch = self.returns.watch(&message.properties);
         let confirmation = tokio::time::timeout(self.confirm_timeout, async {
             send(&channel, address, &message.body, message.properties)
                 .await?
                 .await
         })
         .await;
-        let mut result = settle(confirmation, self.confirm_timeout);
+        let mut result = settle(confirmation, self.confirm_timeout, |c| watch.sort(c));
         if result.is_ok()
             && let Some(copy) = copy
         {
@@ -173,16 +218,18 @@ impl Publisher {
         for message in messages {
             let address = topology.address(&message.kind);
             copies.push(self.history_copy(&message));
+            let watch = self.returns.watch(&message.properties);
             let sent = send(&channel, address, &message.body, message.properties);
             let sent = tokio::time::timeout_at(deadline, sent).await;
-            in_flight.push((message.kind, sent));
+            in_flight.push((message.kind, watch, sent));
         }
         let mut results = Vec::with_capacity(in_flight.len());
-        for ((kind, sent), copy) in in_flight.into_iter().zip(copies) {
+        for ((kind, watch, sent), copy) in in_flight.into_iter().zip(copies) {
             let mut result = match sent {
                 Ok(Ok(confirm)) => settle(
                     tokio::time::timeout_at(deadline, confirm).await,
                     self.confirm_timeout,
+                    |c| watch.sort(c),
                 ),
                 Ok(Err(err)) => Err(PublishError::Channel(err)),
                 Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
@@ -271,7 +318,7 @@ pub async fn publish_confirmed(
             .await
     })
     .await;
-    settle(confirmation, timeout)
+    settle(confirmation, timeout, Sorted::as_attached)
 }
 
 /// Publishes `messages` on `channel` (in confirm mode, used by this caller
@@ -295,7 +342,11 @@ pub async fn publish_all(
     let mut results = Vec::with_capacity(in_flight.len());
     for sent in in_flight {
         results.push(match sent {
-            Ok(Ok(confirm)) => settle(tokio::time::timeout_at(deadline, confirm).await, timeout),
+            Ok(Ok(confirm)) => settle(
+                tokio::time::timeout_at(deadline, confirm).await,
+                timeout,
+                Sorted::as_attached,
+            ),
             Ok(Err(err)) => Err(PublishError::Channel(err)),
             Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
         });
@@ -343,20 +394,24 @@ async fn send(
     }
 }
 
-/// Only an `Ack` without a returned message is success.
+/// Only an `Ack` without a returned message is success; `sort` says which
+/// return is this publish's.
 fn settle(
     confirmation: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
     timeout: Duration,
+    sort: impl FnOnce(Confirmation) -> Sorted,
 ) -> Result<(), PublishError> {
     match confirmation {
         Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
         Ok(Err(err)) => Err(PublishError::Channel(err)),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
-            code: returned.reply_code,
-            text: returned.reply_text.to_string(),
-        }),
-        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
-        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+        Ok(Ok(confirmation)) => match sort(confirmation) {
+            Sorted::Acked => Ok(()),
+            Sorted::Returned(refusal) => Err(PublishError::Returned {
+                code: refusal.code,
+                text: refusal.text,
+            }),
+            Sorted::Nacked => Err(PublishError::Nack),
+            Sorted::NotRequested => Err(PublishError::NotConfirmed),
+        },
     }
 }

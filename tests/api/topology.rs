@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hookrelay::broker::Topology;
 use hookrelay::broker::consumer_queue_arguments;
 use hookrelay::config::{QueueSettings, QueueType};
@@ -397,4 +398,83 @@ async fn own_quorum_queues_an_earlier_version_declared_are_accepted_not_misconfi
     assert_eq!(app.depth(&quarantine).await, 1, "it is used as it is");
     let _ = connection.close(200, "done".into()).await;
     app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_many_publishes_in_flight_every_return_fails_its_own_publish() {
+    // Without the history (which takes every publish) and with the unrouted
+    // queue deleted, RabbitMQ returns an event no queue is bound to. It
+    // confirms many publishes with one `ack multiple`, and lapin hands a
+    // return to whichever of them it completes first: the relay must match
+    // each return to its own webhook, so that none is answered 200 while no
+    // queue holds it. The events that are routed go to a transient queue,
+    // which RabbitMQ confirms at once, as it does a return: so both kinds
+    // share the same `ack multiple`. (The relay declares the unrouted queue
+    // again at the first return: each round has a moment of returns.)
+    let (app, _) = relay_with_a_consumer_queue().await;
+    let routed = app.bind_queue(&["sync.error.Routed"]).await;
+    let unrouted = app.topology.unrouted().to_owned();
+    for round in 0..3 {
+        app.channel
+            .queue_delete(unrouted.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let accepted = burst_of_routed_and_unbound(&app, round).await;
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                app.depth_of_spool().await == 0
+            })
+            .await
+        );
+        assert!(eventually(SOON, || app.exists(&unrouted)).await);
+        let held = async |queue: &str| {
+            let taken = app.take_all(queue).await;
+            taken
+                .iter()
+                .map(message_id)
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let (delivered, fell_through) = (held(&routed).await, held(&unrouted).await);
+        let lost: Vec<&(bool, String)> = accepted
+            .iter()
+            .filter(|(bound, id)| match bound {
+                true => !delivered.contains(id),
+                false => !fell_through.contains(id),
+            })
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: answered 200 and in no queue: {lost:?}; the relay says {}",
+            app.readiness().await
+        );
+    }
+    assert!(
+        app.metric("hookrelay_topology_redeclared_total").await >= 3.0,
+        "RabbitMQ returned some in every round"
+    );
+    app.stop().await.unwrap();
+}
+
+/// 400 webhooks, 64 in flight, every other one to a key no queue is bound
+/// to: whether each went to a bound key, and its id.
+async fn burst_of_routed_and_unbound(app: &TestApp, round: usize) -> Vec<(bool, String)> {
+    let webhook = |i: usize| {
+        let code = ["Routed", "NobodyWantsThis"][i % 2];
+        format!(
+            r#"{{"hook":"SyncError","user":{{"id":"u-{round}-{i}"}},"account":{{"id":"a-{i}","provider":"First Bank"}},"error":"{code}"}}"#
+        )
+    };
+    futures_util::stream::iter(0..400)
+        .map(|i| async move {
+            let answer = app.post_webhook(webhook(i)).await;
+            assert_eq!(answer.status(), 200, "webhook {i}");
+            let id = answer.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (i % 2 == 0, id)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
 }
