@@ -176,6 +176,12 @@ async fn declare(
     if !report.own_conflicts.is_empty() {
         return Err(Down::Misconfigured(report.own_conflicts));
     }
+    if let Some(history) = report.unavailable.first() {
+        return Err(Down::Lost(format!(
+            "RabbitMQ has not made the history stream available yet ({history}); \
+             webhooks are spooled until it has"
+        )));
+    }
     // A skipped queue keeps the conflict it had.
     let mut conflicts = report.queue_conflicts.clone();
     conflicts.extend(
