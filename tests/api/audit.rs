@@ -237,21 +237,10 @@ async fn a_quarantined_body_the_history_missed_is_stored_again_and_audits_clean(
     // body reaches its queue, but its copy for the history is returned. The
     // relay's topology check (here every second) declares the stream again.
     let app = spawn_app(&[("HOOKRELAY__AMQP__TOPOLOGY_CHECK_SECS", "1")]).await;
-    let stream = app.topology.history_stream().unwrap().to_owned();
-    app.channel
-        .queue_delete(
-            stream.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    app.delete_queue(app.topology.history_stream().unwrap())
+        .await;
 
-    let answer = app.post_webhook(r#"{"hook":"SyncAccount"}"#).await;
-    assert_eq!(answer.status(), 422);
-    let id = answer.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = app.send_invalid(r#"{"hook":"SyncAccount"}"#).await;
 
     let in_the_history = eventually(Duration::from_secs(30), || async {
         let listed = app.run(&["events", "--json"]).await;

@@ -705,14 +705,8 @@ async fn the_index_resumes_after_a_restart_and_starts_over_when_the_stream_does(
     assert_eq!(found["events"][0]["message_id"], fourth.as_str());
     // The stream deleted (an operator's action): the relay declares it
     // again, empty, and the index must not answer with what it no longer holds.
-    let stream = app.topology.history_stream().unwrap().to_owned();
-    app.channel
-        .queue_delete(
-            stream.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    app.delete_queue(app.topology.history_stream().unwrap())
+        .await;
     app.stop_without_cleaning().await;
     let app = spawn_app_unready(settings).await;
     app.wait_until_ready().await;

@@ -182,14 +182,32 @@ impl TestApp {
         metrics::sample(&text, sample).unwrap_or(0.0)
     }
 
-    /// POSTs a webhook that must be accepted; returns its message id.
-    pub(crate) async fn send(&self, body: impl Into<String>) -> String {
+    /// POSTs a body that must be quarantined (422); returns its message id.
+    pub(crate) async fn send_invalid(&self, body: impl Into<String>) -> String {
+        self.answered_id(body, 422).await
+    }
+
+    /// POSTs a webhook that must be answered `status`; the id of its message.
+    async fn answered_id(&self, body: impl Into<String>, status: u16) -> String {
         let response = self.post_webhook(body).await;
-        assert_eq!(response.status(), 200, "accepted");
+        assert_eq!(response.status(), status);
         response.json::<serde_json::Value>().await.unwrap()["id"]
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Deletes `queue`, as an operator might at runtime.
+    pub(crate) async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
+    /// POSTs a webhook that must be accepted; returns its message id.
+    pub(crate) async fn send(&self, body: impl Into<String>) -> String {
+        self.answered_id(body, 200).await
     }
 
     /// Publishes `body` straight to `queue` (the default exchange), as a

@@ -213,18 +213,10 @@ async fn relay_with_a_consumer_queue() -> (TestApp, String) {
 async fn deleting_the_quarantine_queue_at_runtime_loses_nothing() {
     let (app, _) = relay_with_a_consumer_queue().await;
     let quarantine = app.topology.quarantine_queue().to_owned();
-    app.channel
-        .queue_delete(quarantine.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
+    app.delete_queue(&quarantine).await;
 
     for _ in 0..2 {
-        let response = app.post_webhook(r#"{"hook":"SyncAccount"}"#).await;
-        assert_eq!(response.status(), 422);
-        let id = response.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = app.send_invalid(r#"{"hook":"SyncAccount"}"#).await;
         arrives(&app, &quarantine, &id).await;
     }
     assert!(eventually(SOON, || async { app.depth_of_spool().await == 0 }).await);
@@ -415,10 +407,7 @@ async fn with_many_publishes_in_flight_every_return_fails_its_own_publish() {
     let routed = app.bind_queue(&["sync.error.Routed"]).await;
     let unrouted = app.topology.unrouted().to_owned();
     for round in 0..3 {
-        app.channel
-            .queue_delete(unrouted.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
+        app.delete_queue(&unrouted).await;
         let accepted = burst_of_routed_and_unbound(&app, round).await;
         assert!(
             eventually(Duration::from_secs(30), || async {
