@@ -28,7 +28,7 @@ pub(crate) use follow::{Follower, follow};
 pub use search::{Page, newest};
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -57,9 +57,12 @@ pub(crate) const END_WAIT_ONCE: Duration = Duration::from_secs(5);
 /// late answer only makes it say "caught up" a moment early.
 pub(crate) const END_WAIT_FOLLOWING: Duration = Duration::from_secs(1);
 /// How long the rest of the last chunk may lag behind its first message:
-/// RabbitMQ sends a chunk in one go, so this is the client's own delay in
-/// a loaded process, never the broker's.
+/// RabbitMQ sends a chunk in one go, up to the prefetch (the read
+/// acknowledges as it goes for the rest), so this is mostly the client's own
+/// delay in a loaded process.
 const LAST_CHUNK_GAP: Duration = Duration::from_millis(500);
+/// How long the last chunk is read at most, from its first message.
+const LAST_CHUNK_AT_MOST: Duration = Duration::from_secs(3);
 /// The routing key events shows for a quarantined body (a 422'd webhook).
 pub const QUARANTINED: &str = "quarantine";
 /// The routing key a relay's note shows (see [`crate::audit::notes`]).
@@ -136,6 +139,9 @@ pub struct Reader {
     /// Deliveries so far, filtered out or not.
     read: u64,
     done: bool,
+    /// Whether the read starts at a time: RabbitMQ sends nothing when every
+    /// chunk was stored before it.
+    starts_at_a_time: bool,
     unacked: u64,
     last_tag: u64,
 }
@@ -188,12 +194,12 @@ impl Reader {
         } else {
             last_event(connection, stream, END_WAIT_ONCE).await?
         };
-        // A start after the last chunk: RabbitMQ sends nothing, so there is
-        // nothing to wait for (and nothing would pass the filter's `since`).
-        // A chunk is stored after every event in it was received, so when
-        // the whole last chunk was received before `at`, so was everything.
+        // A start after the last event: RabbitMQ sends nothing, so there is
+        // nothing to wait for. (A start at a time after the last chunk was
+        // stored is found out by the first wait: see `next_delivery`. The
+        // events' own times cannot tell: a drained spool or an announcement
+        // stores old times late.)
         let after_the_end = match (start, &last) {
-            (Start::At(at), Some(last)) => last.latest_received_at.is_some_and(|last| last < at),
             (Start::Offset(offset), Some(last)) => last.offset < offset,
             _ => false,
         };
@@ -209,6 +215,7 @@ impl Reader {
             follow,
             stream: stream.to_owned(),
             done: !follow && (last.is_none() || after_the_end),
+            starts_at_a_time: matches!(start, Start::At(_)),
             end: last.map(|last| last.offset),
             seen: None,
             read: 0,
@@ -277,6 +284,13 @@ impl Reader {
                     }
                 }
                 None => next.await,
+            }
+        } else if self.starts_at_a_time && self.seen.is_none() {
+            // Attached after every chunk (each stored before the start's
+            // time): nothing comes, as from an empty stream.
+            match tokio::time::timeout(END_WAIT_ONCE, next).await {
+                Ok(delivery) => delivery,
+                Err(_) => return Ok(None),
             }
         } else {
             match tokio::time::timeout(STALL, next).await {
@@ -416,9 +430,6 @@ async fn consume(channel: &Channel, stream: &str, start: Start) -> anyhow::Resul
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LastEvent {
     pub(crate) offset: u64,
-    /// The latest `x-received-at` in the last chunk: not always the last
-    /// event's own (a spool drained late, a relay's note, another relay).
-    latest_received_at: Option<SystemTime>,
 }
 
 /// The last event in `stream`, or `None` when nothing came within
@@ -437,6 +448,10 @@ pub(crate) async fn last_event(
     let mut last: Option<LastEvent> = None;
     let mut wait = first_within;
     let mut unacked = 0;
+    // Under a steady flow, new events keep coming within the gap: the end is
+    // wherever the read is after a while (later than the end at the start,
+    // which only makes the read go a little further).
+    let mut deadline = None;
     while let Ok(Some(delivery)) = tokio::time::timeout(wait, consumer.next()).await {
         let delivery = delivery.context("the connection to RabbitMQ was lost")?;
         // A chunk may hold more than the prefetch: keep the credit flowing.
@@ -449,18 +464,13 @@ pub(crate) async fn last_event(
                 .context("cannot acknowledge stream deliveries")?;
             unacked = 0;
         }
-        let headers = delivery.properties.headers().as_ref();
-        let received_at = headers::time(headers, RECEIVED_AT);
-        let latest_received_at = last
-            .and_then(|last| last.latest_received_at)
-            .max(received_at);
-        if let Some(offset) = offset(headers) {
+        if let Some(offset) = offset(delivery.properties.headers().as_ref()) {
             last = Some(LastEvent {
                 offset: last.map_or(offset, |last| last.offset.max(offset)),
-                latest_received_at,
             });
         }
-        wait = LAST_CHUNK_GAP;
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + LAST_CHUNK_AT_MOST);
+        wait = LAST_CHUNK_GAP.min(deadline.saturating_duration_since(Instant::now()));
     }
     crate::broker::close_channel(&channel, "found the end").await;
     Ok(last)

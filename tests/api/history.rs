@@ -139,6 +139,20 @@ async fn events_lists_every_event_kept_and_each_filter_narrows_it() {
 }
 
 #[tokio::test]
+async fn since_a_time_after_every_event_lists_none_and_fails_not() {
+    // RabbitMQ attaches a read at a time after its last chunk past the end,
+    // and sends nothing: the read ends empty, it does not stall.
+    let app = relay().await;
+    app.send(event(None, "u-1", "a-1")).await;
+    let later = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600));
+    assert_eq!(
+        events(&app, &["--since", &later.to_string()]).await,
+        Vec::<String>::new()
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn since_and_until_select_by_when_the_relay_received_the_webhook() {
     let app = relay().await;
     let before = app.send(event(None, "u-1", "a-1")).await;
