@@ -17,10 +17,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, warn};
 
+use crate::backoff::Backoff;
 use crate::broker::{PublishError, Publisher, Rescued};
 use crate::spool::{Spool, SpoolError};
 use crate::stopping::Stopping;
 use crate::wire::envelope::Message;
+
+/// How often a returned webhook is published again when there is no spool.
+const REPUBLISH_TRIES: u32 = 6;
 
 /// Publishes through the broker, falling back to the spool when there is one.
 #[derive(Clone)]
@@ -137,9 +141,10 @@ impl Delivery {
     /// Stores what RabbitMQ returned after its publish had ended as
     /// delivered (its return came with another publish's confirm: see
     /// `broker::returns`), as a refusal: in the spool's refused lane, retried
-    /// like any refused webhook. Without a spool it is published once more.
-    /// Runs until the relay stops (then stores what is left).
-    pub(crate) async fn keep_rescued(
+    /// like any refused webhook. Without a spool it is published again, with
+    /// backoff while the topology is being declared again. Runs until `stop`,
+    /// then stores what is left: stopped after the publishing has.
+    pub(crate) async fn store_late_returns(
         self,
         mut rescued: UnboundedReceiver<Rescued>,
         mut stop: Stopping,
@@ -169,11 +174,7 @@ impl Delivery {
                     .append_refused(&message, why.to_string())
                     .await
                     .map_err(|err| err.to_string()),
-                None => self
-                    .publisher
-                    .publish(message)
-                    .await
-                    .map_err(|err| err.to_string()),
+                None => self.publish_again(message).await,
             };
             match stored {
                 Ok(()) => debug!(
@@ -187,6 +188,21 @@ impl Delivery {
                      stored again: it is in no queue. Find it with `hookrelay events --message-id` \
                      when the history is on, and ask the sender to send it again"
                 ),
+            }
+        }
+    }
+
+    /// Without a spool: publishes `message` again while the topology is
+    /// declared again (a few tries over about ten seconds).
+    async fn publish_again(&self, message: Message) -> Result<(), String> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.publisher.publish(message.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(err) if tries >= REPUBLISH_TRIES => return Err(err.to_string()),
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
             }
         }
     }

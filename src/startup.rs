@@ -66,6 +66,7 @@ pub struct Application {
     traces: Arc<Traces>,
     tasks: Tasks,
     stopping: Switch,
+    rescue_stopping: Switch,
 }
 
 impl Application {
@@ -141,9 +142,12 @@ impl Application {
         let mut tasks = Tasks::default();
         tasks.add(BROKER_TASK, broker.supervise());
         let stopping = Switch::new();
+        // Stopped after everything that publishes: what they rescue last is
+        // stored.
+        let rescue_stopping = Switch::new();
         if let Some((delivery, rescued)) = rescued {
-            let keeping = delivery.keep_rescued(rescued, stopping.subscribe());
-            tasks.add(RESCUE_TASK, keeping);
+            let storing = delivery.store_late_returns(rescued, rescue_stopping.subscribe());
+            tasks.add(RESCUE_TASK, storing);
         }
         if let Some(spool) = &spool {
             let draining = drain::run(
@@ -188,6 +192,7 @@ impl Application {
             traces,
             tasks,
             stopping,
+            rescue_stopping,
         })
     }
 
@@ -222,6 +227,7 @@ impl Application {
             traces,
             mut tasks,
             stopping,
+            rescue_stopping,
             ..
         } = self;
         let public_handle = public.handle();
@@ -251,9 +257,11 @@ impl Application {
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
         stopping.stop();
-        // Before the drainer: what it rescues goes to the spool.
-        tasks.finish(RESCUE_TASK).await;
         tasks.finish(DRAIN_TASK).await;
+        // After the servers and the drainer, the last publishers: a webhook
+        // their confirms returned late is in the spool before it closes.
+        rescue_stopping.stop();
+        tasks.finish(RESCUE_TASK).await;
         tasks.finish(ANNOUNCER_TASK).await;
         tasks.finish(FOLLOWER_TASK).await;
         // After the servers: no webhook is in flight, so a clean stop.

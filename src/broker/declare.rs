@@ -323,9 +323,11 @@ impl Conflict {
     }
 
     /// Whether RabbitMQ refused it for now, not for what it is: the queue's
-    /// node is down, or has not started it yet.
+    /// node is down, or has not started it yet. (Its reply code alone,
+    /// `NOT_FOUND`, also means a queue that does not exist; the text says
+    /// which.)
     fn is_unavailable(&self) -> bool {
-        self.reason.contains("down or inaccessible")
+        self.reason.starts_with("NOT_FOUND") && self.reason.contains("down or inaccessible")
     }
 }
 

@@ -21,13 +21,17 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use super::names::Address;
-use super::returns::{Rescued, Returns, Sorted};
+use super::returns::{OwnPart, Rescued, Returns, Verdict, Watch};
 use super::session::Session;
 use super::status::BrokerState;
 use super::supervisor::Broker;
 use crate::unpoisoned::Locked;
 use crate::wire::envelope::{Kind, Message, Stamp};
 use tracing::{debug, warn};
+
+/// How long a confirm is still awaited after its publish timed out, for a
+/// return of another publish it may carry.
+const LATE_CONFIRM_WAIT: Duration = Duration::from_secs(60);
 
 /// A message addressed by name, for the tools that republish what they read
 /// (`hookrelay replay`) and the benchmark's baseline publisher.
@@ -101,26 +105,31 @@ impl Publisher {
     }
 
     /// The message `rescued` was, for the spool; the rescued message back when
-    /// it is not one the relay publishes as a webhook (a history copy, a note).
-    /// A return means the topology is damaged: it is declared again at once.
+    /// it is not one the relay publishes for a webhook. A return means the
+    /// topology is damaged: it is declared again at once, either way.
     pub fn rescued_message(
         &self,
         rescued: Rescued,
     ) -> Result<(Message, PublishError), Box<Rescued>> {
+        self.broker.request_repair();
         let topology = self.broker.topology();
+        let to_queue = |queue: Option<&str>| {
+            rescued.exchange.is_empty() && queue == Some(rescued.routing_key.as_str())
+        };
         let kind = if rescued.exchange == topology.entry_exchange() {
             match rescued.routing_key.parse() {
                 Ok(key) => Kind::Event(key),
                 Err(_) => return Err(Box::new(rescued)),
             }
-        } else if rescued.exchange.is_empty() && rescued.routing_key == topology.quarantine_queue()
+        } else if to_queue(Some(topology.quarantine_queue())) || to_queue(topology.history_stream())
         {
+            // A quarantined body, or its copy for the history: stored again,
+            // it goes to both.
             Kind::Quarantine
         } else {
             return Err(Box::new(rescued));
         };
         self.broker.metrics().publish_refused(&kind);
-        self.broker.request_repair();
         let why = PublishError::Returned {
             code: rescued.refusal.code,
             text: rescued.refusal.text,
@@ -150,14 +159,9 @@ impl Publisher {
         let started = Instant::now();
         let address = self.broker.topology().address(&message.kind);
         let copy = self.history_copy(&message);
-        let watch = self.returns.watch(&message.properties);
-        let confirmation = tokio::time::timeout(self.confirm_timeout, async {
-            send(&channel, address, &message.body, message.properties)
-                .await?
-                .await
-        })
-        .await;
-        let mut result = settle(confirmation, self.confirm_timeout, |c| watch.sort(c));
+        let mut result = self
+            .publish_watched(&channel, address, &message.body, message.properties)
+            .await;
         if result.is_ok()
             && let Some(copy) = copy
         {
@@ -188,7 +192,14 @@ impl Publisher {
     /// publish, so the body is spooled and published again, copy included
     /// (its queue may then hold it twice, under one message id).
     async fn keep_in_history(&self, channel: &Channel, copy: Outgoing) -> Result<(), PublishError> {
-        let kept = publish_confirmed(channel, &copy, self.confirm_timeout).await;
+        let address = Address {
+            exchange: &copy.exchange,
+            routing_key: &copy.routing_key,
+        };
+        let properties = copy.properties.clone();
+        let kept = self
+            .publish_watched(channel, address, &copy.body, properties)
+            .await;
         if let Err(err) = &kept {
             let stamp = Stamp::of(copy.properties.headers().as_ref());
             warn!(
@@ -219,20 +230,33 @@ impl Publisher {
             let address = topology.address(&message.kind);
             copies.push(self.history_copy(&message));
             let watch = self.returns.watch(&message.properties);
-            let sent = send(&channel, address, &message.body, message.properties);
-            let sent = tokio::time::timeout_at(deadline, sent).await;
+            let sent = self
+                .sent(
+                    &channel,
+                    address,
+                    &message.body,
+                    message.properties,
+                    deadline,
+                )
+                .await;
             in_flight.push((message.kind, watch, sent));
         }
-        let mut results = Vec::with_capacity(in_flight.len());
-        for ((kind, watch, sent), copy) in in_flight.into_iter().zip(copies) {
-            let mut result = match sent {
-                Ok(Ok(confirm)) => settle(
-                    tokio::time::timeout_at(deadline, confirm).await,
-                    self.confirm_timeout,
-                    |c| watch.sort(c),
-                ),
-                Ok(Err(err)) => Err(PublishError::Channel(err)),
-                Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
+        // Every confirm of the batch, and the returns in them passed to their
+        // owners, before any verdict: a return that came with a later confirm
+        // of the batch is never too late for its owner.
+        let mut confirmed = Vec::with_capacity(in_flight.len());
+        for (kind, watch, sent) in in_flight {
+            let own = match sent {
+                Ok(confirm) => self.own_part(&watch, confirm, deadline).await,
+                Err(err) => Err(err),
+            };
+            confirmed.push((kind, watch, own));
+        }
+        let mut results = Vec::with_capacity(confirmed.len());
+        for ((kind, watch, own), copy) in confirmed.into_iter().zip(copies) {
+            let mut result = match own {
+                Ok(own) => verdict_result(watch.finish(own)),
+                Err(err) => Err(err),
             };
             if result.is_ok()
                 && let Some(copy) = copy
@@ -243,6 +267,68 @@ impl Publisher {
             results.push(result);
         }
         Ok(results)
+    }
+
+    /// Sends one message and waits for its verdict, returns matched by
+    /// message id.
+    async fn publish_watched(
+        &self,
+        channel: &Channel,
+        address: Address<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let watch = self.returns.watch(&properties);
+        let confirm = self
+            .sent(channel, address, body, properties, deadline)
+            .await?;
+        let own = self.own_part(&watch, confirm, deadline).await?;
+        verdict_result(watch.finish(own))
+    }
+
+    /// Sends one message by `deadline`: the confirm to wait for.
+    async fn sent(
+        &self,
+        channel: &Channel,
+        address: Address<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+        deadline: tokio::time::Instant,
+    ) -> Result<PublisherConfirm, PublishError> {
+        match tokio::time::timeout_at(deadline, send(channel, address, body, properties)).await {
+            Ok(Ok(confirm)) => Ok(confirm),
+            Ok(Err(err)) => Err(PublishError::Channel(err)),
+            Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
+        }
+    }
+
+    /// Waits for `confirm` until `deadline`, and passes a return in it that is
+    /// another publish's to its owner. Past the deadline the publish has
+    /// failed, but its confirm may still carry another's return: a task of
+    /// its own keeps waiting for it, for [`LATE_CONFIRM_WAIT`] (a confirm
+    /// dropped would take that return with it, unread).
+    async fn own_part(
+        &self,
+        watch: &Watch,
+        mut confirm: PublisherConfirm,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnPart, PublishError> {
+        match tokio::time::timeout_at(deadline, &mut confirm).await {
+            Ok(Ok(confirmation)) => Ok(watch.own_part(confirmation)),
+            Ok(Err(err)) => Err(PublishError::Channel(err)),
+            Err(_elapsed) => {
+                let watch = self.returns.watch_again(watch);
+                tokio::spawn(async move {
+                    if let Ok(Ok(confirmation)) =
+                        tokio::time::timeout(LATE_CONFIRM_WAIT, confirm).await
+                    {
+                        watch.own_part(confirmation);
+                    }
+                });
+                Err(PublishError::ConfirmTimeout(self.confirm_timeout))
+            }
+        }
     }
 
     fn usable_session(&self) -> Result<Arc<Session>, PublishError> {
@@ -318,7 +404,7 @@ pub async fn publish_confirmed(
             .await
     })
     .await;
-    settle(confirmation, timeout, Sorted::as_attached)
+    settle(confirmation, timeout)
 }
 
 /// Publishes `messages` on `channel` (in confirm mode, used by this caller
@@ -342,11 +428,7 @@ pub async fn publish_all(
     let mut results = Vec::with_capacity(in_flight.len());
     for sent in in_flight {
         results.push(match sent {
-            Ok(Ok(confirm)) => settle(
-                tokio::time::timeout_at(deadline, confirm).await,
-                timeout,
-                Sorted::as_attached,
-            ),
+            Ok(Ok(confirm)) => settle(tokio::time::timeout_at(deadline, confirm).await, timeout),
             Ok(Err(err)) => Err(PublishError::Channel(err)),
             Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
         });
@@ -394,24 +476,27 @@ async fn send(
     }
 }
 
-/// Only an `Ack` without a returned message is success; `sort` says which
-/// return is this publish's.
+/// For a channel one caller uses for one publish at a time (a tool's, a
+/// note's): only an `Ack` without a returned message is success.
 fn settle(
     confirmation: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
     timeout: Duration,
-    sort: impl FnOnce(Confirmation) -> Sorted,
 ) -> Result<(), PublishError> {
     match confirmation {
         Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
         Ok(Err(err)) => Err(PublishError::Channel(err)),
-        Ok(Ok(confirmation)) => match sort(confirmation) {
-            Sorted::Acked => Ok(()),
-            Sorted::Returned(refusal) => Err(PublishError::Returned {
-                code: refusal.code,
-                text: refusal.text,
-            }),
-            Sorted::Nacked => Err(PublishError::Nack),
-            Sorted::NotRequested => Err(PublishError::NotConfirmed),
-        },
+        Ok(Ok(confirmation)) => verdict_result(Verdict::as_attached(confirmation)),
+    }
+}
+
+fn verdict_result(verdict: Verdict) -> Result<(), PublishError> {
+    match verdict {
+        Verdict::Acked => Ok(()),
+        Verdict::Returned(refusal) => Err(PublishError::Returned {
+            code: refusal.code,
+            text: refusal.text,
+        }),
+        Verdict::Nacked => Err(PublishError::Nack),
+        Verdict::NotRequested => Err(PublishError::NotConfirmed),
     }
 }

@@ -10,13 +10,20 @@
 //!
 //! So returns are matched by message id. A publish is [`Returns::watch`]ed
 //! while its confirm is awaited; a return that comes with a confirm not its
-//! own is handed over to its owner:
+//! own is passed to its owner:
 //!
 //! - still waiting, the owner fails when its confirm comes (its message is
 //!   spooled and retried, as for its own return);
 //! - already ended as delivered, the returned message itself is *rescued*:
 //!   [`Returns::rescued`] hands it to the relay, which spools it as refused
-//!   (see [`crate::delivery::Delivery::keep_rescued`]).
+//!   (see [`crate::delivery::Delivery::store_late_returns`]).
+//!
+//! A batch (the spool's drainer) takes every confirm of the batch apart
+//! before it gives any verdict, so within a batch no owner has ended yet. A
+//! confirm that times out is still awaited by a task of its own, so that a
+//! return it carries is not dropped with it. What is left: a webhook whose
+//! 200 went out just before another request's confirm brought its return is
+//! spooled a moment after that 200, not before it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,16 +54,30 @@ pub struct Rescued {
 
 /// The publishes in flight, by message id; one per publisher.
 pub(super) struct Returns {
-    /// `None` while waiting; the refusal another publish's confirm carried.
-    in_flight: Mutex<HashMap<ShortString, Option<Refusal>>>,
+    in_flight: Mutex<HashMap<ShortString, InFlight>>,
     rescue: mpsc::UnboundedSender<Rescued>,
     rescued: Mutex<Option<mpsc::UnboundedReceiver<Rescued>>>,
+}
+
+/// The publishes of one message id in flight (a message spooled and sent
+/// again may meet its first publish), and the return another publish's
+/// confirm carried for them.
+#[derive(Default)]
+struct InFlight {
+    publishes: u32,
+    returned: Option<Refusal>,
 }
 
 /// One publish, watched until its confirm is sorted out.
 pub(super) struct Watch {
     returns: Arc<Returns>,
     id: Option<ShortString>,
+}
+
+/// A confirm with the returns of other publishes taken out of it.
+pub(super) struct OwnPart {
+    verdict: Verdict,
+    returned: Option<Refusal>,
 }
 
 impl Returns {
@@ -70,15 +91,35 @@ impl Returns {
     }
 
     /// Watches the publish of a message with `properties` (a message without
-    /// an id cannot be matched, and keeps what lapin attached).
+    /// an id cannot be matched: it keeps only returns without an id).
     pub(super) fn watch(self: &Arc<Self>, properties: &BasicProperties) -> Watch {
         let id = properties.message_id().clone();
         if let Some(id) = &id {
-            self.in_flight.locked().insert(id.clone(), None);
+            self.in_flight
+                .locked()
+                .entry(id.clone())
+                .or_default()
+                .publishes += 1;
         }
         Watch {
             returns: Arc::clone(self),
             id,
+        }
+    }
+
+    /// One more watch of the publish `watch` watches: for a task that goes on
+    /// waiting for its confirm.
+    pub(super) fn watch_again(self: &Arc<Self>, watch: &Watch) -> Watch {
+        if let Some(id) = &watch.id {
+            self.in_flight
+                .locked()
+                .entry(id.clone())
+                .or_default()
+                .publishes += 1;
+        }
+        Watch {
+            returns: Arc::clone(self),
+            id: watch.id.clone(),
         }
     }
 
@@ -88,31 +129,42 @@ impl Returns {
         self.rescued.locked().take()
     }
 
-    /// Hands `returned` (another publish's) over to its owner, or rescues it
+    /// Passes `returned` (another publish's) to its owner, or rescues it
     /// when its owner has ended.
-    fn hand_over(&self, returned: BasicReturnMessage) {
+    fn pass_to_owner(&self, returned: BasicReturnMessage) {
         let refusal = refusal(&returned);
         if let Some(id) = returned.properties.message_id()
             && let Some(owner) = self.in_flight.locked().get_mut(id)
         {
-            *owner = Some(refusal);
+            owner.returned = Some(refusal);
             return;
         }
-        // Nobody stores it if this fails: the receiver is gone only when the
-        // relay stops.
-        let _ = self.rescue.send(Rescued {
+        let rescued = Rescued {
             exchange: returned.delivery.exchange.to_string(),
             routing_key: returned.delivery.routing_key.to_string(),
             body: returned.delivery.data,
             properties: returned.delivery.properties,
             refusal,
-        });
+        };
+        if let Err(lost) = self.rescue.send(rescued) {
+            // Only once the relay has stopped: nothing publishes then.
+            tracing::error!(
+                message_id = lost
+                    .0
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str()),
+                "RabbitMQ returned a message after the relay stopped storing returns: it is \
+                 in no queue; ask the sender to send it again"
+            );
+        }
     }
 }
 
 /// What a confirm means for one publish, its returns sorted out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Sorted {
+pub(super) enum Verdict {
     /// Stored by every queue it reached, and returned by none.
     Acked,
     /// No queue took it.
@@ -122,60 +174,72 @@ pub(super) enum Sorted {
     NotRequested,
 }
 
-impl Sorted {
+impl Verdict {
     /// A confirm taken as lapin attached its return: for a channel one
     /// caller uses for one publish at a time (a tool's, a note's).
-    pub(super) fn as_attached(confirmation: Confirmation) -> Sorted {
+    pub(super) fn as_attached(confirmation: Confirmation) -> Verdict {
         match confirmation {
-            Confirmation::Ack(None) => Sorted::Acked,
-            Confirmation::Ack(Some(returned)) => Sorted::Returned(refusal(&returned)),
-            Confirmation::Nack(_) => Sorted::Nacked,
-            Confirmation::NotRequested => Sorted::NotRequested,
+            Confirmation::Ack(None) => Verdict::Acked,
+            Confirmation::Ack(Some(returned)) => Verdict::Returned(refusal(&returned)),
+            Confirmation::Nack(_) => Verdict::Nacked,
+            Confirmation::NotRequested => Verdict::NotRequested,
         }
     }
 }
 
 impl Watch {
-    /// The confirm as far as this publish goes: a return that is another's
-    /// is handed over to it; one another publish's confirm carried for this
-    /// one is taken in.
-    pub(super) fn sort(self, confirmation: Confirmation) -> Sorted {
-        let (sorted, returned) = match confirmation {
-            Confirmation::Ack(returned) => (Sorted::Acked, returned),
-            Confirmation::Nack(returned) => (Sorted::Nacked, returned),
-            Confirmation::NotRequested => (Sorted::NotRequested, None),
+    /// Takes out of `confirmation` a return that is another publish's and
+    /// passes it to its owner. A batch takes the own part of every confirm
+    /// before it finishes any, so that a return passed within the batch is
+    /// never too late for its owner.
+    pub(super) fn own_part(&self, confirmation: Confirmation) -> OwnPart {
+        let (verdict, returned) = match confirmation {
+            Confirmation::Ack(returned) => (Verdict::Acked, returned),
+            Confirmation::Nack(returned) => (Verdict::Nacked, returned),
+            Confirmation::NotRequested => (Verdict::NotRequested, None),
         };
-        let own = match returned {
-            Some(returned) if self.id.is_none() || returned.properties.message_id() == &self.id => {
+        let returned = match returned {
+            Some(returned) if returned.properties.message_id() == &self.id => {
                 Some(refusal(&returned))
             }
             Some(returned) => {
-                self.returns.hand_over(returned);
+                self.returns.pass_to_owner(returned);
                 None
             }
             None => None,
         };
-        let handed_over = self.end();
-        match (sorted, own.or(handed_over)) {
-            (Sorted::Acked, Some(refusal)) => Sorted::Returned(refusal),
-            (sorted, _) => sorted,
+        OwnPart { verdict, returned }
+    }
+
+    /// The verdict, with a return another publish's confirm passed to this
+    /// one; stops watching.
+    pub(super) fn finish(mut self, own: OwnPart) -> Verdict {
+        let passed = self.stop();
+        match (own.verdict, own.returned.or(passed)) {
+            (Verdict::Acked, Some(refusal)) => Verdict::Returned(refusal),
+            (verdict, _) => verdict,
         }
     }
 
-    /// Stops watching; what another publish's confirm handed over, if any.
-    fn end(mut self) -> Option<Refusal> {
+    /// Stops watching; what another publish's confirm passed to this one.
+    fn stop(&mut self) -> Option<Refusal> {
         let id = self.id.take()?;
-        self.returns.in_flight.locked().remove(&id).flatten()
+        let mut in_flight = self.returns.in_flight.locked();
+        let entry = in_flight.get_mut(&id)?;
+        entry.publishes -= 1;
+        let returned = entry.returned.take();
+        if entry.publishes == 0 {
+            in_flight.remove(&id);
+        }
+        returned
     }
 }
 
 impl Drop for Watch {
-    /// A publish abandoned before its confirm (a request that ended, a
-    /// timeout): a return that comes for it later is rescued.
+    /// A publish abandoned before its confirm (a request that ended): a
+    /// return that comes for it later is rescued.
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.returns.in_flight.locked().remove(&id);
-        }
+        self.stop();
     }
 }
 

@@ -179,7 +179,9 @@ async fn declare(
     if let Some(history) = report.unavailable.first() {
         return Err(Down::Lost(format!(
             "RabbitMQ has not made the history stream available yet ({history}); \
-             webhooks are spooled until it has"
+             webhooks are spooled until it has. A moment after RabbitMQ starts this is \
+             normal; if it lasts, the node that holds the stream is down: start it (or, \
+             losing the history it holds, delete the stream so the relay declares it anew)"
         )));
     }
     // A skipped queue keeps the conflict it had.

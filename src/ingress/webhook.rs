@@ -213,14 +213,30 @@ async fn quarantine(
     receipt.trace = Some(trace.publish(|| Kind::Quarantine, receipt.message_id));
     let number = ingress.number();
     receipt.stamp = number.as_ref().map(Ticket::stamp);
-    let message = || quarantine_message(&reason, &receipt, body.clone());
-    let delivered = ingress.delivery.deliver(message).await;
+    // In a task of its own, as an event's flight is: a sender that hangs up
+    // neither cancels a publish RabbitMQ may already hold (nor the confirm
+    // that may carry another's return) nor burns the number of a stored body.
+    let (delivery, why, stamped, copy) = (
+        ingress.delivery.clone(),
+        reason.clone(),
+        receipt.clone(),
+        body.clone(),
+    );
+    let delivering = tokio::spawn(async move {
+        let message = || quarantine_message(&why, &stamped, copy.clone());
+        let delivered = delivery.deliver(message).await;
+        if let Some(number) = number
+            && delivered.is_ok()
+        {
+            number.stored();
+        }
+        delivered
+    });
+    let delivered = match delivering.await {
+        Ok(delivered) => delivered,
+        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+    };
     trace.delivered(delivered.as_ref());
-    if let Some(number) = number
-        && delivered.is_ok()
-    {
-        number.stored();
-    }
     match delivered {
         Ok(_) => IngressError::Quarantined {
             id: receipt.message_id,
