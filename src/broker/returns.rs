@@ -93,7 +93,16 @@ impl Returns {
     /// Watches the publish of a message with `properties` (a message without
     /// an id cannot be matched: it keeps only returns without an id).
     pub(super) fn watch(self: &Arc<Self>, properties: &BasicProperties) -> Watch {
-        let id = properties.message_id().clone();
+        self.watching(properties.message_id().clone())
+    }
+
+    /// One more watch of the publish `watch` watches: for a task that goes on
+    /// waiting for its confirm.
+    pub(super) fn watch_again(self: &Arc<Self>, watch: &Watch) -> Watch {
+        self.watching(watch.id.clone())
+    }
+
+    fn watching(self: &Arc<Self>, id: Option<ShortString>) -> Watch {
         if let Some(id) = &id {
             self.in_flight
                 .locked()
@@ -104,22 +113,6 @@ impl Returns {
         Watch {
             returns: Arc::clone(self),
             id,
-        }
-    }
-
-    /// One more watch of the publish `watch` watches: for a task that goes on
-    /// waiting for its confirm.
-    pub(super) fn watch_again(self: &Arc<Self>, watch: &Watch) -> Watch {
-        if let Some(id) = &watch.id {
-            self.in_flight
-                .locked()
-                .entry(id.clone())
-                .or_default()
-                .publishes += 1;
-        }
-        Watch {
-            returns: Arc::clone(self),
-            id: watch.id.clone(),
         }
     }
 

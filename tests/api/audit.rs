@@ -172,13 +172,7 @@ async fn a_spooled_webhook_is_accounted_for_until_it_reaches_the_history() {
     app.wait_until_ready().await;
     app.send(sync_account()).await;
     gate.close();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            !app.broker_ready().await
-        })
-        .await,
-        "the relay saw RabbitMQ go"
-    );
+    assert!(app.saw_rabbitmq_go().await, "the relay saw RabbitMQ go");
     let spooled: Value = app.post_webhook(sync_account()).await.json().await.unwrap();
     assert_eq!(spooled["stored"], "spool");
 

@@ -717,19 +717,23 @@ async fn the_index_resumes_after_a_restart_and_starts_over_when_the_stream_does(
     app.stop().await.unwrap();
 }
 
+/// A ready relay with `extra` set and a `[[queues]]` entry `<exchange>.reprompt`
+/// of `kind`, bound to `sync.error.*`; and that queue's name.
+async fn relay_with_reprompt(extra: &[(&str, &str)], kind: QueueType) -> (TestApp, String) {
+    let mut settings = test_settings(extra);
+    let reprompt = format!("{}.reprompt", settings.amqp.exchange);
+    settings.queues = vec![QueueSettings::new(&reprompt, &["sync.error.*"], kind)];
+    let app = spawn_app_unready(settings).await;
+    app.wait_until_ready().await;
+    (app, reprompt)
+}
+
 #[tokio::test]
 async fn a_look_at_a_quorum_queue_spends_no_delivery_and_a_counted_look_says_it_does() {
     // A consumer's quorum queue: RabbitMQ dead-letters a message after its
     // 20th delivery, and a look at a message is a delivery.
-    let mut settings = test_settings(&[("HOOKRELAY__ADMIN__TOKEN", TOKEN)]);
-    let reprompt = format!("{}.reprompt", settings.amqp.exchange);
-    settings.queues = vec![QueueSettings::new(
-        &reprompt,
-        &["sync.error.*"],
-        QueueType::Quorum,
-    )];
-    let app = spawn_app_unready(settings).await;
-    app.wait_until_ready().await;
+    let (app, reprompt) =
+        relay_with_reprompt(&[("HOOKRELAY__ADMIN__TOKEN", TOKEN)], QueueType::Quorum).await;
     app.send(event("a-1", "LoginFailedError")).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -933,18 +937,11 @@ async fn behind_a_tls_proxy_the_public_origin_is_checked_and_cookies_are_secure(
 
 #[tokio::test]
 async fn an_events_page_names_every_queue_bound_now_and_finds_it_in_the_unrouted_queue() {
-    let mut settings = test_settings(&[
+    let management = [
         ("HOOKRELAY__ADMIN__TOKEN", TOKEN),
         ("HOOKRELAY__AMQP__MANAGEMENT_URL", "http://127.0.0.1:15672"),
-    ]);
-    let reprompt = format!("{}.reprompt", settings.amqp.exchange);
-    settings.queues = vec![QueueSettings::new(
-        &reprompt,
-        &["sync.error.*"],
-        QueueType::Classic,
-    )];
-    let app = spawn_app_unready(settings).await;
-    app.wait_until_ready().await;
+    ];
+    let (app, reprompt) = relay_with_reprompt(&management, QueueType::Classic).await;
     // The README's way to consume: a queue of the consumer's own.
     let own = app.bind_queue(&["sync.error.LoginFailedError"]).await;
 
@@ -1013,13 +1010,7 @@ async fn while_rabbitmq_is_away_the_console_answers_from_what_is_local() {
     assert!(app.indexed(1).await);
 
     gate.close();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            !app.broker_ready().await
-        })
-        .await,
-        "the relay saw RabbitMQ go"
-    );
+    assert!(app.saw_rabbitmq_go().await, "the relay saw RabbitMQ go");
     let spooled = app
         .post_webhook(event("a-2", "TemporaryFailureError"))
         .await;

@@ -153,6 +153,14 @@ impl TestApp {
 
     /// Waits up to 10 s for the relay's broker connection (not just readiness,
     /// which the spool can give on its own).
+    /// Waits until the relay says RabbitMQ is gone (a test cut it off).
+    pub(crate) async fn saw_rabbitmq_go(&self) -> bool {
+        eventually(Duration::from_secs(30), || async {
+            !self.broker_ready().await
+        })
+        .await
+    }
+
     pub(crate) async fn broker_ready(&self) -> bool {
         for _ in 0..500 {
             let ready: serde_json::Value = self.get_admin("/readyz").await.json().await.unwrap();

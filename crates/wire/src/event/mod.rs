@@ -408,27 +408,26 @@ fn required_object<'de>(
     found: Found<Party<'de>>,
     field: &'static str,
 ) -> Result<Party<'de>, ParseError> {
-    match found {
-        Found::Is(party) => Ok(party),
-        Found::Missing => Err(ParseError::Missing(field)),
-        Found::Other => Err(ParseError::WrongType {
-            field,
-            expected: "an object",
-        }),
-    }
+    required(found, field, "an object")
 }
 
 fn required_str<'de>(
     found: Found<Cow<'de, str>>,
     field: &'static str,
 ) -> Result<Cow<'de, str>, ParseError> {
+    required(found, field, "a string")
+}
+
+/// A field that must be there, and of the type `expected` names.
+fn required<T>(
+    found: Found<T>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<T, ParseError> {
     match found {
-        Found::Is(text) => Ok(text),
+        Found::Is(value) => Ok(value),
         Found::Missing => Err(ParseError::Missing(field)),
-        Found::Other => Err(ParseError::WrongType {
-            field,
-            expected: "a string",
-        }),
+        Found::Other => Err(ParseError::WrongType { field, expected }),
     }
 }
 
