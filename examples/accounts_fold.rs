@@ -83,10 +83,10 @@ async fn main() -> anyhow::Result<()> {
 
     let folder = std::env::temp_dir().join(&stream);
     let store = Store::open(&folder.join("history-index.sqlite"))?;
+    // The defaults, without the console's index.
     let derives = Derives {
         index: false,
-        accounts: true,
-        escalate_after: 3,
+        ..Derives::of(&hookrelay::config::Settings::load(None)?)
     };
     let rss_before = history_fill::rss_kib();
     let started = Instant::now();

@@ -208,6 +208,8 @@ struct Inner {
     account_changes: Family<AccountStateLabel, Counter>,
     accounts_announcing: Gauge,
     account_changes_owed: Gauge,
+    provider_incidents: Family<IncidentKindLabel, Counter>,
+    provider_incidents_open: Gauge,
     audit_missing: Gauge,
     audit_gaps: Family<RelayLabel, Gauge>,
     console_unauthorized: Counter,
@@ -248,6 +250,12 @@ struct BuildLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ActionLabel {
     action: &'static str,
+}
+
+/// A provider incident message's kind (`provider.<kind>`), from a fixed enum.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IncidentKindLabel {
+    kind: &'static str,
 }
 
 /// An account state's name (`account.<state>`), from a fixed enum.
@@ -410,6 +418,21 @@ impl Metrics {
              seen announced there: what the announcing relay still has to publish",
             account_changes_owed.clone(),
         );
+        let provider_incidents = Family::<IncidentKindLabel, Counter>::default();
+        registry.register(
+            "provider_incidents_announced",
+            "Provider incident messages this relay announced (provider.<kind>), by kind: \
+             incident_opened, incident_resolved",
+            provider_incidents.clone(),
+        );
+        let provider_incidents_open = Gauge::default();
+        registry.register(
+            "provider_incidents_open",
+            "Provider incidents open in this relay's store: many accounts of one provider \
+             failing at once (the sender's connector). The providers are on the console and in \
+             `hookrelay accounts --incidents`, never in a label",
+            provider_incidents_open.clone(),
+        );
         let audit_missing = Gauge::default();
         registry.register(
             "audit_missing",
@@ -524,6 +547,8 @@ impl Metrics {
                 account_changes,
                 accounts_announcing,
                 account_changes_owed,
+                provider_incidents,
+                provider_incidents_open,
                 audit_missing,
                 audit_gaps,
                 console_unauthorized,
@@ -673,6 +698,19 @@ impl Metrics {
     pub fn account_change_announced(&self, state: &'static str) {
         let label = AccountStateLabel { state };
         self.inner.account_changes.get_or_create(&label).inc();
+    }
+
+    /// One `provider.<kind>` announced.
+    pub fn provider_incident_announced(&self, kind: &'static str) {
+        let label = IncidentKindLabel { kind };
+        self.inner.provider_incidents.get_or_create(&label).inc();
+    }
+
+    /// Provider incidents open, as the derived store counts them.
+    pub fn provider_incidents_open(&self, open: u64) {
+        self.inner
+            .provider_incidents_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     pub fn accounts_announcing(&self, active: bool) {

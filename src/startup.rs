@@ -118,6 +118,7 @@ impl Application {
         let announcer = Announcer::new(
             broker.clone(),
             derived.as_ref().map(|(derived, _)| derived.clone()),
+            settings.accounts.silent_after,
             metrics.clone(),
         );
         let console = console(&settings);
@@ -390,11 +391,7 @@ fn derived_store(
     let Some(stream) = Topology::of(settings).history_stream().map(str::to_owned) else {
         return Ok(None);
     };
-    let derives = Derives {
-        index: settings.admin.console_token().is_some(),
-        accounts: settings.accounts.enabled,
-        escalate_after: settings.accounts.temporary_failures_to_escalate,
-    };
+    let derives = Derives::of(settings);
     if !derives.index && !derives.accounts {
         return Ok(None);
     }

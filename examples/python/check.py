@@ -13,6 +13,9 @@ RabbitMQ, not from the relay's configuration):
   --to-queue`) keeps its id and its original routing key, and is acked as a
   duplicate of the one already handled, without calling the handler again;
 - an undocumented error code is handled, not dead-lettered;
+- five accounts of one provider failing give one `provider.incident_opened`
+  on the relay's `<exchange>.changes`, and the fifth account's
+  `account.contact_provider` names it; both valid against the contract;
 - every message (body, headers, properties), from the queue, back from a
   tier, and replayed, is valid against the schemas of docs/asyncapi.yaml
   (the headers against the schema of its kind).
@@ -88,7 +91,9 @@ def main():
         contract = yaml.safe_load(file)
     validators = {
         name: jsonschema.Draft7Validator(schema(contract, name), format_checker=jsonschema.FormatChecker())
-        for name in ("SyncAccount", "SyncError", "SyncAccountHeaders", "SyncErrorHeaders", "Properties")
+        for name in ("SyncAccount", "SyncError", "SyncAccountHeaders", "SyncErrorHeaders", "Properties",
+                     "AccountChange", "AccountHeaders", "AccountProperties",
+                     "ProviderIncident", "ProviderHeaders", "ProviderProperties")
     }
 
     exchange = f"py-{uuid.uuid4()}"
@@ -128,11 +133,11 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         else:
             raise SystemExit("the relay did not connect to RabbitMQ")
 
-        def send(code, user, provider="Big Bank"):
+        def send(code, user, provider="Big Bank", account="a-7"):
             body = json.dumps({
                 "hook": "SyncError",
                 "user": {"id": user, "loginName": "jane@example.com"},
-                "account": {"id": "a-7", "provider": provider},
+                "account": {"id": account, "provider": provider},
                 "error": code,
             }).encode()
             request = urllib.request.Request(
@@ -258,6 +263,43 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         if seen[0][2] != novel or channel.queue_declare(dead_letters, passive=True).method.message_count:
             raise SystemExit(f"the undocumented code was not handled: {seen}")
 
+        # 5. A provider incident: five accounts of one bank fail with a
+        #    connector error. A queue bound on <exchange>.changes hears one
+        #    provider.incident_opened, and the fifth account's change names it.
+        changes = f"{exchange}.changes-check"
+        channel.queue_declare(changes, durable=True)
+        for pattern in ("provider.#", "account.contact_provider"):
+            channel.queue_bind(changes, f"{exchange}.changes", pattern)
+        for n in range(1, 6):
+            send("UnhandledConnectorError", f"u-p{n}", provider="Py Bank", account=f"p-{n}")
+        announced = []
+
+        def announcement(body, routing_key, properties, attempt):
+            kind = "Provider" if routing_key.startswith("provider.") else "Account"
+            problems = [e.message for e in validators["ProviderIncident" if kind == "Provider" else "AccountChange"].iter_errors(body)]
+            problems += [f"header: {e.message}" for e in validators[f"{kind}Headers"].iter_errors(properties.headers)]
+            props = {
+                "message_id": properties.message_id,
+                "timestamp": properties.timestamp,
+                "content_type": properties.content_type,
+                "app_id": properties.app_id,
+                "delivery_mode": properties.delivery_mode,
+            }
+            problems += [f"property: {e.message}" for e in validators[f"{kind}Properties"].iter_errors(props)]
+            if problems:
+                raise SystemExit(f"{routing_key} {properties.message_id} breaks the contract: {problems}")
+            announced.append((routing_key, body))
+            return ACK
+
+        consume(connection, changes, announcement, Handled(), stop=lambda: len(announced) == 6, give_up_after=60)
+        keys = [key for key, _ in announced]
+        if keys != ["account.contact_provider"] * 4 + ["provider.incident_opened", "account.contact_provider"]:
+            raise SystemExit(f"expected four changes, the incident, then the fifth change: {keys}")
+        incident = announced[4][1]
+        if incident["provider"] != "Py Bank" or incident["accounts"] != 5 or announced[5][1].get("incident") != incident["incident"]:
+            raise SystemExit(f"the incident or the change naming it is wrong: {announced[4:]}")
+        checked += len(announced)
+
         # Every span of the consumer is a child of the publish its message names.
         continued = 0
         for span in SPANS.get_finished_spans():
@@ -273,7 +315,7 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         print(
             f"python consumer: retried on attempts {attempts} after {waits} ms (tiers {TIERS_MS}, found "
             f"by passive declares); dead-lettered after {len(TIERS_MS)} tiers; a history replay acked as a "
-            f"duplicate; an undocumented code handled; {checked} messages valid against docs/asyncapi.yaml; "
+            f"duplicate; an undocumented code handled; a provider incident heard once; {checked} messages valid against docs/asyncapi.yaml; "
             f"{continued} consumer spans continue the relay's traces"
         )
     finally:
@@ -282,7 +324,7 @@ retry = [{", ".join(f'"{ms}ms"' for ms in TIERS_MS)}]
         cleanup = pika.BlockingConnection(pika.URLParameters(args.url)).channel()
         for name in [queue, f"{queue}.retry.1", f"{queue}.retry.2", f"{exchange}.unrouted",
                      f"{exchange}.dead-letter", f"{exchange}.quarantine", f"{exchange}.history",
-                     f"{exchange}.announcer"]:
+                     f"{exchange}.announcer", f"{exchange}.changes-check"]:
             cleanup.queue_delete(name)
         for name in [exchange, f"{exchange}.in", f"{exchange}.unrouted", f"{exchange}.dlx",
                      f"{exchange}.changes"]:

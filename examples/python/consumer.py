@@ -175,6 +175,16 @@ def consume(connection, queue, handle, handled=None, stop=lambda: False, prefetc
 
 def handle(event, routing_key, properties, attempt):
     """The example's business logic, by what the sender's spec asks of the app."""
+    # What the relay announces on <exchange>.changes, for a queue bound there.
+    if routing_key.startswith("provider."):
+        # The bank's connector, not the user: one message per incident.
+        print(f"{properties.message_id}: provider {event['provider']} {event['kind']} "
+              f"({event['accounts']} accounts, {event['code']})")
+        return ACK
+    if routing_key.startswith("account."):
+        held = f" (provider incident {event['incident']})" if event.get("incident") else ""
+        print(f"{properties.message_id}: account {event['account_id']} is now {event['state']}{held}")
+        return ACK
     account, user = event["account"]["id"], event["user"]["id"]
     if routing_key == "sync.account":
         print(f"{properties.message_id}: account {account} synced")

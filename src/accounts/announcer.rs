@@ -28,6 +28,15 @@
 //!
 //! Announcements are pipelined ([`PIPELINE`] in flight), so the announcer
 //! keeps up with a relay whose every webhook changes an account.
+//!
+//! **Silent accounts** are the one change no event causes: the announcing
+//! relay looks, by its clock, for accounts whose latest event is older than
+//! `accounts.silent_after` and announces `account.silent` for each
+//! (`x-caused-by` is that latest event, so any relay would give it the same
+//! id). Every relay's follower reads it back from the history and marks the
+//! account silent then, if it had no event since. After a round of them the
+//! announcer waits for its follower to read the history to its end, as on
+//! taking the lease, so no account is announced silent twice.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +58,8 @@ use crate::derived::{Derived, Owed};
 use crate::history;
 use crate::metrics::Metrics;
 use crate::stopping::Stopping;
+use crate::wire::account::StateName;
+use crate::wire::changes::Announcement;
 
 /// Announcements in flight at once.
 const PIPELINE: usize = 64;
@@ -66,7 +77,20 @@ pub(crate) struct Announcer {
     topology: Topology,
     broker: Broker,
     derived: Arc<Derived>,
+    /// `accounts.silent_after`; zero: never.
+    silent_after: Duration,
     metrics: Metrics,
+}
+
+/// Why a round of announcing ended.
+enum Round {
+    Stopped,
+    /// RabbitMQ did not take an announcement.
+    Lost(anyhow::Error),
+    /// Time to look for silent accounts.
+    SilentDue,
+    /// This many accounts were announced silent.
+    Silent(usize),
 }
 
 impl Announcer {
@@ -74,6 +98,7 @@ impl Announcer {
     pub(crate) fn new(
         broker: Broker,
         derived: Option<Arc<Derived>>,
+        silent_after: Duration,
         metrics: Metrics,
     ) -> Option<Announcer> {
         let derived = derived.filter(|derived| derived.derives().accounts)?;
@@ -82,7 +107,17 @@ impl Announcer {
             topology: broker.topology().clone(),
             broker,
             derived,
+            silent_after,
             metrics,
+        })
+    }
+
+    /// How often the announcer looks for silent accounts: a tenth of
+    /// `silent_after` (an account is announced at most that late), between
+    /// 200 ms and a minute.
+    fn silent_every(&self) -> Option<Duration> {
+        (!self.silent_after.is_zero()).then(|| {
+            (self.silent_after / 10).clamp(Duration::from_millis(200), Duration::from_secs(60))
         })
     }
 
@@ -246,18 +281,41 @@ impl Announcer {
             .history_stream()
             .context("accounts are derived from the history")?;
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let mut silent_due = self.silent_every().map(|every| {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        // Where this turn is in what is owed: from the start again only
+        // once the history holds everything announced so far.
+        let mut cursor = None;
+        let mut read_history = true;
         loop {
-            // What a predecessor confirmed is in the history before its end.
-            let end = history::last_event(connection, stream, history::END_WAIT_ONCE).await?;
-            if let Some(end) = end {
-                tokio::select! {
-                    () = self.derived.applied_through(end.offset) => {}
-                    () = stop.stopped() => return Ok(()),
+            if read_history {
+                // What a predecessor confirmed (or this relay, in the last
+                // round) is in the history before its end.
+                let end = history::last_event(connection, stream, history::END_WAIT_ONCE).await?;
+                if let Some(end) = end {
+                    tokio::select! {
+                        () = self.derived.applied_through(end.offset) => {}
+                        () = stop.stopped() => return Ok(()),
+                    }
                 }
+                cursor = None;
             }
-            match self.announce_owed(channel, stop).await? {
-                Ended::Stopped => return Ok(()),
-                Ended::Lost(err) => {
+            let round = self
+                .announce_owed(channel, &mut cursor, silent_due.as_mut(), stop)
+                .await?;
+            let round = match round {
+                Round::SilentDue => self.announce_silent(channel).await?,
+                round => round,
+            };
+            read_history = true;
+            match round {
+                Round::Stopped => return Ok(()),
+                Round::Silent(0) => read_history = false,
+                Round::SilentDue | Round::Silent(_) => {}
+                Round::Lost(err) => {
                     let delay = backoff.next_delay();
                     warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
                         "RabbitMQ did not take an account change; announcing it again once the \
@@ -271,18 +329,20 @@ impl Announcer {
     }
 
     /// Publishes the owed changes after a cursor, in order, until RabbitMQ
-    /// does not take one (a nack, a return, no confirm in time: `Lost`) or
-    /// the relay stops.
+    /// does not take one (a nack, a return, no confirm in time: `Lost`),
+    /// `silent_due` ticks while nothing is owed, or the relay stops.
     async fn announce_owed(
         &self,
         channel: &Channel,
+        cursor: &mut Option<u64>,
+        mut silent_due: Option<&mut tokio::time::Interval>,
         stop: &mut Stopping,
-    ) -> anyhow::Result<Ended<anyhow::Error>> {
-        let mut cursor = None;
+    ) -> anyhow::Result<Round> {
         loop {
+            let after = *cursor;
             let owed = self
                 .derived
-                .read(move |store| store.owed_after(cursor, OWED_PAGE))
+                .read(move |store| store.owed_after(after, OWED_PAGE))
                 .await?;
             debug!(
                 owed = owed.len(),
@@ -290,9 +350,16 @@ impl Announcer {
                 "account announcer: owed changes read"
             );
             if owed.is_empty() {
+                let tick = async {
+                    match silent_due.as_mut() {
+                        Some(ticks) => ticks.tick().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = self.derived.owed_changed() => continue,
-                    () = stop.stopped() => return Ok(Ended::Stopped),
+                    _ = tick => return Ok(Round::SilentDue),
+                    () = stop.stopped() => return Ok(Round::Stopped),
                 }
             }
             for window in owed.chunks(PIPELINE) {
@@ -302,32 +369,104 @@ impl Announcer {
                 let results = publish_all(channel, &messages, self.amqp.confirm_timeout()).await;
                 for (owed, result) in window.iter().zip(results) {
                     if let Err(err) = result {
-                        return Ok(Ended::Lost(err.into()));
+                        return Ok(Round::Lost(err.into()));
                     }
-                    cursor = Some(owed.offset);
-                    self.metrics
-                        .account_change_announced(owed.change.state.as_str());
-                    debug!(
-                        client_id = %owed.change.client_id,
-                        account_id = %owed.change.account_id,
-                        state = owed.change.state.as_str(),
-                        caused_by = %owed.change.caused_by,
-                        "account change announced"
-                    );
+                    *cursor = Some(owed.seq);
+                    self.announced(&owed.announcement);
                 }
                 if stop.is_stopping() {
-                    return Ok(Ended::Stopped);
+                    return Ok(Round::Stopped);
                 }
             }
         }
     }
 
+    /// Announces `account.silent` for the accounts whose latest event is
+    /// older than `silent_after` (a page of them; the next round takes the
+    /// rest). `Silent(n)` when done: after any, the caller waits for the
+    /// history.
+    async fn announce_silent(&self, channel: &Channel) -> anyhow::Result<Round> {
+        let now = SystemTime::now();
+        let before = crate::accounts::book::millis(now - self.silent_after);
+        let silent = self
+            .derived
+            .read(move |store| store.silent_candidates(before, OWED_PAGE))
+            .await?;
+        let mut announced = 0;
+        for window in silent.chunks(PIPELINE) {
+            let messages: Vec<Outgoing> = window
+                .iter()
+                .map(|entry| {
+                    let change = crate::accounts::book::silenced(entry);
+                    // No event caused it: a trace of its own.
+                    let trace = crate::traces::new_trace();
+                    Outgoing {
+                        exchange: self.topology.changes_exchange().to_owned(),
+                        routing_key: change.routing_key(),
+                        body: change.body().into(),
+                        properties: change.properties(now, Some(&trace)),
+                    }
+                })
+                .collect();
+            let results = publish_all(channel, &messages, self.amqp.confirm_timeout()).await;
+            for (entry, result) in window.iter().zip(results) {
+                if let Err(err) = result {
+                    return Ok(Round::Lost(err.into()));
+                }
+                announced += 1;
+                self.metrics
+                    .account_change_announced(StateName::Silent.as_str());
+                debug!(
+                    client_id = %entry.key.client_id,
+                    account_id = %entry.key.account_id,
+                    "account announced silent"
+                );
+            }
+        }
+        Ok(Round::Silent(announced))
+    }
+
     fn outgoing(&self, owed: &Owed, now: SystemTime) -> Outgoing {
+        let announcement = &owed.announcement;
         Outgoing {
             exchange: self.topology.changes_exchange().to_owned(),
-            routing_key: owed.change.routing_key(),
-            body: owed.change.body().into(),
-            properties: owed.change.properties(now, owed.trace.as_ref()),
+            routing_key: announcement.routing_key(),
+            body: announcement.body().into(),
+            properties: announcement.properties(
+                now,
+                owed.received_at.as_deref(),
+                owed.trace.as_ref(),
+            ),
+        }
+    }
+
+    /// Counts and logs one announcement RabbitMQ confirmed.
+    fn announced(&self, announcement: &Announcement) {
+        match announcement {
+            Announcement::Account(change) => {
+                self.metrics.account_change_announced(change.state.as_str());
+                debug!(
+                    client_id = %change.client_id,
+                    account_id = %change.account_id,
+                    state = change.state.as_str(),
+                    caused_by = %change.caused_by,
+                    "account change announced"
+                );
+            }
+            Announcement::Provider(incident) => {
+                self.metrics
+                    .provider_incident_announced(incident.kind.as_str());
+                // Rare, and what support asks first: is it the bank's connector?
+                info!(
+                    provider = %incident.provider,
+                    incident = %incident.incident,
+                    kind = incident.kind.as_str(),
+                    accounts = incident.accounts,
+                    recovered = incident.recovered,
+                    code = %incident.code,
+                    "provider incident announced"
+                );
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, btree_map};
 use serde::Serialize;
 
 use crate::history::Recorded;
-use crate::wire::account::AccountChange;
+use crate::wire::account::{AccountChange, StateName};
 use crate::wire::envelope::TraceContext;
 use crate::wire::headers::{self, ACCOUNT_ID, CLIENT_ID, USER_ID};
 
@@ -205,7 +205,50 @@ pub fn announcement(entry: &Entry, transition: &Transition, report: &Report) -> 
         streak: transition.streak,
         since: entry.since.clone(),
         caused_by: report.event.message_id.clone(),
+        incident: None,
     }
+}
+
+/// The routing key of what the announcing relay decides by its clock.
+pub const SILENT_KEY: &str = "account.silent";
+
+/// The announcement that `entry`, whose latest event is too old, is
+/// silent: caused by that event (so every relay gives it the same id), in
+/// the state since then.
+pub fn silenced(entry: &Entry) -> AccountChange {
+    AccountChange {
+        client_id: entry.key.client_id.clone(),
+        account_id: entry.key.account_id.clone(),
+        user_id: entry.user_id.clone(),
+        provider: entry.provider.clone(),
+        state: StateName::Silent,
+        previous_state: Some((&entry.state).into()),
+        reason: None,
+        code: None,
+        streak: entry.streak,
+        since: entry.last_event.received_at.clone(),
+        caused_by: entry.last_event.message_id.clone(),
+        incident: None,
+    }
+}
+
+/// `entry` once the history holds `change`, an `account.silent` the
+/// announcing relay decided: silent since its latest event, if it had none
+/// since the one `change` names (`None`: the announcement crossed a newer
+/// event, or the account is silent already).
+pub fn silence(entry: &Entry, change: &AccountChange) -> Option<Entry> {
+    (entry.state != State::Silent && entry.last_event.message_id == change.caused_by).then(|| {
+        Entry {
+            state: State::Silent,
+            since: change.since.clone(),
+            since_ms: change
+                .since
+                .as_deref()
+                .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+                .map(millis),
+            ..entry.clone()
+        }
+    })
 }
 
 /// The accounts of every client app, by key, in memory.
@@ -226,8 +269,13 @@ impl Book {
     }
 
     /// Applies one event from the history (see [`fold`]): its report and
-    /// what it did, or `None` for what is not a `sync.*` event.
+    /// what it did, or `None` for what is not a `sync.*` event (an
+    /// `account.silent` read back is applied too, see [`silence`]).
     pub fn apply(&mut self, event: &Recorded) -> Option<(Report, Fold)> {
+        if event.routing_key == SILENT_KEY {
+            self.silence(event);
+            return None;
+        }
         let report = Report::of(event)?;
         let folded = match self.accounts.entry(report.key.clone()) {
             btree_map::Entry::Vacant(vacant) => {
@@ -246,6 +294,21 @@ impl Book {
             }
         };
         Some((report, folded))
+    }
+
+    fn silence(&mut self, event: &Recorded) {
+        let Ok(change) = serde_json::from_slice::<AccountChange>(&event.body) else {
+            return;
+        };
+        let key = Key {
+            client_id: change.client_id.clone(),
+            account_id: change.account_id.clone(),
+        };
+        if let Some(entry) = self.accounts.get_mut(&key)
+            && let Some(silent) = silence(entry, &change)
+        {
+            *entry = silent;
+        }
     }
 
     /// Every account, in key order.

@@ -81,6 +81,10 @@ pub enum State {
     ContactProvider { because: ContactReason },
     /// An error code the spec does not list: routed, but its meaning unknown.
     Unknown { code: String },
+    /// No event for `accounts.silent_after`: the sender stopped syncing it.
+    /// Decided by the announcing relay's clock and read back from the
+    /// history (`account.silent`), never by the fold of an event.
+    Silent,
 }
 
 impl State {
@@ -104,15 +108,15 @@ impl State {
             State::ContactProvider {
                 because: ContactReason::ConnectorError(_),
             } => Some(Reason::ConnectorError),
-            State::Ok | State::Retrying | State::Unknown { .. } => None,
+            State::Ok | State::Retrying | State::Unknown { .. } | State::Silent => None,
         }
     }
 
     /// The error code of the event that put the account in this state;
-    /// `None` for `ok`.
+    /// `None` for `ok` and `silent`.
     pub fn code(&self) -> Option<&str> {
         match self {
-            State::Ok => None,
+            State::Ok | State::Silent => None,
             State::NeedsReconnect {
                 reason: ReconnectReason::Credentials,
             } => Some("LoginFailedError"),
@@ -157,6 +161,7 @@ impl State {
             (StateName::Unknown, None) => State::Unknown {
                 code: code?.to_owned(),
             },
+            (StateName::Silent, None) => State::Silent,
             _ => return None,
         };
         Some(state)
@@ -182,7 +187,7 @@ struct StateShape {
     /// Why, where a state has more than one reason.
     reason: Option<Reason>,
     /// The error code of the event that put the account in this state;
-    /// null for `ok`.
+    /// null for `ok` and `silent`.
     code: Option<String>,
 }
 
@@ -208,6 +213,7 @@ impl From<&State> for StateName {
             State::Retrying => StateName::Retrying,
             State::ContactProvider { .. } => StateName::ContactProvider,
             State::Unknown { .. } => StateName::Unknown,
+            State::Silent => StateName::Silent,
         }
     }
 }

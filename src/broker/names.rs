@@ -249,7 +249,7 @@ impl Topology {
     /// The consumer queues whose configured bindings match `routing_key`:
     /// their `changes` for what the relay announces, else their `bindings`.
     pub fn consumer_queues_bound_to(&self, routing_key: &str) -> Vec<&str> {
-        let announced = routing_key.starts_with(crate::wire::account::ROUTING_PREFIX);
+        let announced = crate::wire::changes::is_announced(routing_key);
         self.queues
             .iter()
             .filter(|queue| {

@@ -46,6 +46,7 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub history: HistorySettings,
     pub accounts: AccountsSettings,
+    pub providers: ProvidersSettings,
     pub audit: AuditSettings,
     pub admin: AdminSettings,
     pub telemetry: TelemetrySettings,
@@ -194,6 +195,25 @@ pub struct AccountsSettings {
     /// `TemporaryFailureError`s in a row after which the sender's support
     /// should look at the account.
     pub temporary_failures_to_escalate: u32,
+    /// An account with no event for this long is `silent` (announced once,
+    /// by the announcing relay); `0s`: never.
+    #[serde(with = "human_duration")]
+    pub silent_after: Duration,
+}
+
+/// Provider incidents: many accounts of one provider failing at once, which
+/// is the sender's connector, not its users ([`crate::wire::provider`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersSettings {
+    /// Distinct accounts of one provider in `contact_provider` within
+    /// `incident_window` that open an incident; as many synced again
+    /// resolve it.
+    pub incident_accounts: u32,
+    /// How close in time their failures must be; an event of the provider
+    /// this long after its last failure resolves the incident.
+    #[serde(with = "human_duration")]
+    pub incident_window: Duration,
 }
 
 /// The relay's identity and numbers, which `hookrelay audit` reckons with.

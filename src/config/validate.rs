@@ -119,6 +119,18 @@ impl Settings {
                 "must be at least 1 (the spec: \"if this error keeps happening\")",
             );
         }
+        if self.providers.incident_accounts < 2 {
+            return invalid(
+                "providers.incident_accounts",
+                "must be at least 2 (one account failing is that account's own state)",
+            );
+        }
+        if self.providers.incident_window < Duration::from_secs(1) {
+            return invalid(
+                "providers.incident_window",
+                "must be at least 1s (e.g. \"15m\")",
+            );
+        }
         if self.history.enabled && self.history.max_age < Duration::from_secs(1) {
             return invalid("history.max_age", "must be at least 1s (e.g. \"7d\")");
         }
@@ -202,8 +214,8 @@ impl Settings {
                     key: "queues.changes",
                     problem: format!(
                         "`{binding}` (queue {}) matches nothing the relay announces on {}.changes: \
-                         account.<state>, the state one of {} (see docs/src/consumer.md, \
-                         \"Routing keys\")",
+                         account.<state>, the state one of {}, or provider.incident_opened and \
+                         provider.incident_resolved (see docs/src/consumer.md, \"Routing keys\")",
                         queue.name,
                         self.amqp.exchange,
                         crate::wire::account::StateName::ALL

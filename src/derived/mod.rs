@@ -21,6 +21,7 @@
 //! (the accounts' announcer).
 
 mod follower;
+pub mod incidents;
 pub mod store;
 
 use std::path::Path;
@@ -153,7 +154,10 @@ impl Derived {
             paid = applied.paid,
             "history follower: batch applied"
         );
-        if applied != Applied::default() {
+        if let Some(open) = applied.open_incidents {
+            self.metrics.provider_incidents_open(open);
+        }
+        if applied.changes > 0 || applied.paid > 0 {
             let owed = self.owed.load(Ordering::Acquire) + applied.changes;
             let owed = owed.saturating_sub(applied.paid);
             self.owed.store(owed, Ordering::Release);

@@ -16,19 +16,23 @@ use std::sync::Mutex;
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::accounts::book::{Entry, Fold, Key, LastEvent, Report, announcement, fold, millis};
-use crate::accounts::{Selection, State};
+use super::incidents::{self, Happened, Seen, Thresholds};
+use crate::accounts::book::{
+    Entry, Fold, Key, LastEvent, Report, SILENT_KEY, announcement, fold, millis, silence,
+};
+use crate::accounts::{Outcome, Selection, State};
 use crate::audit::notes::Note;
 use crate::history::index::{self, Found, Row};
 use crate::history::{Filter, Recorded};
 use crate::unpoisoned::Locked;
-use crate::wire::account::{self, AccountChange, ROUTING_PREFIX, Reason, StateName};
+use crate::wire::account::{self, AccountChange, Reason, StateName};
+use crate::wire::changes::{Announcement, Kind};
 use crate::wire::envelope::Stamp;
 use crate::wire::envelope::TraceContext;
 
 /// Bumped when the tables change: a file of another version is started
 /// over from the stream (the stream is the truth).
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 /// SQLite's page cache per connection: what the file costs in memory, at most.
 const CACHE_KIB: i64 = 8 * 1024;
 /// Accounts the follower keeps in memory besides, so that an account that
@@ -45,14 +49,34 @@ pub struct Derives {
     pub accounts: bool,
     /// `accounts.temporary_failures_to_escalate`.
     pub escalate_after: u32,
+    /// `[providers]`: when failing accounts are a provider incident.
+    pub incidents: Thresholds,
 }
 
 impl Derives {
+    /// What `settings` derive from the history (the index with a console).
+    pub fn of(settings: &crate::config::Settings) -> Derives {
+        Derives {
+            index: settings.admin.console_token().is_some(),
+            accounts: settings.accounts.enabled,
+            escalate_after: settings.accounts.temporary_failures_to_escalate,
+            incidents: Thresholds {
+                accounts: settings.providers.incident_accounts,
+                window_ms: i64::try_from(settings.providers.incident_window.as_millis())
+                    .unwrap_or(i64::MAX),
+            },
+        }
+    }
+
     /// What a file fed otherwise must be started over for.
     fn signature(self) -> String {
         format!(
-            "index={} accounts={} escalate_after={}",
-            self.index, self.accounts, self.escalate_after
+            "index={} accounts={} escalate_after={} incident_accounts={} incident_window_ms={}",
+            self.index,
+            self.accounts,
+            self.escalate_after,
+            self.incidents.accounts,
+            self.incidents.window_ms
         )
     }
 }
@@ -106,9 +130,14 @@ impl Item {
         let audit = Audited::of(&event, note);
         let what = if !derives.accounts || note {
             What::Other
-        } else if event.routing_key.starts_with(ROUTING_PREFIX) {
+        } else if event.routing_key == SILENT_KEY {
+            match serde_json::from_slice::<AccountChange>(&event.body) {
+                Ok(change) => What::Silenced(Box::new(change)),
+                Err(_) => What::Other,
+            }
+        } else if let Some(kind) = Kind::of(&event.routing_key) {
             match account::caused_by(event.properties.headers().as_ref()) {
-                Some(caused_by) => What::Announced { caused_by },
+                Some(caused_by) => What::Announced { caused_by, kind },
                 None => What::Other,
             }
         } else {
@@ -140,8 +169,12 @@ impl Item {
 pub enum What {
     /// A `sync.*` event.
     Report(Box<Report>),
-    /// An announcement (`account.*`): the change it pays.
-    Announced { caused_by: String },
+    /// An announcement (`account.*`, `provider.*`): what it pays.
+    Announced { caused_by: String, kind: Kind },
+    /// `account.silent`, which the announcing relay decided by its clock:
+    /// the account is silent from here on in the history, if it had no
+    /// event since the one the announcement names.
+    Silenced(Box<AccountChange>),
     /// Anything else (a quarantined body).
     Other,
 }
@@ -149,18 +182,25 @@ pub enum What {
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// Changes owed from now on.
+    /// Announcements owed from now on.
     pub changes: u64,
-    /// Owed changes the history now holds the announcement of.
+    /// Owed announcements the history now holds.
     pub paid: u64,
+    /// Provider incidents open after the batch (with accounts derived).
+    pub open_incidents: Option<u64>,
 }
 
-/// A change to announce, with what its announcement carries besides.
+/// Something to announce, with what its message carries besides.
 #[derive(Debug, Clone)]
 pub struct Owed {
-    /// The offset of the event that caused it: announced in this order.
+    /// Its place among everything owed: announced in this order (the
+    /// order of the events that caused them).
+    pub seq: u64,
+    /// The offset of the event that caused it.
     pub offset: u64,
-    pub change: AccountChange,
+    pub announcement: Announcement,
+    /// The causing event's `x-received-at`.
+    pub received_at: Option<String>,
     /// The causing event's trace context, continued by the announcement.
     pub trace: Option<TraceContext>,
 }
@@ -206,6 +246,9 @@ impl Store {
                 "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS accounts;
                  DROP TABLE IF EXISTS owed; DROP TABLE IF EXISTS follower;",
             )?;
+            for table in incidents::TABLE_NAMES {
+                db.execute_batch(&format!("DROP TABLE IF EXISTS {table};"))?;
+            }
         }
         index::create(&db)?;
         db.execute_batch(
@@ -233,14 +276,20 @@ impl Store {
                  PRIMARY KEY (client_id, account_id)
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS accounts_by_state ON accounts (state, client_id, account_id);
+             CREATE INDEX IF NOT EXISTS accounts_by_last_event ON accounts (applied_ms);
              CREATE TABLE IF NOT EXISTS owed (
-                 offset INTEGER PRIMARY KEY,
-                 caused_by TEXT NOT NULL UNIQUE,
-                 change TEXT NOT NULL,
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 offset INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 caused_by TEXT NOT NULL,
+                 announcement TEXT NOT NULL,
+                 received_at TEXT,
                  traceparent TEXT,
-                 tracestate TEXT
+                 tracestate TEXT,
+                 UNIQUE (kind, caused_by)
              );",
         )?;
+        db.execute_batch(incidents::TABLES)?;
         db.pragma_update(None, "user_version", SCHEMA)?;
         Ok(Store::with(db))
     }
@@ -291,10 +340,14 @@ impl Store {
     /// first event again.
     pub fn start_over(&self) -> anyhow::Result<()> {
         self.cache().clear();
-        self.db().execute_batch(
+        let incidents: String = incidents::TABLE_NAMES
+            .iter()
+            .map(|table| format!("DELETE FROM {table}; "))
+            .collect();
+        self.db().execute_batch(&format!(
             "BEGIN; DELETE FROM events; DELETE FROM accounts; DELETE FROM owed;
-             DELETE FROM follower; COMMIT;",
-        )?;
+             DELETE FROM follower; {incidents}COMMIT;"
+        ))?;
         Ok(())
     }
 
@@ -329,18 +382,64 @@ impl Store {
                             fold(known.as_ref(), report, derives.escalate_after)
                         {
                             put_account(&tx, &entry)?;
+                            let effect = incident_effect(&tx, &entry, report, derives)?;
+                            let owing = |announcement| Owing {
+                                offset: item.offset,
+                                announcement,
+                                received_at: report.event.received_at.as_deref(),
+                                trace: report.trace.as_ref(),
+                            };
+                            if let Some(opened) = effect.opened {
+                                applied.changes += owe(&tx, owing(Announcement::Provider(opened)))?;
+                            }
                             if let Some(transition) = transition {
-                                let change = announcement(&entry, &transition, report);
+                                let mut change = announcement(&entry, &transition, report);
+                                change.incident = effect.incident;
+                                applied.changes += owe(&tx, owing(Announcement::Account(change)))?;
+                            }
+                            if let Some(resolved) = effect.resolved {
                                 applied.changes +=
-                                    owe(&tx, item.offset, &change, report.trace.as_ref())?;
+                                    owe(&tx, owing(Announcement::Provider(resolved)))?;
                             }
                             written.insert(entry.key.clone(), entry);
                         }
                     }
-                    What::Announced { caused_by } => {
+                    What::Silenced(change) => {
+                        let key = Key {
+                            client_id: change.client_id.clone(),
+                            account_id: change.account_id.clone(),
+                        };
+                        let known = match written.get(&key).or_else(|| cache.get(&key)) {
+                            Some(entry) => Some(entry.clone()),
+                            None => account(&tx, &key)?,
+                        };
+                        let Some(entry) = known.filter(|e| e.state != State::Silent) else {
+                            continue;
+                        };
+                        if let Some(silent) = silence(&entry, change) {
+                            put_account(&tx, &silent)?;
+                            written.insert(key, silent);
+                        } else {
+                            // The account had an event after the one the
+                            // announcement names (it crossed the announcer's
+                            // decision): consumers heard `silent`, so they
+                            // hear its state again.
+                            let back = back_from_silent(&entry, item.message_id.as_deref());
+                            applied.changes += owe(
+                                &tx,
+                                Owing {
+                                    offset: item.offset,
+                                    announcement: Announcement::Account(back),
+                                    received_at: entry.last_event.received_at.as_deref(),
+                                    trace: None,
+                                },
+                            )?;
+                        }
+                    }
+                    What::Announced { caused_by, kind } => {
                         let paid = tx
-                            .prepare_cached("DELETE FROM owed WHERE caused_by = ?1")?
-                            .execute([caused_by])?;
+                            .prepare_cached("DELETE FROM owed WHERE kind = ?1 AND caused_by = ?2")?
+                            .execute([kind.as_str(), caused_by])?;
                         applied.paid += paid as u64;
                     }
                     What::Other => {}
@@ -355,6 +454,9 @@ impl Store {
                 last.message_id,
                 derives.signature()
             ])?;
+            if derives.accounts {
+                applied.open_incidents = Some(incidents::open_count(&tx)?);
+            }
             tx.commit()?;
             anyhow::Ok(applied)
         })();
@@ -376,30 +478,34 @@ impl Store {
         Ok(index::prune_before(&self.db(), first)?)
     }
 
-    /// Changes owed, oldest cause first, after the cause at offset `after`.
+    /// What is owed, oldest cause first, after the place `after` ([`Owed::seq`]).
     pub fn owed_after(&self, after: Option<u64>, limit: usize) -> anyhow::Result<Vec<Owed>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
-            "SELECT offset, change, traceparent, tracestate FROM owed
-             WHERE offset > ?1 ORDER BY offset LIMIT ?2",
+            "SELECT seq, offset, announcement, received_at, traceparent, tracestate FROM owed
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let after = after.map_or(-1, offset_sql);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = statement.query_map(params![after, limit], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Option<String>>(2)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
                 row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, Option<String>>(5)?,
             ))
         })?;
         let mut owed = Vec::new();
         for row in rows {
-            let (offset, change, traceparent, tracestate) = row?;
+            let (seq, offset, announcement, received_at, traceparent, tracestate) = row?;
             owed.push(Owed {
+                seq: u64::try_from(seq).unwrap_or(0),
                 offset: u64::try_from(offset).unwrap_or(0),
-                change: serde_json::from_str(&change)
-                    .context("an owed change the store cannot read")?,
+                announcement: serde_json::from_str(&announcement)
+                    .context("an owed announcement the store cannot read")?,
+                received_at,
                 trace: traceparent.map(|traceparent| TraceContext {
                     traceparent,
                     tracestate,
@@ -407,6 +513,21 @@ impl Store {
             });
         }
         Ok(owed)
+    }
+
+    /// Accounts whose latest event is older than `before_ms` and that are
+    /// not `silent` yet, the longest silent first.
+    pub fn silent_candidates(&self, before_ms: i64, limit: usize) -> anyhow::Result<Vec<Entry>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE applied_ms < ?1 AND state != 'silent' \
+             ORDER BY applied_ms LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let found = statement
+            .query_map(params![before_ms, limit], read_entry)?
+            .collect::<rusqlite::Result<Vec<Entry>>>()?;
+        Ok(found)
     }
 
     /// How many changes are owed.
@@ -495,6 +616,16 @@ impl Store {
         }
         counts.sort_by_key(|(state, _)| StateName::ALL.iter().position(|s| s == state));
         Ok(counts)
+    }
+
+    /// At most `limit` provider incidents: the open ones, then the latest resolved.
+    pub fn incidents(&self, limit: usize) -> anyhow::Result<Vec<incidents::Incident>> {
+        Ok(incidents::list(&self.db(), limit)?)
+    }
+
+    /// The `limit` providers that need someone most, with their accounts by state.
+    pub fn providers(&self, limit: usize) -> anyhow::Result<Vec<incidents::Provider>> {
+        Ok(incidents::providers(&self.db(), limit)?)
     }
 
     /// Index rows held.
@@ -600,25 +731,90 @@ fn put_account(tx: &Transaction<'_>, entry: &Entry) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn owe(
-    tx: &Transaction<'_>,
+/// Something to owe, and what of its cause it carries.
+struct Owing<'a> {
     offset: u64,
-    change: &AccountChange,
-    trace: Option<&TraceContext>,
-) -> anyhow::Result<u64> {
+    announcement: Announcement,
+    received_at: Option<&'a str>,
+    trace: Option<&'a TraceContext>,
+}
+
+fn owe(tx: &Transaction<'_>, owing: Owing<'_>) -> anyhow::Result<u64> {
+    let Owing {
+        offset,
+        announcement,
+        received_at,
+        trace,
+    } = owing;
     let added = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO owed (offset, caused_by, change, traceparent, tracestate) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO owed (offset, kind, caused_by, announcement, received_at, \
+             traceparent, tracestate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             offset_sql(offset),
-            change.caused_by,
-            serde_json::to_string(change)?,
+            announcement.kind().as_str(),
+            announcement.caused_by(),
+            serde_json::to_string(&announcement)?,
+            received_at,
             trace.map(|t| t.traceparent.as_str()),
             trace.and_then(|t| t.tracestate.as_deref()),
         ])?;
     Ok(added as u64)
+}
+
+/// The change that tells consumers an account announced `silent` (by the
+/// announcement `silenced`) was not: it is as `entry` says.
+fn back_from_silent(entry: &Entry, silenced: Option<&str>) -> AccountChange {
+    AccountChange {
+        client_id: entry.key.client_id.clone(),
+        account_id: entry.key.account_id.clone(),
+        user_id: entry.user_id.clone(),
+        provider: entry.provider.clone(),
+        state: (&entry.state).into(),
+        previous_state: Some(StateName::Silent),
+        reason: entry.state.reason(),
+        code: entry.state.code().map(str::to_owned),
+        streak: entry.streak,
+        since: entry.since.clone(),
+        caused_by: silenced.unwrap_or_default().to_owned(),
+        incident: None,
+    }
+}
+
+/// What the event `report`, which left its account as `entry` says, did
+/// to its provider's incidents.
+fn incident_effect(
+    tx: &Transaction<'_>,
+    entry: &Entry,
+    report: &Report,
+    derives: Derives,
+) -> rusqlite::Result<incidents::Effect> {
+    let (Some(provider), Some(at_ms), Some(at)) = (
+        entry.provider.as_deref(),
+        report.received_ms,
+        report.event.received_at.as_deref(),
+    ) else {
+        return Ok(incidents::Effect::default());
+    };
+    let happened = match (&report.outcome, &entry.state) {
+        (Outcome::Synced, _) => Happened::Synced,
+        (Outcome::Failed(code), State::ContactProvider { .. }) => Happened::Failed(code.as_str()),
+        (Outcome::Failed(_), _) => Happened::Other,
+    };
+    incidents::apply(
+        tx,
+        &Seen {
+            provider,
+            client_id: &entry.key.client_id,
+            account_id: &entry.key.account_id,
+            happened,
+            at_ms,
+            at,
+            message_id: &report.event.message_id,
+        },
+        derives.incidents,
+    )
 }
 
 #[cfg(test)]
@@ -630,6 +826,10 @@ mod tests {
         index: true,
         accounts: true,
         escalate_after: 3,
+        incidents: Thresholds {
+            accounts: 5,
+            window_ms: 15 * 60 * 1000,
+        },
     };
 
     fn store() -> (Store, std::path::PathBuf) {
@@ -644,16 +844,202 @@ mod tests {
         Item::of(event, DERIVES)
     }
 
+    /// [`item`] of an account of `provider`.
+    fn of_provider(
+        offset: u64,
+        id: &str,
+        account: &str,
+        key: &str,
+        second: u32,
+        provider: &str,
+    ) -> Item {
+        let mut event = event_at(id, account, key, second);
+        event.offset = offset;
+        event.body =
+            format!(r#"{{"account":{{"id":"{account}","provider":"{provider}"}}}}"#).into_bytes();
+        Item::of(event, DERIVES)
+    }
+
     fn announced(offset: u64, caused_by: &str) -> Item {
+        announced_kind(offset, caused_by, Kind::Account)
+    }
+
+    fn announced_kind(offset: u64, caused_by: &str, kind: Kind) -> Item {
         Item {
             offset,
             message_id: Some(format!("ann-{offset}")),
             row: None,
             what: What::Announced {
                 caused_by: caused_by.to_owned(),
+                kind,
             },
             audit: None,
         }
+    }
+
+    /// Everything owed, as `routing key (incident named)`, in order.
+    fn owed(store: &Store) -> Vec<String> {
+        store
+            .owed_after(None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|owed| match owed.announcement {
+                Announcement::Account(change) => format!(
+                    "{} {}{}",
+                    change.routing_key(),
+                    change.account_id,
+                    change.incident.map_or("", |_| " (incident)")
+                ),
+                Announcement::Provider(incident) => format!(
+                    "{} {} accounts={} recovered={} by={:?}",
+                    incident.routing_key(),
+                    incident.provider,
+                    incident.accounts,
+                    incident.recovered,
+                    incident.resolved_by
+                ),
+            })
+            .collect()
+    }
+
+    const CONNECTOR: &str = "sync.error.UnhandledConnectorError";
+
+    #[test]
+    fn five_accounts_of_one_provider_failing_open_one_incident_and_their_syncs_resolve_it() {
+        let (store, path) = store();
+        let mut items: Vec<Item> = (0..5)
+            .map(|n| {
+                of_provider(
+                    n,
+                    &format!("f-{n}"),
+                    &format!("a-{n}"),
+                    CONNECTOR,
+                    n as u32,
+                    "Bank",
+                )
+            })
+            .collect();
+        // Another provider's account, failing meanwhile, is in none.
+        items.push(of_provider(5, "other", "b-1", CONNECTOR, 6, "Other Bank"));
+        store.apply(&items, DERIVES).unwrap();
+        let heard = owed(&store);
+        assert_eq!(
+            heard[3..],
+            [
+                "account.contact_provider a-3",
+                "provider.incident_opened Bank accounts=5 recovered=0 by=None",
+                "account.contact_provider a-4 (incident)",
+                "account.contact_provider b-1",
+            ],
+            "{heard:#?}"
+        );
+        // The opening and the fifth account's change have one cause,
+        // paid apart by kind.
+        let applied = store
+            .apply(&[announced_kind(6, "f-4", Kind::Provider)], DERIVES)
+            .unwrap();
+        assert_eq!(applied.paid, 1);
+        assert_eq!(applied.open_incidents, Some(1));
+        assert!(owed(&store).contains(&"account.contact_provider a-4 (incident)".to_owned()));
+
+        let syncs: Vec<Item> = (0..5)
+            .map(|n| {
+                of_provider(
+                    7 + n,
+                    &format!("s-{n}"),
+                    &format!("a-{n}"),
+                    "sync.account",
+                    60 + n as u32,
+                    "Bank",
+                )
+            })
+            .collect();
+        let applied = store.apply(&syncs, DERIVES).unwrap();
+        assert_eq!(applied.open_incidents, Some(0));
+        let heard = owed(&store);
+        assert_eq!(
+            heard[heard.len() - 2..],
+            [
+                "account.ok a-4 (incident)",
+                "provider.incident_resolved Bank accounts=5 recovered=5 by=Some(AccountsSynced)",
+            ],
+            "{heard:#?}"
+        );
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn four_accounts_or_five_too_far_apart_are_no_incident() {
+        let (store, path) = store();
+        let four: Vec<Item> = (0..4)
+            .map(|n| {
+                of_provider(
+                    n,
+                    &format!("f-{n}"),
+                    &format!("a-{n}"),
+                    CONNECTOR,
+                    n as u32,
+                    "Bank",
+                )
+            })
+            .collect();
+        store.apply(&four, DERIVES).unwrap();
+        // The fifth 15 minutes after the first: the first is out of the window.
+        let fifth = of_provider(4, "f-4", "a-4", CONNECTOR, 15 * 60, "Bank");
+        let applied = store.apply(&[fifth], DERIVES).unwrap();
+        assert_eq!(applied.open_incidents, Some(0));
+        assert!(
+            owed(&store)
+                .iter()
+                .all(|said| !said.starts_with("provider."))
+        );
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn an_incident_with_no_failure_for_a_window_is_resolved_by_the_next_event() {
+        let (store, path) = store();
+        let five: Vec<Item> = (0..5)
+            .map(|n| {
+                of_provider(
+                    n,
+                    &format!("f-{n}"),
+                    &format!("a-{n}"),
+                    CONNECTOR,
+                    n as u32,
+                    "Bank",
+                )
+            })
+            .collect();
+        store.apply(&five, DERIVES).unwrap();
+        // One account syncs a minute later: recovered, still open.
+        store
+            .apply(
+                &[of_provider(5, "s-0", "a-0", "sync.account", 60, "Bank")],
+                DERIVES,
+            )
+            .unwrap();
+        // A new account of the provider syncs a window after the last failure.
+        let applied = store
+            .apply(
+                &[of_provider(
+                    6,
+                    "s-9",
+                    "a-9",
+                    "sync.account",
+                    4 + 15 * 60,
+                    "Bank",
+                )],
+                DERIVES,
+            )
+            .unwrap();
+        assert_eq!(applied.open_incidents, Some(0));
+        let heard = owed(&store);
+        assert_eq!(
+            heard.last().unwrap(),
+            "provider.incident_resolved Bank accounts=5 recovered=1 by=Some(NoFailureForAWindow)"
+        );
+        std::fs::remove_file(path).ok();
     }
 
     #[test]
@@ -673,13 +1059,14 @@ mod tests {
             applied,
             Applied {
                 changes: 2,
-                paid: 0
+                paid: 0,
+                open_incidents: Some(0),
             }
         );
         let owed = store.owed_after(None, 10).unwrap();
         let said: Vec<_> = owed
             .iter()
-            .map(|o| (o.offset, o.change.routing_key()))
+            .map(|o| (o.offset, o.announcement.routing_key()))
             .collect();
         assert_eq!(
             said,
@@ -689,7 +1076,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            store.owed_after(Some(0), 10).unwrap().len(),
+            store.owed_after(Some(owed[0].seq), 10).unwrap().len(),
             1,
             "after a cursor"
         );
@@ -699,7 +1086,8 @@ mod tests {
             applied,
             Applied {
                 changes: 0,
-                paid: 1
+                paid: 1,
+                open_incidents: Some(0),
             }
         );
         assert_eq!(store.owed_count().unwrap(), 1);
@@ -758,6 +1146,64 @@ mod tests {
         assert_eq!(store.position(other).unwrap(), None);
         store.start_over().unwrap();
         assert_eq!(store.accounts(&everyone, None, 10).unwrap().accounts, []);
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn a_silent_account_read_back_is_silent_unless_an_event_crossed_it() {
+        let (store, path) = store();
+        store
+            .apply(
+                &[
+                    item(0, "e-1", "a-1", "sync.account", 1),
+                    item(1, "e-2", "a-2", "sync.account", 1),
+                ],
+                DERIVES,
+            )
+            .unwrap();
+        let key = |account: &str| Key {
+            client_id: "app-1".into(),
+            account_id: account.into(),
+        };
+        let silenced = |offset: u64, account: &str| {
+            let entry = store.account(&key(account)).unwrap().unwrap();
+            Item {
+                offset,
+                message_id: Some(format!("silent-{account}")),
+                row: None,
+                what: What::Silenced(Box::new(crate::accounts::book::silenced(&entry))),
+                audit: None,
+            }
+        };
+        let (silent_1, silent_2) = (silenced(2, "a-1"), silenced(3, "a-2"));
+        // a-2 syncs again before its announcement reaches the history.
+        let owed_before = store.owed_count().unwrap();
+        store
+            .apply(
+                &[silent_1, item(4, "e-3", "a-2", "sync.account", 5), silent_2],
+                DERIVES,
+            )
+            .unwrap();
+        assert_eq!(
+            store.account(&key("a-1")).unwrap().unwrap().state,
+            State::Silent
+        );
+        assert_eq!(
+            store.account(&key("a-2")).unwrap().unwrap().state,
+            State::Ok
+        );
+        let heard = owed(&store);
+        assert_eq!(store.owed_count().unwrap(), owed_before + 1);
+        assert_eq!(
+            heard.last().unwrap(),
+            "account.ok a-2",
+            "heard back from silent"
+        );
+        // The next event of a silent account is a change.
+        store
+            .apply(&[item(6, "e-4", "a-1", "sync.account", 9)], DERIVES)
+            .unwrap();
+        assert_eq!(owed(&store).last().unwrap(), "account.ok a-1");
         std::fs::remove_file(path).ok();
     }
 

@@ -19,7 +19,7 @@ use super::{Pass, Source, Step, Verdict};
 use crate::broker::{self, Outgoing, Topology, browse};
 use crate::config::Settings;
 use crate::history::{Ends, Filter, QUARANTINED, Reader, Recorded, Start};
-use crate::wire::account::ROUTING_PREFIX;
+use crate::wire::changes::is_announced;
 use crate::wire::death::replay_count;
 use crate::wire::headers::{
     self, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_FROM, STREAM_OFFSET,
@@ -202,7 +202,7 @@ fn decide(event: &Recorded, destination: &Destination, topology: &Topology) -> (
     // keeps a copy in the history: harmless, its cause is paid already), a
     // webhook through the topic exchange (not the entry fanout: no second
     // copy in the history).
-    let announced = event.routing_key.starts_with(ROUTING_PREFIX);
+    let announced = is_announced(&event.routing_key);
     let (exchange, routing_key) = match destination {
         Destination::Queue(queue) => (String::new(), queue.clone()),
         Destination::Exchange if announced => (
@@ -239,7 +239,7 @@ fn replayed_properties(event: &Recorded, first_exchange: &str) -> lapin::BasicPr
         AMQPValue::LongLongInt(replay_count(kept) + 1),
     );
     headers::set_text(&mut headers, REPLAYED_FROM, "history");
-    if !event.routing_key.starts_with(ROUTING_PREFIX) {
+    if !is_announced(&event.routing_key) {
         super::every_events_headers(&mut headers, &event.body);
     }
     if !headers.contains_key(ORIGINAL_ROUTING_KEY) {

@@ -518,3 +518,65 @@ async fn a_late_event_from_a_spool_changes_nothing_and_is_not_announced() {
     late.stop_without_cleaning().await;
     on_time.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_account_with_no_event_for_a_while_is_announced_silent_once_and_its_next_event_brings_it_back()
+ {
+    // Two relays: the one holding the lease decides by its clock; both read
+    // the decision back from the history.
+    let exchange = format!("test-{}", uuid::Uuid::now_v7());
+    let relay = |n: u32| {
+        let spool = std::env::temp_dir()
+            .join(&exchange)
+            .join(format!("spool-{n}.sqlite"));
+        test_env(&exchange)
+            .set("HOOKRELAY__SPOOL__PATH", spool.to_str().unwrap())
+            .set("HOOKRELAY__ACCOUNTS__SILENT_AFTER", "2s")
+            .settings(None)
+    };
+    let first = spawn_app_unready(relay(1)).await;
+    first.wait_until_ready().await;
+    let queue = first.bind_changes(&["account.#"]).await;
+    let second = spawn_app_unready(relay(2)).await;
+    second.wait_until_ready().await;
+
+    second.send(webhook(None, "quiet")).await;
+    let mut heard = announcements_until(&first, &queue, "quiet").await;
+    // Two seconds without an event, and a look every 200 ms: silent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !heard.iter().any(|c| c.state.as_str() == "silent") {
+        assert!(Instant::now() < deadline, "never silent: {heard:?}");
+        match first.take(&queue).await {
+            Some(message) => heard.push(serde_json::from_slice(&message.data).unwrap()),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let listed = json_lines(
+        &second
+            .run(&["accounts", "--state", "silent", "--json"])
+            .await,
+    );
+    first.send(webhook(None, "quiet")).await;
+    second.send(webhook(None, "barrier")).await;
+    heard.extend(announcements_until(&first, &queue, "barrier").await);
+
+    assert_eq!(
+        said(&heard),
+        ["quiet ok", "quiet silent", "quiet ok", "barrier ok"],
+        "silent once, then back with its next event"
+    );
+    let silent = &heard[1];
+    assert_eq!(silent.previous_state.map(|s| s.as_str()), Some("ok"));
+    assert_eq!(
+        silent.caused_by, heard[0].caused_by,
+        "named by its last event"
+    );
+    assert_eq!(heard[2].previous_state.map(|s| s.as_str()), Some("silent"));
+    assert_eq!(
+        states(&listed),
+        [("quiet".to_owned(), "silent".to_owned())],
+        "the CLI lists it"
+    );
+    second.stop_without_cleaning().await;
+    first.stop().await.unwrap();
+}

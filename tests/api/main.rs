@@ -18,6 +18,7 @@ mod history;
 mod hostile;
 mod inspect;
 mod overflow;
+mod providers;
 mod quarantine;
 mod replay;
 mod spool;

@@ -97,6 +97,18 @@ fn handle(incoming: &Incoming, broken: bool) -> Outcome {
             );
             return Outcome::Ack;
         }
+        // A queue bound to `provider.*`: one message when a bank's connector
+        // breaks for many accounts at once, one when it works again.
+        Received::ProviderIncident(incident) => {
+            println!(
+                "{id}: provider {} {} ({} accounts, code {})",
+                incident.provider,
+                incident.kind.as_str(),
+                incident.accounts,
+                incident.code
+            );
+            return Outcome::Ack;
+        }
     };
     let (user, account) = (event.user_id(), event.account_id());
     let replays = match incoming.replays {

@@ -21,6 +21,11 @@
 //!                     println!("ask user {} to reconnect {}", change.user_id, change.account_id);
 //!                     Outcome::Ack
 //!                 }
+//!                 // A queue bound to `provider.#`: the bank's connector, not the user.
+//!                 Received::ProviderIncident(incident) => {
+//!                     println!("{}: {:?} ({} accounts)", incident.provider, incident.kind, incident.accounts);
+//!                     Outcome::Ack
+//!                 }
 //!             }
 //!         },
 //!         tokio::signal::ctrl_c(),
@@ -77,6 +82,7 @@ use hookrelay_wire::death::replay_count;
 use hookrelay_wire::envelope::TraceContext;
 use hookrelay_wire::event::Event;
 use hookrelay_wire::headers::{self, ORIGINAL_ROUTING_KEY, RECEIVED_AT};
+use hookrelay_wire::provider::{self, ProviderIncident};
 use hookrelay_wire::retry::{entry_exchange, retry_attempt, retry_headers, tier_queue};
 
 mod amqp;
@@ -105,14 +111,18 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
-/// What a message holds: an event (`sync.*`) or an account's change of
-/// state (`account.*`), whichever the queue is bound to.
+/// What a message holds: an event (`sync.*`), an account's change of
+/// state (`account.*`) or a provider incident (`provider.*`), whichever the
+/// queue is bound to.
 #[derive(Debug, Clone)]
 pub enum Received {
     /// A webhook, parsed with the relay's own rules.
     Event(Event),
     /// What the events of one account mean: one message per change.
     AccountChange(AccountChange),
+    /// Many accounts of one provider failing at once (the sender's
+    /// connector), opened or resolved: one message each.
+    ProviderIncident(ProviderIncident),
 }
 
 /// One message, as the handler gets it.
@@ -433,7 +443,7 @@ impl Incoming {
     pub fn event(&self) -> Option<&Event> {
         match &self.received {
             Received::Event(event) => Some(event),
-            Received::AccountChange(_) => None,
+            Received::AccountChange(_) | Received::ProviderIncident(_) => None,
         }
     }
 
@@ -441,7 +451,15 @@ impl Incoming {
     pub fn account_change(&self) -> Option<&AccountChange> {
         match &self.received {
             Received::AccountChange(change) => Some(change),
-            Received::Event(_) => None,
+            Received::Event(_) | Received::ProviderIncident(_) => None,
+        }
+    }
+
+    /// The provider incident, when the message is one.
+    pub fn provider_incident(&self) -> Option<&ProviderIncident> {
+        match &self.received {
+            Received::ProviderIncident(incident) => Some(incident),
+            Received::Event(_) | Received::AccountChange(_) => None,
         }
     }
 }
@@ -456,6 +474,10 @@ fn incoming(delivery: &Delivery, queue: &str) -> Result<Incoming, String> {
         let change: AccountChange = serde_json::from_slice(&delivery.data)
             .map_err(|err| format!("not an account change: {err}"))?;
         (Received::AccountChange(change), published_as)
+    } else if published_as.starts_with(provider::ROUTING_PREFIX) {
+        let incident: ProviderIncident = serde_json::from_slice(&delivery.data)
+            .map_err(|err| format!("not a provider incident: {err}"))?;
+        (Received::ProviderIncident(incident), published_as)
     } else {
         let event = Event::parse(&delivery.data).map_err(|err| format!("not an event: {err}"))?;
         let routing_key = headers::text(headers, ORIGINAL_ROUTING_KEY)

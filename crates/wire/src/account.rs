@@ -57,14 +57,19 @@ pub enum StateName {
     ContactProvider,
     /// An error code the sender does not document yet (`code`).
     Unknown,
+    /// No event for `accounts.silent_after` (26 h: the sender syncs every
+    /// account daily): the sender stopped syncing it. Its next event moves
+    /// it back.
+    Silent,
 }
 
 impl StateName {
     /// Every state, in the order a listing shows them.
-    pub const ALL: [StateName; 5] = [
+    pub const ALL: [StateName; 6] = [
         StateName::NeedsReconnect,
         StateName::ContactProvider,
         StateName::Unknown,
+        StateName::Silent,
         StateName::Retrying,
         StateName::Ok,
     ];
@@ -76,6 +81,7 @@ impl StateName {
             StateName::Retrying => "retrying",
             StateName::ContactProvider => "contact_provider",
             StateName::Unknown => "unknown",
+            StateName::Silent => "silent",
         }
     }
 }
@@ -155,6 +161,12 @@ pub struct AccountChange {
     /// The `message_id` of the `sync.*` event that caused the change (also
     /// the `x-caused-by` header).
     pub caused_by: String,
+    /// The open provider incident the change belongs to (its
+    /// `provider.incident_opened` came first), if any: the account failed
+    /// because the sender's connector for its provider did, not because of
+    /// anything its user did. Absent from announcements made before 0.2.
+    #[serde(default)]
+    pub incident: Option<String>,
 }
 
 /// The AMQP headers of an `account.*` message: those the relay publishes it
@@ -278,6 +290,7 @@ mod tests {
             streak: 0,
             since: None,
             caused_by: "0192f0c4-0000-7000-8000-000000000001".into(),
+            incident: None,
         }
     }
 

@@ -19,6 +19,7 @@ use super::headers::{
     ACCOUNT_ID, CLIENT_ID, DEDUP_KEY, ERROR, ERROR_KNOWN, HOOK, RECEIVED_AT, SOURCE_IP,
     TRACEPARENT, USER_ID,
 };
+use super::provider::{ProviderHeaders, ProviderIncident, ProviderProperties};
 
 /// The body of a `SyncAccount` webhook: an account synced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -410,7 +411,7 @@ fn count(_: &mut SchemaGenerator) -> Schema {
 
 /// What a consumer must know and AsyncAPI has no field for: the document's
 /// description.
-const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. The names use the default `amqp.exchange`, `webhooks`: with another, replace it everywhere.\n\n**Where events are.** The relay publishes every event to the fanout exchange `webhooks.in` (the `entry` channel), which feeds the topic exchange `webhooks` (and the history stream `webhooks.history`). Bind your queue to `webhooks` with the routing keys you want: `sync.account`, `sync.error.<code>` (`sync.error.*`, `sync.#`).\n\n**Which routing key.** A message sent to one queue (back from a retry tier, or by `hookrelay replay`) arrives with that queue's name as its routing key; it then carries `x-original-routing-key` (and `x-original-exchange`, the entry exchange). Dispatch on `x-original-routing-key` when it is there, else on the routing key.\n\n**At least once: de-duplicate on `message_id`.** Record an id once you have *handled* the event, not when you receive it: a replayed dead letter keeps its id, and recording on receipt would throw the replay away. Keep ids at least as long as the relay's history (`history.max_age`, 7 days by default): `hookrelay replay --from-history` can bring back ids that old.\n\n**Repeats and retries: `x-dedup-key`.** Every webhook the sender delivers is published, each with its own `message_id`: a repeat is an event (a `TemporaryFailureError` that keeps happening, an on-demand sync). The one exception: a byte-identical copy that reaches a relay while the first is still being stored there is stored once. So a consumer gets one message for every 2xx the sender heard; a retry after an answer lost in the network arrives twice (at least once), with the same `x-dedup-key`. To drop such retries, remember the keys of handled events for as long as you care; count every message when repeats matter to you (the relay's own account states do).\n\n**Order.** Events reach a queue in the order the relay accepted them (webhooks in flight at the same moment have no order between them), except that a message that travelled again (from a retry tier, a replay, or a retry by the relay after RabbitMQ refused it) arrives after later ones. There is no sequence number per account: to order one account's events compare `x-received-at` (milliseconds) or `message_id` (a UUIDv7, time-ordered to the millisecond); `timestamp` has whole seconds only.\n\n**Acknowledge, retry, dead-letter.** Handled: ack. Failed for now (a dependency down): publish a copy (same body and properties, persistent) to the default exchange with routing key `<queue>.retry.<n>`, header `x-retry-attempt` = n (one more than the message's own, from 1) and `x-original-exchange`/`x-original-routing-key` kept or set, wait for the publisher confirm, then ack the original; after the tier's delay RabbitMQ puts the copy back into `<queue>` (with `x-death`). Learn how many tiers your queue has by declaring `<queue>.retry.1`, `.2`, … passively until one does not exist. Past the last tier, or for what you cannot handle: reject without requeue, and RabbitMQ dead-letters it into `webhooks.dead-letter`, where an operator replays it to your queue once fixed.\n\n**What it means for the account: `account.<state>`.** Besides one `sync.*` message per webhook (what the sender said), the relay publishes one `account.<state>` message per change of an account's state (what it means: `ok`, `needs_reconnect`, `retrying`, `contact_provider`, `unknown`), through its own topic exchange `webhooks.changes`, never through `webhooks`: a queue bound to `webhooks` with `#` gets webhooks only. Bind your queue to `webhooks.changes` (`account.needs_reconnect` to ask a user once, not daily; `account.#` for all; a `[[queues]]` entry's `changes`). Its body is JSON the relay writes (never `loginName`); `caused_by` (and the header `x-caused-by`) is the causing event's `message_id`; its own `message_id` is a UUIDv5, the same whichever relay announces it. It carries `x-client-id`, `account-id`, `user-id`, `x-received-at` (the causing event's: the change's time) and the causing event's `traceparent` (and `tracestate`), and none of an event's other headers. States follow event time (`x-received-at`): an event that reaches the history after a newer one of its account (spooled while RabbitMQ was away, re-driven from the quarantine) changes nothing and is not announced. Each change is announced once, in the order of the events that caused them, across relays and restarts. A change no queue binds is kept in the history only (`webhooks.changes` has no alternate exchange).\n\n**Unknown error codes.** The sender adds codes over time; an unknown one is routed like any (`sync.error.<code>`) with `x-error-known: false`, and the relay announces the account as `account.unknown` (with the `code`): a new code may be one the user can act on, or one for the sender's support, and until someone reads what it means nobody can say which. Handle it as your app decides for unknown codes (show it to your support, for example), and ack it: do not retry it.\n\nGenerated from hookrelay's Rust types (crates/wire/src/contract.rs): do not edit by hand.";
+const GUIDE: &str = "The sync webhooks hookrelay publishes to RabbitMQ, one message per webhook: the body exactly as the sender sent it, persistent, with the headers and properties below. The names use the default `amqp.exchange`, `webhooks`: with another, replace it everywhere.\n\n**Where events are.** The relay publishes every event to the fanout exchange `webhooks.in` (the `entry` channel), which feeds the topic exchange `webhooks` (and the history stream `webhooks.history`). Bind your queue to `webhooks` with the routing keys you want: `sync.account`, `sync.error.<code>` (`sync.error.*`, `sync.#`).\n\n**Which routing key.** A message sent to one queue (back from a retry tier, or by `hookrelay replay`) arrives with that queue's name as its routing key; it then carries `x-original-routing-key` (and `x-original-exchange`, the entry exchange). Dispatch on `x-original-routing-key` when it is there, else on the routing key.\n\n**At least once: de-duplicate on `message_id`.** Record an id once you have *handled* the event, not when you receive it: a replayed dead letter keeps its id, and recording on receipt would throw the replay away. Keep ids at least as long as the relay's history (`history.max_age`, 7 days by default): `hookrelay replay --from-history` can bring back ids that old.\n\n**Repeats and retries: `x-dedup-key`.** Every webhook the sender delivers is published, each with its own `message_id`: a repeat is an event (a `TemporaryFailureError` that keeps happening, an on-demand sync). The one exception: a byte-identical copy that reaches a relay while the first is still being stored there is stored once. So a consumer gets one message for every 2xx the sender heard; a retry after an answer lost in the network arrives twice (at least once), with the same `x-dedup-key`. To drop such retries, remember the keys of handled events for as long as you care; count every message when repeats matter to you (the relay's own account states do).\n\n**Order.** Events reach a queue in the order the relay accepted them (webhooks in flight at the same moment have no order between them), except that a message that travelled again (from a retry tier, a replay, or a retry by the relay after RabbitMQ refused it) arrives after later ones. There is no sequence number per account: to order one account's events compare `x-received-at` (milliseconds) or `message_id` (a UUIDv7, time-ordered to the millisecond); `timestamp` has whole seconds only.\n\n**Acknowledge, retry, dead-letter.** Handled: ack. Failed for now (a dependency down): publish a copy (same body and properties, persistent) to the default exchange with routing key `<queue>.retry.<n>`, header `x-retry-attempt` = n (one more than the message's own, from 1) and `x-original-exchange`/`x-original-routing-key` kept or set, wait for the publisher confirm, then ack the original; after the tier's delay RabbitMQ puts the copy back into `<queue>` (with `x-death`). Learn how many tiers your queue has by declaring `<queue>.retry.1`, `.2`, … passively until one does not exist. Past the last tier, or for what you cannot handle: reject without requeue, and RabbitMQ dead-letters it into `webhooks.dead-letter`, where an operator replays it to your queue once fixed.\n\n**What it means for the account: `account.<state>`.** Besides one `sync.*` message per webhook (what the sender said), the relay publishes one `account.<state>` message per change of an account's state (what it means: `ok`, `needs_reconnect`, `retrying`, `contact_provider`, `unknown`, `silent`), through its own topic exchange `webhooks.changes`, never through `webhooks`: a queue bound to `webhooks` with `#` gets webhooks only. Bind your queue to `webhooks.changes` (`account.needs_reconnect` to ask a user once, not daily; `account.#` for all; a `[[queues]]` entry's `changes`). Its body is JSON the relay writes (never `loginName`); `caused_by` (and the header `x-caused-by`) is the causing event's `message_id`; its own `message_id` is a UUIDv5, the same whichever relay announces it. It carries `x-client-id`, `account-id`, `user-id`, `x-received-at` (the causing event's: the change's time) and the causing event's `traceparent` (and `tracestate`), and none of an event's other headers. States follow event time (`x-received-at`): an event that reaches the history after a newer one of its account (spooled while RabbitMQ was away, re-driven from the quarantine) changes nothing and is not announced. Each change is announced once, in the order of the events that caused them, across relays and restarts. A change no queue binds is kept in the history only (`webhooks.changes` has no alternate exchange).\n\n**Silent accounts: `account.silent`.** The one change no event causes: an account with no event for `accounts.silent_after` (26 h; the sender syncs every account daily) is announced `silent` once, by the relay's clock; its `caused_by` is the account's latest event (so the id is the same whichever relay announces it), `since` and `x-received-at` that event's time, and its `traceparent` starts a trace of its own. Its next event moves it back (a change like any, `previous_state: silent`). If an event crossed the announcement, the relay announces the account's state again at once, `caused_by` naming the `account.silent` message.\n\n**When it is the bank's connector, not the user: `provider.<kind>`.** When at least `providers.incident_accounts` (5) distinct accounts of one `account.provider` are put in `contact_provider` (a connector error, or temporary failures that kept happening) within `providers.incident_window` (15 min, in event time), the relay announces one `provider.incident_opened` through `webhooks.changes`, and one `provider.incident_resolved` when as many of its accounts synced again, or when an event of the provider comes a whole window after its last failure. While it is open, the `account.*` changes of its accounts carry its id in `incident` (the accounts that failed before it opened were announced without it; `accounts` counts them): hold per-user messages for those, since the user can do nothing. Same rules as account changes: UUIDv5 `message_id` per incident and kind, `x-caused-by`, the causing event's `x-received-at` and `traceparent`, and a `provider` header; each announced once across relays and restarts. Bind `provider.#` on `webhooks.changes`.\n\n**Unknown error codes.** The sender adds codes over time; an unknown one is routed like any (`sync.error.<code>`) with `x-error-known: false`, and the relay announces the account as `account.unknown` (with the `code`): a new code may be one the user can act on, or one for the sender's support, and until someone reads what it means nobody can say which. Handle it as your app decides for unknown codes (show it to your support, for example), and ack it: do not retry it.\n\nGenerated from hookrelay's Rust types (crates/wire/src/contract.rs): do not edit by hand.";
 
 /// The AsyncAPI 3.0 document of the events published through `exchange`
 /// (its entry fanout `<exchange>.in` and the topic exchange itself), with
@@ -439,6 +440,18 @@ pub fn asyncapi(exchange: &str) -> Value {
         (
             "AccountProperties",
             generator.subschema_for::<AccountProperties>(),
+        ),
+        (
+            "ProviderIncident",
+            generator.subschema_for::<ProviderIncident>(),
+        ),
+        (
+            "ProviderHeaders",
+            generator.subschema_for::<ProviderHeaders>(),
+        ),
+        (
+            "ProviderProperties",
+            generator.subschema_for::<ProviderProperties>(),
         ),
     ] {
         // Named types come back as references to their definitions.
@@ -503,11 +516,31 @@ pub fn asyncapi(exchange: &str) -> Value {
             "syncError": {"$ref": "#/components/messages/SyncError"},
         })
     };
-    // A channel of a consumer's: whatever its queue binds, account changes too.
+    // A channel of a consumer's: whatever its queue binds, announcements too.
     let every_kind = || {
         let mut messages = both();
         messages["accountChange"] = json!({"$ref": "#/components/messages/AccountChange"});
+        messages["providerIncident"] = json!({"$ref": "#/components/messages/ProviderIncident"});
         messages
+    };
+    let changes = json!({"amqp": {
+        "is": "routingKey",
+        "exchange": {"name": format!("{exchange}.changes"), "type": "topic", "durable": true, "autoDelete": false, "vhost": "/"},
+        "bindingVersion": "0.3.0",
+    }});
+    // An announcement `name`, whose headers and properties are `<kind>Headers`
+    // and `<kind>Properties`.
+    let announced = |name: &str, kind: &str, summary: &str| {
+        json!({
+            "name": name,
+            "title": name,
+            "summary": summary,
+            "contentType": "application/json",
+            "headers": {"$ref": format!("#/components/schemas/{kind}Headers")},
+            "payload": {"$ref": format!("#/components/schemas/{name}")},
+            "x-amqp-properties": {"$ref": format!("#/components/schemas/{kind}Properties")},
+            "bindings": {"amqp": {"messageType": name, "bindingVersion": "0.3.0"}},
+        })
     };
     json!({
         "asyncapi": "3.0.0",
@@ -554,13 +587,17 @@ pub fn asyncapi(exchange: &str) -> Value {
                 "address": "account.{state}",
                 "title": "An account's state changed",
                 "description": format!("What the sender's outcomes mean for one account, published by the relay once per change (with `[accounts]` and `[history]` on, the default) through its own topic exchange `{exchange}.changes`: five daily `LoginFailedError`s of an account are one `account.needs_reconnect`. Bind `account.needs_reconnect` on `{exchange}.changes` to ask users to reconnect, `account.contact_provider` to open a ticket with the sender's support (with the account id), `account.#` for all."),
-                "parameters": {"state": {"description": "The new state: `ok`, `needs_reconnect` (the user must reconnect: `reason` credentials or verification), `retrying` (temporary failures, which the sender retries by itself), `contact_provider` (the sender's support must look at it: `reason` repeated_temporary_failures or connector_error), `unknown` (an error code the sender does not document yet: `code`)."}},
+                "parameters": {"state": {"description": "The new state: `ok`, `needs_reconnect` (the user must reconnect: `reason` credentials or verification), `retrying` (temporary failures, which the sender retries by itself), `contact_provider` (the sender's support must look at it: `reason` repeated_temporary_failures or connector_error), `unknown` (an error code the sender does not document yet: `code`), `silent` (no event for `accounts.silent_after`: the sender stopped syncing it)."}},
                 "messages": {"accountChange": {"$ref": "#/components/messages/AccountChange"}},
-                "bindings": {"amqp": {
-                    "is": "routingKey",
-                    "exchange": {"name": format!("{exchange}.changes"), "type": "topic", "durable": true, "autoDelete": false, "vhost": "/"},
-                    "bindingVersion": "0.3.0",
-                }},
+                "bindings": changes.clone(),
+            },
+            "providerIncident": {
+                "address": "provider.{kind}",
+                "title": "A provider incident opened or resolved",
+                "description": format!("Many accounts of one provider failing at once: the sender's connector for that bank, not its users. Published by the relay (with `[accounts]` and `[history]` on, the default) through `{exchange}.changes`, once when it opens and once when it is resolved. Bind `provider.#` on `{exchange}.changes`."),
+                "parameters": {"kind": {"description": "`incident_opened` or `incident_resolved`."}},
+                "messages": {"providerIncident": {"$ref": "#/components/messages/ProviderIncident"}},
+                "bindings": changes,
             },
             "retryTier": {
                 "address": "{queue}.retry.{n}",
@@ -600,6 +637,12 @@ pub fn asyncapi(exchange: &str) -> Value {
                 "messages": [{"$ref": "#/channels/accountChange/messages/accountChange"}],
                 "bindings": receive_binding,
             },
+            "receiveProviderIncident": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/providerIncident"},
+                "messages": [{"$ref": "#/channels/providerIncident/messages/providerIncident"}],
+                "bindings": receive_binding,
+            },
             "sendToRetryTier": {
                 "action": "send",
                 "title": "Retry a message later",
@@ -608,6 +651,7 @@ pub fn asyncapi(exchange: &str) -> Value {
                     {"$ref": "#/channels/retryTier/messages/syncAccount"},
                     {"$ref": "#/channels/retryTier/messages/syncError"},
                     {"$ref": "#/channels/retryTier/messages/accountChange"},
+                    {"$ref": "#/channels/retryTier/messages/providerIncident"},
                 ],
                 "bindings": {"amqp": {"deliveryMode": 2, "mandatory": true, "ack": true, "bindingVersion": "0.3.0"}},
             },
@@ -616,16 +660,8 @@ pub fn asyncapi(exchange: &str) -> Value {
             "messages": {
                 "SyncAccount": message("SyncAccount", "An account synced successfully."),
                 "SyncError": message("SyncError", "An account failed to sync; `error` says why."),
-                "AccountChange": {
-                    "name": "AccountChange",
-                    "title": "AccountChange",
-                    "summary": "An account's state changed; the body says from what, to what, and which event caused it.",
-                    "contentType": "application/json",
-                    "headers": {"$ref": "#/components/schemas/AccountHeaders"},
-                    "payload": {"$ref": "#/components/schemas/AccountChange"},
-                    "x-amqp-properties": {"$ref": "#/components/schemas/AccountProperties"},
-                    "bindings": {"amqp": {"messageType": "AccountChange", "bindingVersion": "0.3.0"}},
-                },
+                "AccountChange": announced("AccountChange", "Account", "An account's state changed; the body says from what, to what, and which event caused it."),
+                "ProviderIncident": announced("ProviderIncident", "Provider", "A provider incident opened or was resolved: many accounts of one provider failing at once, the sender's connector."),
             },
             "schemas": schemas,
         },

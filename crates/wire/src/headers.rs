@@ -53,8 +53,11 @@ pub const REPLAYED_FROM: &str = "x-replayed-from";
 pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 /// Its routing key as the relay published it, once it travelled another way.
 pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
-/// On an `account.*` message: the `message_id` of the event that changed the account's state.
+/// On an `account.*` or `provider.*` message: the `message_id` of the event
+/// that caused it.
 pub const CAUSED_BY: &str = "x-caused-by";
+/// On a `provider.*` message: the incident's `account.provider`.
+pub const PROVIDER: &str = "provider";
 /// The relay that stored the webhook: its identity, the same across its restarts.
 pub const RELAY_ID: &str = "x-relay-id";
 /// The webhook's number among those that relay stored, from 1, one higher

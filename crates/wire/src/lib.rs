@@ -7,6 +7,9 @@
 //!
 //! * [`event`]: the sender's webhook, parsed strictly into a typed event.
 //! * [`account`]: the `account.*` message, one per change of an account's state.
+//! * [`provider`]: the `provider.*` message, one per provider incident
+//!   opened or resolved.
+//! * [`changes`]: what the relay announces on `<exchange>.changes`, both kinds.
 //! * [`headers`]: every header name, and typed readers for them.
 //! * [`envelope`]: the message the relay publishes for a webhook.
 //! * [`contract`]: the same as Rust types, from which `docs/asyncapi.yaml`
@@ -16,11 +19,13 @@
 //! * [`retry`]: the retry protocol between a consumer and its retry tiers.
 
 pub mod account;
+pub mod changes;
 pub mod contract;
 pub mod death;
 pub mod dedup_key;
 pub mod envelope;
 pub mod event;
 pub mod headers;
+pub mod provider;
 pub mod retry;
 pub mod topic;

@@ -38,11 +38,12 @@ impl TopicPattern {
 
 impl TopicPattern {
     /// Whether some routing key the relay announces can match:
-    /// `account.<state>` for one of the states it knows.
+    /// `account.<state>` for one of the states it knows, or
+    /// `provider.<kind>`.
     pub fn can_match_a_change(&self) -> bool {
-        super::account::StateName::ALL
+        super::changes::routing_keys()
             .iter()
-            .any(|state| self.matches(&format!("account.{}", state.as_str())))
+            .any(|key| self.matches(key))
     }
 }
 
