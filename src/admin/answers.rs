@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::health::Readiness;
 use super::rates::Snapshot;
 use crate::accounts::book::Entry as AccountEntry;
+use crate::derived::incidents::{Incident, Provider};
 use crate::history::index::Row;
 use crate::replay::{dead_letters, history as history_replay, quarantine};
 use crate::spool::listing::Listed;
@@ -200,6 +201,16 @@ pub(crate) struct AccountPage {
     pub accounts: Vec<AccountEntry>,
     /// Pass as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
+}
+
+/// `GET /api/providers`: each provider's accounts by state, and the
+/// provider incidents.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Providers {
+    /// The providers whose accounts need someone most first.
+    pub providers: Vec<Provider>,
+    /// The open incidents first, then the latest resolved.
+    pub incidents: Vec<Incident>,
 }
 
 /// `GET /api/spool`.

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use super::answers::{
     AccountPage, DeadLettersReplayed, Done, EventPage, EventView, Held, HeldHere, IndexState,
-    Journey, Messages, QuarantineRedriven, QueueConflict, QueueRole, QueueState, Queues, Source,
-    SpoolContents, SpoolRetried, SpoolRetrySummary, SpoolState, Status,
+    Journey, Messages, Providers, QuarantineRedriven, QueueConflict, QueueRole, QueueState, Queues,
+    Source, SpoolContents, SpoolRetried, SpoolRetrySummary, SpoolState, Status,
 };
 use tracing::info;
 
@@ -66,6 +66,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/queues/{name}/messages", web::get().to(queue_messages))
             .route("/queues/{name}/messages", web::post().to(look_at_queue))
             .route("/accounts", web::get().to(accounts_list))
+            .route("/providers", web::get().to(providers))
             .route("/spool", web::get().to(spool))
             .route("/dead-letters/replay", web::post().to(replay_dead_letters))
             .route("/quarantine/redrive", web::post().to(redrive_quarantine))
@@ -456,7 +457,7 @@ async fn bound_queues(
                 .to_owned(),
         );
     };
-    let exchange = match routing_key.starts_with(crate::wire::account::ROUTING_PREFIX) {
+    let exchange = match crate::wire::changes::is_announced(routing_key) {
         true => topology.changes_exchange(),
         false => topology.exchange(),
     };
@@ -714,22 +715,7 @@ pub(super) async fn account_list(
     admin: &Admin,
     query: AccountsQuery,
 ) -> Result<AccountPage, ConsoleError> {
-    if !admin.settings.accounts.enabled {
-        return Err(ConsoleError::Off(
-            "accounts are off ([accounts] enabled = false)".to_owned(),
-        ));
-    }
-    history_stream(admin)?;
-    let Some(derived) = admin.derived.clone() else {
-        return Err(ConsoleError::Off("the history is off".to_owned()));
-    };
-    if !derived.caught_up() {
-        return Err(ConsoleError::CatchingUp(
-            "the relay is still reading the history into its accounts (after a first start, \
-             or a new stream): ask again in a moment"
-                .to_owned(),
-        ));
-    }
+    let derived = accounts_store(admin)?;
     let selection = Selection {
         state: query.state,
         client_id: nonempty(query.client_id),
@@ -748,6 +734,60 @@ pub(super) async fn account_list(
         accounts: page.accounts,
         next_cursor: page.next.map(|key| account_cursor(&key)),
     })
+}
+
+/// The relay's derived store, once it answers for the accounts: off with
+/// accounts or the history off, 503 while it catches up.
+fn accounts_store(admin: &Admin) -> Result<std::sync::Arc<crate::derived::Derived>, ConsoleError> {
+    if !admin.settings.accounts.enabled {
+        return Err(ConsoleError::Off(
+            "accounts are off ([accounts] enabled = false)".to_owned(),
+        ));
+    }
+    history_stream(admin)?;
+    let Some(derived) = admin.derived.clone() else {
+        return Err(ConsoleError::Off("the history is off".to_owned()));
+    };
+    if !derived.caught_up() {
+        return Err(ConsoleError::CatchingUp(
+            "the relay is still reading the history into its accounts (after a first start, \
+             or a new stream): ask again in a moment"
+                .to_owned(),
+        ));
+    }
+    Ok(derived)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ProvidersQuery {
+    pub limit: Option<usize>,
+}
+
+/// Incidents listed at most: the open ones first, then the latest resolved.
+const INCIDENTS_SHOWN: usize = 20;
+
+/// Each provider's accounts by state, and the provider incidents.
+pub(super) async fn provider_list(
+    admin: &Admin,
+    query: ProvidersQuery,
+) -> Result<Providers, ConsoleError> {
+    let derived = accounts_store(admin)?;
+    let limit = limit(query.limit, MAX_LIMIT)?;
+    let (providers, incidents) = derived
+        .read(move |store| Ok((store.providers(limit)?, store.incidents(INCIDENTS_SHOWN)?)))
+        .await?;
+    Ok(Providers {
+        providers,
+        incidents,
+    })
+}
+
+async fn providers(
+    admin: web::Data<Admin>,
+    _: Operator,
+    query: web::Query<ProvidersQuery>,
+) -> Answer {
+    Ok(HttpResponse::Ok().json(provider_list(&admin, query.into_inner()).await?))
 }
 
 /// An account's place in a listing: `client_id/account_id`, each

@@ -9,6 +9,7 @@
 mod answers;
 mod api;
 mod auth;
+mod charts;
 mod health;
 pub mod openapi;
 mod pages;

@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::answers::{
-    AccountPage, DeadLettersReplayed, EventPage, HistoryReplayed, Journey, Messages,
+    AccountPage, DeadLettersReplayed, EventPage, HistoryReplayed, Journey, Messages, Providers,
     QuarantineRedriven, Queues, Refusal, SpoolRetried, SpoolState, Status,
 };
 use super::api::{
@@ -278,7 +278,7 @@ fn paths(doc: &mut Doc) -> Value {
             "description": "From the relay's store of what it derives from the history (every account's state, in event time), as `hookrelay accounts` lists them. Until that store has caught up with the history (after a first start), 503 with `Retry-After`.",
             "operationId": "accounts",
             "parameters": [
-                query("state", json!({"type": "string", "enum": ["ok", "needs_reconnect", "retrying", "contact_provider", "unknown"]}), None),
+                query("state", json!({"type": "string", "enum": crate::wire::account::StateName::ALL.map(|s| s.as_str())}), None),
                 text_query("client_id"),
                 text_query("provider"),
                 query("since", json!({"type": "string"}), Some("In this state since then at least: RFC 3339, or a duration ago")),
@@ -286,6 +286,13 @@ fn paths(doc: &mut Doc) -> Value {
                 query("cursor", json!({"type": "string"}), Some("The `next_cursor` of the page before")),
             ],
             "responses": responses(doc.answer::<AccountPage>("One page of the accounts that match"), &["400", "409", "502", "503"]),
+        }},
+        "/api/providers": {"get": {
+            "summary": "Providers by what their accounts need, and the provider incidents",
+            "description": "From the relay's store of what it derives from the history: each provider (`account.provider`) with its accounts by state (the providers whose accounts need someone most first, at most `limit`), and the provider incidents (open first, then the latest resolved). Until that store has caught up with the history, 503 with `Retry-After`.",
+            "operationId": "providers",
+            "parameters": [limit(MAX_LIMIT)],
+            "responses": responses(doc.answer::<Providers>("Providers and incidents"), &["400", "409", "503"]),
         }},
         "/api/spool": {"get": {
             "summary": "The local spool (it answers while RabbitMQ is away)",

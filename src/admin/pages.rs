@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use super::Admin;
 use super::answers::Messages;
-use super::api::{self, AccountsQuery, EventQuery, EventsQuery, Look, Search};
+use super::api::{self, AccountsQuery, EventQuery, EventsQuery, Look, ProvidersQuery, Search};
 use super::auth::{ConsoleError, Operator};
+use super::charts::{self, Bar};
 use super::health::readiness;
 use crate::accounts::State;
 use crate::spool::listing;
@@ -29,6 +30,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/quarantine", web::get().to(quarantine))
         .route("/quarantine", web::post().to(quarantine_looked))
         .route("/accounts", web::get().to(accounts))
+        .route("/providers", web::get().to(providers))
         .route("/spool", web::get().to(spool));
 }
 
@@ -68,7 +70,7 @@ fn head(title: &str, script: bool) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { "hookrelay: " (title) }
-            style { (PreEscaped(STYLE)) }
+            style { (PreEscaped(STYLE)) (PreEscaped(charts::STYLE)) }
             @if script { script { (PreEscaped(SCRIPT)) } }
         }
     }
@@ -136,6 +138,7 @@ fn page(title: &str, body: Markup) -> HttpResponse {
                     a href="/dead-letters" { "Dead letters" }
                     a href="/quarantine" { "Quarantine" }
                     a href="/accounts" { "Accounts" }
+                    a href="/providers" { "Providers" }
                     a href="/spool" { "Spool" }
                     form method="post" action="/logout" { button { "Log out" } }
                 }
@@ -182,6 +185,14 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
     let ready = readiness(&admin);
     let rates = admin.rates.snapshot();
     let queues = api::queue_list(&admin).await.ok();
+    // Both from the relay's store, once it answers for the accounts.
+    let incidents = api::provider_list(&admin, ProvidersQuery { limit: Some(1) })
+        .await
+        .ok();
+    let by_state = match (&admin.derived, &incidents) {
+        (Some(derived), Some(_)) => derived.read(|store| store.count_by_state()).await.ok(),
+        _ => None,
+    };
     let status: &str = ready.status.into();
     let body = html! {
         p { "Status: " strong class=(status) { (status) } " · RabbitMQ " (ready.broker)
@@ -206,6 +217,23 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
         }
         @for conflict in &ready.queue_conflicts {
             p .not_ready { "Queue conflict on " (or_dash(conflict.queue.as_ref())) ": " (conflict.reason) }
+        }
+        h2 { "Webhooks per minute, the last hour" }
+        (charts::columns(&admin.rates.last_hour(), ("an hour ago", "now")))
+        @if let Some(by_state) = &by_state {
+            h2 { "Accounts by state" }
+            (charts::horizontal(&by_state.iter().map(|(state, count)| Bar {
+                label: state.as_str().to_owned(),
+                parts: vec![(state.as_str(), *count)],
+                href: Some(format!("/accounts?state={}", state.as_str())),
+            }).collect::<Vec<_>>()))
+        }
+        @if let Some(found) = &incidents {
+            h2 { "Provider incidents open" }
+            @let open: Vec<_> = found.incidents.iter().filter(|i| i.resolved_at.is_none()).collect();
+            @if open.is_empty() { p { "None: no provider's accounts are failing together." } }
+            @else { (incidents_table(&open)) }
+            p { a href="/providers" { "Every provider" } }
         }
         h2 { "Webhooks per minute (last " (rates.window_seconds) " s)" }
         table { tr { th { "outcome" } th { "per minute" } }
@@ -458,12 +486,16 @@ async fn accounts(
     _: Operator,
     query: web::Query<AccountsQuery>,
 ) -> Result<HttpResponse, PageError> {
-    const SECTIONS: [(StateName, &str); 4] = [
+    const SECTIONS: [(StateName, &str); 5] = [
         (StateName::NeedsReconnect, "The user must reconnect"),
         (StateName::ContactProvider, "The sender's support must look"),
         (
             StateName::Unknown,
             "An error code the sender does not document",
+        ),
+        (
+            StateName::Silent,
+            "Silent (no event for accounts.silent_after: is the sender still syncing them?)",
         ),
         (
             StateName::Retrying,
@@ -517,6 +549,59 @@ async fn accounts(
         p { small { "Accounts that are ok are not listed; " a href="/accounts?state=ok" { "list them" } "." } }
     };
     Ok(page("Accounts", body))
+}
+
+/// Each provider's accounts by state, and the provider incidents.
+async fn providers(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, PageError> {
+    const SHOWN: usize = 50;
+    let found = api::provider_list(&admin, ProvidersQuery { limit: Some(SHOWN) }).await?;
+    let bars: Vec<Bar> = found
+        .providers
+        .iter()
+        .map(|provider| Bar {
+            label: provider.provider.clone(),
+            parts: StateName::ALL
+                .iter()
+                .map(|state| {
+                    let count = provider.by_state.get(state.as_str()).copied().unwrap_or(0);
+                    (state.as_str(), count)
+                })
+                .collect(),
+            href: Some(format!(
+                "/accounts?provider={}",
+                encoded(&provider.provider)
+            )),
+        })
+        .collect();
+    let incidents: Vec<_> = found.incidents.iter().collect();
+    let body = html! {
+        h2 { "Provider incidents" }
+        @if incidents.is_empty() { p { "None yet: no provider's accounts failed together." } }
+        @else { (incidents_table(&incidents)) }
+        h2 { "Accounts by provider and state" }
+        p .legend { @for state in StateName::ALL { span { svg width="10" height="10" { rect class=(state.as_str()) width="10" height="10" {} } " " (state.as_str()) } } }
+        (charts::horizontal(&bars))
+        @if found.providers.len() == SHOWN { p { small { "The " (SHOWN) " providers whose accounts need someone most." } } }
+    };
+    Ok(page("Providers", body))
+}
+
+fn incidents_table(incidents: &[&crate::derived::incidents::Incident]) -> Markup {
+    html! {
+        table { tr { th { "provider" } th { "code" } th { "accounts" } th { "synced again" } th { "first failure" } th { "opened" } th { "resolved" } }
+            @for incident in incidents {
+                tr .incident data-provider=(incident.provider) {
+                    td { a href={ "/accounts?provider=" (encoded(&incident.provider)) } { (incident.provider) } }
+                    td { (incident.code) } td { (incident.accounts) } td { (incident.recovered) }
+                    td { (incident.first_seen) } td { (incident.opened_at) }
+                    td { @match &incident.resolved_at {
+                        Some(at) => { (at) " (" (incident.resolved_by.as_deref().unwrap_or_default().replace('_', " ")) ", " (incident.duration_seconds.unwrap_or(0)) " s)" },
+                        None => strong .not_ready { "open" },
+                    } }
+                }
+            }
+        }
+    }
 }
 
 /// Why an account is in its state: its reason and the error code behind it.

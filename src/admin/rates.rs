@@ -1,7 +1,8 @@
 //! Webhook rates over the last minutes, for the console's overview: the
 //! request counters sampled every [`EVERY`], kept for [`WINDOW`], so a rate
-//! is "how many since the oldest sample, per minute". Prometheus computes
-//! the same from `/metrics`; this is for an operator without one.
+//! is "how many since the oldest sample, per minute"; and one sample a
+//! minute for the last [`HOUR`], for the overview's chart. Prometheus
+//! computes the same from `/metrics`; this is for an operator without one.
 
 use schemars::JsonSchema;
 use std::collections::VecDeque;
@@ -18,10 +19,14 @@ use crate::unpoisoned::Locked;
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Minutes the chart shows.
+const HOUR: usize = 60;
 
 pub(crate) struct Rates {
     metrics: Metrics,
     samples: Mutex<VecDeque<Sample>>,
+    /// One sample a minute, the newest last.
+    minutes: Mutex<VecDeque<Sample>>,
 }
 
 struct Sample {
@@ -42,6 +47,7 @@ impl Rates {
         let rates = Rates {
             metrics,
             samples: Mutex::new(VecDeque::new()),
+            minutes: Mutex::new(VecDeque::new()),
         };
         rates.sample();
         rates
@@ -76,7 +82,47 @@ impl Rates {
         {
             samples.pop_front();
         }
+        let mut minutes = self.minutes.locked();
+        if minutes
+            .back()
+            .is_none_or(|last| sample.at.duration_since(last.at) >= Duration::from_secs(60))
+        {
+            if minutes.len() > HOUR {
+                minutes.pop_front();
+            }
+            minutes.push_back(Sample {
+                at: sample.at,
+                counts: sample.counts.clone(),
+            });
+        }
         samples.push_back(sample);
+    }
+
+    /// Webhooks in each of the last [`HOUR`] minutes, oldest first (the
+    /// last one the minute so far; empty before the relay started), by
+    /// outcome: each outcome's name and count.
+    pub(crate) fn last_hour(&self) -> Vec<Vec<(&'static str, u64)>> {
+        let now = self.counts();
+        let minutes = self.minutes.locked();
+        let counts: Vec<&Vec<u64>> = minutes.iter().map(|m| &m.counts).chain([&now]).collect();
+        let before_start = HOUR.saturating_sub(counts.len() - 1);
+        std::iter::repeat_n(Vec::new(), before_start)
+            .chain(
+                counts
+                    .windows(2)
+                    .skip(counts.len().saturating_sub(HOUR + 1))
+                    .map(|pair| {
+                        Outcome::VARIANTS
+                            .iter()
+                            .zip(pair[1].iter().zip(pair[0]))
+                            .map(|(outcome, (after, before))| {
+                                (outcome.as_str(), after.saturating_sub(*before))
+                            })
+                            .filter(|(_, count)| *count > 0)
+                            .collect()
+                    }),
+            )
+            .collect()
     }
 
     /// The rates now, against the oldest sample in the window.
@@ -135,5 +181,22 @@ mod tests {
         let forbidden = snapshot.per_minute["forbidden"].as_f64().unwrap();
         assert!((0.9..=1.0).contains(&forbidden), "{forbidden}");
         assert_eq!(snapshot.per_minute["spooled"].as_f64(), Some(0.0));
+    }
+
+    #[test]
+    fn the_last_hour_is_sixty_minutes_the_newest_last() {
+        let metrics = Metrics::new();
+        let rates = Rates::new(metrics.clone());
+        for _ in 0..3 {
+            metrics.request(Outcome::Accepted);
+        }
+        metrics.request(Outcome::Forbidden);
+        let hour = rates.last_hour();
+        assert_eq!(hour.len(), HOUR);
+        assert!(
+            hour[..HOUR - 1].iter().all(Vec::is_empty),
+            "before the start"
+        );
+        assert_eq!(hour[HOUR - 1], [("accepted", 3), ("forbidden", 1)]);
     }
 }

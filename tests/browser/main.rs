@@ -10,7 +10,12 @@
 //! ```
 //!
 //! With `CONSOLE_SCREENSHOT=<file.png>` it saves what the browser showed
-//! after the replay (the README's screenshot is one).
+//! after the replay (the README's screenshot is one); with
+//! `CONSOLE_CHARTS=<folder>`, the overview's and the Providers page's
+//! charts (`console-overview.png`, `console-providers.png` in `docs/`).
+//!
+//! A second test draws the charts from webhooks it sent, and reads the
+//! numbers back from each bar.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -135,6 +140,228 @@ async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetM
         .unwrap()
 }
 
+/// Logs in to the console at `console`, up to the overview.
+async fn log_in(browser: &Client, console: &str) {
+    browser.goto(&format!("{console}/")).await.unwrap();
+    let token = shown(browser, Locator::Css("input[name=token]"), "the login form").await;
+    token.send_keys(TOKEN).await.unwrap();
+    click(browser, Locator::Css("form button")).await;
+    shown(
+        browser,
+        Locator::XPath("//h1[text()='Overview']"),
+        "the overview, logged in",
+    )
+    .await;
+}
+
+/// A relay of its own with the console on, running until `stop` is sent.
+struct Relay {
+    port: u16,
+    console: String,
+    stop: oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Relay {
+    async fn start(settings: hookrelay::config::Settings) -> Relay {
+        let app = Application::build(settings)
+            .await
+            .expect("the relay builds");
+        let (port, admin_port) = (app.port(), app.admin_port());
+        let console = format!("http://127.0.0.1:{admin_port}");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let connected = eventually(STEP, || async {
+            let ready = http.get(format!("{console}/readyz")).send().await;
+            match ready {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|b| b["broker"] == "connected"),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(connected, "the relay did not connect to RabbitMQ");
+        Relay {
+            port,
+            console,
+            stop,
+            running,
+        }
+    }
+
+    async fn send(&self, body: String) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/webhooks", self.port))
+            .header("content-type", "application/json")
+            .header("x-client-id", CLIENT_ID)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.running.await.unwrap().unwrap();
+    }
+}
+
+/// `(data-label, data-count)` of every bar of the charts on the page.
+async fn bars(browser: &Client) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for bar in browser.find_all(Locator::Css("tr.bar")).await.unwrap() {
+        let label = bar.attr("data-label").await.unwrap().unwrap_or_default();
+        let count = bar.attr("data-count").await.unwrap().unwrap_or_default();
+        found.push((label, count.parse().unwrap_or(0)));
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_overview_and_the_providers_page_draw_what_was_sent() {
+    let exchange = format!("browser-{}", uuid::Uuid::now_v7());
+    let _cleanup = Cleanup(exchange.clone());
+    let spool = std::env::temp_dir().join(&exchange).join("spool.sqlite");
+    let settings = RelayEnv::new(CLIENT_ID, &exchange, &spool, &amqp_url())
+        .set("HOOKRELAY__SERVER__LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .set("HOOKRELAY__ADMIN__TOKEN", TOKEN)
+        .settings(None);
+    let relay = Relay::start(settings).await;
+    // Big Bank's connector breaks for five accounts (an incident); Small
+    // Bank has one account that needs a reconnect and two that synced.
+    let webhook = |error: Option<&str>, account: &str, provider: &str| {
+        let hook = match error {
+            Some(code) => format!(r#""hook":"SyncError","error":"{code}""#),
+            None => r#""hook":"SyncAccount""#.to_owned(),
+        };
+        format!(
+            r#"{{{hook},"user":{{"id":"u-{account}","loginName":"jane@example.com"}},"account":{{"id":"{account}","provider":"{provider}"}}}}"#
+        )
+    };
+    for n in 1..=5 {
+        let broken = Some("UnhandledConnectorError");
+        relay
+            .send(webhook(broken, &format!("big-{n}"), "Big Bank"))
+            .await;
+    }
+    relay
+        .send(webhook(Some("LoginFailedError"), "small-1", "Small Bank"))
+        .await;
+    relay.send(webhook(None, "small-2", "Small Bank")).await;
+    relay.send(webhook(None, "small-3", "Small Bank")).await;
+    let http = reqwest::Client::new();
+    let derived = eventually(STEP, || async {
+        let answer = http
+            .get(format!("{}/api/providers", relay.console))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        match answer {
+            Ok(answer) => answer
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|found| found["incidents"][0]["provider"] == "Big Bank"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(derived, "the relay derived the incident");
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    log_in(&browser, &relay.console).await;
+    let charts = std::env::var("CONSOLE_CHARTS").ok();
+
+    // The overview: accounts by state, and the webhooks of the last hour.
+    let by_state = bars(&browser).await;
+    assert!(
+        by_state.contains(&("contact_provider".to_owned(), 5)),
+        "{by_state:?}"
+    );
+    assert!(
+        by_state.contains(&("needs_reconnect".to_owned(), 1)),
+        "{by_state:?}"
+    );
+    assert!(by_state.contains(&("ok".to_owned(), 2)), "{by_state:?}");
+    let mut accepted = 0;
+    for part in browser
+        .find_all(Locator::Css("g.column rect.accepted"))
+        .await
+        .unwrap()
+    {
+        let count = part.attr("data-count").await.unwrap().unwrap_or_default();
+        accepted += count.parse::<u64>().unwrap_or(0);
+    }
+    assert_eq!(
+        accepted, 8,
+        "the minutes' columns hold the eight webhooks accepted"
+    );
+    let open = browser
+        .find_all(Locator::Css("tr.incident[data-provider='Big Bank']"))
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1, "the open incident is on the overview");
+    if let Some(folder) = &charts {
+        let png = browser.screenshot().await.unwrap();
+        std::fs::write(format!("{folder}/console-overview.png"), png).unwrap();
+    }
+
+    // The Providers page: a bar per provider, its accounts by state.
+    browser
+        .goto(&format!("{}/providers", relay.console))
+        .await
+        .unwrap();
+    shown(
+        &browser,
+        Locator::XPath("//h1[text()='Providers']"),
+        "the Providers page",
+    )
+    .await;
+    let providers = bars(&browser).await;
+    assert_eq!(
+        providers,
+        [("Big Bank".to_owned(), 5), ("Small Bank".to_owned(), 3)],
+        "one bar per provider the test used, the one with an incident first"
+    );
+    let big = browser
+        .find(Locator::Css(
+            "tr.bar[data-label='Big Bank'] rect.contact_provider",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(big.attr("data-count").await.unwrap().as_deref(), Some("5"));
+    let small = browser
+        .find(Locator::Css(
+            "tr.bar[data-label='Small Bank'] rect.needs_reconnect",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        small.attr("data-count").await.unwrap().as_deref(),
+        Some("1")
+    );
+    if let Some(folder) = &charts {
+        let png = browser.screenshot().await.unwrap();
+        std::fs::write(format!("{folder}/console-providers.png"), png).unwrap();
+    }
+    assert!(
+        !browser.source().await.unwrap().contains("jane@example.com"),
+        "no personal data"
+    );
+
+    browser.close().await.unwrap();
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_the_browser() {
     let exchange = format!("browser-{}", uuid::Uuid::now_v7());
@@ -155,41 +382,14 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
         .await
         .expect("RabbitMQ on AMQP_URL");
     let channel = connection.create_channel().await.unwrap();
-    let app = Application::build(settings.clone())
-        .await
-        .expect("the relay builds");
-    let (port, admin_port) = (app.port(), app.admin_port());
-    let console = format!("http://127.0.0.1:{admin_port}");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let relay = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let relay = Relay::start(settings).await;
+    let console = relay.console.clone();
     let http = reqwest::Client::new();
-    let connected = eventually(STEP, || async {
-        let ready = http.get(format!("{console}/readyz")).send().await;
-        match ready {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|b| b["broker"] == "connected"),
-            Err(_) => false,
-        }
-    })
-    .await;
-    assert!(connected, "the relay did not connect to RabbitMQ");
 
     // A login failure for account a-browser; the reprompt consumer fails it.
-    let answer: serde_json::Value = http
-        .post(format!("http://127.0.0.1:{port}/webhooks"))
-        .header("content-type", "application/json")
-        .header("x-client-id", CLIENT_ID)
-        .body(r#"{"hook":"SyncError","user":{"id":"u-browser","loginName":"jane@example.com"},"account":{"id":"a-browser","provider":"Big Bank"},"error":"LoginFailedError"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = relay
+        .send(r#"{"hook":"SyncError","user":{"id":"u-browser","loginName":"jane@example.com"},"account":{"id":"a-browser","provider":"Big Bank"},"error":"LoginFailedError"}"#.to_owned())
+        .await;
     let id = answer["id"].as_str().expect("accepted").to_owned();
     let failed = channel
         .basic_get(reprompt.as_str().into(), BasicGetOptions { no_ack: false })
@@ -250,22 +450,7 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
-    // Log in.
-    browser.goto(&format!("{console}/")).await.unwrap();
-    let token = shown(
-        &browser,
-        Locator::Css("input[name=token]"),
-        "the login form",
-    )
-    .await;
-    token.send_keys(TOKEN).await.unwrap();
-    click(&browser, Locator::Css("form button")).await;
-    shown(
-        &browser,
-        Locator::XPath("//h1[text()='Overview']"),
-        "the overview, logged in",
-    )
-    .await;
+    log_in(&browser, &console).await;
 
     // Find the account's event, and open it.
     browser.goto(&format!("{console}/events")).await.unwrap();
@@ -381,6 +566,5 @@ async fn an_operator_finds_an_accounts_event_and_replays_its_dead_letter_from_th
     );
 
     browser.close().await.unwrap();
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
+    relay.stop().await;
 }
