@@ -4,13 +4,15 @@
 #   bench/console.sh          fills a console relay's history with EVENTS events of
 #                             ACCOUNTS accounts, then times the API's answers from its
 #                             index (the newest 50, an account, a user, one event),
+#                             the overview and the Providers page (charts of the
+#                             accounts by state, by provider, from the relay's store),
 #                             the index's rebuild from the stream, what it costs in
 #                             memory and on disk, and webhook throughput with a
 #                             console open and refreshing every second vs closed
 #                             (ROUNDS pairs, alternating); results in bench/last-console-run.md
 #   bench/console.sh --smoke  seconds, to keep the script from rotting
 #
-# Needs RabbitMQ on AMQP_URL and rabbitmqctl; installs oha if missing. The
+# Needs RabbitMQ on AMQP_URL and rabbitmqctl; installs wrk (Debian) if missing. The
 # relay runs with [accounts] on (the default): its store holds every
 # account's state beside the index (bench/derived.sh measures what that costs).
 set -euo pipefail
@@ -18,8 +20,8 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 EVENTS=${EVENTS:-1000000} ACCOUNTS=${ACCOUNTS:-100000} QUERIES=${QUERIES:-20}
-MESSAGES=${MESSAGES:-20000} CONNECTIONS=${CONNECTIONS:-32} ROUNDS=${ROUNDS:-3}
-if [ "${1:-}" = --smoke ]; then EVENTS=20000 ACCOUNTS=2000 QUERIES=3 MESSAGES=500 ROUNDS=1; fi
+SECS=${SECS:-10} CONNECTIONS=${CONNECTIONS:-32} ROUNDS=${ROUNDS:-3}
+if [ "${1:-}" = --smoke ]; then EVENTS=20000 ACCOUNTS=2000 QUERIES=3 SECS=2 ROUNDS=1; fi
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PORT=${PORT:-18280} ADMIN_PORT=${ADMIN_PORT:-19290}
 TOKEN=bench-console-token-0123456789
@@ -35,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v oha >/dev/null || cargo install --locked oha
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 echo "== building (release)"
 cargo build --release -j2 --quiet --bin hookrelay --example history_fill
 
@@ -80,6 +82,9 @@ for n in $(seq 1 "$QUERIES"); do
   timed "/api/events?user_id=$user&routing_key=sync.error.%23" >> "$work/user.txt"
   timed "/events?account_id=$account" >> "$work/page.txt"
   timed "/api/accounts?state=needs_reconnect" >> "$work/accounts.txt"
+  timed "/" >> "$work/overview.txt"
+  timed "/providers" >> "$work/providers-page.txt"
+  timed "/api/providers" >> "$work/providers.txt"
 done
 id=$(api "/events?limit=1" | field '["events"][0]["message_id"]')
 for n in $(seq 1 "$QUERIES"); do timed "/api/events/$id" >> "$work/one.txt"; done
@@ -89,12 +94,12 @@ scan_start=$(date +%s%N)
 HOOKRELAY__AMQP__URI="$AMQP_URL" target/release/hookrelay events --config "$work/relay.toml" --account-id acct-00000007 --json > /dev/null 2>&1
 scan_seconds=$(echo "scale=1; ($(date +%s%N) - $scan_start) / 1000000000" | bc)
 
-echo "== throughput: $ROUNDS pairs of $MESSAGES webhooks ($CONNECTIONS in flight), console closed, then open and refreshing every second"
-body='{"hook":"SyncError","user":{"id":"user-8d1f","loginName":"someone@example.com"},"account":{"id":"acct-51c2","provider":"First Bank"},"error":"LoginFailedError"}'
+echo "== throughput: $ROUNDS pairs of ${SECS}s ($CONNECTIONS in flight), console closed, then open and refreshing every second"
+# Distinct bodies (bench/webhooks.lua), 10,000 accounts syncing again and
+# again: identical copies in flight together would be stored once.
 load() { # NAME
-  oha --no-tui --output-format json -m POST -H 'content-type: application/json' \
-    -H 'x-client-id: bench-client' -d "$body" -n "$MESSAGES" -c "$CONNECTIONS" \
-    "http://127.0.0.1:$PORT/webhooks" > "$work/$1.json"
+  wrk -t2 -c"$CONNECTIONS" -d"${SECS}s" -s bench/webhooks.lua "http://127.0.0.1:$PORT/webhooks" \
+    -- population 10000 "$1" | tail -1 > "$work/$1.json"
   rabbitmqctl -q purge_queue "$exchange.all" >/dev/null
 }
 refresh() { # what an open overview and events page ask for, every second
@@ -127,12 +132,15 @@ print(row("GET /api/events?user_id=...&routing_key=sync.error.%23", "user"))
 print(row("GET /events?account_id=... (the page, HTML)", "page"))
 print(row("GET /api/events/{id} (the event from the stream, and the dead letters and quarantine searched)", "one"))
 print(row("GET /api/accounts?state=needs_reconnect (from the live book)", "accounts"))
+print(row("GET / (the overview: charts of the last hour and of the accounts by state, the incidents, the queues)", "overview"))
+print(row("GET /providers (the page: incidents, a chart of each provider's accounts by state)", "providers-page"))
+print(row("GET /api/providers", "providers"))
 print(f"\nFor comparison, one account's events read from the stream itself (`hookrelay events --account-id`, what the console does until its index has caught up): {scan} s.\n")
 print(f"Index: followed live while the history filled, caught up {live} s after the last event was confirmed; rebuilt from the stream by a relay started without it (and the live book of accounts folded again beside it) in {rebuild} s; {int(index_bytes) / 1e6:.0f} MB on disk ({int(index_bytes) / events:.0f} bytes per event); relay resident memory {int(rss_empty) / 1024:.1f} MiB before, {int(rss_full) / 1024:.1f} MiB after indexing live, {int(rss_rebuilt) / 1024:.1f} MiB after the rebuild (SQLite's page cache is capped at 16 MiB).\n")
-def rate(name): return json.load(open(f"{work}/{name}.json"))["summary"]["requestsPerSec"]
+def rate(name): return json.load(open(f"{work}/{name}.json"))["rate"]
 def ok(name):
-    codes = json.load(open(f"{work}/{name}.json"))["statusCodeDistribution"]
-    return codes.get("200", 0), sum(codes.values())
+    run = json.load(open(f"{work}/{name}.json"))
+    return run["requests"] - run["non_2xx"] - run["socket_errors"], run["requests"]
 print("| round | console closed (webhooks/s) | console open, refreshing every second (webhooks/s) | open/closed |")
 print("|---|---|---|---|")
 ratios = []

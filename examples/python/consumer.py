@@ -181,6 +181,11 @@ def handle(event, routing_key, properties, attempt):
         print(f"{properties.message_id}: provider {event['provider']} {event['kind']} "
               f"({event['accounts']} accounts, {event['code']})")
         return ACK
+    if routing_key == "client.silent":
+        # The sender stopped sending to us: check its dashboard, not each user.
+        print(f"{properties.message_id}: no webhooks for {event['accounts']} accounts "
+              f"of {event['client_id']} since {event['before']}")
+        return ACK
     if routing_key.startswith("account."):
         held = f" (provider incident {event['incident']})" if event.get("incident") else ""
         print(f"{properties.message_id}: account {event['account_id']} is now {event['state']}{held}")

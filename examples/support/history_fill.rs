@@ -77,12 +77,14 @@ pub(crate) async fn fill(
             RECEIVED_AT,
             &humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         );
+        // Fifty providers, as an app's users bank with many.
+        let provider = format!("Bank {:02}", account % 50);
         let body = match outcome.strip_prefix("sync.error.") {
             Some(code) => format!(
-                r#"{{"hook":"SyncError","user":{{"id":"user-{account:08}","loginName":"someone@example.com"}},"account":{{"id":"acct-{account:08}","provider":"First Bank"}},"error":"{code}"}}"#
+                r#"{{"hook":"SyncError","user":{{"id":"user-{account:08}","loginName":"someone@example.com"}},"account":{{"id":"acct-{account:08}","provider":"{provider}"}},"error":"{code}"}}"#
             ),
             None => format!(
-                r#"{{"hook":"SyncAccount","user":{{"id":"user-{account:08}","loginName":"someone@example.com"}},"account":{{"id":"acct-{account:08}","provider":"First Bank"}}}}"#
+                r#"{{"hook":"SyncAccount","user":{{"id":"user-{account:08}","loginName":"someone@example.com"}},"account":{{"id":"acct-{account:08}","provider":"{provider}"}}}}"#
             ),
         };
         let id = uuid::Uuid::now_v7().to_string();

@@ -36,7 +36,10 @@
 //! id). Every relay's follower reads it back from the history and marks the
 //! account silent then, if it had no event since. After a round of them the
 //! announcer waits for its follower to read the history to its end, as on
-//! taking the lease, so no account is announced silent twice.
+//! taking the lease, so no account is announced silent twice. When most of
+//! one client's accounts went silent together (at least ten, more than
+//! half), it announces one `client.silent` for them instead: the sender
+//! stopped sending to us, one incident, not thousands of messages.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,6 +63,7 @@ use crate::metrics::Metrics;
 use crate::stopping::Stopping;
 use crate::wire::account::StateName;
 use crate::wire::changes::Announcement;
+use crate::wire::client::{self, ClientSilent};
 
 /// Announcements in flight at once.
 const PIPELINE: usize = 64;
@@ -388,6 +392,47 @@ impl Announcer {
     async fn announce_silent(&self, channel: &Channel) -> anyhow::Result<Round> {
         let now = SystemTime::now();
         let before = crate::accounts::book::millis(now - self.silent_after);
+        // Most of a client's accounts at once: one client.silent instead.
+        let clients = self
+            .derived
+            .read(move |store| store.silent_by_client(before))
+            .await?;
+        let mut whole = Vec::new();
+        for (client_id, silent, active) in clients {
+            if client::is_one_incident(silent, active) {
+                whole.push(ClientSilent {
+                    client_id,
+                    accounts: silent,
+                    of: active,
+                    before: humantime::format_rfc3339_millis(now - self.silent_after).to_string(),
+                    before_ms: before,
+                });
+            }
+        }
+        if !whole.is_empty() {
+            let messages: Vec<Outgoing> = whole
+                .iter()
+                .map(|silent| Outgoing {
+                    exchange: self.topology.changes_exchange().to_owned(),
+                    routing_key: client::SILENT.to_owned(),
+                    body: silent.body().into(),
+                    properties: silent.properties(now, &crate::traces::new_trace()),
+                })
+                .collect();
+            let results = publish_all(channel, &messages, self.amqp.confirm_timeout()).await;
+            for (silent, result) in whole.iter().zip(results) {
+                if let Err(err) = result {
+                    return Ok(Round::Lost(err.into()));
+                }
+                warn!(client_id = %silent.client_id, accounts = silent.accounts, of = silent.of,
+                    "no webhook for most of this client's accounts for accounts.silent_after: the \
+                     sender stopped sending to us (check the webhook URL and the plan in the \
+                     sender's dashboard, and the forbidden requests: its addresses may have \
+                     changed); announced once as client.silent");
+            }
+            // The rest once the history holds these.
+            return Ok(Round::Silent(whole.len()));
+        }
         let silent = self
             .derived
             .read(move |store| store.silent_candidates(before, OWED_PAGE))

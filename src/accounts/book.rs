@@ -87,6 +87,31 @@ impl Report {
         })
     }
 
+    /// The report of an event as the console's index holds it (no body:
+    /// its provider is not known).
+    pub fn of_row(row: &crate::history::index::Row) -> Option<Report> {
+        let received_at = row.received_at.clone();
+        Some(Report {
+            key: Key {
+                client_id: row.client_id.clone()?,
+                account_id: row.account_id.clone()?,
+            },
+            user_id: row.user_id.clone().unwrap_or_default(),
+            outcome: outcome(&row.routing_key)?,
+            received_ms: received_at
+                .as_deref()
+                .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+                .map(millis),
+            trace: None,
+            event: LastEvent {
+                message_id: row.message_id.clone().unwrap_or_default(),
+                routing_key: row.routing_key.clone(),
+                received_at,
+            },
+            body: Vec::new(),
+        })
+    }
+
     /// `account.provider` of the body, if it names one (a string).
     pub fn provider(&self) -> Option<String> {
         provider(&self.body)
@@ -276,6 +301,10 @@ impl Book {
             self.silence(event);
             return None;
         }
+        if event.routing_key == crate::wire::client::SILENT {
+            self.silence_client(event);
+            return None;
+        }
         let report = Report::of(event)?;
         let folded = match self.accounts.entry(report.key.clone()) {
             btree_map::Entry::Vacant(vacant) => {
@@ -308,6 +337,24 @@ impl Book {
             && let Some(silent) = silence(entry, &change)
         {
             *entry = silent;
+        }
+    }
+
+    /// A `client.silent` read back: the client's accounts whose latest
+    /// event is older than its `before` are silent.
+    fn silence_client(&mut self, event: &Recorded) {
+        let Ok(silent) = serde_json::from_slice::<crate::wire::client::ClientSilent>(&event.body)
+        else {
+            return;
+        };
+        for entry in self.accounts.values_mut().filter(|entry| {
+            entry.key.client_id == silent.client_id
+                && entry.state != State::Silent
+                && entry.applied_ms.is_some_and(|at| at < silent.before_ms)
+        }) {
+            entry.state = State::Silent;
+            entry.since.clone_from(&entry.last_event.received_at);
+            entry.since_ms = entry.applied_ms;
         }
     }
 

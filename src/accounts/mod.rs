@@ -71,24 +71,33 @@ pub async fn timeline(
     };
     let mut steps = Vec::new();
     read_history(settings, filter, |event| {
-        let Some((report, folded)) = book.apply(event) else {
-            return;
-        };
-        let (changed, late) = match &folded {
-            Fold::Applied { transition, .. } => (transition.is_some(), false),
-            Fold::Late => (false, true),
-        };
-        if let Some(entry) = book.get(&report.key) {
-            steps.push(Step {
-                entry: entry.clone(),
-                event: report.event,
-                changed,
-                late,
-            });
+        if let Some((report, folded)) = book.apply(event)
+            && let Some(entry) = book.get(&report.key)
+        {
+            steps.push(Step::of(entry, report, &folded));
         }
     })
     .await?;
     Ok(steps)
+}
+
+/// One account's timeline from the console's index, oldest first: each
+/// event (`rows`, oldest first, all of one account) with the state it left
+/// the account in. The index holds no body, so no provider; and no
+/// `account.silent` read back.
+pub fn timeline_of_rows(rows: &[crate::history::index::Row], escalate_after: u32) -> Vec<Step> {
+    let mut entry: Option<Entry> = None;
+    let mut steps = Vec::new();
+    for report in rows.iter().filter_map(Report::of_row) {
+        let folded = book::fold(entry.as_ref(), &report, escalate_after);
+        if let Fold::Applied { entry: now, .. } = &folded {
+            entry = Some(now.clone());
+        }
+        if let Some(entry) = &entry {
+            steps.push(Step::of(entry, report, &folded));
+        }
+    }
+    steps
 }
 
 /// Which accounts a listing shows; every condition set must hold.
@@ -122,6 +131,21 @@ impl Selection {
             && self
                 .since
                 .is_none_or(|at| since().is_some_and(|since| since >= at))
+    }
+}
+
+impl Step {
+    fn of(entry: &Entry, report: Report, folded: &Fold) -> Step {
+        let (changed, late) = match folded {
+            Fold::Applied { transition, .. } => (transition.is_some(), false),
+            Fold::Late => (false, true),
+        };
+        Step {
+            entry: entry.clone(),
+            event: report.event,
+            changed,
+            late,
+        }
     }
 }
 

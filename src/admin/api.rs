@@ -790,6 +790,40 @@ async fn providers(
     Ok(HttpResponse::Ok().json(provider_list(&admin, query.into_inner()).await?))
 }
 
+/// One account as the store has it, and its timeline from the index:
+/// its latest `limit` events, oldest first, each with the state it left it in.
+pub(super) async fn account_timeline(
+    admin: &Admin,
+    client_id: &str,
+    account_id: &str,
+    limit: usize,
+) -> Result<(Option<accounts::Entry>, Vec<accounts::Step>), ConsoleError> {
+    let derived = accounts_store(admin)?;
+    let key = accounts::Key {
+        client_id: client_id.to_owned(),
+        account_id: account_id.to_owned(),
+    };
+    let filter = crate::history::Filter {
+        account_id: Some(account_id.to_owned()),
+        client_id: Some(client_id.to_owned()),
+        routing_keys: vec!["sync.#".parse().expect("a topic pattern")],
+        ..crate::history::Filter::default()
+    };
+    let escalate_after = admin.settings.accounts.temporary_failures_to_escalate;
+    let indexed = derived.derives().index;
+    let (entry, mut rows) = derived
+        .read(move |store| {
+            let rows = match indexed {
+                true => store.search(&filter, None, limit)?.rows,
+                false => Vec::new(),
+            };
+            Ok((store.account(&key)?, rows))
+        })
+        .await?;
+    rows.reverse();
+    Ok((entry, accounts::timeline_of_rows(&rows, escalate_after)))
+}
+
 /// An account's place in a listing: `client_id/account_id`, each
 /// percent-encoded (an id may hold a `/`).
 fn account_cursor(key: &accounts::Key) -> String {

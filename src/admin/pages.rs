@@ -31,6 +31,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/quarantine", web::post().to(quarantine_looked))
         .route("/accounts", web::get().to(accounts))
         .route("/providers", web::get().to(providers))
+        .route("/accounts/{client_id}/{account_id}", web::get().to(account))
         .route("/spool", web::get().to(spool));
 }
 
@@ -189,9 +190,22 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
     let incidents = api::provider_list(&admin, ProvidersQuery { limit: Some(1) })
         .await
         .ok();
-    let by_state = match (&admin.derived, &incidents) {
-        (Some(derived), Some(_)) => derived.read(|store| store.count_by_state()).await.ok(),
-        _ => None,
+    let (by_state, silent_clients) = match (&admin.derived, &incidents) {
+        (Some(derived), Some(_)) => derived
+            .read(|store| Ok((store.count_by_state()?, store.silent_clients()?)))
+            .await
+            .ok()
+            .unzip(),
+        _ => (None, None),
+    };
+    let last_hour = admin.rates.last_hour();
+    let refused_last_hour = |outcome: &str| -> u64 {
+        last_hour
+            .iter()
+            .flatten()
+            .filter(|(name, _)| *name == outcome)
+            .map(|(_, count)| count)
+            .sum()
     };
     let status: &str = ready.status.into();
     let body = html! {
@@ -219,7 +233,16 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
             p .not_ready { "Queue conflict on " (or_dash(conflict.queue.as_ref())) ": " (conflict.reason) }
         }
         h2 { "Webhooks per minute, the last hour" }
-        (charts::columns(&admin.rates.last_hour(), ("an hour ago", "now")))
+        (charts::columns(&last_hour, ("an hour ago", "now")))
+        @if let Some(silent) = silent_clients.as_ref().filter(|s| !s.is_empty()) {
+            h2 .not_ready { "Silent accounts, by client" }
+            p { "No webhook for accounts.silent_after: if most of a client's accounts are here, the sender stopped sending to us (its plan, its webhook URL, its addresses: forbidden requests in the last hour " (refused_last_hour("forbidden")) ", wrong client id " (refused_last_hour("unauthorized")) ")." }
+            table { tr { th { "client" } th { "silent accounts" } }
+                @for (client, count) in silent {
+                    tr { td { a href={ "/accounts?state=silent&client_id=" (encoded(client)) } { (client) } } td { (count) } }
+                }
+            }
+        }
         @if let Some(by_state) = &by_state {
             h2 { "Accounts by state" }
             (charts::horizontal(&by_state.iter().map(|(state, count)| Bar {
@@ -535,7 +558,7 @@ async fn accounts(
             h2 { (title) }
             table { tr { th { "account" } th { "user" } th { "client" } th { "provider" } th { "since" } th { "why" } th { "streak" } th { "last event" } }
                 @for account in &page.accounts {
-                    tr { td { a href={ "/events?account_id=" (encoded(&account.key.account_id)) } { (account.key.account_id) } }
+                    tr { td { a href={ "/accounts/" (encoded(&account.key.client_id)) "/" (encoded(&account.key.account_id)) } { (account.key.account_id) } }
                          td { (account.user_id) } td { (account.key.client_id) }
                          td { (or_dash(account.provider.as_ref())) } td { (or_dash(account.since.as_ref())) }
                          td { (why(&account.state)) } td { (account.streak) }
@@ -549,6 +572,42 @@ async fn accounts(
         p { small { "Accounts that are ok are not listed; " a href="/accounts?state=ok" { "list them" } "." } }
     };
     Ok(page("Accounts", body))
+}
+
+/// One account: its state now, and its timeline (the state each of its
+/// latest events left it in), from the relay's store and index.
+async fn account(
+    admin: web::Data<Admin>,
+    _: Operator,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, PageError> {
+    const SHOWN: usize = 200;
+    let (client_id, account_id) = path.into_inner();
+    let (entry, steps) = api::account_timeline(&admin, &client_id, &account_id, SHOWN).await?;
+    let body = html! {
+        @match &entry {
+            None => p .not_ready { "The relay's store has no account " (account_id) " of " (client_id) "." },
+            Some(entry) => {
+                p { "Client " (entry.key.client_id) " · user " (entry.user_id) " · provider " (or_dash(entry.provider.as_ref())) }
+                p { "Now: " strong { (entry.state.name()) } " " (why(&entry.state)) " since " (or_dash(entry.since.as_ref()))
+                    @if entry.streak > 0 { " · " (entry.streak) " temporary failures in a row" } }
+            }
+        }
+        h2 { "Timeline, newest first" }
+        @if steps.is_empty() { p { "No event of it in the relay's index (the console's index follows the history; it holds what the stream still keeps)." } }
+        table { tr { th { "received" } th { "event" } th { "state after it" } th { "" } }
+            @for step in steps.iter().rev() {
+                tr { td { (or_dash(step.event.received_at.as_ref())) }
+                     td { a href={ "/events/" (encoded(&step.event.message_id)) } { (step.event.routing_key) } }
+                     td { (step.entry.state.name()) " " (why(&step.entry.state)) }
+                     td { @if step.late { "late: older than an event applied before it, changed nothing" }
+                          @else if step.changed { strong { "changed" } } } }
+            }
+        }
+        @if steps.len() == SHOWN { p { small { "Its latest " (SHOWN) " events (the state of the oldest shown as if it were its first)." } } }
+        p { a href={ "/events?account_id=" (encoded(&account_id)) } { "Its events, and where each went" } }
+    };
+    Ok(page(&format!("Account {account_id}"), body))
 }
 
 /// Each provider's accounts by state, and the provider incidents.

@@ -27,6 +27,7 @@ use crate::history::{Filter, Recorded};
 use crate::unpoisoned::Locked;
 use crate::wire::account::{self, AccountChange, Reason, StateName};
 use crate::wire::changes::{Announcement, Kind};
+use crate::wire::client::{self, ClientSilent};
 use crate::wire::envelope::Stamp;
 use crate::wire::envelope::TraceContext;
 
@@ -130,6 +131,11 @@ impl Item {
         let audit = Audited::of(&event, note);
         let what = if !derives.accounts || note {
             What::Other
+        } else if event.routing_key == client::SILENT {
+            match serde_json::from_slice::<ClientSilent>(&event.body) {
+                Ok(silent) => What::ClientSilenced(Box::new(silent)),
+                Err(_) => What::Other,
+            }
         } else if event.routing_key == SILENT_KEY {
             match serde_json::from_slice::<AccountChange>(&event.body) {
                 Ok(change) => What::Silenced(Box::new(change)),
@@ -175,6 +181,9 @@ pub enum What {
     /// the account is silent from here on in the history, if it had no
     /// event since the one the announcement names.
     Silenced(Box<AccountChange>),
+    /// `client.silent`: its accounts whose latest event is older than
+    /// `before` are silent from here on.
+    ClientSilenced(Box<ClientSilent>),
     /// Anything else (a quarantined body).
     Other,
 }
@@ -436,6 +445,17 @@ impl Store {
                             )?;
                         }
                     }
+                    What::ClientSilenced(silent) => {
+                        tx.prepare_cached(
+                            "UPDATE accounts SET state = 'silent', reason = NULL, code = NULL, \
+                             since = last_received_at, since_ms = applied_ms \
+                             WHERE client_id = ?1 AND applied_ms < ?2 AND state != 'silent'",
+                        )?
+                        .execute(params![silent.client_id, silent.before_ms])?;
+                        // Read back from the transaction from now on.
+                        cache.retain(|key, _| key.client_id != silent.client_id);
+                        written.retain(|key, _| key.client_id != silent.client_id);
+                    }
                     What::Announced { caused_by, kind } => {
                         let paid = tx
                             .prepare_cached("DELETE FROM owed WHERE kind = ?1 AND caused_by = ?2")?
@@ -527,6 +547,44 @@ impl Store {
         let found = statement
             .query_map(params![before_ms, limit], read_entry)?
             .collect::<rusqlite::Result<Vec<Entry>>>()?;
+        Ok(found)
+    }
+
+    /// Per client: of its accounts not silent yet, how many had no event
+    /// since `before_ms`, and how many there are.
+    pub fn silent_by_client(&self, before_ms: i64) -> anyhow::Result<Vec<(String, u64, u64)>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT client_id, sum(applied_ms < ?1), count(*) FROM accounts \
+             WHERE state != 'silent' GROUP BY client_id",
+        )?;
+        let counted = statement
+            .query_map([before_ms], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(counted)
+    }
+
+    /// Silent accounts per client, the most first.
+    pub fn silent_clients(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT client_id, count(*) AS silent FROM accounts WHERE state = 'silent' \
+             GROUP BY client_id ORDER BY silent DESC",
+        )?;
+        let found = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(found)
     }
 

@@ -580,3 +580,45 @@ async fn an_account_with_no_event_for_a_while_is_announced_silent_once_and_its_n
     second.stop_without_cleaning().await;
     first.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn most_of_a_clients_accounts_gone_quiet_are_one_client_silent_not_one_message_each() {
+    let app = spawn_app(&[("HOOKRELAY__ACCOUNTS__SILENT_AFTER", "5s")]).await;
+    let queue = app.bind_changes(&["client.silent", "account.#"]).await;
+    let accounts: Vec<String> = (1..=12).map(|n| format!("quiet-{n}")).collect();
+    for account in &accounts {
+        app.send(webhook(None, account)).await;
+    }
+    // Twelve changes to ok, then, five seconds on, one client.silent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut keys = Vec::new();
+    let mut silent = None;
+    while silent.is_none() {
+        assert!(Instant::now() < deadline, "no client.silent: {keys:?}");
+        match app.take(&queue).await {
+            Some(message) => {
+                let key = message.delivery.routing_key.to_string();
+                if key == "client.silent" {
+                    silent = Some(serde_json::from_slice::<Value>(&message.data).unwrap());
+                }
+                keys.push(key);
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let listed = json_lines(&app.run(&["accounts", "--state", "silent", "--json"]).await);
+    // One comes back with its next event.
+    app.send(webhook(None, "quiet-1")).await;
+    let back = announcements_until(&app, &queue, "quiet-1").await;
+
+    let mut expected = vec!["account.ok".to_owned(); 12];
+    expected.push("client.silent".to_owned());
+    assert_eq!(keys, expected, "no account.silent for any of them");
+    let silent = silent.unwrap();
+    assert_eq!(silent["accounts"], 12);
+    assert_eq!(silent["client_id"], "test-client");
+    assert_eq!(listed.len(), 12, "each of them silent: {listed:?}");
+    assert_eq!(said(&back), ["quiet-1 ok"]);
+    assert_eq!(back[0].previous_state.map(|s| s.as_str()), Some("silent"));
+    app.stop().await.unwrap();
+}

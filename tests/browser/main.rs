@@ -358,6 +358,29 @@ async fn the_overview_and_the_providers_page_draw_what_was_sent() {
         "no personal data"
     );
 
+    // An account's page: its state now and its timeline.
+    browser
+        .goto(&format!("{}/accounts/{CLIENT_ID}/small-1", relay.console))
+        .await
+        .unwrap();
+    let now = shown(
+        &browser,
+        Locator::XPath("//p[starts-with(., 'Now: ')]"),
+        "the account's state",
+    )
+    .await;
+    assert!(now.text().await.unwrap().contains("needs_reconnect"));
+    let timeline = browser
+        .find(Locator::XPath(
+            "//tr[td[contains(., 'sync.error.LoginFailedError')]]",
+        ))
+        .await
+        .expect("its event in its timeline")
+        .text()
+        .await
+        .unwrap();
+    assert!(timeline.contains("changed"), "{timeline}");
+
     browser.close().await.unwrap();
     relay.stop().await;
 }

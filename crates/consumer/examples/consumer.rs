@@ -109,6 +109,14 @@ fn handle(incoming: &Incoming, broken: bool) -> Outcome {
             );
             return Outcome::Ack;
         }
+        // `client.silent`: most of the client's accounts went quiet at once.
+        Received::ClientSilent(silent) => {
+            println!(
+                "{id}: no webhooks for {} of {} accounts of {} since {}",
+                silent.accounts, silent.of, silent.client_id, silent.before
+            );
+            return Outcome::Ack;
+        }
     };
     let (user, account) = (event.user_id(), event.account_id());
     let replays = match incoming.replays {

@@ -26,6 +26,11 @@
 //!                     println!("{}: {:?} ({} accounts)", incident.provider, incident.kind, incident.accounts);
 //!                     Outcome::Ack
 //!                 }
+//!                 // `client.silent`: the sender stopped sending to us.
+//!                 Received::ClientSilent(silent) => {
+//!                     println!("no webhooks for {} accounts of {}", silent.accounts, silent.client_id);
+//!                     Outcome::Ack
+//!                 }
 //!             }
 //!         },
 //!         tokio::signal::ctrl_c(),
@@ -78,6 +83,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use hookrelay_wire::account::{self, AccountChange};
+use hookrelay_wire::client::{self, ClientSilent};
 use hookrelay_wire::death::replay_count;
 use hookrelay_wire::envelope::TraceContext;
 use hookrelay_wire::event::Event;
@@ -123,6 +129,9 @@ pub enum Received {
     /// Many accounts of one provider failing at once (the sender's
     /// connector), opened or resolved: one message each.
     ProviderIncident(ProviderIncident),
+    /// Most of a client's accounts went silent together: the sender
+    /// stopped sending to us.
+    ClientSilent(ClientSilent),
 }
 
 /// One message, as the handler gets it.
@@ -443,7 +452,9 @@ impl Incoming {
     pub fn event(&self) -> Option<&Event> {
         match &self.received {
             Received::Event(event) => Some(event),
-            Received::AccountChange(_) | Received::ProviderIncident(_) => None,
+            Received::AccountChange(_)
+            | Received::ProviderIncident(_)
+            | Received::ClientSilent(_) => None,
         }
     }
 
@@ -451,7 +462,7 @@ impl Incoming {
     pub fn account_change(&self) -> Option<&AccountChange> {
         match &self.received {
             Received::AccountChange(change) => Some(change),
-            Received::Event(_) | Received::ProviderIncident(_) => None,
+            Received::Event(_) | Received::ProviderIncident(_) | Received::ClientSilent(_) => None,
         }
     }
 
@@ -459,7 +470,7 @@ impl Incoming {
     pub fn provider_incident(&self) -> Option<&ProviderIncident> {
         match &self.received {
             Received::ProviderIncident(incident) => Some(incident),
-            Received::Event(_) | Received::AccountChange(_) => None,
+            Received::Event(_) | Received::AccountChange(_) | Received::ClientSilent(_) => None,
         }
     }
 }
@@ -478,6 +489,10 @@ fn incoming(delivery: &Delivery, queue: &str) -> Result<Incoming, String> {
         let incident: ProviderIncident = serde_json::from_slice(&delivery.data)
             .map_err(|err| format!("not a provider incident: {err}"))?;
         (Received::ProviderIncident(incident), published_as)
+    } else if published_as.starts_with(client::ROUTING_PREFIX) {
+        let silent: ClientSilent = serde_json::from_slice(&delivery.data)
+            .map_err(|err| format!("not a client.silent: {err}"))?;
+        (Received::ClientSilent(silent), published_as)
     } else {
         let event = Event::parse(&delivery.data).map_err(|err| format!("not an event: {err}"))?;
         let routing_key = headers::text(headers, ORIGINAL_ROUTING_KEY)

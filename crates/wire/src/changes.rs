@@ -1,6 +1,7 @@
 //! What the relay announces through its own topic exchange
 //! `<exchange>.changes`, never through the sender's: changes of an
-//! account's state (`account.*`) and provider incidents (`provider.*`).
+//! account's state (`account.*`), provider incidents (`provider.*`), and a
+//! client whose accounts all went silent (`client.silent`).
 //! Both are derived from the history and land in it again, where each is
 //! known by its cause (`x-caused-by`) and kind.
 
@@ -10,6 +11,7 @@ use amq_protocol::protocol::BasicProperties;
 use serde::{Deserialize, Serialize};
 
 use super::account::{self, AccountChange, StateName};
+use super::client;
 use super::envelope::TraceContext;
 use super::provider::{self, IncidentKind, ProviderIncident};
 
@@ -18,6 +20,7 @@ use super::provider::{self, IncidentKind, ProviderIncident};
 pub enum Kind {
     Account,
     Provider,
+    Client,
 }
 
 impl Kind {
@@ -28,6 +31,8 @@ impl Kind {
             Some(Kind::Account)
         } else if routing_key.starts_with(provider::ROUTING_PREFIX) {
             Some(Kind::Provider)
+        } else if routing_key.starts_with(client::ROUTING_PREFIX) {
+            Some(Kind::Client)
         } else {
             None
         }
@@ -37,6 +42,7 @@ impl Kind {
         match self {
             Kind::Account => "account",
             Kind::Provider => "provider",
+            Kind::Client => "client",
         }
     }
 }
@@ -55,7 +61,10 @@ pub fn routing_keys() -> Vec<String> {
     let providers = IncidentKind::ALL
         .iter()
         .map(|kind| format!("{}{}", provider::ROUTING_PREFIX, kind.as_str()));
-    accounts.chain(providers).collect()
+    accounts
+        .chain(providers)
+        .chain([client::SILENT.to_owned()])
+        .collect()
 }
 
 /// One announcement, either kind, as the relay's store keeps it until the

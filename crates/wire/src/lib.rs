@@ -9,6 +9,7 @@
 //! * [`account`]: the `account.*` message, one per change of an account's state.
 //! * [`provider`]: the `provider.*` message, one per provider incident
 //!   opened or resolved.
+//! * [`client`]: the `client.silent` message, when a client's accounts all went quiet.
 //! * [`changes`]: what the relay announces on `<exchange>.changes`, both kinds.
 //! * [`headers`]: every header name, and typed readers for them.
 //! * [`envelope`]: the message the relay publishes for a webhook.
@@ -20,6 +21,7 @@
 
 pub mod account;
 pub mod changes;
+pub mod client;
 pub mod contract;
 pub mod death;
 pub mod dedup_key;
