@@ -28,7 +28,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::wire::provider::{IncidentKind, ProviderIncident, ResolvedBy, incident_id};
+use crate::wire::provider::{
+    IncidentAccount, IncidentKind, LISTED_AT_MOST, ProviderIncident, ResolvedBy, incident_id,
+};
 
 /// The tables, created with the store's.
 pub(super) const TABLES: &str = "
@@ -130,6 +132,7 @@ impl Open {
             provider: provider.to_owned(),
             code: self.code.clone(),
             accounts: self.accounts,
+            opened_with: Vec::new(),
             recovered: self.recovered,
             first_seen: self.first_seen.clone(),
             opened_at: self.opened_at.clone(),
@@ -325,13 +328,25 @@ fn open_if_enough(
          SELECT ?1, client_id, account_id, 0 FROM provider_failing WHERE provider = ?2",
     )?
     .execute(params![incident.id, seen.provider])?;
+    let limit = i64::try_from(LISTED_AT_MOST).unwrap_or(i64::MAX);
+    let opened_with = tx
+        .prepare_cached(
+            "SELECT client_id, account_id FROM provider_failing WHERE provider = ?1 \
+             ORDER BY at_ms DESC, client_id, account_id LIMIT ?2",
+        )?
+        .query_map(params![seen.provider, limit], |row| {
+            Ok(IncidentAccount {
+                client_id: row.get(0)?,
+                account_id: row.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     tx.prepare_cached("DELETE FROM provider_failing WHERE provider = ?1")?
         .execute([seen.provider])?;
-    Ok(Some(incident.message(
-        seen.provider,
-        IncidentKind::IncidentOpened,
-        seen.message_id,
-    )))
+    Ok(Some(ProviderIncident {
+        opened_with,
+        ..incident.message(seen.provider, IncidentKind::IncidentOpened, seen.message_id)
+    }))
 }
 
 fn resolve(

@@ -991,6 +991,26 @@ mod tests {
             ],
             "{heard:#?}"
         );
+        let opening = store
+            .owed_after(None, 100)
+            .unwrap()
+            .into_iter()
+            .find_map(|owed| match owed.announcement {
+                Announcement::Provider(incident) => Some(incident),
+                Announcement::Account(_) => None,
+            });
+        let mut named: Vec<String> = opening
+            .unwrap()
+            .opened_with
+            .into_iter()
+            .map(|account| account.account_id)
+            .collect();
+        named.sort();
+        assert_eq!(
+            named,
+            ["a-0", "a-1", "a-2", "a-3", "a-4"],
+            "the opening names its accounts"
+        );
         // The opening and the fifth account's change have one cause,
         // paid apart by kind.
         let applied = store

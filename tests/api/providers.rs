@@ -143,6 +143,17 @@ async fn five_accounts_of_one_provider_failing_open_one_incident_and_their_syncs
     assert_eq!(incident.kind, IncidentKind::IncidentOpened);
     assert_eq!(incident.code, "UnhandledConnectorError");
     assert_eq!(incident.caused_by, opened_by);
+    let mut opened_with: Vec<&str> = incident
+        .opened_with
+        .iter()
+        .map(|account| account.account_id.as_str())
+        .collect();
+    opened_with.sort_unstable();
+    assert_eq!(
+        opened_with,
+        ["b-1", "b-2", "b-3", "b-4", "b-5"],
+        "it names the accounts whose changes came before it"
+    );
     let Heard::Account(change) = &opened[1] else {
         unreachable!()
     };

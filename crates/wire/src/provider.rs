@@ -68,6 +68,16 @@ pub enum ResolvedBy {
     NoFailureForAWindow,
 }
 
+/// Accounts an `incident_opened` lists at most.
+pub const LISTED_AT_MOST: usize = 100;
+
+/// One account of an incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentAccount {
+    pub client_id: String,
+    pub account_id: String,
+}
+
 /// The body of a `provider.*` message: one provider incident, opened or resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProviderIncident {
@@ -84,6 +94,11 @@ pub struct ProviderIncident {
     pub code: String,
     /// Distinct accounts that failed in it so far.
     pub accounts: u32,
+    /// On `incident_opened`: the accounts that opened it (their changes
+    /// were announced before it existed, so they do not name it); at most
+    /// 100, the latest failures first. Empty on `incident_resolved`.
+    #[serde(default)]
+    pub opened_with: Vec<IncidentAccount>,
     /// Of those, how many synced again since.
     pub recovered: u32,
     /// When the relay received the first failure it counts (RFC 3339).
@@ -206,6 +221,7 @@ mod tests {
             provider: "Bank".into(),
             code: "UnhandledConnectorError".into(),
             accounts: 5,
+            opened_with: Vec::new(),
             recovered: 0,
             first_seen: "2026-11-30T00:00:01.000Z".into(),
             opened_at: "2026-11-30T00:00:05.000Z".into(),
@@ -221,6 +237,7 @@ mod tests {
         let opened = opened();
         let resolved = ProviderIncident {
             kind: IncidentKind::IncidentResolved,
+            opened_with: Vec::new(),
             caused_by: "m-9".into(),
             ..opened.clone()
         };
