@@ -91,7 +91,27 @@ pub(super) fn columns(columns: &[Vec<(&'static str, u64)>], labels: (&str, &str)
     }
 }
 
-/// The chart's colours: by account state and by request outcome.
+/// The error codes the charts tell apart (the sender's spec's), and `other`.
+pub(super) const CODES: [&str; 6] = [
+    "LoginFailedError",
+    "SecurityQuestionError",
+    "TemporaryFailureError",
+    "UnhandledConnectorError",
+    "UnknownConnectorError",
+    "other",
+];
+
+/// The class of an error code's part of a bar: the code, when the spec
+/// names it; `other` for a code it does not.
+pub(super) fn code_class(code: &str) -> &'static str {
+    CODES[..5]
+        .iter()
+        .find(|known| **known == code)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The chart's colours: by account state, by request outcome, by error code.
 pub(super) const STYLE: &str = "
 .chart th{width:12em;font-weight:normal}.chart td.count{width:4em;text-align:right}
 .chart td,.chart th{border:0;padding:.1em .3em}
@@ -99,6 +119,9 @@ figure.columns{margin:0}figcaption{display:flex;justify-content:space-between;fo
 rect.ok,rect.accepted{fill:#4a9a5b}rect.needs_reconnect{fill:#e08a1e}rect.contact_provider{fill:#c83a3a}
 rect.retrying{fill:#e6c229}rect.unknown{fill:#8a5cc2}rect.silent{fill:#999}
 rect.spooled,rect.refused{fill:#e08a1e}rect.quarantined,rect.superseded{fill:#8a5cc2}
+rect.LoginFailedError{fill:#e08a1e}rect.SecurityQuestionError{fill:#f0b060}
+rect.TemporaryFailureError{fill:#e6c229}rect.UnhandledConnectorError{fill:#c83a3a}
+rect.UnknownConnectorError{fill:#8e2020}rect.other{fill:#8a5cc2}
 rect{fill:#c83a3a}
 .legend span{display:inline-block;margin-right:1em;font-size:12px}
 .legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}

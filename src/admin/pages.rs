@@ -632,6 +632,29 @@ async fn providers(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse,
             )),
         })
         .collect();
+    let errors: Vec<Bar> = found
+        .providers
+        .iter()
+        .filter(|provider| !provider.errors_24h.is_empty())
+        .map(|provider| {
+            let mut parts: Vec<(&'static str, u64)> = Vec::new();
+            for (code, count) in &provider.errors_24h {
+                let class = charts::code_class(code);
+                match parts.iter_mut().find(|(c, _)| *c == class) {
+                    Some((_, sum)) => *sum += count,
+                    None => parts.push((class, *count)),
+                }
+            }
+            Bar {
+                label: provider.provider.clone(),
+                parts,
+                href: Some(format!(
+                    "/accounts?provider={}",
+                    encoded(&provider.provider)
+                )),
+            }
+        })
+        .collect();
     let incidents: Vec<_> = found.incidents.iter().collect();
     let body = html! {
         h2 { "Provider incidents" }
@@ -640,6 +663,11 @@ async fn providers(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse,
         h2 { "Accounts by provider and state" }
         p .legend { @for state in StateName::ALL { span { svg width="10" height="10" { rect class=(state.as_str()) width="10" height="10" {} } " " (state.as_str()) } } }
         (charts::horizontal(&bars))
+        h2 { "Errors in the last 24 hours, by provider and code" }
+        @if errors.is_empty() { p { "None." } } @else {
+            p .legend { @for code in charts::CODES { span { svg width="10" height="10" { rect class=(code) width="10" height="10" {} } " " (code) } } }
+            div #errors { (charts::horizontal(&errors)) }
+        }
         @if found.providers.len() == SHOWN { p { small { "The " (SHOWN) " providers whose accounts need someone most." } } }
     };
     Ok(page("Providers", body))

@@ -60,6 +60,13 @@ pub(super) const TABLES: &str = "
     );
     CREATE UNIQUE INDEX IF NOT EXISTS incidents_open
         ON incidents (provider) WHERE resolved_at IS NULL;
+    CREATE TABLE IF NOT EXISTS provider_errors (
+        provider TEXT NOT NULL,
+        code TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (provider, code, hour)
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS incident_accounts (
         incident TEXT NOT NULL,
         client_id TEXT NOT NULL,
@@ -69,7 +76,46 @@ pub(super) const TABLES: &str = "
     ) WITHOUT ROWID;";
 
 /// The tables' names, for starting over.
-pub(super) const TABLE_NAMES: [&str; 3] = ["provider_failing", "incidents", "incident_accounts"];
+pub(super) const TABLE_NAMES: [&str; 4] = [
+    "provider_failing",
+    "incidents",
+    "incident_accounts",
+    "provider_errors",
+];
+
+/// An hour in milliseconds: errors are counted per provider, code and hour.
+const HOUR_MS: i64 = 3_600_000;
+/// Hours of error counts kept.
+const HOURS_KEPT: i64 = 48;
+
+/// Counts one error of `code` of an account of `provider`, in the hour of
+/// `at_ms` (event time). A new hour drops the counts older than
+/// [`HOURS_KEPT`]: the table stays providers × codes × hours small.
+pub(super) fn count_error(
+    tx: &Transaction<'_>,
+    provider: &str,
+    code: &str,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    let hour = at_ms.div_euclid(HOUR_MS);
+    let added = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO provider_errors (provider, code, hour, count) \
+             VALUES (?1, ?2, ?3, 1)",
+        )?
+        .execute(params![provider, code, hour])?;
+    if added == 0 {
+        tx.prepare_cached(
+            "UPDATE provider_errors SET count = count + 1 \
+             WHERE provider = ?1 AND code = ?2 AND hour = ?3",
+        )?
+        .execute(params![provider, code, hour])?;
+    } else {
+        tx.prepare_cached("DELETE FROM provider_errors WHERE hour < ?1")?
+            .execute([hour - HOURS_KEPT])?;
+    }
+    Ok(())
+}
 
 /// `providers.incident_accounts` and `providers.incident_window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +491,9 @@ pub struct Provider {
     pub by_state: BTreeMap<String, u64>,
     /// The id of its open incident, if any.
     pub open_incident: Option<String>,
+    /// Errors of its accounts in the last 24 hours (event time, whole
+    /// hours), by code.
+    pub errors_24h: BTreeMap<String, u64>,
 }
 
 /// The `limit` providers with the most accounts that need someone (then
@@ -473,6 +522,7 @@ pub(super) fn providers(
             accounts: 0,
             by_state: BTreeMap::new(),
             open_incident: None,
+            errors_24h: BTreeMap::new(),
         });
         provider.accounts += count;
         provider.by_state.insert(state, count);
@@ -485,6 +535,26 @@ pub(super) fn providers(
         let (name, id) = row?;
         if let Some(provider) = found.get_mut(&name) {
             provider.open_incident = Some(id);
+        }
+    }
+    let now_ms = crate::accounts::book::millis(std::time::SystemTime::now());
+    let mut errors = db.prepare_cached(
+        "SELECT provider, code, sum(count) FROM provider_errors WHERE hour > ?1 \
+         GROUP BY provider, code",
+    )?;
+    let rows = errors.query_map([now_ms.div_euclid(HOUR_MS) - 24], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (name, code, count) = row?;
+        if let Some(provider) = found.get_mut(&name) {
+            provider
+                .errors_24h
+                .insert(code, u64::try_from(count).unwrap_or(0));
         }
     }
     let mut providers: Vec<Provider> = found.into_values().collect();

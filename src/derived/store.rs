@@ -855,6 +855,9 @@ fn incident_effect(
     ) else {
         return Ok(incidents::Effect::default());
     };
+    if let Outcome::Failed(code) = &report.outcome {
+        incidents::count_error(tx, provider, code.as_str(), at_ms)?;
+    }
     let happened = match (&report.outcome, &entry.state) {
         (Outcome::Synced, _) => Happened::Synced,
         (Outcome::Failed(code), State::ContactProvider { .. }) => Happened::Failed(code.as_str()),

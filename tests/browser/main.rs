@@ -329,8 +329,14 @@ async fn the_overview_and_the_providers_page_draw_what_was_sent() {
     let providers = bars(&browser).await;
     assert_eq!(
         providers,
-        [("Big Bank".to_owned(), 5), ("Small Bank".to_owned(), 3)],
-        "one bar per provider the test used, the one with an incident first"
+        [
+            ("Big Bank".to_owned(), 5),
+            ("Small Bank".to_owned(), 3),
+            // The errors chart: five connector errors, one login failure.
+            ("Big Bank".to_owned(), 5),
+            ("Small Bank".to_owned(), 1),
+        ],
+        "one bar per provider the test used in each chart, the one with an incident first"
     );
     let big = browser
         .find(Locator::Css(
@@ -347,6 +353,27 @@ async fn the_overview_and_the_providers_page_draw_what_was_sent() {
         .unwrap();
     assert_eq!(
         small.attr("data-count").await.unwrap().as_deref(),
+        Some("1")
+    );
+    // Errors of the last 24 hours, by provider and code.
+    let broken = browser
+        .find(Locator::Css(
+            "#errors tr.bar[data-label='Big Bank'] rect.UnhandledConnectorError",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        broken.attr("data-count").await.unwrap().as_deref(),
+        Some("5")
+    );
+    let login = browser
+        .find(Locator::Css(
+            "#errors tr.bar[data-label='Small Bank'] rect.LoginFailedError",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        login.attr("data-count").await.unwrap().as_deref(),
         Some("1")
     );
     if let Some(folder) = &charts {
