@@ -576,6 +576,26 @@ impl Metrics {
             .map_or(0, |counter| counter.get())
     }
 
+    /// Events made durable so far, by routing key label.
+    pub fn events_by_key(&self) -> Vec<(&'static str, u64)> {
+        ROUTING_KEY_LABELS
+            .iter()
+            .map(|&routing_key| {
+                let count = self
+                    .inner
+                    .events
+                    .get(&RoutingKeyLabel { routing_key })
+                    .map_or(0, |counter| counter.get());
+                (routing_key, count)
+            })
+            .collect()
+    }
+
+    /// The spool's depth, as last set.
+    pub fn spool_depth(&self) -> u64 {
+        u64::try_from(self.inner.spool_depth.get()).unwrap_or(0)
+    }
+
     /// One event made durable.
     pub fn event(&self, event: &Event) {
         let label = RoutingKeyLabel {

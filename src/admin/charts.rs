@@ -75,7 +75,7 @@ pub(super) fn columns(columns: &[Vec<(&'static str, u64)>], labels: (&str, &str)
     let width = 1000 / count;
     html! {
         figure .columns {
-            svg viewBox={ "0 0 " (width * count) " 120" } preserveAspectRatio="none" width="100%" height="120" role="img" {
+            svg viewBox={ "0 0 " (width * count) " 120" } preserveAspectRatio="none" width="100%" height="90" role="img" {
                 @for (n, parts) in columns.iter().enumerate() {
                     g .column data-count=(total(parts)) {
                         title { (total(parts)) }
@@ -113,6 +113,8 @@ pub(super) fn code_class(code: &str) -> &'static str {
 
 /// The chart's colours: by account state, by request outcome, by error code.
 pub(super) const STYLE: &str = "
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(26em,1fr));gap:0 1.5em}
+.charts h2{font-size:1.05em}
 .chart th{width:12em;font-weight:normal}.chart td.count{width:4em;text-align:right}
 .chart td,.chart th{border:0;padding:.1em .3em}
 figure.columns{margin:0}figcaption{display:flex;justify-content:space-between;font-size:12px;color:#666}

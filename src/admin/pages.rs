@@ -232,8 +232,6 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
         @for conflict in &ready.queue_conflicts {
             p .not_ready { "Queue conflict on " (or_dash(conflict.queue.as_ref())) ": " (conflict.reason) }
         }
-        h2 { "Webhooks per minute, the last hour" }
-        (charts::columns(&last_hour, ("an hour ago", "now")))
         @if let Some(silent) = silent_clients.as_ref().filter(|s| !s.is_empty()) {
             h2 .not_ready { "Silent accounts, by client" }
             p { "No webhook for accounts.silent_after: if most of a client's accounts are here, the sender stopped sending to us (its plan, its webhook URL, its addresses: forbidden requests in the last hour " (refused_last_hour("forbidden")) ", wrong client id " (refused_last_hour("unauthorized")) ")." }
@@ -243,20 +241,44 @@ async fn overview(admin: web::Data<Admin>, _: Operator) -> Result<HttpResponse, 
                 }
             }
         }
-        @if let Some(by_state) = &by_state {
-            h2 { "Accounts by state" }
-            (charts::horizontal(&by_state.iter().map(|(state, count)| Bar {
-                label: state.as_str().to_owned(),
-                parts: vec![(state.as_str(), *count)],
-                href: Some(format!("/accounts?state={}", state.as_str())),
-            }).collect::<Vec<_>>()))
-        }
         @if let Some(found) = &incidents {
-            h2 { "Provider incidents open" }
             @let open: Vec<_> = found.incidents.iter().filter(|i| i.resolved_at.is_none()).collect();
-            @if open.is_empty() { p { "None: no provider's accounts are failing together." } }
-            @else { (incidents_table(&open)) }
-            p { a href="/providers" { "Every provider" } }
+            @if !open.is_empty() {
+                h2 .not_ready { "Provider incidents open" }
+                (incidents_table(&open))
+                p { a href="/providers" { "Every provider" } }
+            }
+        }
+        div .charts {
+            section { h2 { "Webhooks per minute, the last hour" }
+                div #minutes { (charts::columns(&last_hour, ("an hour ago", "now"))) } }
+            @if let Some(by_state) = &by_state {
+                section { h2 { "Accounts by state" }
+                    (charts::horizontal(&by_state.iter().map(|(state, count)| Bar {
+                        label: state.as_str().to_owned(),
+                        parts: vec![(state.as_str(), *count)],
+                        href: Some(format!("/accounts?state={}", state.as_str())),
+                    }).collect::<Vec<_>>())) }
+            }
+            section { h2 { "Webhooks per hour, the last 24 hours" }
+                div #hours { (charts::columns(&admin.rates.last_day(), ("a day ago", "this hour"))) } }
+            section { h2 { "Events by routing key, since the start" }
+                div #keys { (charts::horizontal(&admin.metrics.events_by_key().into_iter().map(|(key, count)| Bar {
+                    label: key.to_owned(),
+                    parts: vec![(match key.strip_prefix("sync.error.") {
+                        Some(code) => charts::code_class(code),
+                        None => "ok",
+                    }, count)],
+                    href: None,
+                }).collect::<Vec<_>>())) } }
+            section { h2 { "The spool's depth, each minute of the last hour" }
+                div #spool { (charts::columns(&admin.rates.spool_last_hour(), ("an hour ago", "now"))) } }
+            @if let Some(found) = &incidents {
+                @if found.incidents.iter().all(|i| i.resolved_at.is_some()) {
+                    section { h2 { "Provider incidents open" }
+                        p { "None: no provider's accounts are failing together. " a href="/providers" { "Every provider" } } }
+                }
+            }
         }
         h2 { "Webhooks per minute (last " (rates.window_seconds) " s)" }
         table { tr { th { "outcome" } th { "per minute" } }

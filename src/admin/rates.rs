@@ -19,20 +19,30 @@ use crate::unpoisoned::Locked;
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(5 * 60);
-/// Minutes the chart shows.
+/// Minutes the hour's chart shows.
 const HOUR: usize = 60;
+/// Hours the day's chart shows.
+const DAY: usize = 24;
 
 pub(crate) struct Rates {
     metrics: Metrics,
     samples: Mutex<VecDeque<Sample>>,
     /// One sample a minute, the newest last.
     minutes: Mutex<VecDeque<Sample>>,
+    /// One sample an hour, the newest last.
+    hours: Mutex<VecDeque<Sample>>,
 }
 
+#[derive(Clone)]
 struct Sample {
     at: Instant,
     counts: Vec<u64>,
+    /// The spool's depth then.
+    spool: u64,
 }
+
+/// One column of a chart over time: each part's name and count.
+pub(crate) type Column = Vec<(&'static str, u64)>;
 
 /// Requests per minute by outcome, over the last `window_seconds`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -48,6 +58,7 @@ impl Rates {
             metrics,
             samples: Mutex::new(VecDeque::new()),
             minutes: Mutex::new(VecDeque::new()),
+            hours: Mutex::new(VecDeque::new()),
         };
         rates.sample();
         rates
@@ -74,6 +85,7 @@ impl Rates {
         let sample = Sample {
             at: Instant::now(),
             counts: self.counts(),
+            spool: self.metrics.spool_depth(),
         };
         let mut samples = self.samples.locked();
         while samples
@@ -82,46 +94,59 @@ impl Rates {
         {
             samples.pop_front();
         }
-        let mut minutes = self.minutes.locked();
-        if minutes
-            .back()
-            .is_none_or(|last| sample.at.duration_since(last.at) >= Duration::from_secs(60))
-        {
-            if minutes.len() > HOUR {
-                minutes.pop_front();
-            }
-            minutes.push_back(Sample {
-                at: sample.at,
-                counts: sample.counts.clone(),
-            });
-        }
+        keep_every(&self.minutes, &sample, Duration::from_secs(60), HOUR);
+        keep_every(&self.hours, &sample, Duration::from_secs(3600), DAY);
         samples.push_back(sample);
     }
 
     /// Webhooks in each of the last [`HOUR`] minutes, oldest first (the
     /// last one the minute so far; empty before the relay started), by
     /// outcome: each outcome's name and count.
-    pub(crate) fn last_hour(&self) -> Vec<Vec<(&'static str, u64)>> {
-        let now = self.counts();
+    pub(crate) fn last_hour(&self) -> Vec<Column> {
+        self.per(&self.minutes, HOUR)
+    }
+
+    /// The same for each of the last [`DAY`] hours.
+    pub(crate) fn last_day(&self) -> Vec<Column> {
+        self.per(&self.hours, DAY)
+    }
+
+    /// The spool's depth at each of the last [`HOUR`] minutes (and now).
+    pub(crate) fn spool_last_hour(&self) -> Vec<Column> {
         let minutes = self.minutes.locked();
-        let counts: Vec<&Vec<u64>> = minutes.iter().map(|m| &m.counts).chain([&now]).collect();
-        let before_start = HOUR.saturating_sub(counts.len() - 1);
-        std::iter::repeat_n(Vec::new(), before_start)
-            .chain(
-                counts
-                    .windows(2)
-                    .skip(counts.len().saturating_sub(HOUR + 1))
-                    .map(|pair| {
-                        Outcome::VARIANTS
-                            .iter()
-                            .zip(pair[1].iter().zip(pair[0]))
-                            .map(|(outcome, (after, before))| {
-                                (outcome.as_str(), after.saturating_sub(*before))
-                            })
-                            .filter(|(_, count)| *count > 0)
-                            .collect()
-                    }),
-            )
+        let depths: Vec<u64> = minutes
+            .iter()
+            .map(|m| m.spool)
+            .chain([self.metrics.spool_depth()])
+            .collect();
+        let shown = &depths[depths.len().saturating_sub(HOUR)..];
+        std::iter::repeat_n(Vec::new(), HOUR - shown.len())
+            .chain(shown.iter().map(|&depth| vec![("spooled", depth)]))
+            .collect()
+    }
+
+    /// What happened between each two of `kept` (and since the last), the
+    /// last `slots`, padded in front while there were fewer.
+    fn per(&self, kept: &Mutex<VecDeque<Sample>>, slots: usize) -> Vec<Column> {
+        let now = self.counts();
+        let kept = kept.locked();
+        let counts: Vec<&Vec<u64>> = kept.iter().map(|m| &m.counts).chain([&now]).collect();
+        let periods: Vec<Column> = counts
+            .windows(2)
+            .map(|pair| {
+                Outcome::VARIANTS
+                    .iter()
+                    .zip(pair[1].iter().zip(pair[0]))
+                    .map(|(outcome, (after, before))| {
+                        (outcome.as_str(), after.saturating_sub(*before))
+                    })
+                    .filter(|(_, count)| *count > 0)
+                    .collect()
+            })
+            .collect();
+        let shown = &periods[periods.len().saturating_sub(slots)..];
+        std::iter::repeat_n(Vec::new(), slots - shown.len())
+            .chain(shown.iter().cloned())
             .collect()
     }
 
@@ -153,6 +178,21 @@ impl Rates {
             window_seconds: elapsed.as_secs(),
             per_minute,
         }
+    }
+}
+
+/// Keeps `sample` in `kept` when the newest there is `every` old, and at
+/// most `slots` + 1 of them.
+fn keep_every(kept: &Mutex<VecDeque<Sample>>, sample: &Sample, every: Duration, slots: usize) {
+    let mut kept = kept.locked();
+    if kept
+        .back()
+        .is_none_or(|last| sample.at.duration_since(last.at) >= every)
+    {
+        if kept.len() > slots {
+            kept.pop_front();
+        }
+        kept.push_back(sample.clone());
     }
 }
 

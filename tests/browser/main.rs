@@ -292,18 +292,28 @@ async fn the_overview_and_the_providers_page_draw_what_was_sent() {
         "{by_state:?}"
     );
     assert!(by_state.contains(&("ok".to_owned(), 2)), "{by_state:?}");
-    let mut accepted = 0;
-    for part in browser
-        .find_all(Locator::Css("g.column rect.accepted"))
-        .await
-        .unwrap()
-    {
-        let count = part.attr("data-count").await.unwrap().unwrap_or_default();
-        accepted += count.parse::<u64>().unwrap_or(0);
+    for chart in ["#minutes", "#hours"] {
+        let mut accepted = 0;
+        for part in browser
+            .find_all(Locator::Css(&format!("{chart} g.column rect.accepted")))
+            .await
+            .unwrap()
+        {
+            let count = part.attr("data-count").await.unwrap().unwrap_or_default();
+            accepted += count.parse::<u64>().unwrap_or(0);
+        }
+        assert_eq!(
+            accepted, 8,
+            "{chart}'s columns hold the eight webhooks accepted"
+        );
     }
-    assert_eq!(
-        accepted, 8,
-        "the minutes' columns hold the eight webhooks accepted"
+    assert!(
+        by_state.contains(&("sync.error.UnhandledConnectorError".to_owned(), 5)),
+        "events by routing key: {by_state:?}"
+    );
+    assert!(
+        by_state.contains(&("sync.account".to_owned(), 2)),
+        "{by_state:?}"
     );
     let open = browser
         .find_all(Locator::Css("tr.incident[data-provider='Big Bank']"))
