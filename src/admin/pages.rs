@@ -588,7 +588,9 @@ async fn accounts(
                 }
             }
             @if let Some(cursor) = &page.next_cursor {
-                p { a href={ "/accounts?state=" (state.as_str()) "&cursor=" (cursor) } { "more" } }
+                p { a href={ "/accounts?state=" (state.as_str()) "&cursor=" (encoded(cursor))
+                    @if let Some(client) = &query.client_id { "&client_id=" (encoded(client)) }
+                    @if let Some(provider) = &query.provider { "&provider=" (encoded(provider)) } } { "more" } }
             }
         }
         p { small { "Accounts that are ok are not listed; " a href="/accounts?state=ok" { "list them" } "." } }

@@ -119,6 +119,12 @@ impl Settings {
                 "must be at least 1 (the spec: \"if this error keeps happening\")",
             );
         }
+        if self.accounts.silent_after > Duration::from_secs(366 * 24 * 3600) {
+            return invalid(
+                "accounts.silent_after",
+                "must be at most a year (the sender syncs daily: \"26h\"), or \"0s\" for never",
+            );
+        }
         if self.providers.incident_accounts < 2 {
             return invalid(
                 "providers.incident_accounts",

@@ -143,8 +143,10 @@ pub(super) enum Happened<'a> {
     /// Left the account in `contact_provider`, with this code.
     Failed(&'a str),
     Synced,
-    /// Anything else: only the passing of time counts.
-    Other,
+    /// A failure that left the account outside `contact_provider` (a
+    /// `LoginFailedError`, say): it is no longer one of the provider's
+    /// failing accounts.
+    Left,
 }
 
 /// What the event did to the provider's incident.
@@ -256,7 +258,13 @@ pub(super) fn apply(
                 }
             }
         }
-        (Happened::Other, _) => {}
+        (Happened::Left, _) => {
+            tx.prepare_cached(
+                "DELETE FROM provider_failing \
+                 WHERE provider = ?1 AND client_id = ?2 AND account_id = ?3",
+            )?
+            .execute(params![seen.provider, seen.client_id, seen.account_id])?;
+        }
     }
     Ok(effect)
 }

@@ -363,6 +363,17 @@ impl Store {
     /// Applies a batch of events, in stream order, and records the last one
     /// as the follower's position: all in one transaction.
     pub fn apply(&self, items: &[Item], derives: Derives) -> anyhow::Result<Applied> {
+        self.apply_at(items, derives, millis(std::time::SystemTime::now()))
+    }
+
+    /// [`Store::apply`] at the time `now_ms` (the provider incidents it
+    /// derives of events older than their window by then are not news).
+    pub fn apply_at(
+        &self,
+        items: &[Item],
+        derives: Derives,
+        now_ms: i64,
+    ) -> anyhow::Result<Applied> {
         let Some(last) = items.last() else {
             return Ok(Applied::default());
         };
@@ -398,7 +409,15 @@ impl Store {
                                 received_at: report.event.received_at.as_deref(),
                                 trace: report.trace.as_ref(),
                             };
-                            if let Some(opened) = effect.opened {
+                            // An incident derived long after its events (a
+                            // store started over: an upgrade, other
+                            // [providers] settings) is history, not news: no
+                            // relay announced it then, and nobody should
+                            // hear of it now.
+                            let news = report.received_ms.is_none_or(|at| {
+                                at >= now_ms.saturating_sub(derives.incidents.window_ms)
+                            });
+                            if let Some(opened) = effect.opened.filter(|_| news) {
                                 applied.changes += owe(&tx, owing(Announcement::Provider(opened)))?;
                             }
                             if let Some(transition) = transition {
@@ -406,7 +425,7 @@ impl Store {
                                 change.incident = effect.incident;
                                 applied.changes += owe(&tx, owing(Announcement::Account(change)))?;
                             }
-                            if let Some(resolved) = effect.resolved {
+                            if let Some(resolved) = effect.resolved.filter(|_| news) {
                                 applied.changes +=
                                     owe(&tx, owing(Announcement::Provider(resolved)))?;
                             }
@@ -861,7 +880,7 @@ fn incident_effect(
     let happened = match (&report.outcome, &entry.state) {
         (Outcome::Synced, _) => Happened::Synced,
         (Outcome::Failed(code), State::ContactProvider { .. }) => Happened::Failed(code.as_str()),
-        (Outcome::Failed(_), _) => Happened::Other,
+        (Outcome::Failed(_), _) => Happened::Left,
     };
     incidents::apply(
         tx,
@@ -965,6 +984,68 @@ mod tests {
 
     const CONNECTOR: &str = "sync.error.UnhandledConnectorError";
 
+    /// Applies `items` as the follower does live: just after the latest.
+    fn live(store: &Store, items: &[Item]) -> Applied {
+        let latest = items
+            .iter()
+            .filter_map(|item| match &item.what {
+                What::Report(report) => report.received_ms,
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        store.apply_at(items, DERIVES, latest + 1000).unwrap()
+    }
+
+    fn failing(n: u32, provider: &str) -> Vec<Item> {
+        (0..n)
+            .map(|n| {
+                of_provider(
+                    u64::from(n),
+                    &format!("f-{n}"),
+                    &format!("a-{n}"),
+                    CONNECTOR,
+                    n,
+                    provider,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_incident_derived_long_after_its_events_is_history_not_news() {
+        // A store started over a day later (an upgrade) derives the incident
+        // and owes no announcement of it.
+        let (store, path) = store();
+        let items = failing(5, "Bank");
+        let events_day = humantime::parse_rfc3339("2026-11-30T00:00:00Z").unwrap();
+        let a_day_later = millis(events_day) + 24 * 3_600_000;
+        let applied = store.apply_at(&items, DERIVES, a_day_later).unwrap();
+        assert_eq!(applied.open_incidents, Some(1));
+        assert!(
+            owed(&store)
+                .iter()
+                .all(|said| !said.starts_with("provider."))
+        );
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn an_account_that_failed_otherwise_since_is_not_counted() {
+        // a-0's connector error is followed by a login failure: only four
+        // accounts of the provider are still failing on the connector.
+        let (store, path) = store();
+        let mut items = failing(4, "Bank");
+        items.insert(
+            1,
+            of_provider(9, "l-0", "a-0", "sync.error.LoginFailedError", 1, "Bank"),
+        );
+        items.push(of_provider(10, "f-9", "a-9", CONNECTOR, 5, "Bank"));
+        let applied = live(&store, &items);
+        assert_eq!(applied.open_incidents, Some(0), "{:#?}", owed(&store));
+        std::fs::remove_file(path).ok();
+    }
+
     #[test]
     fn five_accounts_of_one_provider_failing_open_one_incident_and_their_syncs_resolve_it() {
         let (store, path) = store();
@@ -982,7 +1063,7 @@ mod tests {
             .collect();
         // Another provider's account, failing meanwhile, is in none.
         items.push(of_provider(5, "other", "b-1", CONNECTOR, 6, "Other Bank"));
-        store.apply(&items, DERIVES).unwrap();
+        live(&store, &items);
         let heard = owed(&store);
         assert_eq!(
             heard[3..],
@@ -1016,9 +1097,7 @@ mod tests {
         );
         // The opening and the fifth account's change have one cause,
         // paid apart by kind.
-        let applied = store
-            .apply(&[announced_kind(6, "f-4", Kind::Provider)], DERIVES)
-            .unwrap();
+        let applied = live(&store, &[announced_kind(6, "f-4", Kind::Provider)]);
         assert_eq!(applied.paid, 1);
         assert_eq!(applied.open_incidents, Some(1));
         assert!(owed(&store).contains(&"account.contact_provider a-4 (incident)".to_owned()));
@@ -1035,7 +1114,7 @@ mod tests {
                 )
             })
             .collect();
-        let applied = store.apply(&syncs, DERIVES).unwrap();
+        let applied = live(&store, &syncs);
         assert_eq!(applied.open_incidents, Some(0));
         let heard = owed(&store);
         assert_eq!(
@@ -1064,10 +1143,10 @@ mod tests {
                 )
             })
             .collect();
-        store.apply(&four, DERIVES).unwrap();
+        live(&store, &four);
         // The fifth 15 minutes after the first: the first is out of the window.
         let fifth = of_provider(4, "f-4", "a-4", CONNECTOR, 15 * 60, "Bank");
-        let applied = store.apply(&[fifth], DERIVES).unwrap();
+        let applied = live(&store, &[fifth]);
         assert_eq!(applied.open_incidents, Some(0));
         assert!(
             owed(&store)
@@ -1092,28 +1171,24 @@ mod tests {
                 )
             })
             .collect();
-        store.apply(&five, DERIVES).unwrap();
+        live(&store, &five);
         // One account syncs a minute later: recovered, still open.
-        store
-            .apply(
-                &[of_provider(5, "s-0", "a-0", "sync.account", 60, "Bank")],
-                DERIVES,
-            )
-            .unwrap();
+        live(
+            &store,
+            &[of_provider(5, "s-0", "a-0", "sync.account", 60, "Bank")],
+        );
         // A new account of the provider syncs a window after the last failure.
-        let applied = store
-            .apply(
-                &[of_provider(
-                    6,
-                    "s-9",
-                    "a-9",
-                    "sync.account",
-                    4 + 15 * 60,
-                    "Bank",
-                )],
-                DERIVES,
-            )
-            .unwrap();
+        let applied = live(
+            &store,
+            &[of_provider(
+                6,
+                "s-9",
+                "a-9",
+                "sync.account",
+                4 + 15 * 60,
+                "Bank",
+            )],
+        );
         assert_eq!(applied.open_incidents, Some(0));
         let heard = owed(&store);
         assert_eq!(
@@ -1126,16 +1201,14 @@ mod tests {
     #[test]
     fn changes_are_owed_until_the_history_holds_their_announcement() {
         let (store, path) = store();
-        let applied = store
-            .apply(
-                &[
-                    item(0, "e-0", "a-1", "sync.error.LoginFailedError", 1),
-                    item(1, "e-1", "a-1", "sync.error.LoginFailedError", 2),
-                    item(2, "e-2", "a-2", "sync.account", 3),
-                ],
-                DERIVES,
-            )
-            .unwrap();
+        let applied = live(
+            &store,
+            &[
+                item(0, "e-0", "a-1", "sync.error.LoginFailedError", 1),
+                item(1, "e-1", "a-1", "sync.error.LoginFailedError", 2),
+                item(2, "e-2", "a-2", "sync.account", 3),
+            ],
+        );
         assert_eq!(
             applied,
             Applied {
@@ -1162,7 +1235,7 @@ mod tests {
             "after a cursor"
         );
 
-        let applied = store.apply(&[announced(3, "e-0")], DERIVES).unwrap();
+        let applied = live(&store, &[announced(3, "e-0")]);
         assert_eq!(
             applied,
             Applied {
@@ -1195,7 +1268,7 @@ mod tests {
                 item(n, &format!("e-{n}"), &format!("a-{n}"), key, 1)
             })
             .collect();
-        store.apply(&items, DERIVES).unwrap();
+        live(&store, &items);
 
         let everyone = Selection::default();
         let first = store.accounts(&everyone, None, 2).unwrap();
@@ -1233,15 +1306,13 @@ mod tests {
     #[test]
     fn a_silent_account_read_back_is_silent_unless_an_event_crossed_it() {
         let (store, path) = store();
-        store
-            .apply(
-                &[
-                    item(0, "e-1", "a-1", "sync.account", 1),
-                    item(1, "e-2", "a-2", "sync.account", 1),
-                ],
-                DERIVES,
-            )
-            .unwrap();
+        live(
+            &store,
+            &[
+                item(0, "e-1", "a-1", "sync.account", 1),
+                item(1, "e-2", "a-2", "sync.account", 1),
+            ],
+        );
         let key = |account: &str| Key {
             client_id: "app-1".into(),
             account_id: account.into(),
