@@ -257,12 +257,20 @@ pub fn silenced(entry: &Entry) -> AccountChange {
     }
 }
 
+/// Whether an account in `state` can go silent: only one that needs nobody
+/// (`ok`, or `retrying`, which the sender retries by itself). An account
+/// that needs its user or the sender's support keeps saying so however long
+/// the sender stays quiet about it: that is what support lists.
+pub fn may_go_silent(state: &State) -> bool {
+    matches!(state, State::Ok | State::Retrying)
+}
+
 /// `entry` once the history holds `change`, an `account.silent` the
 /// announcing relay decided: silent since its latest event, if it had none
 /// since the one `change` names (`None`: the announcement crossed a newer
 /// event, or the account is silent already).
 pub fn silence(entry: &Entry, change: &AccountChange) -> Option<Entry> {
-    (entry.state != State::Silent && entry.last_event.message_id == change.caused_by).then(|| {
+    (may_go_silent(&entry.state) && entry.last_event.message_id == change.caused_by).then(|| {
         Entry {
             state: State::Silent,
             since: change.since.clone(),
@@ -349,7 +357,7 @@ impl Book {
         };
         for entry in self.accounts.values_mut().filter(|entry| {
             entry.key.client_id == silent.client_id
-                && entry.state != State::Silent
+                && may_go_silent(&entry.state)
                 && entry.applied_ms.is_some_and(|at| at < silent.before_ms)
         }) {
             entry.state = State::Silent;

@@ -468,7 +468,7 @@ impl Store {
                         tx.prepare_cached(
                             "UPDATE accounts SET state = 'silent', reason = NULL, code = NULL, \
                              since = last_received_at, since_ms = applied_ms \
-                             WHERE client_id = ?1 AND applied_ms < ?2 AND state != 'silent'",
+                             WHERE client_id = ?1 AND applied_ms < ?2 AND state IN ('ok', 'retrying')",
                         )?
                         .execute(params![silent.client_id, silent.before_ms])?;
                         // Read back from the transaction from now on.
@@ -554,12 +554,13 @@ impl Store {
         Ok(owed)
     }
 
-    /// Accounts whose latest event is older than `before_ms` and that are
-    /// not `silent` yet, the longest silent first.
+    /// Accounts whose latest event is older than `before_ms` and that may
+    /// go silent ([`crate::accounts::book::may_go_silent`]), the longest
+    /// silent first.
     pub fn silent_candidates(&self, before_ms: i64, limit: usize) -> anyhow::Result<Vec<Entry>> {
         let db = self.db();
         let mut statement = db.prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE applied_ms < ?1 AND state != 'silent' \
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE applied_ms < ?1 AND state IN ('ok', 'retrying') \
              ORDER BY applied_ms LIMIT ?2"
         ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -569,13 +570,13 @@ impl Store {
         Ok(found)
     }
 
-    /// Per client: of its accounts not silent yet, how many had no event
-    /// since `before_ms`, and how many there are.
+    /// Per client: of its accounts that may go silent, how many had no
+    /// event since `before_ms`, and how many there are.
     pub fn silent_by_client(&self, before_ms: i64) -> anyhow::Result<Vec<(String, u64, u64)>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT client_id, sum(applied_ms < ?1), count(*) FROM accounts \
-             WHERE state != 'silent' GROUP BY client_id",
+             WHERE state IN ('ok', 'retrying') GROUP BY client_id",
         )?;
         let counted = statement
             .query_map([before_ms], |row| {
@@ -1356,6 +1357,33 @@ mod tests {
             .apply(&[item(6, "e-4", "a-1", "sync.account", 9)], DERIVES)
             .unwrap();
         assert_eq!(owed(&store).last().unwrap(), "account.ok a-1");
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn an_account_that_needs_someone_never_goes_silent() {
+        let (store, path) = store();
+        live(
+            &store,
+            &[
+                item(0, "e-1", "synced", "sync.account", 1),
+                item(1, "e-2", "locked", "sync.error.LoginFailedError", 1),
+            ],
+        );
+        let later = millis(std::time::SystemTime::now());
+        let candidates: Vec<String> = store
+            .silent_candidates(later, 10)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.key.account_id)
+            .collect();
+        assert_eq!(
+            candidates,
+            ["synced"],
+            "needs_reconnect stays listed as such"
+        );
+        let counted = store.silent_by_client(later).unwrap();
+        assert_eq!(counted, [("app-1".to_owned(), 1, 1)]);
         std::fs::remove_file(path).ok();
     }
 

@@ -57,9 +57,9 @@ pub enum StateName {
     ContactProvider,
     /// An error code the sender does not document yet (`code`).
     Unknown,
-    /// No event for `accounts.silent_after` (26 h: the sender syncs every
-    /// account daily): the sender stopped syncing it. Its next event moves
-    /// it back.
+    /// It needed nobody (`ok`, `retrying`) and had no event for
+    /// `accounts.silent_after` (26 h: the sender syncs every account daily):
+    /// the sender stopped syncing it. Its next event moves it back.
     Silent,
 }
 
