@@ -245,22 +245,7 @@ impl AccountChange {
         if let Some(since) = &self.since {
             set_text(&mut headers, RECEIVED_AT, since);
         }
-        if let Some(trace) = trace {
-            set_text(&mut headers, TRACEPARENT, &trace.traceparent);
-            if let Some(state) = &trace.tracestate {
-                set_text(&mut headers, TRACESTATE, state);
-            }
-        }
-        let timestamp = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        BasicProperties::default()
-            .with_message_id(self.message_id().to_string().into())
-            .with_content_type("application/json".into())
-            .with_app_id("hookrelay".into())
-            .with_delivery_mode(2)
-            .with_timestamp(timestamp)
-            .with_headers(headers)
+        super::changes::properties(self.message_id(), headers, trace, now)
     }
 
     pub fn body(&self) -> Vec<u8> {

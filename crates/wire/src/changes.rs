@@ -8,14 +8,43 @@
 use std::time::SystemTime;
 
 use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::FieldTable;
 use serde::{Deserialize, Serialize};
 
 use super::account::{self, AccountChange, StateName};
 use super::client;
 use super::envelope::TraceContext;
+use super::headers::{TRACEPARENT, TRACESTATE, set_text};
 use super::provider::{self, IncidentKind, ProviderIncident};
 
-/// The two kinds of announcement, as the routing key's first word says.
+/// The AMQP properties of every announcement: persistent JSON from
+/// `hookrelay`, `message_id`, `headers`, and the trace context `trace`
+/// continues (`traceparent`, and `tracestate` when there is one).
+pub(crate) fn properties(
+    message_id: uuid::Uuid,
+    mut headers: FieldTable,
+    trace: Option<&TraceContext>,
+    now: SystemTime,
+) -> BasicProperties {
+    if let Some(trace) = trace {
+        set_text(&mut headers, TRACEPARENT, &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            set_text(&mut headers, TRACESTATE, state);
+        }
+    }
+    let timestamp = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    BasicProperties::default()
+        .with_message_id(message_id.to_string().into())
+        .with_content_type("application/json".into())
+        .with_app_id("hookrelay".into())
+        .with_delivery_mode(2)
+        .with_timestamp(timestamp)
+        .with_headers(headers)
+}
+
+/// The kinds of announcement, as the routing key's first word says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Account,
